@@ -1,0 +1,1 @@
+"""The FastAPI layer: open data and platform operations over HTTP."""

@@ -1,0 +1,132 @@
+"""The one settings object. Everything configurable enters here.
+
+Values come from `NAKHON_*` environment variables (or keyword overrides);
+a wrong value fails at start-up with `ConfigError`, whose message names the
+variable and says what to fix.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contract.cities import City, CityRegistryError, load_cities
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+_DURATION_RE = re.compile(r"^(INF|[1-9][0-9]*(h|d|w))$")
+
+
+class ConfigError(ValueError):
+    """Configuration that cannot work; str() is a message for the operator."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="NAKHON_", extra="forbid", frozen=True)
+
+    # where the platform keeps its files (spool, dead letters, registry, local servers)
+    data_dir: Path = Path("var")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    cities_file: Path | None = None
+
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: Port = 18830
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    mqtt_tls: bool = False
+    mqtt_ca_file: Path | None = None
+    mqtt_keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    influx_url: str = "http://127.0.0.1:18086"
+    influx_db: str = "nakhon"
+    influx_username: str | None = None
+    influx_password: str | None = None
+    influx_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    raw_retention: str = "400d"
+    hourly_retention: str = "INF"
+
+    ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
+    ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
+    ingest_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    ingest_batch_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    # MQTT 5 Receive Maximum: messages the broker may have un-acked with us.
+    ingest_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 20000
+    ingest_session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
+    ingest_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    ts_max_age_s: Annotated[float, Field(gt=0)] = 35 * 86400
+    ts_max_future_s: Annotated[float, Field(ge=0)] = 300
+    max_payload_bytes: Annotated[int, Field(ge=256, le=268_435_455)] = 262_144
+
+    api_host: str = "127.0.0.1"
+    api_port: Port = 18080
+
+    @field_validator("influx_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^/\s]+(/.*)?$", v):
+            raise ValueError("must be an http:// or https:// URL, e.g. http://127.0.0.1:18086")
+        return v.rstrip("/")
+
+    @field_validator("raw_retention", "hourly_retention")
+    @classmethod
+    def _duration(cls, v: str) -> str:
+        if not _DURATION_RE.match(v):
+            raise ValueError("must be an InfluxDB duration like 400d, 52w, 720h or INF")
+        return v
+
+    @field_validator("influx_db")
+    @classmethod
+    def _db_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_]{1,64}", v):
+            raise ValueError("must be letters, digits or _ (1-64 characters)")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        if self.mqtt_ca_file is not None and not self.mqtt_tls:
+            raise ValueError("NAKHON_MQTT_CA_FILE is set but NAKHON_MQTT_TLS is off: set NAKHON_MQTT_TLS=true")
+        if (self.mqtt_username is None) != (self.mqtt_password is None):
+            raise ValueError("set both NAKHON_MQTT_USERNAME and NAKHON_MQTT_PASSWORD, or neither")
+        return self
+
+    @cached_property
+    def cities(self) -> dict[str, City]:
+        return load_cities(self.cities_file)
+
+    def influx_url_port(self) -> int:
+        tail = self.influx_url.split("://", 1)[1].split("/", 1)[0]
+        return int(tail.rsplit(":", 1)[1]) if ":" in tail else (443 if self.influx_url.startswith("https") else 80)
+
+    def path(self, *parts: str) -> Path:
+        p = self.data_dir.joinpath(*parts)
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, or a ConfigError that says what to fix."""
+    try:
+        settings = Settings(**overrides)
+        _ = settings.cities  # a bad cities file fails here, at start-up
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    except CityRegistryError as exc:
+        raise ConfigError(f"NAKHON_CITIES_FILE: {exc}") from None
+    return settings
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = ["invalid configuration:"]
+    for err in exc.errors():
+        loc = "_".join(str(p) for p in err["loc"])
+        var = f"NAKHON_{loc.upper()}" if loc else "settings"
+        got = err.get("input")
+        shown = "" if isinstance(got, dict) or got is None else f" (got {str(got)[:80]!r})"
+        msg = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {var}: {msg}{shown}")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""MQTT topics of the telemetry contract (v1), all QoS 1.
+
+    nakhon/v1/{city}/{device_id}/telemetry   device -> platform readings
+    nakhon/v1/{city}/{device_id}/status      retained; online doc, offline LWT
+    nakhon/v1/{city}/{device_id}/config      retained; platform -> device
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final
+
+from contract.cities import CITY_SLUG_PATTERN
+
+PREFIX: Final = "nakhon/v1"
+QOS: Final = 1
+CHANNELS: Final = ("telemetry", "status", "config")
+DEVICE_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{2,31}$"
+
+_DEVICE_RE: Final = re.compile(DEVICE_ID_PATTERN)
+_CITY_RE: Final = re.compile(CITY_SLUG_PATTERN)
+
+# Subscriptions used by the platform.
+TELEMETRY_FILTER: Final = f"{PREFIX}/+/+/telemetry"
+STATUS_FILTER: Final = f"{PREFIX}/+/+/status"
+
+
+class TopicError(ValueError):
+    """A topic outside the contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    city: str
+    device: str
+    channel: str
+
+
+def is_device_id(value: str) -> bool:
+    # fullmatch: `$` alone would accept a trailing newline.
+    return _DEVICE_RE.fullmatch(value) is not None
+
+
+def topic(city: str, device: str, channel: str) -> str:
+    """Build a contract topic; refuses ids that would not parse back."""
+    if _CITY_RE.fullmatch(city) is None:
+        raise TopicError(f"bad city slug {city!r}")
+    if not is_device_id(device):
+        raise TopicError(f"bad device id {device!r}")
+    if channel not in CHANNELS:
+        raise TopicError(f"bad channel {channel!r}")
+    return f"{PREFIX}/{city}/{device}/{channel}"
+
+
+def parse_topic(name: str, known_cities: object = None) -> Topic:
+    """Split a topic into city, device and channel, checking each part.
+
+    `known_cities` (a container of slugs) restricts the city to the registry.
+    """
+    parts = name.split("/")
+    if len(parts) != 5 or parts[0] != "nakhon" or parts[1] != "v1":
+        raise TopicError(f"not a nakhon/v1 topic: {name[:200]!r}")
+    city, device, channel = parts[2], parts[3], parts[4]
+    if _CITY_RE.fullmatch(city) is None:
+        raise TopicError(f"bad city slug {city[:64]!r}")
+    if known_cities is not None and city not in known_cities:  # type: ignore[operator]
+        raise TopicError(f"unknown city {city!r}")
+    if not is_device_id(device):
+        raise TopicError(f"bad device id {device[:64]!r}")
+    if channel not in CHANNELS:
+        raise TopicError(f"bad channel {channel[:32]!r}")
+    return Topic(city, device, channel)

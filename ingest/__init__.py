@@ -1,0 +1,1 @@
+"""MQTT -> validation -> InfluxDB, acknowledging a message only once it is durable."""

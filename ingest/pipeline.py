@@ -1,0 +1,59 @@
+"""From an MQTT message to line-protocol lines or dead letters: pure, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from contract.lineprotocol import encode_reading
+from contract.payload import Reason, Rejection, Window, parse_telemetry
+from contract.topics import Topic, TopicError, parse_topic
+from ingest import deadletter
+
+_TOPIC_CACHE_MAX = 200_000
+
+
+@dataclass(slots=True)
+class Outcome:
+    lines: list[str] = field(default_factory=list)
+    accepted: int = 0
+    dead: dict[str, Any] | None = None  # the dead-letter record, if anything was rejected
+    rejections: list[Rejection] = field(default_factory=list)
+
+
+class Pipeline:
+    def __init__(self, cities: object, window: Window, max_bytes: int) -> None:
+        self.cities = cities
+        self.window = window
+        self.max_bytes = max_bytes
+        self._topics: dict[str, Topic | TopicError] = {}
+
+    def topic(self, name: str) -> Topic | TopicError:
+        hit = self._topics.get(name)
+        if hit is None:
+            try:
+                hit = parse_topic(name, self.cities)
+            except TopicError as exc:
+                hit = exc
+            if len(self._topics) >= _TOPIC_CACHE_MAX:
+                self._topics.clear()
+            self._topics[name] = hit
+        return hit
+
+    def telemetry(self, topic_name: str, payload: bytes, now: float) -> Outcome:
+        out = Outcome()
+        t = self.topic(topic_name)
+        if isinstance(t, TopicError):
+            reason = Reason.BAD_ID if "device id" in str(t) or "city" in str(t) else Reason.BAD_TOPIC
+            out.rejections = [Rejection(reason, str(t))]
+        elif t.channel != "telemetry":
+            out.rejections = [Rejection(Reason.BAD_TOPIC, f"not a telemetry topic: {t.channel}")]
+        else:
+            parsed = parse_telemetry(payload, now, self.window, self.max_bytes)
+            out.rejections = parsed.rejections
+            out.accepted = len(parsed.readings)
+            for reading in parsed.readings:
+                out.lines.extend(encode_reading(t.city, t.device, reading))
+        if out.rejections:
+            out.dead = deadletter.record(topic_name, payload, out.rejections, now)
+        return out

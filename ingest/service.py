@@ -1,0 +1,58 @@
+"""Run the ingest: one worker in this process, or N worker processes.
+
+Workers share the stream through the MQTT shared subscription, so N
+processes use N cores. SIGTERM or SIGINT stops them gracefully (flush, ack,
+disconnect).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import signal
+import threading
+
+from contract.logs import kv, setup_logging
+from contract.settings import Settings
+from ingest.worker import Worker
+
+log = logging.getLogger("nakhon.ingest")
+
+
+def run_worker(settings: Settings, index: int = 0) -> None:
+    setup_logging(settings.log_level)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    worker = Worker(settings, index)
+    worker.start()
+    stop.wait()
+    worker.stop()
+
+
+def run(settings: Settings) -> None:
+    """Blocks until SIGTERM/SIGINT."""
+    if settings.ingest_workers == 1:
+        run_worker(settings, 0)
+        return
+    setup_logging(settings.log_level)
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=run_worker, args=(settings, i), name=f"ingest-{i}") for i in range(settings.ingest_workers)]
+    for p in procs:
+        p.start()
+    log.info("ingest started", extra=kv(workers=len(procs), pids=[p.pid for p in procs]))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    while not stop.wait(1.0):
+        for i, p in enumerate(procs):
+            if not p.is_alive():  # a crashed worker is restarted; its session resumes
+                log.error("worker died, restarting", extra=kv(worker=i, exitcode=p.exitcode))
+                procs[i] = ctx.Process(target=run_worker, args=(settings, i), name=f"ingest-{i}")
+                procs[i].start()
+    for p in procs:
+        if p.pid:
+            p.terminate()
+    for p in procs:
+        p.join(30)
+    log.info("ingest stopped")

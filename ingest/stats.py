@@ -1,0 +1,60 @@
+"""The ingest's own counters, logged and written to InfluxDB for dashboards."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+
+from contract import storage
+from contract.lineprotocol import encode_point
+
+
+@dataclass
+class Stats:
+    worker: str
+    received: int = 0
+    readings_accepted: int = 0
+    points_written: int = 0
+    messages_rejected: int = 0
+    readings_rejected: int = 0
+    rejected_by_reason: Counter[str] = field(default_factory=Counter)
+    points_spooled: int = 0
+    spool_depth: int = 0
+    batches: int = 0
+    batch_points_total: int = 0
+    write_ms: list[float] = field(default_factory=list)
+    influx_errors: int = 0
+    broker_dropped: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def snapshot(self) -> dict[str, float | int]:
+        with self.lock:
+            lat = sorted(self.write_ms)
+            self.write_ms.clear()
+            snap: dict[str, float | int] = {
+                "received": self.received,
+                "readings_accepted": self.readings_accepted,
+                "points_written": self.points_written,
+                "messages_rejected": self.messages_rejected,
+                "readings_rejected": self.readings_rejected,
+                "points_spooled": self.points_spooled,
+                "spool_depth": self.spool_depth,
+                "batches": self.batches,
+                "batch_points_mean": (self.batch_points_total / self.batches) if self.batches else 0.0,
+                "influx_errors": self.influx_errors,
+                "broker_dropped": self.broker_dropped,
+            }
+            if lat:
+                snap["write_ms_p50"] = lat[len(lat) // 2]
+                snap["write_ms_p99"] = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+                snap["write_ms_max"] = lat[-1]
+            for reason, n in self.rejected_by_reason.items():
+                snap[f"rejected_{reason}"] = n
+            return snap
+
+    def line(self, ts_ms: int) -> str:
+        fields: dict[str, float | int | str | bool] = {
+            k: (v if isinstance(v, int) else float(v)) for k, v in self.snapshot().items()
+        }
+        return encode_point(storage.INGEST_MEASUREMENT, {"worker": self.worker}, fields, ts_ms)

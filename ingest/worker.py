@@ -1,0 +1,238 @@
+"""One ingest worker: a persistent MQTT 5 session on the shared subscription.
+
+The paho network thread only parses and queues; the flusher thread makes
+each batch durable (InfluxDB, else spool; rejects to the dead letters) and
+only then acknowledges its messages (manual_ack). The broker holds at most
+`ingest_receive_maximum` messages un-acked with us, which bounds memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from contract import storage, topics
+from contract.influx import Influx, InfluxError
+from contract.logs import kv
+from contract.payload import Window
+from contract.settings import Settings
+from ingest.deadletter import DeadLetterStore
+from ingest.pipeline import Pipeline
+from ingest.spool import Spool
+from ingest.stats import Stats
+from ingest.writer import DurableWriter
+
+log = logging.getLogger("nakhon.ingest")
+
+BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+
+
+@dataclass
+class _Batch:
+    lines: list[str] = field(default_factory=list)
+    mids: list[int] = field(default_factory=list)
+    dead: list[dict[str, object]] = field(default_factory=list)
+    started: float = 0.0
+
+
+class Worker:
+    def __init__(self, settings: Settings, index: int = 0) -> None:
+        self.settings = settings
+        self.name = f"{settings.ingest_client_id}-{index}"
+        self.stats = Stats(worker=self.name)
+        self.pipeline = Pipeline(
+            settings.cities,
+            Window(settings.ts_max_age_s, settings.ts_max_future_s),
+            settings.max_payload_bytes,
+        )
+        self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
+        self.dead = DeadLetterStore(settings.path("deadletter"), self.name)
+        self.spool = Spool(settings.path("spool", self.name))
+        self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats)
+        self._batch = _Batch()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._accepting = True
+        self.connected = threading.Event()
+        self.client = self._make_client()
+
+    # --- MQTT -------------------------------------------------------------
+    def _make_client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=self.name,
+            protocol=mqtt.MQTTv5,
+            manual_ack=True,
+        )
+        if s.mqtt_username:
+            client.username_pw_set(s.mqtt_username, s.mqtt_password)
+        if s.mqtt_tls:
+            client.tls_set(ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        client.max_inflight_messages_set(1000)
+        client.max_queued_messages_set(0)
+        client.reconnect_delay_set(0.5, 10)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    def _connect_properties(self) -> Properties:
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = self.settings.ingest_session_expiry_s
+        props.ReceiveMaximum = self.settings.ingest_receive_maximum
+        return props
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: mqtt.ReasonCode, props: Properties | None) -> None:
+        if rc.is_failure:
+            log.error("broker refused connection", extra=kv(reason=str(rc)))
+            return
+        group = self.settings.ingest_share_group
+        client.subscribe(
+            [
+                (f"$share/{group}/{topics.TELEMETRY_FILTER}", topics.QOS),
+                (BROKER_DROPPED_TOPIC, 0),
+            ]
+        )
+        log.info("connected", extra=kv(worker=self.name, session_present=flags.session_present))
+        self.connected.set()
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags, rc: mqtt.ReasonCode, props: Properties | None) -> None:
+        self.connected.clear()
+        if not self._stopping.is_set():
+            log.warning("disconnected from broker, reconnecting", extra=kv(reason=str(rc)))
+
+    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        if msg.topic == BROKER_DROPPED_TOPIC:
+            try:
+                dropped = int(msg.payload)
+            except ValueError:
+                return
+            with self.stats.lock:
+                if dropped > self.stats.broker_dropped:
+                    log.error("broker reports dropped messages", extra=kv(dropped=dropped))
+                self.stats.broker_dropped = dropped
+            return
+        if not self._accepting:
+            return  # not acked: the broker redelivers it to us or a peer
+        out = self.pipeline.telemetry(msg.topic, msg.payload, time.time())
+        with self._lock:
+            b = self._batch
+            if not b.mids:
+                b.started = time.monotonic()
+            b.lines.extend(out.lines)
+            b.mids.append(msg.mid)
+            if out.dead is not None:
+                b.dead.append(out.dead)
+            full = len(b.lines) >= self.settings.ingest_batch_size
+        with self.stats.lock:
+            st = self.stats
+            st.received += 1
+            st.readings_accepted += out.accepted
+            if out.rejections:
+                st.readings_rejected += len(out.rejections)
+                if not out.accepted:
+                    st.messages_rejected += 1
+                for r in out.rejections:
+                    st.rejected_by_reason[r.reason] += 1
+        if full:
+            self._wake.set()
+
+    # --- durability -------------------------------------------------------
+    def _take_batch(self) -> _Batch:
+        with self._lock:
+            batch, self._batch = self._batch, _Batch()
+        return batch
+
+    def flush(self) -> int:
+        """Make the current batch durable, then ack its messages. Returns messages acked."""
+        batch = self._take_batch()
+        if not batch.mids:
+            return 0
+        self.dead.append(batch.dead)  # type: ignore[arg-type]
+        self.writer.commit(batch.lines)
+        for mid in batch.mids:
+            self.client.ack(mid, topics.QOS)
+        return len(batch.mids)
+
+    def _flusher(self) -> None:
+        period = self.settings.ingest_batch_ms / 1000
+        while not self._stopping.is_set():
+            self._wake.wait(period)
+            self._wake.clear()
+            with self._lock:
+                b = self._batch
+                due = bool(b.mids) and (len(b.lines) >= self.settings.ingest_batch_size or time.monotonic() - b.started >= period)
+            if due:
+                try:
+                    self.flush()
+                except Exception:  # a bug must not stop acking forever: log and retry
+                    log.exception("flush failed; will retry")
+                    time.sleep(1)
+
+    def _replayer(self) -> None:
+        while not self._stopping.wait(1.0):
+            if len(self.spool):
+                try:
+                    self.writer.drain_spool()
+                except Exception:
+                    log.exception("spool replay failed; will retry")
+
+    def _reporter(self) -> None:
+        interval = self.settings.ingest_stats_interval_s
+        while not self._stopping.wait(interval):
+            self.report()
+
+    def report(self) -> None:
+        snap = self.stats.snapshot()
+        log.info("stats", extra=kv(worker=self.name, **snap))
+        try:
+            self.influx.write([self.stats.line(int(time.time() * 1000))])
+        except InfluxError:
+            pass  # self-metrics are best effort; the data path has its own spool
+
+    # --- lifecycle ----------------------------------------------------------
+    def start(self) -> None:
+        s = self.settings
+        try:
+            self.influx.ensure_schema(s.raw_retention, s.hourly_retention)
+        except InfluxError as exc:
+            log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
+        self.client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=s.mqtt_keepalive_s, clean_start=False, properties=self._connect_properties())
+        self.client.loop_start()
+        self._threads = [
+            threading.Thread(target=self._flusher, name="flusher", daemon=True),
+            threading.Thread(target=self._replayer, name="replayer", daemon=True),
+            threading.Thread(target=self._reporter, name="reporter", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+        log.info("ingest worker started", extra=kv(worker=self.name, broker=f"{s.mqtt_host}:{s.mqtt_port}", influx=s.influx_url, spool_depth=self.spool.lines))
+
+    def stop(self) -> None:
+        """Graceful: stop taking messages, flush and ack what we hold, disconnect."""
+        self._accepting = False
+        self._stopping.set()
+        for t in self._threads:
+            if t.name == "flusher":
+                t.join(5)
+        try:
+            acked = self.flush()
+        except Exception:
+            log.exception("final flush failed; un-acked messages will be redelivered")
+            acked = 0
+        time.sleep(0.2)  # let the network thread send the PUBACKs
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.report()
+        self.dead.close()
+        self.influx.close()
+        log.info("ingest worker stopped", extra=kv(worker=self.name, acked_on_stop=acked))

@@ -1,0 +1,3 @@
+from nakhon.cli import main
+
+raise SystemExit(main())

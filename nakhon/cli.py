@@ -1,0 +1,188 @@
+"""`nakhon`: one command line, a subcommand per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+from contract.logs import kv, setup_logging
+from contract.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("nakhon")
+
+
+def _settings(**overrides: object) -> Settings:
+    try:
+        return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        sys.stderr.write(f"nakhon: {exc}\n")
+        raise SystemExit(2) from None
+
+
+# --- up ---------------------------------------------------------------------
+def cmd_up(args: argparse.Namespace) -> int:
+    from nakhon.local import LocalPlatform
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    platform = LocalPlatform(Path(args.root), settings, fleet_per_city=args.per_city, interval_s=args.interval, with_fleet=not args.no_fleet)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        platform.start()
+        s = platform.settings
+        sys.stderr.write(
+            "\nNakhon is running locally. Ctrl-C stops everything.\n"
+            f"  API docs     http://{s.api_host}:{s.api_port}/docs\n"
+            f"  Latest       http://{s.api_host}:{s.api_port}/v1/cities/chiang_mai/latest\n"
+            f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
+            f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
+            f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}\n"
+            f"  Logs         {platform.root / 'logs'}\n\n"
+        )
+        platform.watch(stop)
+    finally:
+        log.info("stopping")
+        platform.stop()
+    return 0
+
+
+# --- ingest / api -----------------------------------------------------------
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from ingest.service import run
+
+    settings = _settings(ingest_workers=args.workers)
+    run(settings)
+    return 0
+
+
+def cmd_api(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    settings = _settings(api_host=args.host, api_port=args.port)
+    setup_logging(settings.log_level)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    return 0
+
+
+# --- simulate ---------------------------------------------------------------
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.devices import make_fleet
+    from simulators.fleet import Fleet
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    cities = [settings.cities[c] for c in (args.cities or sorted(settings.cities))]
+    devices = make_fleet(cities, args.per_city, seed=args.seed)
+    fleet = Fleet(devices, settings.mqtt_host, settings.mqtt_port, seed=args.seed)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    fleet.connect()
+    log.info("fleet connected", extra=kv(devices=len(devices), cities=[c.slug for c in cities]))
+    last = [0.0]
+
+    def progress(sent: int, total: int) -> None:
+        if time.monotonic() - last[0] >= 5:
+            last[0] = time.monotonic()
+            log.info("progress", extra=kv(sent=sent, total=total))
+
+    if args.realtime:
+        start, count = time.time(), args.count or 10**9
+    else:
+        start, count = time.time() - args.count * args.interval, args.count
+    result = fleet.send(count, start, args.interval, rate=args.rate, realtime=args.realtime, progress=progress, stop=stop, keep=False)
+    fleet.close()
+    log.info("done", extra=kv(sent=result.sent, acked=result.acked, seconds=round(result.seconds, 2)))
+    return 0 if result.sent == result.acked else 1
+
+
+# --- deadletter ---------------------------------------------------------------
+def cmd_deadletter(args: argparse.Namespace) -> int:
+    import orjson
+
+    from ingest.deadletter import read_all
+
+    folder = Path(args.dir) if args.dir else _settings().data_dir / "deadletter"
+    counts: Counter[str] = Counter()
+    shown = 0
+    for rec in read_all(folder):
+        if args.reason and rec.get("reason") != args.reason:
+            continue
+        counts[str(rec.get("reason"))] += 1
+        if not args.summary and (args.limit is None or shown < args.limit):
+            sys.stdout.write(orjson.dumps(rec).decode() + "\n")
+            shown += 1
+    if args.summary:
+        for reason, n in counts.most_common():
+            sys.stdout.write(f"{n:>10}  {reason}\n")
+        sys.stdout.write(f"{sum(counts.values()):>10}  total\n")
+    return 0
+
+
+# --- bench -------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from nakhon.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="nakhon", description="Nakhon smart-city sensor platform. Settings come from NAKHON_* environment variables.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run the whole platform locally (broker, database, ingest, API, simulated fleet)")
+    up.add_argument("--root", default="var/local", help="folder for the local servers' config, data and logs (default var/local)")
+    up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
+    up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
+    up.add_argument("--no-fleet", action="store_true", help="do not start the simulated fleet")
+    up.set_defaults(func=cmd_up)
+
+    ing = sub.add_parser("ingest", help="run the ingest service (MQTT -> InfluxDB)")
+    ing.add_argument("--workers", type=int, default=None, help="worker processes on the shared subscription (default NAKHON_INGEST_WORKERS)")
+    ing.set_defaults(func=cmd_ingest)
+
+    api = sub.add_parser("api", help="run the HTTP API")
+    api.add_argument("--host", default=None, help="bind address (default NAKHON_API_HOST)")
+    api.add_argument("--port", type=int, default=None, help="port (default NAKHON_API_PORT)")
+    api.set_defaults(func=cmd_api)
+
+    sim = sub.add_parser("simulate", help="run a simulated fleet against the broker")
+    sim.add_argument("--per-city", type=int, default=20, help="devices per city (default 20)")
+    sim.add_argument("--cities", nargs="*", help="city slugs (default: every registered city)")
+    sim.add_argument("--count", type=int, default=0, help="readings per device (default: forever with --realtime)")
+    sim.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
+    sim.add_argument("--rate", type=float, default=None, help="cap on readings/s across the fleet")
+    sim.add_argument("--realtime", action="store_true", help="send each reading at its own time (else backfill the past as fast as possible)")
+    sim.add_argument("--seed", type=int, default=1, help="random seed (same seed, same readings)")
+    sim.set_defaults(func=cmd_simulate)
+
+    dl = sub.add_parser("deadletter", help="read the dead-letter store (rejected messages with their reasons)")
+    dl.add_argument("--dir", default=None, help="dead-letter folder (default NAKHON_DATA_DIR/deadletter)")
+    dl.add_argument("--reason", default=None, help="only this reason, e.g. bad_json")
+    dl.add_argument("--limit", type=int, default=None, help="print at most this many records")
+    dl.add_argument("--summary", action="store_true", help="count by reason instead of printing records")
+    dl.set_defaults(func=cmd_deadletter)
+
+    bench = sub.add_parser("bench", help="measure the ingest against the broker's and InfluxDB's own limits")
+    bench.add_argument("--messages", type=int, default=200_000, help="messages per measurement (default 200000)")
+    bench.add_argument("--workers", type=int, default=2, help="ingest worker processes (default 2)")
+    bench.add_argument("--root", default="var/bench", help="folder for the benchmark's servers (default var/bench)")
+    bench.add_argument("--report", default=None, help="also write the table to this Markdown file")
+    bench.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rc: int = args.func(args)
+    return rc

@@ -1,0 +1,305 @@
+"""Local Mosquitto and InfluxDB, started by the project with its own config.
+
+Each server gets a config file and a data folder of its own under the given
+directory, listens on 127.0.0.1 on the ports given (or free ones), and is
+stopped cleanly. Used by `nakhon up`, the benchmarks and the test fixtures,
+so tests need nothing running beforehand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+MOSQUITTO_BIN = os.environ.get("NAKHON_MOSQUITTO_BIN") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+INFLUXD_BIN = os.environ.get("NAKHON_INFLUXD_BIN") or shutil.which("influxd") or "/usr/bin/influxd"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def pick_port(preferred: int) -> int:
+    """`preferred` when free, else the next free port above it."""
+    for port in range(preferred, preferred + 200):
+        if port_free(port):
+            return port
+    return free_port()
+
+
+def _wait_tcp(port: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class _Process:
+    name = "server"
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = self.root / f"{self.name}.log"
+
+    def _command(self) -> list[str]:
+        raise NotImplementedError
+
+    def _ready(self, timeout: float) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        self._write_config()
+        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        if not self._ready(timeout):
+            tail = self.log_path.read_text(errors="replace")[-2000:]
+            self.stop()
+            raise ServerError(f"{self.name} did not become ready in {timeout:.0f}s; log tail:\n{tail}")
+
+    def _write_config(self) -> None:
+        raise NotImplementedError
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM, then SIGKILL if it will not go."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, for fault tests."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> _Process:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Mosquitto(_Process):
+    """A broker with the project's limits set on purpose (see `config_text`)."""
+
+    name = "mosquitto"
+
+    def __init__(
+        self,
+        root: Path,
+        port: int | None = None,
+        *,
+        allow_anonymous: bool = True,
+        password_file: Path | None = None,
+        acl_file: Path | None = None,
+        tls_port: int | None = None,
+        tls_files: tuple[Path, Path, Path] | None = None,  # cafile, certfile, keyfile
+        max_queued_messages: int = 1_000_000,
+        max_packet_size: int = 262_144 + 1024,
+        autosave_interval: int = 10,
+        extra: str = "",
+    ) -> None:
+        super().__init__(root)
+        self.port = port or free_port()
+        self.allow_anonymous = allow_anonymous
+        self.password_file = password_file
+        self.acl_file = acl_file
+        self.tls_port = tls_port
+        self.tls_files = tls_files
+        self.max_queued_messages = max_queued_messages
+        self.max_packet_size = max_packet_size
+        self.autosave_interval = autosave_interval
+        self.extra = extra
+        self.config_path = self.root / "mosquitto.conf"
+
+    def config_text(self) -> str:
+        data = self.root / "data"
+        data.mkdir(exist_ok=True)
+        lines = [
+            "# Generated by nakhon; every limit here is set on purpose.",
+            "per_listener_settings false",
+            # Run as whoever started us: as root, mosquitto would otherwise switch
+            # to the `mosquitto` user, who cannot write our data folder.
+            f"user {getpass.getuser()}",
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
+            # Persistence: the in-memory state (sessions, queued QoS 1 messages) is
+            # saved on clean shutdown and every autosave_interval seconds.
+            "persistence true",
+            f"persistence_location {data}/",
+            f"autosave_interval {self.autosave_interval}",
+            # Ingest acks only once a message is durable, so the broker must be
+            # able to hold a whole batch (and more) un-acked per client. 0 = no cap
+            # for MQTT 3.1.1 clients; MQTT 5 clients state their Receive Maximum.
+            "max_inflight_messages 0",
+            # Default 1000 drops the newest silently while the ingest is away:
+            # hold at least ten minutes of a city-scale stream instead.
+            f"max_queued_messages {self.max_queued_messages}",
+            "max_queued_bytes 0",
+            # The contract's largest payload (256 KiB) plus topic and header room.
+            f"max_packet_size {self.max_packet_size}",
+            "persistent_client_expiration 14d",
+            "sys_interval 5",
+            "set_tcp_nodelay true",
+            "log_dest stdout",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "connection_messages false",
+            "log_timestamp_format %Y-%m-%dT%H:%M:%S",
+        ]
+        if self.password_file:
+            lines.append(f"password_file {Path(self.password_file).resolve()}")
+        if self.acl_file:
+            lines.append(f"acl_file {Path(self.acl_file).resolve()}")
+        lines.append(f"listener {self.port} 127.0.0.1")
+        if self.tls_port and self.tls_files:
+            ca, cert, key = (Path(p).resolve() for p in self.tls_files)
+            lines += [f"listener {self.tls_port} 127.0.0.1", f"cafile {ca}", f"certfile {cert}", f"keyfile {key}", "tls_version tlsv1.2"]
+        if self.extra:
+            lines.append(self.extra)
+        return "\n".join(lines) + "\n"
+
+    def _write_config(self) -> None:
+        self.config_path.write_text(self.config_text())
+
+    def _command(self) -> list[str]:
+        return [MOSQUITTO_BIN, "-c", str(self.config_path)]
+
+    def _ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                return False
+            if _wait_tcp(self.port, 0.5):
+                return True
+        return False
+
+    def reload(self) -> None:
+        """SIGHUP: re-read password and ACL files."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGHUP)
+
+
+class InfluxDB(_Process):
+    """InfluxDB 1.x (`influxd`) with its own config, data and ports."""
+
+    name = "influxdb"
+
+    def __init__(self, root: Path, port: int | None = None, rpc_port: int | None = None) -> None:
+        super().__init__(root)
+        self.port = port or free_port()
+        self.rpc_port = rpc_port or free_port()
+        self.config_path = self.root / "influxdb.conf"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def config_text(self) -> str:
+        r = self.root
+        return f"""# Generated by nakhon.
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+
+[meta]
+  dir = "{r / 'meta'}"
+
+[data]
+  dir = "{r / 'data'}"
+  wal-dir = "{r / 'wal'}"
+  query-log-enabled = false
+  wal-fsync-delay = "0s"
+
+[coordinator]
+  query-timeout = "60s"
+
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+  write-tracing = false
+  max-body-size = 0
+
+[monitor]
+  store-enabled = false
+
+[continuous_queries]
+  enabled = true
+  log-enabled = false
+  run-interval = "1m"
+
+[subscriber]
+  enabled = false
+
+[logging]
+  level = "warn"
+"""
+
+    def _write_config(self) -> None:
+        self.config_path.write_text(self.config_text())
+
+    def _command(self) -> list[str]:
+        return [INFLUXD_BIN, "run", "-config", str(self.config_path)]
+
+    def _ready(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running:
+                return False
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/ping", timeout=1).status_code == 204:
+                    return True
+            time.sleep(0.1)
+        return False

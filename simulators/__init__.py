@@ -1,0 +1,1 @@
+"""Stand-ins for the field: simulated fleets and firmware in the loop."""
