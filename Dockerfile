@@ -1,0 +1,14 @@
+# One image for the Python services (ingest, api, simulate).
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY contract ./contract
+COPY ingest ./ingest
+COPY api ./api
+COPY simulators ./simulators
+COPY dashboards ./dashboards
+COPY nakhon ./nakhon
+RUN pip install --no-cache-dir . && useradd --system --home /data nakhon && mkdir -p /data && chown nakhon /data
+USER nakhon
+ENV NAKHON_DATA_DIR=/data
+ENTRYPOINT ["nakhon"]

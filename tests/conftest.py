@@ -1,0 +1,84 @@
+"""Fixtures that start real servers: each test gets its own, on free ports.
+
+Nothing has to be running beforehand: Mosquitto and InfluxDB are started
+from the OS packages with the project's own config (nakhon.servers), the
+ingest as a real `nakhon ingest` process.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from contract.influx import Influx
+from contract.settings import Settings, load_settings
+from nakhon.procs import Service
+from nakhon.servers import InfluxDB, Mosquitto
+
+ROOT = Path(__file__).resolve().parent.parent
+TEST_VAR = ROOT / "var" / "test"
+
+
+@pytest.fixture
+def workdir(request: pytest.FixtureRequest) -> Iterator[Path]:
+    """A folder inside the working tree (git-ignored) for this test's servers and data."""
+    path = TEST_VAR / f"{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("/", "_").replace("[", "_").replace("]", "")
+    path.mkdir(parents=True)
+    yield path
+    if not request.session.testsfailed:  # keep the evidence when something failed
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def broker(workdir: Path) -> Iterator[Mosquitto]:
+    server = Mosquitto(workdir / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def influxdb(workdir: Path) -> Iterator[InfluxDB]:
+    server = InfluxDB(workdir / "influxdb")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def influx(influxdb: InfluxDB) -> Iterator[Influx]:
+    client = Influx(influxdb.url)
+    client.ensure_schema()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(workdir: Path, broker: Mosquitto, influxdb: InfluxDB) -> Settings:
+    return load_settings(
+        mqtt_port=broker.port,
+        influx_url=influxdb.url,
+        data_dir=workdir / "data",
+        ingest_stats_interval_s=1.0,
+        api_port=18080,
+    )
+
+
+def start_ingest(settings: Settings, workdir: Path, name: str = "ingest", workers: int | None = None) -> Service:
+    svc = Service(name, ["ingest"] + (["--workers", str(workers)] if workers else []), settings, workdir / "logs")
+    svc.start()
+    if not svc.wait_log('"msg":"connected"', 30):
+        raise AssertionError(f"ingest did not connect:\n{svc.log_path.read_text()[-3000:]}")
+    return svc
+
+
+@pytest.fixture
+def ingest(settings: Settings, workdir: Path, influx: Influx) -> Iterator[Service]:
+    """A running `nakhon ingest` process connected to this test's servers."""
+    svc = start_ingest(settings, workdir)
+    yield svc
+    svc.stop()

@@ -1,0 +1,36 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from contract.influx import Influx
+
+T = TypeVar("T")
+
+
+def wait_until(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.2, what: str = "condition") -> T:
+    """Poll `fn` until it returns something truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    last: T = fn()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last value {last!r})")
+        time.sleep(interval)
+        last = fn()
+    return last
+
+
+def count(influx: Influx, measurement: str, field: str, where: str = "") -> int:
+    q = f'SELECT count("{field}") FROM "raw"."{measurement}"' + (f" WHERE {where}" if where else "")
+    rows = influx.rows(q)
+    return int(rows[0]["count"]) if rows else 0
+
+
+def wait_count(influx: Influx, measurement: str, field: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> int:
+    """Wait until the count reaches `expected`, then a moment more to catch any excess."""
+    wait_until(lambda: count(influx, measurement, field) >= expected, timeout, what=f"{expected} {measurement}.{field} points")
+    time.sleep(settle)
+    return count(influx, measurement, field)
