@@ -48,11 +48,12 @@ class Reason:
     BAD_TS: Final = "bad_ts"
     TS_OUT_OF_WINDOW: Final = "ts_out_of_window"
     STORAGE_REJECTED: Final = "storage_rejected"
+    BAD_STATUS: Final = "bad_status"
 
     ALL: Final = (
         BAD_TOPIC, BAD_ID, OVERSIZE, BAD_JSON, BAD_SCHEMA, BAD_VERSION, EMPTY,
         UNKNOWN_METRIC, BAD_VALUE, NOT_FINITE, OUT_OF_RANGE, BAD_SEQ, BAD_TS,
-        TS_OUT_OF_WINDOW, STORAGE_REJECTED,
+        TS_OUT_OF_WINDOW, STORAGE_REJECTED, BAD_STATUS,
     )
 
 

@@ -17,9 +17,14 @@ RP_HOURLY: Final = "hourly"
 PRECISION: Final = "ms"
 TAGS: Final = ("city", "device")
 
-# Platform self-metrics (ingest counters) live beside the data.
+# Platform self-metrics (ingest counters) live beside the data, in `raw`.
 INGEST_MEASUREMENT: Final = "ingest_stats"
+# Device status documents (contract.status), one point per document received, in `raw`.
 STATUS_MEASUREMENT: Final = "device_status"
+# Hourly roll-ups in `hourly` keep the measurement names of `raw`, with fields
+# `mean_<f>`, `min_<f>`, `max_<f>` and `count_<f>` for every raw field f.
+# Thai AQI per device and hour, in `hourly`: fields aqi, band (1-5), pollutant, pm25_24h, pm10_24h.
+AQI_MEASUREMENT: Final = "aqi"
 
 DATA_MEASUREMENTS: Final = MEASUREMENTS
 

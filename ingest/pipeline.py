@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from contract.lineprotocol import encode_reading
+from contract import storage
+from contract.lineprotocol import encode_point, encode_reading
 from contract.payload import Reason, Rejection, Window, parse_telemetry
+from contract.status import StatusError, parse_status
 from contract.topics import Topic, TopicError, parse_topic
 from ingest import deadletter
 
@@ -39,6 +41,31 @@ class Pipeline:
                 self._topics.clear()
             self._topics[name] = hit
         return hit
+
+    def message(self, topic_name: str, payload: bytes, now: float) -> Outcome:
+        """Telemetry or status, by topic."""
+        if topic_name.endswith("/status"):
+            return self.status(topic_name, payload, now)
+        return self.telemetry(topic_name, payload, now)
+
+    def status(self, topic_name: str, payload: bytes, now: float) -> Outcome:
+        out = Outcome()
+        t = self.topic(topic_name)
+        if isinstance(t, TopicError):
+            out.rejections = [Rejection(Reason.BAD_ID, str(t))]
+        elif not payload:
+            return out  # a cleared retained status: nothing to record
+        else:
+            try:
+                fields = parse_status(payload)
+            except StatusError as exc:
+                out.rejections = [Rejection(Reason.BAD_STATUS, str(exc)[:200])]
+            else:
+                out.lines.append(encode_point(storage.STATUS_MEASUREMENT, {"city": t.city, "device": t.device}, fields, int(now * 1000)))
+                out.accepted = 1
+        if out.rejections:
+            out.dead = deadletter.record(topic_name, payload, out.rejections, now)
+        return out
 
     def telemetry(self, topic_name: str, payload: bytes, now: float) -> Outcome:
         out = Outcome()

@@ -99,6 +99,7 @@ class Worker:
         client.subscribe(
             [
                 (f"$share/{group}/{topics.TELEMETRY_FILTER}", topics.QOS),
+                (f"$share/{group}/{topics.STATUS_FILTER}", topics.QOS),
                 (BROKER_DROPPED_TOPIC, 0),
             ]
         )
@@ -123,7 +124,7 @@ class Worker:
             return
         if not self._accepting:
             return  # not acked: the broker redelivers it to us or a peer
-        out = self.pipeline.telemetry(msg.topic, msg.payload, time.time())
+        out = self.pipeline.message(msg.topic, msg.payload, time.time())
         with self._lock:
             b = self._batch
             if not b.mids:
