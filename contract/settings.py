@@ -65,6 +65,24 @@ class Settings(BaseSettings):
     api_host: str = "127.0.0.1"
     api_port: Port = 18080
 
+    # API (issue 5): device registry, keys, limits, open data.
+    registry_file: Path | None = None  # SQLite file; default <data_dir>/registry.sqlite3
+    api_public_read: bool = True  # open-data reads without a key; false = every call needs a key
+    api_rate_per_key: Annotated[int, Field(ge=1, le=1_000_000)] = 600  # requests per minute per API key
+    api_rate_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 120  # per minute per client address, keyless
+    api_default_interval_s: Annotated[int, Field(ge=1, le=86400)] = 60  # expected reading interval when a device states none
+    api_raw_max_days: Annotated[int, Field(ge=1, le=400)] = 7  # longest range served from raw points unaggregated
+    open_data_license: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,40}$")] = "cc-by-4.0"
+    open_data_publisher: str = "Nakhon smart-city pilots"
+    # Provisioning speaks to Mosquitto's dynamic-security plugin with these admin credentials.
+    broker_admin_username: str | None = None
+    broker_admin_password: str | None = None
+    # The broker address written into a device's config.json (what the device dials).
+    device_mqtt_host: str | None = None  # default: mqtt_host
+    device_mqtt_port: Port | None = None  # default: mqtt_port
+    # The ingest recomputes the hourly roll-ups of the hours it touched this often.
+    ingest_rollup_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
     @field_validator("influx_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
@@ -92,7 +110,13 @@ class Settings(BaseSettings):
             raise ValueError("NAKHON_MQTT_CA_FILE is set but NAKHON_MQTT_TLS is off: set NAKHON_MQTT_TLS=true")
         if (self.mqtt_username is None) != (self.mqtt_password is None):
             raise ValueError("set both NAKHON_MQTT_USERNAME and NAKHON_MQTT_PASSWORD, or neither")
+        if (self.broker_admin_username is None) != (self.broker_admin_password is None):
+            raise ValueError("set both NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD, or neither")
         return self
+
+    @property
+    def registry_path(self) -> Path:
+        return self.registry_file if self.registry_file is not None else self.data_dir / "registry.sqlite3"
 
     @cached_property
     def cities(self) -> dict[str, City]:

@@ -25,6 +25,7 @@ from contract.payload import Window
 from contract.settings import Settings
 from ingest.deadletter import DeadLetterStore
 from ingest.pipeline import Pipeline
+from ingest.rollups import Rollups
 from ingest.spool import Spool
 from ingest.stats import Stats
 from ingest.writer import DurableWriter
@@ -56,6 +57,12 @@ class Worker:
         self.dead = DeadLetterStore(settings.path("deadletter"), self.name)
         self.spool = Spool(settings.path("spool", self.name))
         self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats)
+        # hourly roll-ups, AQI and latest values for what each batch touched (own client: own thread)
+        self.rollups = Rollups(
+            Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s),
+            settings.ingest_rollup_interval_s,
+            ready=lambda: not len(self.spool),
+        )
         self._batch = _Batch()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -160,6 +167,7 @@ class Worker:
             return 0
         self.dead.append(batch.dead)  # type: ignore[arg-type]
         self.writer.commit(batch.lines)
+        self.rollups.touched(batch.lines)
         for mid in batch.mids:
             self.client.ack(mid, topics.QOS)
         return len(batch.mids)
@@ -214,6 +222,7 @@ class Worker:
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
         ]
+        self.rollups.start(s.influx_db)
         for t in self._threads:
             t.start()
         log.info("ingest worker started", extra=kv(worker=self.name, broker=f"{s.mqtt_host}:{s.mqtt_port}", influx=s.influx_url, spool_depth=self.spool.lines))
@@ -231,6 +240,7 @@ class Worker:
             log.exception("final flush failed; un-acked messages will be redelivered")
             acked = 0
         time.sleep(0.2)  # let the network thread send the PUBACKs
+        self.rollups.stop()
         self.client.disconnect()
         self.client.loop_stop()
         self.report()

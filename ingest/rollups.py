@@ -1,0 +1,168 @@
+"""Keep the hourly roll-ups, the AQI and the latest values right, late data included.
+
+The worker hands every committed batch to `touched()`: we note which
+(measurement, hour) pairs it wrote and the newest reading per device. A
+background thread then
+- writes the newest values to the `latest` retention policy (one point per
+  device and measurement at time 0), never replacing a newer reading with an
+  older one (a replayed buffer must not move "latest" backwards);
+- recomputes the touched hours from raw into `hourly` (contract.rollups), and
+  the AQI of every hour whose 24-hour window those hours fall in.
+Nothing is recomputed while the spool holds data that InfluxDB has not seen
+yet; a failed recompute is kept and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from contract import rollups, storage
+from contract.influx import Influx, InfluxError
+from contract.logs import kv
+
+log = logging.getLogger("nakhon.ingest.rollups")
+
+_DATA = frozenset(storage.DATA_MEASUREMENTS)
+_AQI_SPAN_MS = 23 * rollups.HOUR_MS  # an hour's PM2.5 lands in the AQI of the next 23 hours too
+
+
+class Rollups:
+    def __init__(self, influx: Influx, interval_s: float, ready: Callable[[], bool]) -> None:
+        self.influx = influx
+        self.interval_s = interval_s
+        self.ready = ready
+        self._lock = threading.Lock()
+        self._hours: set[tuple[str, int]] = set()
+        self._pending_latest: dict[str, tuple[int, str]] = {}  # series head -> (ts, fields)
+        self._newest: dict[str, int] = {}  # series head -> newest ts written to `latest`
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.database = storage.DATABASE
+        self._schema_ok = False
+
+    # --- called by the worker's flusher ---------------------------------------
+    def touched(self, lines: list[str]) -> None:
+        """Note what a committed batch wrote (data measurements only)."""
+        hours: set[tuple[str, int]] = set()
+        newest: dict[str, tuple[int, str]] = {}
+        for line in lines:
+            comma = line.find(",")
+            if comma < 0 or line[:comma] not in _DATA:
+                continue
+            head_end = line.find(" ")
+            tail = line.rfind(" ")
+            ts = int(line[tail + 1 :])
+            hours.add((line[:comma], ts - ts % rollups.HOUR_MS))
+            head = line[:head_end]
+            if ts > newest.get(head, (-1, ""))[0]:
+                newest[head] = (ts, line[head_end + 1 : tail])
+        with self._lock:
+            self._hours |= hours
+            for head, (ts, fields) in newest.items():
+                if ts > self._pending_latest.get(head, (-1, ""))[0]:
+                    self._pending_latest[head] = (ts, fields)
+
+    # --- background -------------------------------------------------------------
+    def start(self, database: str) -> None:
+        self.database = database
+        self._ensure_schema()
+        self._load_newest()
+        self._thread = threading.Thread(target=self._run, name="rollups", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.run_once(force=True)
+
+    def _run(self) -> None:
+        last = time.monotonic()
+        while not self._stop.wait(min(1.0, self.interval_s)):
+            due = time.monotonic() - last >= self.interval_s
+            try:
+                self.run_once(force=due)
+            except Exception:
+                log.exception("roll-up pass failed; will retry")
+            if due:
+                last = time.monotonic()
+
+    def _ensure_schema(self) -> None:
+        try:
+            self.influx.execute(rollups.schema_statements(self.database))
+            self._schema_ok = True
+        except InfluxError as exc:
+            log.warning("roll-up schema not created yet", extra=kv(error=str(exc)[:200]))
+
+    def run_once(self, force: bool = True) -> None:
+        if not self._schema_ok:
+            self._ensure_schema()
+        self._write_latest()
+        if force and self.ready():
+            self._recompute()
+
+    def _load_newest(self) -> None:
+        """Seed the newest-seen times from `latest`, so a restart cannot regress it."""
+        try:
+            sources = ",".join(f'"{rollups.RP_LATEST}"."{m}"' for m in storage.DATA_MEASUREMENTS)
+            for s in self.influx.series(f'SELECT "ts" FROM {sources} GROUP BY city, device'):
+                tags = s.get("tags", {})
+                head = f"{s['name']},city={tags.get('city')},device={tags.get('device')}"
+                self._newest[head] = max(int(v[1]) for v in s["values"] if v[1] is not None)
+        except (InfluxError, ValueError) as exc:
+            log.warning("could not read latest values at start", extra=kv(error=str(exc)[:200]))
+
+    def _write_latest(self) -> None:
+        with self._lock:
+            pending, self._pending_latest = self._pending_latest, {}
+        lines = []
+        for head, (ts, fields) in pending.items():
+            if ts > self._newest.get(head, -1):
+                lines.append(f"{head} {fields},ts={ts}i 0")
+        if not lines:
+            return
+        try:
+            self.influx.write(lines, rp=rollups.RP_LATEST)
+        except InfluxError as exc:
+            log.warning("latest values not written; will retry", extra=kv(error=str(exc)[:200]))
+            with self._lock:
+                for head, item in pending.items():
+                    if item[0] > self._pending_latest.get(head, (-1, ""))[0]:
+                        self._pending_latest[head] = item
+            return
+        for head, (ts, _) in pending.items():
+            self._newest[head] = max(ts, self._newest.get(head, -1))
+
+    def _recompute(self) -> None:
+        with self._lock:
+            hours, self._hours = self._hours, set()
+        if not hours:
+            return
+        done: set[tuple[str, int]] = set()
+        t0 = time.perf_counter()
+        try:
+            for meas in sorted({m for m, _ in hours}):
+                for first, last in rollups.hour_ranges(h for m, h in hours if m == meas):
+                    params = {"start": rollups.iso(first), "end": rollups.iso(last + rollups.HOUR_MS)}
+                    self.influx.query(rollups.recompute_statement(meas), params, method="POST")
+                    if meas == rollups.AIR:
+                        self._recompute_aqi(first, last)
+                    done |= {(meas, h) for h in range(first, last + 1, rollups.HOUR_MS)}
+        except InfluxError as exc:
+            log.warning("roll-up recompute failed; will retry", extra=kv(error=str(exc)[:200]))
+            with self._lock:
+                self._hours |= hours - done
+            return
+        log.debug("roll-ups recomputed", extra=kv(hours=len(hours), ms=round((time.perf_counter() - t0) * 1000, 1)))
+
+    def _recompute_aqi(self, first: int, last: int) -> None:
+        now_hour = int(time.time() * 1000) // rollups.HOUR_MS * rollups.HOUR_MS
+        last_aqi = min(last + _AQI_SPAN_MS, max(now_hour, last))
+        params = {"start": rollups.iso(first - _AQI_SPAN_MS), "end": rollups.iso(last_aqi + rollups.HOUR_MS)}
+        series = self.influx.series(rollups.aqi_inputs_statement(), params)
+        lines = rollups.aqi_points(series, first, last_aqi)
+        for i in range(0, len(lines), 5000):
+            self.influx.write(lines[i : i + 5000], rp=storage.RP_HOURLY)
