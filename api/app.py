@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
-from api.routers import health, readings
-from contract.influx import Influx
+from api.broker import DynSec
+from api.registry import Registry
+from api.routers import apikeys, aqi, devices, health, opendata, quality, readings
+from api.security import RateLimiter
+from contract.influx import Influx, InfluxRejected, InfluxUnavailable
+from contract.logs import kv
 from contract.settings import Settings, load_settings
+
+log = logging.getLogger("nakhon.api")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -17,17 +25,41 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
         yield
         app.state.influx.close()
 
     app = FastAPI(
         title="Nakhon API",
         version="1.0.0",
-        description="Open data and operations for the Nakhon smart-city sensor platform (Phuket, Khon Kaen, Chiang Mai).",
+        description=(
+            "Open data and operations for the Nakhon smart-city sensor platform (Phuket, Khon Kaen, Chiang Mai). "
+            "Reading is public unless switched off; provisioning and keys need an admin key in `X-API-Key`."
+        ),
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.include_router(health.router)
-    app.include_router(readings.router)
+    # Created here, not in the lifespan, so the app also serves when driven without one (tests, fuzzing).
+    app.state.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
+                              settings.influx_timeout_s)
+    app.state.registry = Registry(settings.registry_path)
+    app.state.limiter = RateLimiter()
+    app.state.dynsec = (
+        DynSec(settings.mqtt_host, settings.mqtt_port, settings.broker_admin_username, settings.broker_admin_password,
+               settings.mqtt_tls, str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None)
+        if settings.broker_admin_username and settings.broker_admin_password else None
+    )
+
+    @app.exception_handler(InfluxUnavailable)
+    async def _influx_down(request: Request, exc: InfluxUnavailable) -> JSONResponse:
+        log.warning("influxdb unavailable", extra=kv(path=request.url.path, error=str(exc)[:200]))
+        return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+
+    @app.exception_handler(InfluxRejected)
+    async def _influx_refused(request: Request, exc: InfluxRejected) -> JSONResponse:
+        # A query we built was refused: a bug on our side, logged, with nothing of the query shown to the caller.
+        log.error("influxdb refused a query", extra=kv(path=request.url.path, error=exc.message[:300]))
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    for r in (health, readings, aqi, quality, opendata, devices, apikeys):
+        app.include_router(r.router)
     return app

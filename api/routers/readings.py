@@ -1,29 +1,43 @@
-"""Readings: the latest per device of a city, one device's history."""
+"""Readings: a device's or a city's history (raw or aggregated), the latest per device of a city."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query
+from fastapi import APIRouter, HTTPException, Query
+from fastapi.responses import ORJSONResponse
 from pydantic import BaseModel
 
-from api.deps import InfluxDep, SettingsDep
-from contract import storage
-from contract.catalogue import MEASUREMENTS, METRICS
-from contract.cities import CITY_SLUG_PATTERN
-from contract.topics import DEVICE_ID_PATTERN
+from api import history
+from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep
+from api.params import Agg, CityPath, DevicePath, End, Every, Measurement, Metrics, Source, Start
+from api.security import Reader
 
-router = APIRouter(prefix="/v1", tags=["readings"])
+router = APIRouter(prefix="/v1", tags=["readings"], responses=READ_ERRORS)
 
-CityPath = Annotated[str, Path(pattern=CITY_SLUG_PATTERN, description="city slug, e.g. chiang_mai")]
-DevicePath = Annotated[str, Path(pattern=DEVICE_ID_PATTERN, description="device id")]
+
+class Point(BaseModel):
+    time: datetime
+    values: dict[str, float | str]
+
+
+class History(BaseModel):
+    subject: str  # device id or city slug
+    measurement: str
+    start: datetime
+    end: datetime
+    every: str | None
+    agg: str | None
+    source: str  # raw or hourly
+    points: list[Point]
 
 
 class LatestDevice(BaseModel):
     device: str
-    city: str
-    time: datetime
+    time: datetime | None
+    lat: float | None
+    lon: float | None
     values: dict[str, float | str]
 
 
@@ -32,76 +46,75 @@ class CityLatest(BaseModel):
     devices: list[LatestDevice]
 
 
-class Point(BaseModel):
-    time: datetime
-    seq: int | None = None
-    values: dict[str, float | str | None]
-
-
-class DeviceReadings(BaseModel):
-    device: str
-    measurement: str
-    start: datetime
-    end: datetime
-    points: list[Point]
-
-
-def _known_city(settings: SettingsDep, city: str) -> None:
+def known_city(settings: SettingsDep, city: str) -> None:
     if city not in settings.cities:
-        raise HTTPException(404, f"unknown city {city!r}; known: {sorted(settings.cities)}")
+        raise HTTPException(404, f"unknown city {city!r}")
+
+
+def _iso_ms(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _history(influx: InfluxDep, settings: SettingsDep, tag: str, ident: str, measurement: str, metrics: str | None,
+             start: datetime | None, end: datetime | None, every: str | None, agg: str, source: str, limit: int) -> ORJSONResponse:
+    try:
+        names = history.metric_list(measurement, metrics)
+        if every is None:
+            if tag == "city":
+                raise history.QueryError("a city's readings need every (e.g. 1h)")
+            if source == "hourly":
+                raise history.QueryError("hourly roll-ups need every (whole hours)")
+            t0, t1 = history.time_range(start, end, timedelta(days=1))
+            if t1 - t0 > timedelta(days=settings.api_raw_max_days):
+                raise history.QueryError(f"raw points are served for up to {settings.api_raw_max_days} days; set every")
+            q = history.raw_points("device", ident, measurement, names, t0, t1, limit)
+            rows = influx.rows(q.statement, q.params)
+            points = [{"time": _iso_ms(r.pop("time")), "values": {k: v for k, v in r.items() if v is not None}} for r in rows]
+            used = "raw"
+        else:
+            every_s = history.every_seconds(every)
+            t0, t1 = history.time_range(start, end, timedelta(days=7 if every_s >= 3600 else 1))
+            used, buckets = history.aggregate(influx, tag, ident, measurement, names, t0, t1, every_s, agg, source)  # type: ignore[arg-type]
+            points = [{"time": _iso_ms(t), "values": v} for t, v in buckets[:limit]]
+    except history.QueryError as exc:
+        raise HTTPException(400, str(exc)) from None
+    body = {"subject": ident, "measurement": measurement, "start": t0.isoformat(), "end": t1.isoformat(), "every": every,
+            "agg": agg if every else None, "source": used, "points": points}
+    return ORJSONResponse(body)
+
+
+Limit = Annotated[int, Query(ge=1, le=100_000, description="at most this many points")]
+
+
+@router.get("/devices/{device}/readings", response_model=History)
+def device_readings(device: DevicePath, _key: Reader, influx: InfluxDep, settings: SettingsDep, measurement: Measurement = "air",
+                    metrics: Metrics = None, start: Start = None, end: End = None, every: Every = None, agg: Agg = "mean",
+                    source: Source = "auto", limit: Limit = 10_000) -> ORJSONResponse:
+    """One device's readings: raw points, or buckets of `every` aggregated with `agg`."""
+    return _history(influx, settings, "device", device, measurement, metrics, start, end, every, agg, source, limit)
+
+
+@router.get("/cities/{city}/readings", response_model=History)
+def city_readings(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep, measurement: Measurement = "air",
+                  metrics: Metrics = None, start: Start = None, end: End = None, every: Every = "1h", agg: Agg = "mean",
+                  source: Source = "auto", limit: Limit = 10_000) -> ORJSONResponse:
+    """A city's readings aggregated over all its devices in buckets of `every`."""
+    known_city(settings, city)
+    return _history(influx, settings, "city", city, measurement, metrics, start, end, every, agg, source, limit)
 
 
 @router.get("/cities/{city}/latest", response_model=CityLatest)
-def city_latest(city: CityPath, settings: SettingsDep, influx: InfluxDep) -> CityLatest:
-    """The latest value of every metric of every device in a city."""
-    _known_city(settings, city)
-    merged: dict[str, LatestDevice] = {}
-    for meas in MEASUREMENTS:
-        # the newest whole point per device (last(*) would report the range start as its time)
-        q = f'SELECT * FROM "{storage.RP_RAW}"."{meas}" WHERE city = $city GROUP BY device ORDER BY time DESC LIMIT 1'
-        for s in influx.series(q, {"city": city}):
-            device = s["tags"]["device"]
-            cols, vals = s["columns"], s["values"][0]
-            row = dict(zip(cols, vals))
-            ts = datetime.fromtimestamp(row.pop("time") / 1000, UTC)
-            entry = merged.setdefault(device, LatestDevice(device=device, city=city, time=ts, values={}))
-            entry.time = max(entry.time, ts)
-            for name, v in row.items():
-                if v is not None and name in METRICS:
-                    entry.values[name] = v
-    return CityLatest(city=city, devices=sorted(merged.values(), key=lambda d: d.device))
+def city_latest(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep, registry: RegistryDep) -> ORJSONResponse:
+    """The latest value of every metric of every device in a city, with coordinates.
 
-
-@router.get("/devices/{device}/readings", response_model=DeviceReadings)
-def device_readings(
-    device: DevicePath,
-    influx: InfluxDep,
-    measurement: Annotated[str, Query(description="one of " + ", ".join(MEASUREMENTS))] = "air",
-    start: Annotated[datetime | None, Query(description="ISO 8601; default 24 h before end")] = None,
-    end: Annotated[datetime | None, Query(description="ISO 8601; default now")] = None,
-    limit: Annotated[int, Query(ge=1, le=100_000)] = 10_000,
-) -> DeviceReadings:
-    """One device's raw readings of one measurement over a time range."""
-    if measurement not in MEASUREMENTS:
-        raise HTTPException(422, f"measurement must be one of {list(MEASUREMENTS)}")
-    end = _aware(end) if end else datetime.now(UTC)
-    start = _aware(start) if start else end - timedelta(days=1)
-    if start >= end:
-        raise HTTPException(422, "start must be before end")
-    q = (
-        f'SELECT * FROM "{storage.RP_RAW}"."{measurement}" WHERE device = $device '
-        f"AND time >= $start AND time < $end ORDER BY time LIMIT {int(limit)}"
-    )
-    rows = influx.rows(q, {"device": device, "start": start.isoformat(), "end": end.isoformat()})
-    points = []
-    for r in rows:
-        seq = r.pop("seq", None)
-        ts = r.pop("time")
-        r.pop("city", None)
-        r.pop("device", None)
-        points.append(Point(time=datetime.fromtimestamp(ts / 1000, UTC), seq=seq, values=r))
-    return DeviceReadings(device=device, measurement=measurement, start=start, end=end, points=points)
-
-
-def _aware(t: datetime) -> datetime:
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
+    Served from the `latest` values the ingest keeps (one point per device), not by scanning history."""
+    known_city(settings, city)
+    values = history.latest(influx, city)
+    registered = {d.id: d for d in registry.devices(city=city)}
+    devices = []
+    for device in sorted(set(values) | set(registered)):
+        ts, vals = values.get(device, (0, {}))
+        reg = registered.get(device)
+        devices.append({"device": device, "time": _iso_ms(ts) if ts else None, "lat": reg.lat if reg else None,
+                        "lon": reg.lon if reg else None, "values": vals})
+    return ORJSONResponse({"city": city, "devices": devices})

@@ -1,0 +1,214 @@
+"""Device credentials in the real Mosquitto, through its dynamic-security plugin.
+
+Why the plugin and not password/ACL files with a SIGHUP: the API then needs
+no shared file system with the broker and no right to signal it (it works
+the same across containers); a change takes effect at once and is atomic;
+deleting a client disconnects it on the spot; and the plugin can pin a
+client id per client, so a device's client id is forced to its username
+without `use_username_as_clientid`, which would also force it on the ingest
+workers and make them kick each other off. The broker stores the passwords
+as salted PBKDF2-SHA512.
+
+Each device gets a role of its own with exact topics (no `+`):
+publish its `telemetry` and `status`, subscribe to and receive its `config`.
+The default ACL access denies everything else.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import secrets
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from contract import topics
+
+CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
+RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
+PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+)
+ADMIN_ROLE = "nakhon-admin"
+INGEST_ROLE = "nakhon-ingest"
+
+
+class BrokerError(RuntimeError):
+    """The broker refused or did not answer a provisioning command."""
+
+
+def new_password() -> str:
+    return secrets.token_urlsafe(24)
+
+
+def device_role(device: str) -> str:
+    return f"device-{device}"
+
+
+def device_acls(city: str, device: str) -> list[dict[str, Any]]:
+    """Exact per-device entries: its own telemetry/status out, its own config in."""
+    t, s, c = (topics.topic(city, device, ch) for ch in ("telemetry", "status", "config"))
+    return [
+        {"acltype": "publishClientSend", "topic": t, "allow": True},
+        {"acltype": "publishClientSend", "topic": s, "allow": True},
+        {"acltype": "subscribeLiteral", "topic": c, "allow": True},
+        {"acltype": "publishClientReceive", "topic": c, "allow": True},
+    ]
+
+
+def _acl(kind: str, topic: str) -> dict[str, Any]:
+    return {"acltype": kind, "topic": topic, "allow": True}
+
+
+def platform_roles() -> list[dict[str, Any]]:
+    """The admin (provisioning, config push) and ingest (read telemetry, status, $SYS) roles."""
+    control = CONTROL_TOPIC + "/#"
+    admin = [_acl("publishClientSend", control), _acl("publishClientReceive", control), _acl("subscribePattern", control),
+             _acl("publishClientSend", f"{topics.PREFIX}/+/+/config")]
+    ingest = []
+    for pattern in (topics.TELEMETRY_FILTER, topics.STATUS_FILTER, "$SYS/#"):
+        ingest += [_acl("subscribePattern", pattern), _acl("publishClientReceive", pattern)]
+        if not pattern.startswith("$"):
+            ingest.append(_acl("subscribePattern", f"$share/+/{pattern}"))
+    return [{"rolename": ADMIN_ROLE, "acls": admin}, {"rolename": INGEST_ROLE, "acls": ingest}]
+
+
+def _pbkdf2(password: str, iterations: int = 101) -> dict[str, Any]:
+    """The plugin's own password format: PBKDF2-HMAC-SHA512, 12-byte salt, 64-byte hash."""
+    salt = os.urandom(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return {"password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(), "iterations": iterations}
+
+
+def bootstrap_config(admin: tuple[str, str], ingest: tuple[str, str]) -> dict[str, Any]:
+    """The plugin's initial JSON: default-deny, an admin client and an ingest client."""
+    return {
+        "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True},
+        "clients": [
+            {"username": admin[0], "textname": "Nakhon provisioning", "roles": [{"rolename": ADMIN_ROLE}], **_pbkdf2(admin[1])},
+            {"username": ingest[0], "textname": "Nakhon ingest", "roles": [{"rolename": INGEST_ROLE}], **_pbkdf2(ingest[1])},
+        ],
+        "groups": [],
+        "roles": platform_roles(),
+    }
+
+
+def write_bootstrap(path: Path, admin: tuple[str, str], ingest: tuple[str, str]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(bootstrap_config(admin, ingest), indent=2))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+
+
+def plugin_path() -> str:
+    for p in PLUGIN_PATHS:
+        if Path(p).exists():
+            return p
+    raise BrokerError("mosquitto_dynamic_security.so not found: install the mosquitto package (2.0 or later)")
+
+
+def mosquitto_config(dynsec_file: Path) -> str:
+    """The mosquitto.conf lines that load the plugin with `dynsec_file`."""
+    return f"plugin {plugin_path()}\nplugin_opt_config_file {Path(dynsec_file).resolve()}\n"
+
+
+class DynSec:
+    """Runs dynamic-security commands: one short MQTT connection per call."""
+
+    def __init__(self, host: str, port: int, username: str, password: str, tls: bool = False,
+                 ca_file: str | None = None, timeout: float = 10.0) -> None:
+        self.host, self.port, self.username, self.password = host, port, username, password
+        self.tls, self.ca_file, self.timeout = tls, ca_file, timeout
+        self._lock = threading.Lock()  # one command batch at a time keeps responses unambiguous
+
+    def run(self, commands: list[dict[str, Any]], allow: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+        """Send commands; raises BrokerError on any error not in `allow` (matched as a substring)."""
+        tag = uuid.uuid4().hex
+        for i, c in enumerate(commands):
+            c["correlationData"] = f"{tag}-{i}"
+        done = threading.Event()
+        connected = threading.Event()
+        answers: list[dict[str, Any]] = []
+        failure: list[str] = []
+
+        def on_connect(client: mqtt.Client, _u: object, _f: object, rc: mqtt.ReasonCode, _p: object) -> None:
+            if rc.is_failure:
+                failure.append(f"broker refused the admin login: {rc}")
+                done.set()
+                return
+            client.subscribe(RESPONSE_TOPIC, 1)
+
+        def on_subscribe(client: mqtt.Client, _u: object, _mid: int, codes: list[mqtt.ReasonCode], _p: object) -> None:
+            if any(c.is_failure for c in codes):
+                failure.append("admin may not read the dynamic-security responses")
+                done.set()
+                return
+            connected.set()
+            client.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
+
+        def on_message(_c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+            try:
+                doc = json.loads(msg.payload)
+            except ValueError:
+                return
+            for r in doc.get("responses", []):
+                if str(r.get("correlationData", "")).startswith(tag):
+                    answers.append(r)
+            if len(answers) >= len(commands):
+                done.set()
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"nakhon-admin-{tag[:8]}", protocol=mqtt.MQTTv5)
+        client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.ca_file)
+        client.on_connect = on_connect
+        client.on_subscribe = on_subscribe
+        client.on_message = on_message
+        with self._lock:
+            try:
+                client.connect(self.host, self.port, keepalive=30)
+            except OSError as exc:
+                raise BrokerError(f"broker unreachable at {self.host}:{self.port}: {exc}") from None
+            client.loop_start()
+            try:
+                if not done.wait(self.timeout):
+                    raise BrokerError("the broker did not answer the provisioning command in time")
+            finally:
+                client.disconnect()
+                client.loop_stop()
+        if failure:
+            raise BrokerError(failure[0])
+        errors = [str(r["error"]) for r in answers if r.get("error") and not any(a in str(r["error"]) for a in allow)]
+        if errors:
+            raise BrokerError("; ".join(errors))
+        return answers
+
+    # --- what provisioning needs --------------------------------------------
+    def create_device(self, city: str, device: str, password: str) -> None:
+        role = device_role(device)
+        self.run([
+            {"command": "createRole", "rolename": role, "acls": device_acls(city, device)},
+            {"command": "createClient", "username": device, "password": password, "clientid": device,
+             "roles": [{"rolename": role}], "textname": f"{city} sensor"},
+        ])
+
+    def set_password(self, device: str, password: str) -> None:
+        # Kick the live session too: whoever held the old secret is out at once.
+        self.run([{"command": "setClientPassword", "username": device, "password": password},
+                  {"command": "disableClient", "username": device},
+                  {"command": "enableClient", "username": device}])
+
+    def delete_device(self, device: str) -> None:
+        """Delete the client (the broker disconnects it at once) and its role."""
+        self.run([{"command": "deleteClient", "username": device}, {"command": "deleteRole", "rolename": device_role(device)}],
+                 allow=("not found",))

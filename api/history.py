@@ -1,0 +1,204 @@
+"""Readings over a time range: raw points, or aggregates from raw or from the hourly roll-ups.
+
+Every caller value reaches InfluxQL as a bound parameter ($id, $start, $end)
+or as an identifier checked against the catalogue; the bucket width is
+rebuilt from an integer. Aggregates whose width is a whole number of hours
+come from `hourly` (min of the mins, max of the maxes, sum of the counts,
+and the mean weighted by the counts, so it equals the mean of raw); other
+widths from `raw`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final, Literal
+
+from contract import storage
+from contract.catalogue import METRICS, metrics_of
+from contract.influx import Influx
+from contract.rollups import RP_LATEST
+
+Agg = Literal["mean", "min", "max", "count"]
+Source = Literal["auto", "raw", "hourly"]
+EVERY_PATTERN: Final = r"^[1-9][0-9]{0,5}[smhd]$"
+METRICS_PATTERN: Final = r"^[a-z0-9_]{1,32}(,[a-z0-9_]{1,32}){0,31}$"
+MAX_BUCKETS: Final = 20_000
+_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_EARLIEST: Final = datetime(2000, 1, 1, tzinfo=UTC)
+_LATEST: Final = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+class QueryError(ValueError):
+    """A request that cannot be answered as asked; the message says why (HTTP 400)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    statement: str
+    params: dict[str, Any]
+
+
+def every_seconds(every: str) -> int:
+    if not re.fullmatch(EVERY_PATTERN, every):
+        raise QueryError("every must look like 30s, 5m, 1h or 1d")
+    seconds = int(every[:-1]) * _UNIT_S[every[-1]]
+    if not 10 <= seconds <= 366 * 86400:
+        raise QueryError("every must be between 10s and 366d")
+    return seconds
+
+
+def time_range(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[datetime, datetime]:
+    end = _aware(end) if end else datetime.now(UTC)
+    start = _aware(start) if start else end - default
+    for t in (start, end):
+        if not _EARLIEST <= t <= _LATEST:
+            raise QueryError("times must lie between 2000-01-01 and 2100-01-01")
+    if start >= end:
+        raise QueryError("start must be before end")
+    return start, end
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def metric_list(measurement: str, metrics: str | None) -> list[str]:
+    """The requested metrics (all numeric ones of the measurement by default), checked."""
+    numeric = [m.name for m in metrics_of(measurement) if m.kind == "float"]
+    if not metrics:
+        return numeric
+    if not re.fullmatch(METRICS_PATTERN, metrics):
+        raise QueryError("metrics must be a comma-separated list of metric names")
+    names = list(dict.fromkeys(metrics.split(",")))
+    for n in names:
+        if n not in METRICS or METRICS[n].measurement != measurement:
+            raise QueryError(f"{n!r} is not a metric of {measurement}; choose from {numeric}")
+        if METRICS[n].kind != "float":
+            raise QueryError(f"{n!r} is text and cannot be aggregated")
+    return names
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _where(tag: Literal["device", "city"]) -> str:
+    return f'"{tag}" = $id AND time >= $start AND time < $end'
+
+
+def raw_points(tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str], start: datetime,
+               end: datetime, limit: int) -> Query:
+    cols = ", ".join(f'"{m}"' for m in metrics)
+    return Query(
+        f'SELECT {cols}, "seq" FROM "{storage.RP_RAW}"."{measurement}" WHERE {_where(tag)} ORDER BY time LIMIT {int(limit)}',
+        {"id": ident, "start": _iso(start), "end": _iso(end)},
+    )
+
+
+def raw_aggregate(tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str], start: datetime,
+                  end: datetime, every_s: int, agg: Agg) -> Query:
+    cols = ", ".join(f'{agg}("{m}") AS "{m}"' for m in metrics)
+    return Query(
+        f'SELECT {cols} FROM "{storage.RP_RAW}"."{measurement}" WHERE {_where(tag)} GROUP BY time({int(every_s)}s) fill(none)',
+        {"id": ident, "start": _iso(start), "end": _iso(end)},
+    )
+
+
+def hourly_rows(tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str], start: datetime,
+                end: datetime, agg: Agg) -> Query:
+    """The hourly points an aggregate is combined from (mean needs the counts as weights)."""
+    need = ["mean", "count"] if agg == "mean" else [agg]
+    cols = ", ".join(f'"{a}_{m}"' for m in metrics for a in need)
+    return Query(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE {_where(tag)}',
+                 {"id": ident, "start": _iso(start), "end": _iso(end)})
+
+
+def combine_hourly(series: list[dict[str, Any]], metrics: list[str], every_s: int, agg: Agg) -> list[tuple[int, dict[str, float]]]:
+    """Fold hourly points into buckets of `every_s` (epoch-aligned, as InfluxQL's GROUP BY time)."""
+    every_ms = every_s * 1000
+    acc: dict[int, dict[str, list[float]]] = {}
+    for s in series:
+        cols = s["columns"]
+        idx = {c: i for i, c in enumerate(cols)}
+        for v in s.get("values", []):
+            t = int(v[0])
+            bucket = acc.setdefault(t - t % every_ms, {})
+            for m in metrics:
+                if agg == "mean":
+                    mean, n = v[idx[f"mean_{m}"]], v[idx[f"count_{m}"]]
+                    if mean is None or not n:
+                        continue
+                    a = bucket.setdefault(m, [0.0, 0.0])
+                    a[0] += mean * n
+                    a[1] += n
+                else:
+                    x = v[idx[f"{agg}_{m}"]]
+                    if x is None:
+                        continue
+                    a = bucket.get(m)
+                    if a is None:
+                        bucket[m] = [float(x)]
+                    elif agg == "min":
+                        a[0] = min(a[0], x)
+                    elif agg == "max":
+                        a[0] = max(a[0], x)
+                    else:
+                        a[0] += x
+    out = []
+    for t in sorted(acc):
+        values = {m: (a[0] / a[1] if agg == "mean" else a[0]) for m, a in acc[t].items()}
+        if values:
+            out.append((t, values))
+    return out
+
+
+def aggregate(influx: Influx, tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str],
+              start: datetime, end: datetime, every_s: int, agg: Agg, source: Source) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
+    """Buckets of `every_s` from the right source; returns (source used, [(time ms, values)])."""
+    if (end - start).total_seconds() / every_s > MAX_BUCKETS:
+        raise QueryError(f"that range holds more than {MAX_BUCKETS} buckets of every; widen every or narrow the range")
+    if source == "auto":
+        source = "hourly" if every_s % 3600 == 0 else "raw"
+    if source == "hourly":
+        if every_s % 3600:
+            raise QueryError("hourly roll-ups serve only widths of whole hours")
+        q = hourly_rows(tag, ident, measurement, metrics, start, end, agg)
+        return "hourly", combine_hourly(influx.series(q.statement, q.params), metrics, every_s, agg)
+    q = raw_aggregate(tag, ident, measurement, metrics, start, end, every_s, agg)
+    out = []
+    for s in influx.series(q.statement, q.params):
+        cols = s["columns"]
+        for v in s.get("values", []):
+            values = {c: x for c, x in zip(cols[1:], v[1:], strict=True) if x is not None}
+            if values:
+                out.append((int(v[0]), values))
+    return "raw", out
+
+
+def latest_query() -> str:
+    """One point per device and measurement, kept by the ingest: cheap whatever the history."""
+    sources = ",".join(f'"{RP_LATEST}"."{m}"' for m in storage.DATA_MEASUREMENTS)
+    return f'SELECT * FROM {sources} WHERE "city" = $city GROUP BY "device"'
+
+
+def latest_device_query() -> str:
+    sources = ",".join(f'"{RP_LATEST}"."{m}"' for m in storage.DATA_MEASUREMENTS)
+    return f'SELECT * FROM {sources} WHERE "device" = $id'
+
+
+def latest(influx: Influx, city: str) -> dict[str, tuple[int, dict[str, float | str]]]:
+    """device -> (newest reading time ms, latest value of each metric)."""
+    out: dict[str, tuple[int, dict[str, float | str]]] = {}
+    for s in influx.series(latest_query(), {"city": city}):
+        device = s["tags"]["device"]
+        cols, vals = s["columns"], s["values"][0]
+        ts, values = out.get(device, (0, {}))
+        for c, v in zip(cols, vals, strict=True):
+            if c == "ts" and v is not None:
+                ts = max(ts, int(v))
+            elif v is not None and c in METRICS:
+                values[c] = v
+        out[device] = (ts, values)
+    return out

@@ -1,0 +1,237 @@
+"""The device registry and the API keys: one small repository over SQLite.
+
+Everything the API knows that is not a measurement lives here, behind plain
+methods, so a server database can replace the file later without touching
+the routers. Secrets are never stored: device passwords are kept as a
+PBKDF2 hash (the broker keeps its own), API keys as SHA-256 of their
+256-bit random secret (a slow hash adds nothing to a key nobody can guess).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+SCOPES = ("read", "admin")
+DEVICE_STATES = ("active", "retired")
+_KEY_PREFIX = "nk"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS devices (
+    id TEXT PRIMARY KEY,
+    city TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    sensors TEXT NOT NULL,
+    lat REAL NOT NULL,
+    lon REAL NOT NULL,
+    installed TEXT NOT NULL,
+    fw TEXT,
+    interval_s INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    secret_hash TEXT NOT NULL,
+    created TEXT NOT NULL,
+    updated TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS devices_city ON devices (city);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    city TEXT,
+    hash TEXT NOT NULL,
+    created TEXT NOT NULL,
+    revoked TEXT
+);
+"""
+
+
+@dataclass(slots=True)
+class Device:
+    id: str
+    city: str
+    kind: str
+    sensors: list[str]
+    lat: float
+    lon: float
+    installed: date
+    fw: str | None
+    interval_s: int
+    state: str = "active"
+    created: datetime = field(default_factory=lambda: datetime.now(UTC))
+    updated: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    id: str
+    name: str
+    scope: str
+    city: str | None  # an admin key limited to one city's devices
+    created: datetime
+    revoked: datetime | None
+
+
+class Conflict(Exception):
+    """The record exists already."""
+
+
+def hash_password(password: str, iterations: int = 100_000) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    return f"pbkdf2_sha256${iterations}${salt.hex()}${digest.hex()}"
+
+
+def check_password(password: str, stored: str) -> bool:
+    _, iterations, salt, digest = stored.split("$")
+    got = hashlib.pbkdf2_hmac("sha256", password.encode(), bytes.fromhex(salt), int(iterations))
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def _key_hash(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def split_key(token: str) -> tuple[str, str] | None:
+    """`nk_<id>_<secret>` -> (id, secret), or None if it is not shaped like a key."""
+    parts = token.split("_", 2)
+    if len(parts) != 3 or parts[0] != _KEY_PREFIX or len(parts[1]) != 12 or not parts[1].isalnum() or len(parts[2]) < 20:
+        return None
+    return parts[1], parts[2]
+
+
+class Registry:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=10, isolation_level=None)
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA busy_timeout=10000")
+            self._local.conn = conn
+        return conn
+
+    @contextmanager
+    def _db(self) -> Iterator[sqlite3.Connection]:
+        """One connection per thread; each block is one transaction."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    # --- devices -------------------------------------------------------------
+    def add_device(self, device: Device, password: str) -> None:
+        now = datetime.now(UTC).isoformat()
+        try:
+            with self._db() as db:
+                db.execute(
+                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (device.id, device.city, device.kind, json.dumps(device.sensors), device.lat, device.lon,
+                     device.installed.isoformat(), device.fw, device.interval_s, device.state, hash_password(password), now, now),
+                )
+        except sqlite3.IntegrityError:
+            raise Conflict(f"device {device.id!r} exists") from None
+
+    def remove_device(self, device_id: str) -> None:
+        """Undo an `add_device` whose broker half failed."""
+        with self._db() as db:
+            db.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+
+    def set_password(self, device_id: str, password: str) -> None:
+        with self._db() as db:
+            db.execute("UPDATE devices SET secret_hash = ?, updated = ? WHERE id = ?",
+                       (hash_password(password), datetime.now(UTC).isoformat(), device_id))
+
+    def check_device_password(self, device_id: str, password: str) -> bool:
+        with self._db() as db:
+            row = db.execute("SELECT secret_hash FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return row is not None and check_password(password, row["secret_hash"])
+
+    def set_state(self, device_id: str, state: str) -> None:
+        if state not in DEVICE_STATES:
+            raise ValueError(f"state must be one of {DEVICE_STATES}")
+        with self._db() as db:
+            db.execute("UPDATE devices SET state = ?, updated = ? WHERE id = ?", (state, datetime.now(UTC).isoformat(), device_id))
+
+    def device(self, device_id: str) -> Device | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM devices WHERE id = ?", (device_id,)).fetchone()
+        return _device(row) if row else None
+
+    def devices(self, city: str | None = None, state: str | None = None) -> list[Device]:
+        q, args = "SELECT * FROM devices WHERE 1=1", []
+        if city is not None:
+            q += " AND city = ?"
+            args.append(city)
+        if state is not None:
+            q += " AND state = ?"
+            args.append(state)
+        with self._db() as db:
+            rows = db.execute(q + " ORDER BY id", args).fetchall()
+        return [_device(r) for r in rows]
+
+    # --- API keys --------------------------------------------------------------
+    def create_key(self, name: str, scope: str, city: str | None = None) -> tuple[ApiKey, str]:
+        """A new key; the token (`nk_<id>_<secret>`) is returned here and never again."""
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}")
+        key_id = secrets.token_hex(6)
+        secret = secrets.token_urlsafe(32)
+        now = datetime.now(UTC)
+        with self._db() as db:
+            db.execute("INSERT INTO api_keys VALUES (?,?,?,?,?,?,NULL)", (key_id, name, scope, city, _key_hash(secret), now.isoformat()))
+        return ApiKey(key_id, name, scope, city, now, None), f"{_KEY_PREFIX}_{key_id}_{secret}"
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The key a token belongs to, if it is valid and not revoked."""
+        parts = split_key(token)
+        if parts is None:
+            return None
+        key_id, secret = parts
+        with self._db() as db:
+            row = db.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None or row["revoked"] is not None or not hmac.compare_digest(row["hash"], _key_hash(secret)):
+            return None
+        return _key(row)
+
+    def revoke_key(self, key_id: str) -> bool:
+        with self._db() as db:
+            cur = db.execute("UPDATE api_keys SET revoked = ? WHERE id = ? AND revoked IS NULL", (datetime.now(UTC).isoformat(), key_id))
+        return cur.rowcount == 1
+
+    def api_keys(self) -> list[ApiKey]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM api_keys ORDER BY created").fetchall()
+        return [_key(r) for r in rows]
+
+
+def _device(row: sqlite3.Row) -> Device:
+    return Device(
+        id=row["id"], city=row["city"], kind=row["kind"], sensors=json.loads(row["sensors"]), lat=row["lat"], lon=row["lon"],
+        installed=date.fromisoformat(row["installed"]), fw=row["fw"], interval_s=row["interval_s"], state=row["state"],
+        created=datetime.fromisoformat(row["created"]), updated=datetime.fromisoformat(row["updated"]),
+    )
+
+
+def _key(row: Any) -> ApiKey:
+    revoked = datetime.fromisoformat(row["revoked"]) if row["revoked"] else None
+    return ApiKey(row["id"], row["name"], row["scope"], row["city"], datetime.fromisoformat(row["created"]), revoked)
