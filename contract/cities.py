@@ -55,9 +55,7 @@ def load_cities(extra_file: Path | None = None) -> dict[str, City]:
         except TypeError as exc:
             raise CityRegistryError(f"cities file {extra_file}, entry {i}: {exc}") from exc
         if not _SLUG_RE.match(city.slug):
-            raise CityRegistryError(
-                f"cities file {extra_file}, entry {i}: slug {city.slug!r} must match {CITY_SLUG_PATTERN}"
-            )
+            raise CityRegistryError(f"cities file {extra_file}, entry {i}: slug {city.slug!r} must match {CITY_SLUG_PATTERN}")
         if not (-90 <= city.lat <= 90 and -180 <= city.lon <= 180):
             raise CityRegistryError(f"cities file {extra_file}, entry {i}: lat/lon out of range")
         cities[city.slug] = city

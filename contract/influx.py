@@ -90,10 +90,7 @@ class Influx:
         if params:
             data["params"] = orjson.dumps(params).decode()
         try:
-            if method == "POST":
-                resp = self._http.post("/query", data=data)
-            else:
-                resp = self._http.get("/query", params=data)
+            resp = self._http.post("/query", data=data) if method == "POST" else self._http.get("/query", params=data)
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"query failed: {type(exc).__name__}: {exc}") from exc
         if resp.status_code >= 500:
@@ -118,7 +115,7 @@ class Influx:
             tags = s.get("tags", {})
             cols = s["columns"]
             for values in s.get("values", []):
-                row = dict(zip(cols, values))
+                row = dict(zip(cols, values, strict=True))
                 row.update(tags)
                 out.append(row)
         return out

@@ -73,10 +73,7 @@ def encode_reading(city: str, device: str, reading: Reading) -> list[str]:
     by_meas: dict[str, list[str]] = {}
     for name, value in reading.m.items():
         meas = METRICS[name].measurement
-        if type(value) is str:
-            text = field_value(value)
-        else:
-            text = repr(float(value))
+        text = field_value(value) if type(value) is str else repr(float(value))
         by_meas.setdefault(meas, []).append(f"{name}={text}")
     ts = f" {reading.ts_ms}"
     seq = f",seq={reading.seq}i"

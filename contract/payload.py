@@ -51,9 +51,22 @@ class Reason:
     BAD_STATUS: Final = "bad_status"
 
     ALL: Final = (
-        BAD_TOPIC, BAD_ID, OVERSIZE, BAD_JSON, BAD_SCHEMA, BAD_VERSION, EMPTY,
-        UNKNOWN_METRIC, BAD_VALUE, NOT_FINITE, OUT_OF_RANGE, BAD_SEQ, BAD_TS,
-        TS_OUT_OF_WINDOW, STORAGE_REJECTED, BAD_STATUS,
+        BAD_TOPIC,
+        BAD_ID,
+        OVERSIZE,
+        BAD_JSON,
+        BAD_SCHEMA,
+        BAD_VERSION,
+        EMPTY,
+        UNKNOWN_METRIC,
+        BAD_VALUE,
+        NOT_FINITE,
+        OUT_OF_RANGE,
+        BAD_SEQ,
+        BAD_TS,
+        TS_OUT_OF_WINDOW,
+        STORAGE_REJECTED,
+        BAD_STATUS,
     )
 
 
@@ -86,7 +99,7 @@ class Window:
 
 
 def _is_number(x: object) -> bool:
-    return (type(x) is int or type(x) is float)  # bool is a subclass of int: refuse it
+    return type(x) is int or type(x) is float  # bool is a subclass of int: refuse it
 
 
 def _check_reading(obj: Any, now: float, window: Window, index: int | None) -> Reading | Rejection:
@@ -126,7 +139,7 @@ def _check_reading(obj: Any, now: float, window: Window, index: int | None) -> R
             return Rejection(Reason.NOT_FINITE, f"{name} is not finite", index)
         if not (metric.lo <= value <= metric.hi):
             return Rejection(Reason.OUT_OF_RANGE, f"{name}={value!r} outside {metric.lo:g}..{metric.hi:g} {metric.unit}", index)
-    return Reading(int(round(ts * 1000)), seq, m)
+    return Reading(round(ts * 1000), seq, m)
 
 
 def parse_telemetry(raw: bytes, now: float, window: Window = Window(), max_bytes: int = 262144) -> Parsed:

@@ -98,10 +98,7 @@ def aqi_points(series: Iterable[dict[str, Any]], first_hour_ms: int, last_hour_m
                 continue
             averaged: dict[str, float | None] = {}
             for p, (window, _, _) in aqi.POLLUTANTS.items():
-                vals = [
-                    v for k in range(window)
-                    if (row := hours.get(h - k * HOUR_MS)) is not None and (v := row.get(p)) is not None
-                ]
+                vals = [v for k in range(window) if (row := hours.get(h - k * HOUR_MS)) is not None and (v := row.get(p)) is not None]
                 averaged[p] = sum(vals) / len(vals) if vals else None
             result = aqi.thai_aqi(averaged, datetime.fromtimestamp(h / 1000, UTC))
             if result is None:

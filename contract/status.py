@@ -31,9 +31,16 @@ MAX_BYTES: Final = 4096
 _FAULT_RE: Final = re.compile(r"^[a-z0-9_]{1,16}:[a-z0-9_]{1,24}$")
 _FW_RE: Final = re.compile(FW_PATTERN)
 _NUMBERS: Final = {
-    "battery_v": (0, 15), "rssi_dbm": (-120, 0), "free_mem": (0, 1 << 24), "uptime_s": (0, 1 << 32),
-    "buffered": (0, 1 << 24), "dropped": (0, 1 << 32), "interval_s": (1, 86400), "config_seq": (0, 1 << 31),
-    "lat": (-90, 90), "lon": (-180, 180),
+    "battery_v": (0, 15),
+    "rssi_dbm": (-120, 0),
+    "free_mem": (0, 1 << 24),
+    "uptime_s": (0, 1 << 32),
+    "buffered": (0, 1 << 24),
+    "dropped": (0, 1 << 32),
+    "interval_s": (1, 86400),
+    "config_seq": (0, 1 << 31),
+    "lat": (-90, 90),
+    "lon": (-180, 180),
 }
 
 

@@ -1,8 +1,8 @@
 """MQTT topics of the telemetry contract (v1), all QoS 1.
 
-    nakhon/v1/{city}/{device_id}/telemetry   device -> platform readings
-    nakhon/v1/{city}/{device_id}/status      retained; online doc, offline LWT
-    nakhon/v1/{city}/{device_id}/config      retained; platform -> device
+nakhon/v1/{city}/{device_id}/telemetry   device -> platform readings
+nakhon/v1/{city}/{device_id}/status      retained; online doc, offline LWT
+nakhon/v1/{city}/{device_id}/config      retained; platform -> device
 """
 
 from __future__ import annotations

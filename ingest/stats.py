@@ -54,7 +54,5 @@ class Stats:
             return snap
 
     def line(self, ts_ms: int) -> str:
-        fields: dict[str, float | int | str | bool] = {
-            k: (v if isinstance(v, int) else float(v)) for k, v in self.snapshot().items()
-        }
+        fields: dict[str, float | int | str | bool] = {k: (v if isinstance(v, int) else float(v)) for k, v in self.snapshot().items()}
         return encode_point(storage.INGEST_MEASUREMENT, {"worker": self.worker}, fields, ts_ms)

@@ -8,6 +8,7 @@ only then acknowledges its messages (manual_ack). The broker holds at most
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import ssl
 import threading
@@ -18,7 +19,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from contract import storage, topics
+from contract import topics
 from contract.influx import Influx, InfluxError
 from contract.logs import kv
 from contract.payload import Window
@@ -203,10 +204,8 @@ class Worker:
     def report(self) -> None:
         snap = self.stats.snapshot()
         log.info("stats", extra=kv(worker=self.name, **snap))
-        try:
+        with contextlib.suppress(InfluxError):  # self-metrics are best effort; the data path has its own spool
             self.influx.write([self.stats.line(int(time.time() * 1000))])
-        except InfluxError:
-            pass  # self-metrics are best effort; the data path has its own spool
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> None:

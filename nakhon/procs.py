@@ -40,9 +40,7 @@ class Service:
     def start(self) -> None:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nakhon", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
+        self.proc = subprocess.Popen([sys.executable, "-m", "nakhon", *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
 
     @property

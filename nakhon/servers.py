@@ -253,11 +253,11 @@ reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
 
 [meta]
-  dir = "{r / 'meta'}"
+  dir = "{r / "meta"}"
 
 [data]
-  dir = "{r / 'data'}"
-  wal-dir = "{r / 'wal'}"
+  dir = "{r / "data"}"
+  wal-dir = "{r / "wal"}"
   query-log-enabled = false
   wal-fsync-delay = "0s"
 

@@ -34,3 +34,15 @@ def wait_count(influx: Influx, measurement: str, field: str, expected: int, time
     wait_until(lambda: count(influx, measurement, field) >= expected, timeout, what=f"{expected} {measurement}.{field} points")
     time.sleep(settle)
     return count(influx, measurement, field)
+
+
+def wait_len(fn: Callable[[], list[T]], n: int, timeout: float = 30.0, what: str = "items") -> list[T]:
+    """Poll `fn` until it returns at least `n` items; returns them."""
+    box: list[list[T]] = [[]]
+
+    def ready() -> bool:
+        box[0] = fn()
+        return len(box[0]) >= n
+
+    wait_until(ready, timeout, what=f"{n} {what} (have {len(box[0])})")
+    return box[0]
