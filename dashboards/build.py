@@ -21,7 +21,7 @@ from dashboards import city, datasource, fleet, platform
 ROOT: Final = Path(__file__).resolve().parent
 JSON_DIR: Final = "json"
 # Where docker-compose mounts the generated files inside the Grafana container.
-GRAFANA_DASHBOARDS: Final = "/var/lib/grafana/dashboards/nakhon"
+GRAFANA_DASHBOARDS: Final = "/etc/grafana/dashboards/nakhon"
 GRAFANA_PROVISIONING: Final = "/etc/grafana/provisioning"
 FOLDER: Final = "Nakhon"
 FOLDER_UID: Final = "nakhon"

@@ -13,7 +13,7 @@ from typing import Any
 from dashboards import datasource
 
 Json = dict[str, Any]
-GRAFANA_VERSION = "11.0.0"  # the panel plugin versions the option shapes follow
+GRAFANA_VERSION = "13.2.3"  # the Grafana release (docker-compose image, @grafana/schema) the option shapes follow
 
 
 def target(ref: str, query: str, fmt: str = "time_series", alias: str | None = None) -> Json:
