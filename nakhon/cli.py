@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import threading
@@ -129,6 +130,46 @@ def cmd_deadletter(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- dashboards ----------------------------------------------------------------
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    from dashboards import build
+
+    if args.action == "build":
+        for path in build.write():
+            sys.stdout.write(f"wrote {path.relative_to(build.ROOT.parent)}\n")
+        return 0
+    if args.action == "check":
+        from dashboards import schema_check
+
+        problems = build.check()
+        for line in problems:
+            sys.stdout.write(f"stale: {line}\n")
+        errors = [] if args.no_schema else schema_check.check(build.dashboards())
+        for line in errors:
+            sys.stdout.write(f"schema: {line}\n")
+        ok = not problems and not errors
+        sys.stdout.write("dashboards: ok\n" if ok else "dashboards: run `nakhon dashboards build` or fix the builders\n")
+        return 0 if ok else 1
+    from dashboards import push
+
+    settings = _settings()
+    token, user, password = os.environ.get("GRAFANA_TOKEN"), os.environ.get("GRAFANA_USER"), os.environ.get("GRAFANA_PASSWORD")
+    try:
+        api = push.connect(args.url, token, user, password)
+    except ValueError as exc:
+        sys.stderr.write(f"nakhon dashboards push: {exc}\n")
+        return 2
+    ds = push.datasource_for(args.influx_url or settings.influx_url, settings.influx_db, settings.influx_username)
+    try:
+        done = push.push(api, build.dashboards(settings.cities.values()), ds, settings.influx_password)
+    except Exception as exc:  # grafana-client raises its own and niquests' errors; say which Grafana failed
+        sys.stderr.write(f"nakhon dashboards push: Grafana at {args.url} failed: {type(exc).__name__}: {exc}\n")
+        return 1
+    for line in done:
+        sys.stdout.write(line + "\n")
+    return 0
+
+
 # --- bench -------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from nakhon.bench import run_bench
@@ -179,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--root", default="var/bench", help="folder for the benchmark's servers (default var/bench)")
     bench.add_argument("--report", default=None, help="also write the table to this Markdown file")
     bench.set_defaults(func=cmd_bench)
+
+    dash = sub.add_parser("dashboards", help="Grafana dashboards: build the JSON, check it, push it to a Grafana")
+    dash_sub = dash.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dash_sub.add_parser("build", help="regenerate dashboards/json and the provisioning files from the builders")
+    dcheck = dash_sub.add_parser("check", help="fail if the committed files differ from the builders or break Grafana's schema")
+    dcheck.add_argument("--no-schema", action="store_true", help="skip the TypeScript check against @grafana/schema (needs node/npm)")
+    dpush = dash_sub.add_parser(
+        "push", help="upload the datasource and dashboards to a running Grafana (GRAFANA_TOKEN, or GRAFANA_USER + GRAFANA_PASSWORD)"
+    )
+    dpush.add_argument("--url", default=os.environ.get("GRAFANA_URL", "http://127.0.0.1:3000"),
+                       help="Grafana's base URL (default GRAFANA_URL or http://127.0.0.1:3000)")
+    dpush.add_argument("--influx-url", default=None, help="InfluxDB URL as Grafana reaches it (default NAKHON_INFLUX_URL)")
+    dash.set_defaults(func=cmd_dashboards)
     return p
 
 
