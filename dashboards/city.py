@@ -219,9 +219,7 @@ def device_table() -> Json:
         description="One row per device: when its latest reading was taken (Bangkok time), how long ago that is, the share "
                     "of expected readings received in the dashboard's range, and its connection state.",
         transformations=[
-            {"id": "calculateField", "filter": {"id": "byRefId", "options": "A"},
-             "options": {"mode": "binary", "alias": "staleness", "replaceFields": False,
-                         "binary": {"left": "Time", "operator": "*", "right": "1"}}},
+            panels.time_copy("staleness", ref="A"),
             {"id": "joinByField", "options": {"byField": "device", "mode": "outer"}},
             {"id": "organize", "options": {
                 "excludeByName": {"last_seq": True, "Time 2": True, "Time 3": True},

@@ -58,9 +58,7 @@ def offline_table() -> Json:
         [target("A", f"SELECT \"state\" AS \"state\" FROM ({_last_status('state')}) WHERE \"state\" = 'offline' "
                      'GROUP BY "city", "device"', "table")],
         description="Each offline device and the time (Bangkok) its offline status arrived; the last column says how long ago.",
-        transformations=[{"id": "calculateField", "options": {
-            "mode": "binary", "alias": "offline_for", "replaceFields": False,
-            "binary": {"left": "Time", "operator": "*", "right": "1"}}}],
+        transformations=[panels.time_copy("offline_for")],
         overrides=[
             override("Time", displayName="ออฟไลน์ตั้งแต่ / Offline since", unit="dateTimeAsIso"),
             override("offline_for", displayName="นานเท่าไร / For", unit="dateTimeFromNow"),

@@ -280,3 +280,17 @@ def dashboard_links() -> list[Json]:
         "asDropdown": True, "icon": "external link", "includeVars": False, "keepTime": True, "tags": ["nakhon"],
         "targetBlank": False, "title": "Nakhon dashboards / แดชบอร์ด", "tooltip": "", "type": "dashboards", "url": "",
     }]
+
+
+def time_copy(alias: str, ref: str | None = None) -> Json:
+    """A copy of a frame's Time column under `alias` (shown as "x minutes ago" by giving it unit dateTimeFromNow).
+
+    `ref` limits it to one query's frame. Binary operands use the matcher/fixed form of Grafana 11.2+.
+    """
+    t: Json = {"id": "calculateField", "options": {
+        "mode": "binary", "alias": alias, "replaceFields": False,
+        "binary": {"left": {"matcher": {"id": "byName", "options": "Time"}}, "operator": "*", "right": {"fixed": "1"}},
+    }}
+    if ref:
+        t["filter"] = {"id": "byRefId", "options": ref}
+    return t
