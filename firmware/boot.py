@@ -1,0 +1,4 @@
+# Runs first on every reset. Kept minimal: a mistake here can brick the board's REPL.
+import gc
+
+gc.collect()

@@ -1,0 +1,160 @@
+# The hardware abstraction layer: the ONLY module that imports machine or network.
+#
+# On an ESP32 it wraps the real peripherals. On the MicroPython unix port (tests,
+# benchmarks) it takes the same names from `fakehw`, stand-ins that behave like the
+# hardware (UART frames, I2C registers, a Wi-Fi that drops, a watchdog that resets).
+# Drivers receive the objects made here and never touch a peripheral themselves.
+import sys
+
+ESP32 = sys.platform == "esp32"
+
+# Reset causes, named as in the status contract.
+RESET_NAMES = ("power_on", "hard", "watchdog", "deepsleep", "soft", "brownout", "unknown")
+
+if ESP32:
+    import socket
+    import struct
+    import time
+
+    import machine
+    import network
+
+    # MicroPython before 1.22 counted from 2000 on the ESP32; the contract counts from 1970.
+    _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
+    _wlan = network.WLAN(network.STA_IF)
+    _rtc = machine.RTC()
+    _socks: list = []
+
+    ticks_ms = time.ticks_ms
+    ticks_diff = time.ticks_diff
+    ticks_add = time.ticks_add
+    sleep_ms = time.sleep_ms
+
+    def wait(poller, ms: int) -> None:
+        # Idle until the socket has data or `ms` pass (the CPU sleeps in poll).
+        if poller is None:
+            time.sleep_ms(ms)
+        else:
+            poller.poll(ms)
+
+    def rtc_time_ms() -> int:
+        # Wall clock from the RTC, ms since 1970 (the RTC keeps running in deep sleep).
+        return time.time_ns() // 1000000 + _EPOCH * 1000
+
+    def set_rtc_ms(t_ms: int) -> None:
+        tm = time.gmtime(t_ms // 1000 - _EPOCH)
+        _rtc.datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], (t_ms % 1000) * 1000))
+
+    def ntp_time_ms(host: str) -> int:
+        # One SNTP request (RFC 4330); raises OSError on timeout.
+        q = bytearray(48)
+        q[0] = 0x1B
+        addr = socket.getaddrinfo(host, 123)[0][-1]
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            s.settimeout(2)
+            s.sendto(q, addr)
+            msg = s.recv(48)
+        finally:
+            s.close()
+        secs, frac = struct.unpack("!II", msg[40:48])
+        return (secs - 2208988800) * 1000 + (frac * 1000 >> 32)
+
+    def reset_cause() -> str:
+        c = machine.reset_cause()
+        if c == machine.PWRON_RESET:
+            return "power_on"
+        if c == machine.HARD_RESET:
+            return "hard"
+        if c == machine.WDT_RESET:
+            return "watchdog"
+        if c == machine.DEEPSLEEP_RESET:
+            return "deepsleep"
+        if c == machine.SOFT_RESET:
+            return "soft"
+        return "unknown"
+
+    def WDT(timeout_ms: int):
+        return machine.WDT(timeout=timeout_ms)
+
+    def reset() -> None:
+        machine.reset()
+
+    def deepsleep(ms: int) -> None:
+        machine.deepsleep(ms)
+
+    def rtc_memory(data=None) -> bytes:
+        # Survives deep sleep and watchdog resets, not a power cut.
+        if data is not None:
+            _rtc.memory(data)
+            return data
+        return bytes(_rtc.memory())
+
+    def unique_id() -> bytes:
+        return machine.unique_id()
+
+    def uart(uid: int, baud: int, rx: int, tx: int):
+        return machine.UART(uid, baudrate=baud, rx=rx, tx=tx, rxbuf=1024, timeout=0)
+
+    def i2c(bus: int, scl: int, sda: int, freq: int = 100000):
+        return machine.I2C(bus, scl=machine.Pin(scl), sda=machine.Pin(sda), freq=freq, timeout=50000)
+
+    def pin_in(num: int, pull_up: bool = True):
+        if pull_up:
+            return machine.Pin(num, machine.Pin.IN, machine.Pin.PULL_UP)
+        return machine.Pin(num, machine.Pin.IN)
+
+    def pin_out(num: int):
+        return machine.Pin(num, machine.Pin.OUT, value=0)
+
+    def irq_falling(pin, handler) -> None:
+        pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=handler)
+
+    def pulse_us(trig, echo, timeout_us: int) -> int:
+        # HC-SR04 / JSN-SR04T: a 10 µs trigger, then the echo pulse width.
+        trig.value(0)
+        time.sleep_us(5)
+        trig.value(1)
+        time.sleep_us(10)
+        trig.value(0)
+        return machine.time_pulse_us(echo, 1, timeout_us)
+
+    def adc(num: int):
+        a = machine.ADC(machine.Pin(num))
+        a.atten(machine.ADC.ATTN_11DB)
+        return a
+
+    def wifi_connect(ssid: str, password: str) -> None:
+        _wlan.active(True)
+        if not _wlan.isconnected():
+            _wlan.connect(ssid, password)
+
+    def wifi_connected() -> bool:
+        return _wlan.isconnected()
+
+    def wifi_disconnect() -> None:
+        _wlan.disconnect()
+
+    def rssi() -> int:
+        try:
+            return _wlan.status("rssi")
+        except Exception:
+            return -120
+
+    def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: int):
+        addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+        s = socket.socket()
+        s.settimeout(timeout_ms / 1000)
+        s.connect(addr)
+        if tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE  # type: ignore[attr-defined]
+            if cadata:
+                ctx.load_verify_locations(cadata=cadata)
+            s = ctx.wrap_socket(s, server_hostname=host)
+        return s
+
+else:
+    from fakehw import *  # type: ignore  # noqa: F403  (the unix-port stand-ins, same names)

@@ -1,0 +1,563 @@
+# ruff: noqa: SIM105, UP031  (MicroPython: no contextlib, no f-string habit on the device side)
+# Hardware stand-ins for the MicroPython unix port, behind firmware/lib/hal.py.
+#
+# They behave like the parts on a real board: a UART that streams PMS5003/SDS011
+# frames (some corrupt) into a bounded receive buffer, I2C devices answering like an
+# SHT3x (with CRC) and a BME280 (registers, calibration, raw ADC values), an echo pin,
+# a reed switch that bounces, ADCs, a Wi-Fi that can drop, NTP, an RTC that keeps time
+# across resets, RTC memory, and a watchdog that resets the "chip" when not fed.
+#
+# The device's world comes from world.json in the current folder (written by the test
+# runner); control.json is re-read whenever it changes, for faults injected at run time.
+# Device time runs `scale` times faster than real time, so ten minutes pass in seconds.
+# A reset (watchdog, machine.reset, deep sleep) writes fakestate.json and exits with
+# code 75: the runner starts the process again, like the chip rebooting.
+import json
+import math
+import os
+import socket
+import sys
+import time
+
+RESET_EXIT = 75
+_EPOCH2000_MS = 946684800000
+_MASK = 0x3FFFFFFF
+
+_world = {}
+_ctl = {}
+_ctl_mtime = None
+_ctl_checked = 0
+_state = {}
+_boot_ns = time.time_ns()
+_override = None  # ticks value seen by an interrupt handler for its edge
+_socks = []
+_wdt = None
+_irqs = []  # (pin number, handler)
+_ntp_fails = 0
+_wifi_at = None
+
+
+def _load():
+    global _world, _state, _ntp_fails
+    try:
+        with open("world.json") as f:
+            _world = json.load(f)
+    except OSError:
+        _world = {}
+    try:
+        with open("fakestate.json") as f:
+            _state = json.load(f)
+    except (OSError, ValueError):
+        _state = {}
+    _ntp_fails = _world.get("ntp_fail_first", 0)
+
+
+def configure(world: dict) -> None:
+    """For driver tests run inside one process: set the world directly."""
+    global _world
+    _world = world
+
+
+def _save_state() -> None:
+    with open("fakestate.json", "w") as f:
+        json.dump(_state, f)
+
+
+def _scale() -> float:
+    return _world.get("scale", 1)
+
+
+def ctl(key, default=None):
+    global _ctl, _ctl_mtime, _ctl_checked
+    now = time.time_ns() // 1000000
+    if now - _ctl_checked > 50:
+        _ctl_checked = now
+        try:
+            m = os.stat("control.json")[8]
+            if m != _ctl_mtime:
+                with open("control.json") as f:
+                    _ctl = json.load(f)
+                _ctl_mtime = m
+        except (OSError, ValueError):
+            pass
+    return _ctl.get(key, default)
+
+
+# --- time ------------------------------------------------------------------------------
+def _device_ms() -> int:
+    return int((time.time_ns() - _boot_ns) * _scale() // 1000000)
+
+
+def ticks_ms() -> int:
+    if _override is not None:
+        return _override
+    return _device_ms() & _MASK
+
+
+ticks_diff = time.ticks_diff
+ticks_add = time.ticks_add
+
+
+def world_ms() -> int:
+    """The true wall-clock time of the fake world (what NTP answers)."""
+    real0 = _world.get("real0_ns", _boot_ns)
+    return _world.get("epoch0_ms", 1764000000000) + int((time.time_ns() - real0) * _scale() // 1000000)
+
+
+def _real_sleep(ms: float) -> None:
+    time.sleep_ms(max(1, int(ms)))
+
+
+def sleep_ms(ms: int) -> None:
+    end = time.time_ns() + int(ms / _scale() * 1000000)
+    while True:
+        _service()
+        left = (end - time.time_ns()) / 1000000
+        if left <= 0:
+            return
+        _real_sleep(min(left, 20))
+
+
+def wait(poller, ms: int) -> None:
+    _service()
+    real = ms / _scale()
+    if poller is None:
+        sleep_ms(ms)
+    else:
+        poller.poll(max(1, int(real)) if ms else 0)
+    _service()
+
+
+def _service() -> None:
+    """Safe points: the watchdog, Wi-Fi drops and pin interrupts happen here."""
+    _check_wdt()
+    if _socks and ctl("wifi_down"):
+        for s in _socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        _socks.clear()
+    _rain_edges()
+
+
+# --- RTC, NTP, resets ---------------------------------------------------------------------
+def rtc_time_ms() -> int:
+    r = _state.get("rtc")
+    if r is None:  # never set: the ESP32 RTC starts at 2000-01-01 on power-up
+        return _EPOCH2000_MS + _device_ms()
+    return r[0] + world_ms() - r[1]
+
+
+def set_rtc_ms(t_ms: int) -> None:
+    _state["rtc"] = [t_ms, world_ms()]
+    _save_state()
+
+
+def ntp_time_ms(host: str) -> int:
+    global _ntp_fails
+    if not wifi_connected() or ctl("ntp_down"):
+        raise OSError(110)
+    if _ntp_fails > 0:
+        _ntp_fails -= 1
+        raise OSError(110)
+    return world_ms()
+
+
+def reset_cause() -> str:
+    return _state.get("reset", "power_on")
+
+
+def _reset(cause: str) -> None:
+    _state["reset"] = cause
+    _save_state()
+    print("FAKE reset", cause)
+    sys.exit(RESET_EXIT)
+
+
+def reset() -> None:
+    _reset("hard")
+
+
+def deepsleep(ms: int) -> None:
+    _real_sleep(ms / _scale())  # the world moves on while the chip sleeps
+    _reset("deepsleep")
+
+
+def rtc_memory(data=None) -> bytes:
+    if data is not None:
+        _state["mem"] = data.decode()
+        _save_state()
+        return data
+    return _state.get("mem", "").encode()
+
+
+def unique_id() -> bytes:
+    return b"\x24\x0a\xc4\x00\x00\x01"
+
+
+class _WDT:
+    def __init__(self, timeout_ms: int) -> None:
+        # Real-time floor: a loaded test machine must not fire it by accident.
+        self.real_ms = max(timeout_ms / _scale(), _world.get("wdt_min_real_ms", 3000))
+        self.feed()
+
+    def feed(self) -> None:
+        self.last = time.time_ns()
+
+
+def WDT(timeout_ms: int):
+    global _wdt
+    _wdt = _WDT(timeout_ms)
+    return _wdt
+
+
+def _check_wdt() -> None:
+    if _wdt is not None and (time.time_ns() - _wdt.last) / 1000000 > _wdt.real_ms:
+        _reset("watchdog")
+
+
+def _hang() -> None:
+    # A peripheral that never answers: the CPU is stuck here until the watchdog bites.
+    while True:
+        _real_sleep(10)
+        _check_wdt()
+
+
+# --- UART: laser PM sensors ------------------------------------------------------------------
+class _UART:
+    RXBUF = 1024
+
+    def __init__(self, uid: int, spec: dict) -> None:
+        self.uid = uid
+        self.spec = spec
+        self.rx = bytearray()
+        self.t0 = ticks_ms()
+        self.frames = 0
+        self.corrupt = 0
+        self.overflow = 0
+
+    def _frame(self, k: int) -> bytes:
+        s = self.spec
+        base = s.get("pm25", 30)
+        pm25 = base + k % 5
+        bad = s.get("corrupt_every", 0) and k % s["corrupt_every"] == s["corrupt_every"] - 1
+        if bad:
+            pm25 = s.get("corrupt_value", 999)  # a value that must never reach the platform
+        if s["type"] == "pms5003":
+            words = [int(pm25 * 0.7), pm25, int(pm25 * 1.4)] * 2 + [0] * 6 + [0x9700]
+            f = bytearray(b"\x42\x4d\x00\x1c")
+            for w in words:
+                f.append(w >> 8)
+                f.append(w & 0xFF)
+            c = sum(f)
+            f.append(c >> 8 & 0xFF)
+            f.append(c & 0xFF)
+            if bad:
+                f[31] ^= 0x5A
+        else:
+            v25, v10 = pm25 * 10, int(pm25 * 14)
+            f = bytearray([0xAA, 0xC0, v25 & 0xFF, v25 >> 8, v10 & 0xFF, v10 >> 8, 0x12, 0x34])
+            f.append(sum(f[2:8]) & 0xFF)
+            f.append(0xAB)
+            if bad:
+                f[8] ^= 0x5A
+        if bad:
+            self.corrupt += 1
+            print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, k + 1))
+        return bytes(f)
+
+    def _gen(self) -> None:
+        due = ticks_diff(ticks_ms(), self.t0) // 1000  # one frame a second
+        if ctl("uart_silent"):
+            self.frames = due
+            return
+        while self.frames < due:
+            f = self._frame(self.frames)
+            self.frames += 1
+            if self.spec.get("noise"):
+                f = b"\x00\x42" + f  # line noise, and a false header byte
+            room = self.RXBUF - len(self.rx)
+            self.rx += f[:room]
+            self.overflow += max(0, len(f) - room)
+
+    def any(self) -> int:
+        self._gen()
+        return len(self.rx)
+
+    def readinto(self, buf):
+        self._gen()
+        n = min(len(buf), len(self.rx))
+        if not n:
+            return None
+        buf[:n] = self.rx[:n]
+        self.rx = self.rx[n:]
+        return n
+
+    def write(self, data) -> int:
+        return len(data)
+
+
+def uart(uid: int, baud: int, rx: int, tx: int):
+    return _UART(uid, _world["uart"][str(uid)])
+
+
+# --- I2C: SHT3x and BME280 --------------------------------------------------------------------
+def _crc8(data) -> int:
+    crc = 0xFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x31) & 0xFF if crc & 0x80 else (crc << 1) & 0xFF
+    return crc
+
+
+# A real chip's calibration words (BME280 datasheet layout).
+BME_CAL = (28485, 26735, 50, 36738, -10635, 3024, 7580, -129, -7, 9900, -10230, 4285, 75, 362, 0, 313, 50, 30)
+
+
+def bme_float(cal, adc_t, adc_p, adc_h):
+    """The datasheet's floating-point compensation (section 8.1), used to invert."""
+    t1, t2, t3, p1, p2, p3, p4, p5, p6, p7, p8, p9, h1, h2, h3, h4, h5, h6 = cal
+    v1 = (adc_t / 16384.0 - t1 / 1024.0) * t2
+    v2 = (adc_t / 131072.0 - t1 / 8192.0) ** 2 * t3
+    t_fine = v1 + v2
+    t = t_fine / 5120.0
+    v1 = t_fine / 2.0 - 64000.0
+    v2 = v1 * v1 * p6 / 32768.0
+    v2 = v2 + v1 * p5 * 2.0
+    v2 = v2 / 4.0 + p4 * 65536.0
+    v1 = (p3 * v1 * v1 / 524288.0 + p2 * v1) / 524288.0
+    v1 = (1.0 + v1 / 32768.0) * p1
+    p = 1048576.0 - adc_p
+    p = (p - v2 / 4096.0) * 6250.0 / v1
+    v1 = p9 * p * p / 2147483648.0
+    v2 = p * p8 / 32768.0
+    p = p + (v1 + v2 + p7) / 16.0
+    h = t_fine - 76800.0
+    h = (adc_h - (h4 * 64.0 + h5 / 16384.0 * h)) * (h2 / 65536.0 * (1.0 + h6 / 67108864.0 * h * (1.0 + h3 / 67108864.0 * h)))
+    h = h * (1.0 - h1 * h / 524288.0)
+    return t, p / 100.0, min(100.0, max(0.0, h))
+
+
+def _search(fn, target, lo, hi, rising=True):
+    while lo < hi:
+        mid = (lo + hi) // 2
+        v = fn(mid)
+        if (v < target) == rising:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+class _I2C:
+    def __init__(self, bus: int) -> None:
+        self.bus = bus
+        self.devs = _world.get("i2c", {}).get(str(bus), {})
+        self.reads = {}
+        self.regs = {}
+
+    def _dev(self, addr: int) -> dict:
+        hang = ctl("hang_i2c") or []
+        if addr in hang:
+            _hang()
+        d = self.devs.get(str(addr))
+        if d is None or addr in (ctl("absent_i2c") or []):
+            raise OSError(19)  # ENODEV: no ACK on the bus
+        return d
+
+    # SHT3x
+    def writeto(self, addr: int, buf) -> int:
+        d = self._dev(addr)
+        if d["type"] == "sht3x" and bytes(buf) == b"\x24\x00":
+            self.reads[addr] = self.reads.get(addr, 0) + 1
+            k = self.reads[addr]
+            t = d.get("temp_c", 30.0) + (k % 3) * 0.1
+            rh = d.get("rh", 60.0)
+            rt = int((t + 45) * 65535 / 175 + 0.5)
+            rr = int(rh * 65535 / 100 + 0.5)
+            w = bytearray([rt >> 8, rt & 0xFF])
+            w.append(_crc8(w))
+            w += bytes([rr >> 8, rr & 0xFF])
+            w.append(_crc8(w[3:5]))
+            every = d.get("bad_crc_every", 0)
+            if every and k % every == 0:
+                w[5] ^= 0x01
+            self.regs[addr] = w
+        return len(buf)
+
+    def readfrom_into(self, addr: int, buf) -> None:
+        self._dev(addr)
+        data = self.regs.get(addr, b"\xff" * len(buf))
+        buf[:] = data[: len(buf)]
+
+    # BME280
+    def _bme_regs(self, addr: int, d: dict) -> bytearray:
+        r = self.regs.get(addr)
+        if r is None:
+            r = bytearray(256)
+            r[0xD0] = 0x60
+            c = BME_CAL
+            import struct
+
+            r[0x88:0xA0] = struct.pack("<HhhHhhhhhhhh", *c[:12])
+            r[0xA1] = c[12]
+            r[0xE1:0xE3] = struct.pack("<h", c[13])
+            r[0xE3] = c[14]
+            h4, h5 = c[15], c[16]
+            r[0xE4] = (h4 >> 4) & 0xFF
+            r[0xE5] = (h4 & 0x0F) | ((h5 & 0x0F) << 4)
+            r[0xE6] = (h5 >> 4) & 0xFF
+            r[0xE7] = c[17] & 0xFF
+            r[0xF7:0xFF] = b"\x80\x00\x00\x80\x00\x00\x80\x00"  # reset values: no measurement yet
+            self.regs[addr] = r
+        return r
+
+    def writeto_mem(self, addr: int, reg: int, buf) -> None:
+        d = self._dev(addr)
+        r = self._bme_regs(addr, d)
+        r[reg] = buf[0]
+        if reg == 0xF4 and buf[0] & 0x03 == 0x01:  # forced mode: measure once
+            t, p, h = d.get("temp_c", 30.0), d.get("pressure_hpa", 1008.0), d.get("rh", 70.0)
+            c = BME_CAL
+            at = _search(lambda a: bme_float(c, a, 400000, 30000)[0], t, 0, 1 << 20)
+            ap = _search(lambda a: bme_float(c, at, a, 30000)[1], p, 0, 1 << 20, rising=False)
+            ah = _search(lambda a: bme_float(c, at, ap, a)[2], h, 0, 1 << 16)
+            r[0xF7:0xFF] = bytes([ap >> 12, (ap >> 4) & 0xFF, (ap & 0x0F) << 4, at >> 12, (at >> 4) & 0xFF, (at & 0x0F) << 4, ah >> 8, ah & 0xFF])
+
+    def readfrom_mem(self, addr: int, reg: int, n: int) -> bytes:
+        d = self._dev(addr)
+        return bytes(self._bme_regs(addr, d)[reg : reg + n])
+
+    def readfrom_mem_into(self, addr: int, reg: int, buf) -> None:
+        buf[:] = self.readfrom_mem(addr, reg, len(buf))
+
+
+def i2c(bus: int, scl: int, sda: int, freq: int = 100000):
+    return _I2C(bus)
+
+
+# --- pins: ultrasonic echo, rain gauge -------------------------------------------------------
+class _Pin:
+    def __init__(self, num: int) -> None:
+        self.num = num
+        self.v = 1
+
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = v
+        return None
+
+
+def pin_in(num: int, pull_up: bool = True):
+    return _Pin(num)
+
+
+def pin_out(num: int):
+    return _Pin(num)
+
+
+def irq_falling(pin, handler) -> None:
+    _irqs.append((pin.num, handler, [ticks_ms()]))
+
+
+def pulse_us(trig, echo, timeout_us: int) -> int:
+    u = _world.get("ultrasonic", {})
+    if u.get("absent") or ctl("ultrasonic_absent"):
+        return -1  # machine.time_pulse_us: timeout waiting for the echo
+    return int(u.get("distance_cm", 150) * 58.3)
+
+
+def _rain_edges() -> None:
+    """A tip every `tip_every_s`, each followed by `bounces` contact bounces 2 ms apart."""
+    global _override
+    r = _world.get("rain")
+    if not r or not _irqs:
+        return
+    now = ticks_ms()
+    for num, handler, last in _irqs:
+        if num != r["pin"]:
+            continue
+        period = int(r["tip_every_s"] * 1000)
+        while ticks_diff(now, last[0]) >= period:
+            last[0] = ticks_add(last[0], period)
+            for b in range(1 + r.get("bounces", 0)):
+                _override = ticks_add(last[0], 2 * b)
+                try:
+                    handler(None)
+                finally:
+                    _override = None
+            _state["tips"] = _state.get("tips", 0) + 1
+
+
+# --- ADC: microphone, battery divider ---------------------------------------------------------
+class _ADC:
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.k = 0
+
+    def read_u16(self) -> int:
+        s = self.spec
+        self.k += 1
+        rms = 10 ** ((s.get("db", 60) - s.get("cal_db", 28.0)) / 20)
+        return int(32768 + rms * math.sqrt(2) * math.sin(self.k * 0.7) + 0.5)
+
+    def read_uv(self) -> int:
+        return int(self.spec.get("volts", 3.9) / self.spec.get("divider", 2.0) * 1000000)
+
+
+def adc(num: int):
+    return _ADC(_world.get("adc", {}).get(str(num), {}))
+
+
+# --- Wi-Fi and sockets ---------------------------------------------------------------------------
+def wifi_connect(ssid: str, password: str) -> None:
+    global _wifi_at
+    w = _world.get("wifi", {})
+    if ssid == w.get("ssid", ssid) and password == w.get("password", password):
+        _wifi_at = ticks_add(ticks_ms(), w.get("assoc_ms", 2000))
+
+
+def wifi_connected() -> bool:
+    global _wifi_at
+    if ctl("wifi_down"):
+        _wifi_at = None
+        return False
+    return _wifi_at is not None and ticks_diff(ticks_ms(), _wifi_at) >= 0
+
+
+def wifi_disconnect() -> None:
+    global _wifi_at
+    _wifi_at = None
+
+
+def rssi() -> int:
+    return _world.get("rssi", -67)
+
+
+def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: int):
+    if not wifi_connected():
+        raise OSError(113)  # EHOSTUNREACH
+    addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
+    s = socket.socket()
+    s.settimeout(max(timeout_ms / _scale(), 2000) / 1000)
+    try:
+        s.connect(addr)
+        if tls:
+            import ssl
+
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
+            if cadata:
+                ctx.load_verify_locations(cadata=cadata)
+            s = ctx.wrap_socket(s, server_hostname=host)
+    except Exception:
+        s.close()
+        raise
+    _socks.append(s)
+    return s
+
+
+_load()

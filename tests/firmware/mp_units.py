@@ -1,0 +1,103 @@
+# ruff: noqa: SIM105, UP031  (MicroPython: no contextlib, no f-string habit on the device side)
+# Runs INSIDE the MicroPython unix port (heap capped like an ESP32): drives the real
+# firmware drivers and ring against the hardware fakes and prints one JSON line per
+# check, which test_units.py asserts on. Run with the device folder as cwd.
+import json
+import os
+
+import fakehw
+
+fakehw.configure({
+    "scale": 1000,
+    "uart": {
+        "1": {"type": "pms5003", "pm25": 40, "corrupt_every": 3, "corrupt_value": 999},
+        "2": {"type": "sds011", "pm25": 55, "corrupt_every": 2, "corrupt_value": 999, "noise": True},
+    },
+    "i2c": {"0": {
+        "68": {"type": "sht3x", "temp_c": 28.5, "rh": 71.25, "bad_crc_every": 3},
+        "118": {"type": "bme280", "temp_c": 33.4, "pressure_hpa": 1003.7, "rh": 82.5},
+    }},
+    "ultrasonic": {"distance_cm": 120},
+    "rain": {"pin": 27, "tip_every_s": 10, "bounces": 4},
+    "adc": {"34": {"db": 72.0, "cal_db": 28.0}},
+})
+
+import hal  # noqa: E402
+from drivers import SensorError, make  # noqa: E402
+
+
+def out(name, **kw):
+    kw["check"] = name
+    print(json.dumps(kw))
+
+
+def read(drv):
+    m = {}
+    try:
+        drv.read(m)
+        return m, None
+    except SensorError as e:
+        return m, e.problem
+
+
+# PM over UART: after 9 device seconds, 9 frames wait in the receive buffer.
+for uid, typ in ((1, "pms5003"), (2, "sds011")):
+    drv = make({"type": typ, "uart": uid, "rx": 16, "tx": 17})
+    hal.sleep_ms(9500)
+    m, err = read(drv)
+    out(typ, m=m, err=err, good=drv.good, bad=drv.bad, injected=drv.uart.corrupt, frames=drv.uart.frames)
+
+# SHT3x: every third measurement has a corrupted humidity CRC.
+sht = make({"type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44})
+results = [read(sht) for _ in range(3)]
+out("sht3x", results=results, bad=sht.bad)
+missing = make({"type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x45})
+out("sht3x_absent", err=read(missing)[1])
+
+bme = make({"type": "bme280", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x76})
+m, err = read(bme)
+out("bme280", m=m, err=err)
+
+us = make({"type": "ultrasonic", "trig": 5, "echo": 18, "mount_cm": 400})
+out("ultrasonic", m=read(us)[0])
+
+rain = make({"type": "rain", "pin": 27, "mm_per_tip": 0.2, "debounce_ms": 50})
+hal.sleep_ms(35000)  # three tips, each with four bounces
+m = read(rain)[0]
+out("rain", m=m, bounces=rain.bounces)
+
+snd = make({"type": "sound", "adc": 34, "cal_db": 28.0})
+out("sound", m=read(snd)[0])
+
+# The flash ring: rotation, oldest dropped first, read position and counts across "reboots".
+from ring import Ring  # noqa: E402
+
+try:
+    os.mkdir("r")
+except OSError:
+    pass
+ring = Ring("r", 3, 200)
+lines = [b'{"ts":%d,"seq":%d,"m":{"pm25":1}}\n' % (1764000000 + i, i) for i in range(40)]
+for i in range(0, 40, 2):
+    ring.append(lines[i : i + 2])
+buf = bytearray(4096)
+n, nb, seg, off = ring.peek(buf, 5)
+first = bytes(buf[:nb]).decode().split("\n")[0]
+ring.commit(n, nb, seg, off)
+again = Ring("r", 3, 200)  # a reboot: state comes back from flash
+out("ring", pending=ring.pending, dropped=ring.dropped, first=first, n=n,
+    after_reboot=[again.pending, again.dropped], files=sorted(os.listdir("r")))
+# A power cut in the middle of an append leaves half a line: the next boot cuts it off.
+with open("r/s%08d" % again.last, "ab") as f:
+    f.write(b'{"ts":17640')
+repaired = Ring("r", 3, 200)
+before = (repaired.pending, repaired.dropped)
+repaired.append([b'{"ts":1764000100,"seq":100,"m":{"pm25":1}}\n'])
+total = 0
+while repaired.pending:
+    n, nb, seg, off = repaired.peek(buf, 50)
+    for line in bytes(buf[:nb]).decode().split("\n")[:-1]:
+        json.loads(line)
+        total += 1
+    repaired.commit(n, nb, seg, off)
+out("ring_repair", readable=total, pending=repaired.pending, before=before, dropped=repaired.dropped)

@@ -1,0 +1,104 @@
+"""Drivers and the flash ring on the real MicroPython VM (heap capped), against the fakes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from contract.catalogue import METRICS
+from nakhon.firmware_tools import typecheck
+from tests.firmware.device import FIRMWARE, HEAPSIZE, MICROPYTHON, compiled_fakes
+
+HERE = Path(__file__).resolve().parent
+
+
+def run_mp(script: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, MICROPYPATH=f"{FIRMWARE / 'lib'}:{compiled_fakes()}:.frozen")
+    return subprocess.run([MICROPYTHON, "-X", f"heapsize={HEAPSIZE}", str(script), *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    proc = run_mp(HERE / "mp_units.py", tmp_path_factory.mktemp("units"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            doc = json.loads(line)
+            out[doc["check"]] = doc
+    return out
+
+
+@pytest.mark.parametrize("kind", ["pms5003", "sds011"])
+def test_pm_frames_checked_and_corrupt_ones_counted(checks: dict[str, dict[str, Any]], kind: str) -> None:
+    c = checks[kind]
+    assert c["err"] is None
+    assert c["bad"] == c["injected"] > 0  # every corrupt frame seen was rejected and counted
+    assert c["good"] + c["bad"] == c["frames"]  # every frame sent was parsed, none lost in framing
+    assert 999 not in c["m"].values()  # the corrupt frames' value never comes out
+    # The newest good frame wins: the fake sends pm2.5 = base + k % 5 in frame k.
+    every, base = (3, 40) if kind == "pms5003" else (2, 55)
+    k = max(i for i in range(c["frames"]) if i % every != every - 1)
+    pm25 = base + k % 5
+    if kind == "pms5003":
+        assert c["m"] == {"pm1": int(pm25 * 0.7), "pm25": pm25, "pm10": int(pm25 * 1.4)}
+    else:
+        assert c["m"] == {"pm25": float(pm25), "pm10": int(pm25 * 14) / 10}
+
+
+def test_sht3x_crc(checks: dict[str, dict[str, Any]]) -> None:
+    r = checks["sht3x"]["results"]
+    assert r[0] == [{"temp_c": 28.6, "rh": 71.25}, None]
+    assert r[1][0]["temp_c"] == 28.7
+    assert r[2] == [{}, "crc"]  # the corrupted humidity CRC: no values at all
+    assert checks["sht3x"]["bad"] == 1
+    assert checks["sht3x_absent"]["err"] == "absent"  # no ACK at that address
+
+
+def test_bme280_compensation(checks: dict[str, dict[str, Any]]) -> None:
+    m = checks["bme280"]["m"]
+    assert checks["bme280"]["err"] is None
+    assert abs(m["temp_c"] - 33.4) <= 0.02
+    assert abs(m["pressure_hpa"] - 1003.7) <= 0.1
+    assert abs(m["rh"] - 82.5) <= 0.1
+
+
+def test_ultrasonic_rain_sound(checks: dict[str, dict[str, Any]]) -> None:
+    assert checks["ultrasonic"]["m"] == {"water_level_cm": 280.0}  # mounted at 400 cm, water 120 cm below
+    assert checks["rain"]["m"] == {"rain_mm": 0.6}  # three tips of 0.2 mm ...
+    assert checks["rain"]["bounces"] == 12  # ... and their contact bounces ignored
+    assert abs(checks["sound"]["m"]["laeq_db"] - 72.0) <= 0.3
+
+
+def test_ring_drops_oldest_and_survives_reboot(checks: dict[str, dict[str, Any]]) -> None:
+    c = checks["ring"]
+    # 40 readings into 3 segments of ~5: the oldest whole segments went, counted.
+    assert c["dropped"] + c["n"] + c["pending"] == 40
+    assert c["first"].startswith(f'{{"ts":{1764000000 + c["dropped"]},"seq":{c["dropped"]},')
+    assert c["after_reboot"] == [c["pending"], c["dropped"]]
+    assert len([f for f in c["files"] if f.startswith("s")]) <= 3
+    r = checks["ring_repair"]
+    pending, dropped = r["before"]
+    assert r["readable"] == pending + 1 - (r["dropped"] - dropped)  # the torn line is gone, nothing else
+    assert r["pending"] == 0
+
+
+def test_catalogue_copy_matches_contract(tmp_path: Path) -> None:
+    script = tmp_path / "dump.py"
+    script.write_text("import json, catalogue\nprint(json.dumps(catalogue.METRICS))\n")
+    proc = run_mp(script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    mirror = json.loads(proc.stdout)
+    assert mirror == {name: [m.lo, m.hi] for name, m in METRICS.items()}
+
+
+def test_firmware_type_checks_against_esp32_stubs() -> None:
+    proc = typecheck()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Success" in proc.stdout
