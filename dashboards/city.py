@@ -196,6 +196,17 @@ def devices_reporting() -> Json:
     )
 
 
+def newest_reading() -> Json:
+    panel = panels.stat(
+        "ข้อมูลล่าสุดเมื่อ / Newest reading",
+        [target("A", f'SELECT last("seq") AS "last_seq" FROM "{RAW}"."{DEVICE}" WHERE {CITY} AND {LAST_KNOWN}', "table")],
+        description="How long ago the newest reading of any device in the city was taken: the city's staleness.",
+        unit="dateTimeFromNow", thresholds_=panels.thresholds("blue"), color_mode="value", no_value="—",
+    )
+    panel["options"]["reduceOptions"]["fields"] = "/^Time$/"  # show the reading's time, not its value
+    return panel
+
+
 def devices_offline() -> Json:
     return panels.stat(
         "อุปกรณ์ออฟไลน์ / Devices offline",
@@ -258,9 +269,10 @@ def build(city: City) -> Json:
         (noise(), 12, 8),
         (traffic(), 24, 7),
         (panels.row("อุปกรณ์ / Devices"), 24, 1),
-        (completeness(), 8, 4),
-        (devices_reporting(), 8, 4),
-        (devices_offline(), 8, 4),
+        (completeness(), 6, 4),
+        (newest_reading(), 6, 4),
+        (devices_reporting(), 6, 4),
+        (devices_offline(), 6, 4),
         (device_table(), 24, 10),
     ])
     return panels.dashboard(

@@ -65,8 +65,8 @@ def test_every_panel_query_returns_data(settings: Settings, broker: Mosquitto, i
                 f"WHERE \"city\" = '{c.slug}' AND time > now() - 1h"), 90, what=f"hourly AQI of {c.slug}")
         # enough ingest stats after the data for rates over the platform panels' 10 s interval
         t_end_ms = int(sent.t_end * 1000)
-        wait_until(lambda: count(influx, storage.INGEST_MEASUREMENT, "received", f"time > {t_end_ms}ms") >= 25, 60,
-                   what="25 s of ingest stats after the data")
+        wait_until(lambda: count(influx, storage.INGEST_MEASUREMENT, "received", f"time > {t_end_ms}ms") >= 15, 60,
+                   what="15 s of ingest stats after the data")
     finally:
         ingest.stop()
 
