@@ -13,7 +13,8 @@ from api.broker import DynSec
 from api.registry import Registry
 from api.routers import apikeys, aqi, devices, health, opendata, quality, readings
 from api.security import RateLimiter
-from contract.influx import Influx, InfluxRejected, InfluxUnavailable
+from contract import rollups
+from contract.influx import Influx, InfluxError, InfluxRejected, InfluxUnavailable
 from contract.logs import kv
 from contract.settings import Settings, load_settings
 
@@ -41,6 +42,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Created here, not in the lifespan, so the app also serves when driven without one (tests, fuzzing).
     app.state.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
                               settings.influx_timeout_s)
+    try:  # the ingest creates these too; whichever starts first
+        app.state.influx.ensure_schema(settings.raw_retention, settings.hourly_retention)
+        app.state.influx.execute(rollups.schema_statements(settings.influx_db))
+    except InfluxError as exc:
+        log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))
     app.state.registry = Registry(settings.registry_path)
     app.state.limiter = RateLimiter()
     app.state.dynsec = (

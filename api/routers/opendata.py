@@ -16,11 +16,11 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, HTTPException, Query, Request
-from fastapi.responses import ORJSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from api import history
-from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep
+from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep, json_response
 from api.params import CityPath, End, Measurement, Start
 from api.routers.readings import known_city
 from api.security import Reader
@@ -115,7 +115,7 @@ def latest_geojson(city: CityPath, _key: Reader, influx: InfluxDep, registry: Re
             "properties": {"device": d.id, "kind": d.kind, "state": d.state,
                            "time": datetime.fromtimestamp(ts / 1000, UTC).isoformat() if ts else None, **vals},
         })
-    return ORJSONResponse({"type": "FeatureCollection", "features": features}, media_type="application/geo+json")
+    return json_response({"type": "FeatureCollection", "features": features}, media_type="application/geo+json")
 
 
 @router.get("/cities/{city}/dataset.json", response_model=CkanPackage)

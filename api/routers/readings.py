@@ -5,12 +5,11 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query
-from fastapi.responses import ORJSONResponse
+from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
 from api import history
-from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep
+from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep, json_response
 from api.params import Agg, CityPath, DevicePath, End, Every, Measurement, Metrics, Source, Start
 from api.security import Reader
 
@@ -56,7 +55,7 @@ def _iso_ms(ms: int) -> str:
 
 
 def _history(influx: InfluxDep, settings: SettingsDep, tag: str, ident: str, measurement: str, metrics: str | None,
-             start: datetime | None, end: datetime | None, every: str | None, agg: str, source: str, limit: int) -> ORJSONResponse:
+             start: datetime | None, end: datetime | None, every: str | None, agg: str, source: str, limit: int) -> Response:
     try:
         names = history.metric_list(measurement, metrics)
         if every is None:
@@ -80,7 +79,7 @@ def _history(influx: InfluxDep, settings: SettingsDep, tag: str, ident: str, mea
         raise HTTPException(400, str(exc)) from None
     body = {"subject": ident, "measurement": measurement, "start": t0.isoformat(), "end": t1.isoformat(), "every": every,
             "agg": agg if every else None, "source": used, "points": points}
-    return ORJSONResponse(body)
+    return json_response(body)
 
 
 Limit = Annotated[int, Query(ge=1, le=100_000, description="at most this many points")]
@@ -89,7 +88,7 @@ Limit = Annotated[int, Query(ge=1, le=100_000, description="at most this many po
 @router.get("/devices/{device}/readings", response_model=History)
 def device_readings(device: DevicePath, _key: Reader, influx: InfluxDep, settings: SettingsDep, measurement: Measurement = "air",
                     metrics: Metrics = None, start: Start = None, end: End = None, every: Every = None, agg: Agg = "mean",
-                    source: Source = "auto", limit: Limit = 10_000) -> ORJSONResponse:
+                    source: Source = "auto", limit: Limit = 10_000) -> Response:
     """One device's readings: raw points, or buckets of `every` aggregated with `agg`."""
     return _history(influx, settings, "device", device, measurement, metrics, start, end, every, agg, source, limit)
 
@@ -97,14 +96,14 @@ def device_readings(device: DevicePath, _key: Reader, influx: InfluxDep, setting
 @router.get("/cities/{city}/readings", response_model=History)
 def city_readings(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep, measurement: Measurement = "air",
                   metrics: Metrics = None, start: Start = None, end: End = None, every: Every = "1h", agg: Agg = "mean",
-                  source: Source = "auto", limit: Limit = 10_000) -> ORJSONResponse:
+                  source: Source = "auto", limit: Limit = 10_000) -> Response:
     """A city's readings aggregated over all its devices in buckets of `every`."""
     known_city(settings, city)
     return _history(influx, settings, "city", city, measurement, metrics, start, end, every, agg, source, limit)
 
 
 @router.get("/cities/{city}/latest", response_model=CityLatest)
-def city_latest(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep, registry: RegistryDep) -> ORJSONResponse:
+def city_latest(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep, registry: RegistryDep) -> Response:
     """The latest value of every metric of every device in a city, with coordinates.
 
     Served from the `latest` values the ingest keeps (one point per device), not by scanning history."""
@@ -117,4 +116,4 @@ def city_latest(city: CityPath, _key: Reader, influx: InfluxDep, settings: Setti
         reg = registered.get(device)
         devices.append({"device": device, "time": _iso_ms(ts) if ts else None, "lat": reg.lat if reg else None,
                         "lon": reg.lon if reg else None, "values": vals})
-    return ORJSONResponse({"city": city, "devices": devices})
+    return json_response({"city": city, "devices": devices})
