@@ -124,9 +124,9 @@ def stat(title: str, targets: list[Json], *, description: str = "", unit: str | 
 
 def bargauge(title: str, targets: list[Json], *, description: str = "", unit: str | None = None,
              thresholds_: Json | None = None, minmax: tuple[float | None, float | None] = (None, None)) -> Json:
-    options = {
+    options: Json = {
         "displayMode": "basic",
-        "legend": _legend(),
+        "legend": {**_legend(), "showLegend": False},
         "maxVizHeight": 300,
         "minVizHeight": 16,
         "minVizWidth": 8,
@@ -137,7 +137,6 @@ def bargauge(title: str, targets: list[Json], *, description: str = "", unit: st
         "sizing": "auto",
         "valueMode": "color",
     }
-    options["legend"]["showLegend"] = False
     return _panel("bargauge", title, targets, description, options,
                   _field_config(unit, {}, thresholds_, None, None, {"mode": "thresholds"}, minmax))
 

@@ -75,9 +75,10 @@ def push(api: Any, dashboards: dict[str, Json], ds: Json, ds_password: str | Non
         done.append(f"folder {build.FOLDER_UID}: created")
 
     for name, model in dashboards.items():
-        current = _get_or_none(lambda m=model: api.dashboard.get_dashboard(m["uid"]))
+        uid: str = model["uid"]
+        current = _get_or_none(lambda: api.dashboard.get_dashboard(uid))  # noqa: B023 (called at once)
         existing = current["dashboard"] if current else None
-        in_folder = bool(current) and current.get("meta", {}).get("folderUid") == build.FOLDER_UID
+        in_folder = current is not None and current.get("meta", {}).get("folderUid") == build.FOLDER_UID
         if same_dashboard(existing, model) and in_folder:
             done.append(f"dashboard {model['uid']} ({name}): unchanged")
             continue
