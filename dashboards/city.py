@@ -231,16 +231,19 @@ def device_table() -> Json:
                     "of expected readings received in the dashboard's range, and its connection state.",
         transformations=[
             panels.time_copy("staleness", ref="A"),
+            # only A's Time is the last reading; drop the others before joining so one "Time" column remains
+            panels.drop_fields(["Time"], ref="B"),
+            panels.drop_fields(["Time"], ref="C"),
             {"id": "joinByField", "options": {"byField": "device", "mode": "outer"}},
             {"id": "organize", "options": {
-                "excludeByName": {"last_seq": True, "Time 2": True, "Time 3": True},
-                "indexByName": {"device": 0, "state": 1, "Time 1": 2, "staleness": 3, "completeness": 4},
+                "excludeByName": {"last_seq": True},
+                "indexByName": {"device": 0, "state": 1, "Time": 2, "staleness": 3, "completeness": 4},
                 "renameByName": {},
             }},
         ],
         overrides=[
             override("device", displayName="อุปกรณ์ / Device"),
-            override("Time 1", displayName="เห็นล่าสุด / Last seen", unit="dateTimeAsIso"),
+            override("Time", displayName="เห็นล่าสุด / Last seen", unit="dateTimeAsIso"),
             override("staleness", displayName="ขาดข้อมูลมา / Staleness", unit="dateTimeFromNow"),
             override("completeness", displayName="ครบถ้วน / Completeness", unit="percent", decimals=1,
                      thresholds=panels.thresholds("red", (90, "orange"), (98, "green")),

@@ -156,7 +156,7 @@ def buffered_table() -> Json:
         [target("A", f'SELECT "buffered" AS "buffered", "dropped" AS "dropped" FROM ({sub}) '
                      'WHERE "buffered" > 0 OR "dropped" > 0 GROUP BY "city", "device"', "table")],
         description="Devices whose latest status reports buffered or dropped readings.",
-        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}, "indexByName": {}, "renameByName": {}}}],
+        transformations=[panels.drop_fields(["Time"])],
         overrides=[override("dropped", custom__cellOptions={"type": "color-text"}, thresholds=panels.thresholds("green", (1, "red")))],
         sort_by="buffered", desc=True,
     )
@@ -169,7 +169,7 @@ def faults() -> Json:
         [target("A", f'SELECT "faults" AS "faults", "fault_count" AS "fault_count" FROM ({sub}) '
                      'WHERE "fault_count" > 0 GROUP BY "city", "device"', "table")],
         description="Devices whose latest status lists sensor faults (`sensor:problem`, e.g. pm:timeout).",
-        transformations=[{"id": "organize", "options": {"excludeByName": {"Time": True}, "indexByName": {}, "renameByName": {}}}],
+        transformations=[panels.drop_fields(["Time"])],
         overrides=[override("faults", displayName="ข้อผิดพลาด / Faults"), override("fault_count", displayName="จำนวน / Count")],
         sort_by="จำนวน / Count", desc=True,
     )

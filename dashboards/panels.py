@@ -293,3 +293,11 @@ def time_copy(alias: str, ref: str | None = None) -> Json:
     if ref:
         t["filter"] = {"id": "byRefId", "options": ref}
     return t
+
+
+def drop_fields(names: list[str], ref: str | None = None) -> Json:
+    """Hide columns by name (from one query's frame when `ref` is given)."""
+    t: Json = {"id": "organize", "options": {"excludeByName": dict.fromkeys(names, True), "indexByName": {}, "renameByName": {}}}
+    if ref:
+        t["filter"] = {"id": "byRefId", "options": ref}
+    return t
