@@ -52,7 +52,7 @@ def aqi_map(city: City) -> Json:
         lat=city.lat, lon=city.lon, zoom=11.5,
         color_field="band", lat_field="lat", lon_field="lon",
         thresholds_=bands.band_thresholds(), mappings=bands.band_mappings(),
-        transformations=[{"id": "joinByField", "options": {"byField": "device", "mode": "inner"}}],
+        transformations=[panels.drop_fields(["Time"]), {"id": "joinByField", "options": {"byField": "device", "mode": "inner"}}],
     )
 
 
