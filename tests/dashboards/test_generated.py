@@ -190,8 +190,12 @@ def test_datasource_matches_what_the_ingest_writes() -> None:
     influx_service = ds["url"].split("//")[1].split(":")[0]
     assert influx_service in compose["services"]
     assert "grafana" in compose["services"] and influx_service in compose["services"]["grafana"]["depends_on"]
-    # credentials are never in the file, only references to Grafana's environment
+    # credentials are never in the file, only references to Grafana's environment, which compose passes on
     assert ds["secureJsonData"]["password"].startswith("$")
+    text = (build.ROOT / "provisioning/datasources/nakhon.yaml").read_text(encoding="utf-8")
+    grafana_env = compose["services"]["grafana"]["environment"]
+    for var in re.findall(r"\$([A-Z_]+)", text):
+        assert var in grafana_env, f"provisioning reads ${var} but compose does not give it to Grafana"
 
 
 @pytest.mark.parametrize("slug", [c.slug for c in BUILTIN_CITIES])
