@@ -214,6 +214,10 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--summary", action="store_true", help="count by reason instead of printing records")
     dl.set_defaults(func=cmd_deadletter)
 
+    from nakhon.apicli import add_parsers as api_parsers  # device, apikey, broker-init, api-bench
+
+    api_parsers(sub)
+
     bench = sub.add_parser("bench", help="measure the ingest against the broker's and InfluxDB's own limits")
     bench.add_argument("--messages", type=int, default=200_000, help="messages per measurement (default 200000)")
     bench.add_argument("--workers", type=int, default=2, help="ingest worker processes (default 2)")

@@ -1,0 +1,192 @@
+"""`nakhon device`, `nakhon apikey`, `nakhon broker-init` and `nakhon api-bench`.
+
+- `device` is for a technician with a laptop: it talks to the platform's API
+  with an admin key (NAKHON_API_KEY or --key) and writes the device's
+  config.json, which the API shows only once.
+- `apikey` is for the operator on the API's host: it works on the registry
+  file directly, so the first admin key can be made before any exists.
+- `broker-init` writes the broker's dynamic-security file with the
+  provisioning and ingest accounts, and prints the mosquitto.conf lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from contract.settings import ConfigError, Settings, load_settings
+
+
+def _settings() -> Settings:
+    try:
+        return load_settings()
+    except ConfigError as exc:
+        sys.stderr.write(f"nakhon: {exc}\n")
+        raise SystemExit(2) from None
+
+
+# --- device (over the API) ------------------------------------------------------
+def _api(args: argparse.Namespace) -> tuple[str, dict[str, str]]:
+    s = _settings()
+    url = (args.api or f"http://{s.api_host}:{s.api_port}").rstrip("/")
+    key = args.key or os.environ.get("NAKHON_API_KEY")
+    if not key:
+        sys.stderr.write("nakhon device: an admin API key is needed: --key or NAKHON_API_KEY (make one with `nakhon apikey create`)\n")
+        raise SystemExit(2)
+    return url, {"X-API-Key": key}
+
+
+def _call(method: str, url: str, headers: dict[str, str], **kw: Any) -> Any:
+    import httpx
+
+    try:
+        r = httpx.request(method, url, headers=headers, timeout=30, **kw)
+    except httpx.HTTPError as exc:
+        sys.stderr.write(f"nakhon: cannot reach the API at {url}: {exc}\n")
+        raise SystemExit(1) from None
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail")
+        except ValueError:
+            detail = r.text[:300]
+        sys.stderr.write(f"nakhon: API answered {r.status_code}: {detail}\n")
+        raise SystemExit(1)
+    return r.json()
+
+
+def _write_config(path: Path, config: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the device's password
+    with os.fdopen(fd, "w") as fh:
+        json.dump(config, fh, indent=2)
+        fh.write("\n")
+    sys.stderr.write(f"config.json for {config['device_id']} written to {path} (shown only this once: keep it safe)\n")
+
+
+def cmd_device(args: argparse.Namespace) -> int:
+    url, headers = _api(args)
+    if args.action == "provision":
+        body = {"id": args.id, "city": args.city, "kind": args.kind, "sensors": args.sensors.split(","), "lat": args.lat,
+                "lon": args.lon, "interval_s": args.interval}
+        if args.fw:
+            body["fw"] = args.fw
+        out = _call("POST", f"{url}/v1/devices", headers, json=body)
+        _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
+    elif args.action == "rotate":
+        out = _call("POST", f"{url}/v1/devices/{args.id}/rotate", headers)
+        _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
+    elif args.action == "revoke":
+        out = _call("POST", f"{url}/v1/devices/{args.id}/revoke", headers)
+        sys.stdout.write(f"{out['id']}: {out['state']} (broker credentials deleted)\n")
+    else:
+        params = {k: v for k, v in (("city", args.city), ("state", args.state)) if v}
+        for d in _call("GET", f"{url}/v1/devices", headers, params=params):
+            sys.stdout.write(f"{d['id']:<32} {d['city']:<12} {d['kind']:<8} {d['state']:<8} {d['lat']:.5f},{d['lon']:.5f} {','.join(d['sensors'])}\n")
+    return 0
+
+
+# --- apikey (on the registry file) ---------------------------------------------
+def cmd_apikey(args: argparse.Namespace) -> int:
+    from api.registry import Registry
+
+    s = _settings()
+    reg = Registry(Path(args.registry) if args.registry else s.registry_path)
+    if args.action == "create":
+        if args.city and args.scope != "admin":
+            sys.stderr.write("nakhon apikey: --city limits an admin key; read keys read every city\n")
+            return 2
+        key, token = reg.create_key(args.name, args.scope, args.city)
+        sys.stderr.write(f"key {key.id} ({key.scope}{', ' + key.city if key.city else ''}) created; the token is shown only now:\n")
+        sys.stdout.write(token + "\n")
+    elif args.action == "revoke":
+        if not reg.revoke_key(args.id):
+            sys.stderr.write(f"nakhon apikey: no active key {args.id}\n")
+            return 1
+        sys.stdout.write(f"{args.id} revoked\n")
+    else:
+        for k in reg.api_keys():
+            state = f"revoked {k.revoked:%Y-%m-%d}" if k.revoked else "active"
+            sys.stdout.write(f"{k.id}  {k.scope:<5}  {k.city or '-':<12} {state:<18} {k.name}\n")
+    return 0
+
+
+# --- broker-init ------------------------------------------------------------------
+def cmd_broker_init(args: argparse.Namespace) -> int:
+    from api.broker import mosquitto_config, new_password, write_bootstrap
+
+    path = Path(args.file)
+    if path.exists() and not args.force:
+        sys.stderr.write(f"nakhon broker-init: {path} exists (the broker keeps its accounts there); --force replaces it\n")
+        return 2
+    admin = (args.admin_user, new_password())
+    ingest = (args.ingest_user, new_password())
+    write_bootstrap(path, admin, ingest)
+    sys.stdout.write(
+        f"# mosquitto.conf (and allow_anonymous false):\n{mosquitto_config(path)}\n"
+        f"# API (provisioning):\nNAKHON_BROKER_ADMIN_USERNAME={admin[0]}\nNAKHON_BROKER_ADMIN_PASSWORD={admin[1]}\n"
+        f"# ingest:\nNAKHON_MQTT_USERNAME={ingest[0]}\nNAKHON_MQTT_PASSWORD={ingest[1]}\n"
+    )
+    return 0
+
+
+def cmd_api_bench(args: argparse.Namespace) -> int:
+    from nakhon.apibench import run
+
+    return run(args)
+
+
+def add_parsers(sub: Any) -> None:
+    dev = sub.add_parser("device", help="provision, rotate, revoke or list devices through the API (admin key)")
+    dev.add_argument("--api", default=None, help="API base URL (default http://NAKHON_API_HOST:NAKHON_API_PORT)")
+    dev.add_argument("--key", default=None, help="admin API key (default NAKHON_API_KEY)")
+    dsub = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
+    p = dsub.add_parser("provision", help="register a device, create its broker credentials, write its config.json")
+    p.add_argument("--id", required=True, help="device id, e.g. cm-air-001 (also its MQTT username)")
+    p.add_argument("--city", required=True, help="city slug, e.g. chiang_mai")
+    p.add_argument("--kind", required=True, choices=["air", "weather", "water", "noise", "traffic"], help="device kind")
+    p.add_argument("--sensors", required=True, help="comma-separated catalogue metrics, e.g. pm25,pm10,temp_c,rh")
+    p.add_argument("--lat", type=float, required=True, help="latitude (WGS84)")
+    p.add_argument("--lon", type=float, required=True, help="longitude (WGS84)")
+    p.add_argument("--interval", type=int, default=60, help="seconds between readings (default 60)")
+    p.add_argument("--fw", default=None, help="firmware version")
+    p.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
+    r = dsub.add_parser("rotate", help="new broker credentials (the old stop working); writes the new config.json")
+    r.add_argument("--id", required=True, help="device id")
+    r.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
+    v = dsub.add_parser("revoke", help="retire a device: delete its credentials, disconnect it now")
+    v.add_argument("--id", required=True, help="device id")
+    lst = dsub.add_parser("list", help="list registered devices")
+    lst.add_argument("--city", default=None, help="only this city")
+    lst.add_argument("--state", default=None, choices=["active", "retired"], help="only this state")
+    dev.set_defaults(func=cmd_device)
+
+    key = sub.add_parser("apikey", help="create, list or revoke API keys (on the registry file, for the operator)")
+    key.add_argument("--registry", default=None, help="registry file (default NAKHON_REGISTRY_FILE or NAKHON_DATA_DIR/registry.sqlite3)")
+    ksub = key.add_subparsers(dest="action", required=True, metavar="ACTION")
+    c = ksub.add_parser("create", help="a new key; prints its token once")
+    c.add_argument("--name", required=True, help="who or what the key is for")
+    c.add_argument("--scope", required=True, choices=["read", "admin"], help="read: read endpoints; admin: also provisioning and keys")
+    c.add_argument("--city", default=None, help="admin keys only: manage this city's devices only")
+    rv = ksub.add_parser("revoke", help="revoke a key by id")
+    rv.add_argument("id", help="key id (the 12 hex digits after nk_)")
+    ksub.add_parser("list", help="list keys (never their tokens)")
+    key.set_defaults(func=cmd_apikey)
+
+    bi = sub.add_parser("broker-init", help="write the broker's dynamic-security file with the provisioning and ingest accounts")
+    bi.add_argument("--file", required=True, help="path of the dynamic-security JSON the broker will load")
+    bi.add_argument("--admin-user", default="nakhon-admin", help="provisioning account (default nakhon-admin)")
+    bi.add_argument("--ingest-user", default="nakhon-ingest", help="ingest account (default nakhon-ingest)")
+    bi.add_argument("--force", action="store_true", help="replace an existing file (every device account in it is lost)")
+    bi.set_defaults(func=cmd_broker_init)
+
+    ab = sub.add_parser("api-bench", help="API latency (latest per city, 7-day hourly history) next to the same InfluxQL sent to InfluxDB")
+    ab.add_argument("--devices", type=int, default=1000, help="devices in the city (default 1000)")
+    ab.add_argument("--days", type=int, default=7, help="days of minute data per device (default 7)")
+    ab.add_argument("--requests", type=int, default=50, help="timed requests per endpoint (default 50)")
+    ab.add_argument("--root", default="var/api-bench", help="folder for the benchmark's servers (default var/api-bench)")
+    ab.add_argument("--keep", action="store_true", help="reuse data loaded by an earlier run in --root")
+    ab.set_defaults(func=cmd_api_bench)
