@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
 from api.routers import apikeys, aqi, devices, health, opendata, quality, readings
@@ -26,7 +27,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # the asyncio client belongs to the server's event loop: made here, closed here
+        app.state.ainflux = AsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
+                                        settings.influx_timeout_s)
         yield
+        await app.state.ainflux.aclose()
         app.state.influx.close()
 
     app = FastAPI(

@@ -8,6 +8,7 @@ import orjson
 from fastapi import Depends, HTTPException, Request, Response
 from pydantic import BaseModel
 
+from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
 from contract.influx import Influx
@@ -34,22 +35,27 @@ def json_response(body: Any, media_type: str = "application/json") -> Response:
     return Response(orjson.dumps(body), media_type=media_type)
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_influx(request: Request) -> Influx:
+async def get_influx(request: Request) -> Influx:
     influx: Influx = request.app.state.influx
     return influx
 
 
-def get_registry(request: Request) -> Registry:
+async def get_ainflux(request: Request) -> AsyncInflux:
+    ainflux: AsyncInflux = request.app.state.ainflux
+    return ainflux
+
+
+async def get_registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def get_dynsec(request: Request) -> DynSec:
+async def get_dynsec(request: Request) -> DynSec:
     dynsec: DynSec | None = request.app.state.dynsec
     if dynsec is None:
         raise HTTPException(503, "provisioning is not configured: set NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD")
@@ -58,5 +64,6 @@ def get_dynsec(request: Request) -> DynSec:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 InfluxDep = Annotated[Influx, Depends(get_influx)]
+AsyncInfluxDep = Annotated[AsyncInflux, Depends(get_ainflux)]
 RegistryDep = Annotated[Registry, Depends(get_registry)]
 DynSecDep = Annotated[DynSec, Depends(get_dynsec)]

@@ -15,6 +15,7 @@ import json
 import secrets
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from typing import Any
 SCOPES = ("read", "admin")
 DEVICE_STATES = ("active", "retired")
 _KEY_PREFIX = "nk"
+_COORDS_TTL_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS devices (
@@ -116,6 +118,7 @@ class Registry:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
+        self._coords: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {}
         self._conn().executescript(_SCHEMA)
 
     def _conn(self) -> sqlite3.Connection:
@@ -142,6 +145,7 @@ class Registry:
 
     # --- devices -------------------------------------------------------------
     def add_device(self, device: Device, password: str) -> None:
+        self._coords.clear()
         now = datetime.now(UTC).isoformat()
         try:
             with self._db() as db:
@@ -155,6 +159,7 @@ class Registry:
 
     def import_devices(self, devices: list[Device]) -> None:
         """Register devices whose broker credentials are managed elsewhere (bulk import, benchmarks)."""
+        self._coords.clear()
         now = datetime.now(UTC).isoformat()
         with self._db() as db:
             db.executemany(
@@ -163,8 +168,21 @@ class Registry:
                   d.state, "!", now, now) for d in devices],  # "!" matches no password
             )
 
+    def coordinates(self, city: str) -> dict[str, tuple[float, float]]:
+        """device -> (lat, lon) for a city; cached for a few seconds (read on every latest-values call)."""
+        now = time.monotonic()
+        hit = self._coords.get(city)
+        if hit is not None and now - hit[0] < _COORDS_TTL_S:
+            return hit[1]
+        with self._db() as db:
+            rows = db.execute("SELECT id, lat, lon FROM devices WHERE city = ?", (city,)).fetchall()
+        coords = {r["id"]: (r["lat"], r["lon"]) for r in rows}
+        self._coords[city] = (now, coords)
+        return coords
+
     def remove_device(self, device_id: str) -> None:
         """Undo an `add_device` whose broker half failed."""
+        self._coords.clear()
         with self._db() as db:
             db.execute("DELETE FROM devices WHERE id = ?", (device_id,))
 

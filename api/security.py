@@ -63,8 +63,11 @@ def _registry(request: Request) -> Registry:
     return registry
 
 
-def caller(request: Request, token: Annotated[str | None, Security(_header)] = None) -> ApiKey | None:
-    """The key behind this call (None without one), after the rate limit."""
+async def caller(request: Request, token: Annotated[str | None, Security(_header)] = None) -> ApiKey | None:
+    """The key behind this call (None without one), after the rate limit.
+
+    Async on purpose: it never waits on the network (one indexed SQLite read at most), and a
+    sync dependency would cost a thread-pool hop on every call."""
     settings = request.app.state.settings
     limiter: RateLimiter = request.app.state.limiter
     key = None
@@ -82,13 +85,13 @@ def caller(request: Request, token: Annotated[str | None, Security(_header)] = N
     return key
 
 
-def reader(request: Request, key: Annotated[ApiKey | None, Depends(caller)]) -> ApiKey | None:
+async def reader(request: Request, key: Annotated[ApiKey | None, Depends(caller)]) -> ApiKey | None:
     if key is None and not request.app.state.settings.api_public_read:
         raise HTTPException(401, "an API key is required (public reading is off)", headers={"WWW-Authenticate": "X-API-Key"})
     return key
 
 
-def admin(key: Annotated[ApiKey | None, Depends(caller)]) -> ApiKey:
+async def admin(key: Annotated[ApiKey | None, Depends(caller)]) -> ApiKey:
     if key is None:
         raise HTTPException(401, "an admin API key is required", headers={"WWW-Authenticate": "X-API-Key"})
     if key.scope != "admin":

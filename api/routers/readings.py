@@ -9,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Query, Response
 from pydantic import BaseModel
 
 from api import history
-from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep, json_response
+from api.deps import READ_ERRORS, AsyncInfluxDep, RegistryDep, SettingsDep, json_response
 from api.params import Agg, CityPath, DevicePath, End, Every, Measurement, Metrics, Source, Start
 from api.security import Reader
 
@@ -54,8 +54,8 @@ def _iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def _history(influx: InfluxDep, settings: SettingsDep, tag: str, ident: str, measurement: str, metrics: str | None,
-             start: datetime | None, end: datetime | None, every: str | None, agg: str, source: str, limit: int) -> Response:
+async def _history(influx: AsyncInfluxDep, settings: SettingsDep, tag: str, ident: str, measurement: str, metrics: str | None,
+                   start: datetime | None, end: datetime | None, every: str | None, agg: str, source: str, limit: int) -> Response:
     try:
         names = history.metric_list(measurement, metrics)
         if every is None:
@@ -67,14 +67,19 @@ def _history(influx: InfluxDep, settings: SettingsDep, tag: str, ident: str, mea
             if t1 - t0 > timedelta(days=settings.api_raw_max_days):
                 raise history.QueryError(f"raw points are served for up to {settings.api_raw_max_days} days; set every")
             q = history.raw_points("device", ident, measurement, names, t0, t1, limit)
-            rows = influx.rows(q.statement, q.params)
-            points = [{"time": _iso_ms(r.pop("time")), "values": {k: v for k, v in r.items() if v is not None}} for r in rows]
+            points = []
+            for s in await influx.series(q.statement, q.params):
+                cols = s["columns"]
+                for v in s.get("values", []):
+                    values = {c: x for c, x in zip(cols[1:], v[1:], strict=True) if x is not None}
+                    points.append({"time": _iso_ms(v[0]), "values": values})
             used = "raw"
         else:
             every_s = history.every_seconds(every)
             t0, t1 = history.time_range(start, end, timedelta(days=7 if every_s >= 3600 else 1))
-            used, buckets = history.aggregate(influx, tag, ident, measurement, names, t0, t1, every_s, agg, source)  # type: ignore[arg-type]
-            points = [{"time": _iso_ms(t), "values": v} for t, v in buckets[:limit]]
+            used, q = history.aggregate_query(tag, ident, measurement, names, t0, t1, every_s, agg, source)  # type: ignore[arg-type]
+            rows = history.buckets(used, await influx.series(q.statement, q.params), names, every_s, agg)  # type: ignore[arg-type]
+            points = [{"time": _iso_ms(t), "values": v} for t, v in rows[:limit]]
     except history.QueryError as exc:
         raise HTTPException(400, str(exc)) from None
     body = {"subject": ident, "measurement": measurement, "start": t0.isoformat(), "end": t1.isoformat(), "every": every,
@@ -86,34 +91,34 @@ Limit = Annotated[int, Query(ge=1, le=100_000, description="at most this many po
 
 
 @router.get("/devices/{device}/readings", response_model=History)
-def device_readings(device: DevicePath, _key: Reader, influx: InfluxDep, settings: SettingsDep, measurement: Measurement = "air",
-                    metrics: Metrics = None, start: Start = None, end: End = None, every: Every = None, agg: Agg = "mean",
-                    source: Source = "auto", limit: Limit = 10_000) -> Response:
+async def device_readings(device: DevicePath, _key: Reader, influx: AsyncInfluxDep, settings: SettingsDep,
+                          measurement: Measurement = "air", metrics: Metrics = None, start: Start = None, end: End = None,
+                          every: Every = None, agg: Agg = "mean", source: Source = "auto", limit: Limit = 10_000) -> Response:
     """One device's readings: raw points, or buckets of `every` aggregated with `agg`."""
-    return _history(influx, settings, "device", device, measurement, metrics, start, end, every, agg, source, limit)
+    return await _history(influx, settings, "device", device, measurement, metrics, start, end, every, agg, source, limit)
 
 
 @router.get("/cities/{city}/readings", response_model=History)
-def city_readings(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep, measurement: Measurement = "air",
-                  metrics: Metrics = None, start: Start = None, end: End = None, every: Every = "1h", agg: Agg = "mean",
-                  source: Source = "auto", limit: Limit = 10_000) -> Response:
+async def city_readings(city: CityPath, _key: Reader, influx: AsyncInfluxDep, settings: SettingsDep,
+                        measurement: Measurement = "air", metrics: Metrics = None, start: Start = None, end: End = None,
+                        every: Every = "1h", agg: Agg = "mean", source: Source = "auto", limit: Limit = 10_000) -> Response:
     """A city's readings aggregated over all its devices in buckets of `every`."""
     known_city(settings, city)
-    return _history(influx, settings, "city", city, measurement, metrics, start, end, every, agg, source, limit)
+    return await _history(influx, settings, "city", city, measurement, metrics, start, end, every, agg, source, limit)
 
 
 @router.get("/cities/{city}/latest", response_model=CityLatest)
-def city_latest(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep, registry: RegistryDep) -> Response:
+async def city_latest(city: CityPath, _key: Reader, influx: AsyncInfluxDep, settings: SettingsDep,
+                      registry: RegistryDep) -> Response:
     """The latest value of every metric of every device in a city, with coordinates.
 
     Served from the `latest` values the ingest keeps (one point per device), not by scanning history."""
     known_city(settings, city)
-    values = history.latest(influx, city)
-    registered = {d.id: d for d in registry.devices(city=city)}
+    values = history.latest_values(await influx.series(history.latest_query(), {"city": city}))
+    coords = registry.coordinates(city)
     devices = []
-    for device in sorted(set(values) | set(registered)):
+    for device in sorted(set(values) | set(coords)):
         ts, vals = values.get(device, (0, {}))
-        reg = registered.get(device)
-        devices.append({"device": device, "time": _iso_ms(ts) if ts else None, "lat": reg.lat if reg else None,
-                        "lon": reg.lon if reg else None, "values": vals})
+        lat, lon = coords.get(device, (None, None))
+        devices.append({"device": device, "time": _iso_ms(ts) if ts else None, "lat": lat, "lon": lon, "values": vals})
     return json_response({"city": city, "devices": devices})
