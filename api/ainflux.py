@@ -1,44 +1,53 @@
 """An asyncio InfluxQL reader for the hot read paths (latest values, history).
 
 Same contract as contract.influx.Influx.series (bound $params, same errors),
-but awaited on the event loop, so those endpoints skip the thread-pool hop
-a blocking call costs on every request.
+but awaited on the event loop, so those endpoints skip the thread-pool hop a
+blocking call costs. aiohttp rather than httpx's async client: measured
+here, a small query costs ~2 ms less per call with it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from contract.influx import InfluxRejected, InfluxUnavailable
 
 
 class AsyncInflux:
+    """Create inside the event loop that will use it (the app's lifespan)."""
+
     def __init__(self, url: str, database: str, username: str | None, password: str | None, timeout: float) -> None:
         self.database = database
-        auth = (username, password or "") if username else None
-        self._http = httpx.AsyncClient(base_url=url.rstrip("/"), timeout=timeout, auth=auth,
-                                       limits=httpx.Limits(max_connections=64, max_keepalive_connections=32))
+        auth = aiohttp.BasicAuth(username, password or "") if username else None
+        self._http = aiohttp.ClientSession(url.rstrip("/"), auth=auth, timeout=aiohttp.ClientTimeout(total=timeout),
+                                           connector=aiohttp.TCPConnector(limit=64))
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        await self._http.close()
 
-    async def series(self, q: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """The series of a single-statement query (empty list when none)."""
-        data = {"q": q, "db": self.database, "epoch": "ms"}
+    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms") -> list[dict[str, Any]]:
+        """The series of a single-statement query (empty list when none); epoch=None: times as RFC 3339 text."""
+        data = {"q": q, "db": self.database}
+        if epoch:
+            data["epoch"] = epoch
         if params:
             data["params"] = orjson.dumps(params).decode()
         try:
-            resp = await self._http.get("/query", params=data)
-        except httpx.HTTPError as exc:
+            async with self._http.get("/query", params=data) as resp:
+                status, content = resp.status, await resp.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise InfluxUnavailable(f"query failed: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code >= 500:
-            raise InfluxUnavailable(f"HTTP {resp.status_code}")
-        body = orjson.loads(resp.content) if resp.content else {}
-        if resp.status_code != 200:
-            raise InfluxRejected(resp.status_code, str(body.get("error", ""))[:2000])
+        if status >= 500:
+            raise InfluxUnavailable(f"HTTP {status}")
+        try:
+            body = orjson.loads(content) if content else {}
+        except orjson.JSONDecodeError:
+            raise InfluxUnavailable(f"HTTP {status}: not JSON") from None
+        if status != 200:
+            raise InfluxRejected(status, str(body.get("error", ""))[:2000])
         results = body.get("results", [])
         for r in results:
             if "error" in r:

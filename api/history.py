@@ -115,6 +115,13 @@ def hourly_rows(tag: Literal["device", "city"], ident: str, measurement: str, me
                  {"id": ident, "start": _iso(start), "end": _iso(end)})
 
 
+def hourly_direct(ident: str, measurement: str, metrics: list[str], start: datetime, end: datetime, agg: Agg) -> Query:
+    """One device, hourly buckets: the roll-up points are the answer, named like raw aggregates."""
+    cols = ", ".join(f'"{agg}_{m}" AS "{m}"' for m in metrics)
+    return Query(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE {_where("device")}',
+                 {"id": ident, "start": _iso(start), "end": _iso(end)})
+
+
 def combine_hourly(series: list[dict[str, Any]], metrics: list[str], every_s: int, agg: Agg) -> list[tuple[int, dict[str, float]]]:
     """Fold hourly points into buckets of `every_s` (epoch-aligned, as InfluxQL's GROUP BY time)."""
     every_ms = every_s * 1000
@@ -154,8 +161,15 @@ def combine_hourly(series: list[dict[str, Any]], metrics: list[str], every_s: in
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class Plan:
+    source: str  # raw or hourly
+    query: Query
+    fold: bool  # True: the answer is hourly points to fold with `buckets`; False: it is the buckets
+
+
 def aggregate_query(tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str], start: datetime,
-                    end: datetime, every_s: int, agg: Agg, source: Source) -> tuple[str, Query]:
+                    end: datetime, every_s: int, agg: Agg, source: Source) -> Plan:
     """Which source serves buckets of `every_s`, and the statement to run there."""
     if (end - start).total_seconds() / every_s > MAX_BUCKETS:
         raise QueryError(f"that range holds more than {MAX_BUCKETS} buckets of every; widen every or narrow the range")
@@ -164,13 +178,15 @@ def aggregate_query(tag: Literal["device", "city"], ident: str, measurement: str
     if source == "hourly":
         if every_s % 3600:
             raise QueryError("hourly roll-ups serve only widths of whole hours")
-        return "hourly", hourly_rows(tag, ident, measurement, metrics, start, end, agg)
-    return "raw", raw_aggregate(tag, ident, measurement, metrics, start, end, every_s, agg)
+        if tag == "device" and every_s == 3600:
+            return Plan("hourly", hourly_direct(ident, measurement, metrics, start, end, agg), fold=False)
+        return Plan("hourly", hourly_rows(tag, ident, measurement, metrics, start, end, agg), fold=True)
+    return Plan("raw", raw_aggregate(tag, ident, measurement, metrics, start, end, every_s, agg), fold=False)
 
 
-def buckets(source: str, series: list[dict[str, Any]], metrics: list[str], every_s: int, agg: Agg) -> list[tuple[int, dict[str, Any]]]:
-    """[(bucket start ms, values)] from the answer to `aggregate_query`."""
-    if source == "hourly":
+def buckets(plan: Plan, series: list[dict[str, Any]], metrics: list[str], every_s: int, agg: Agg) -> list[tuple[Any, dict[str, Any]]]:
+    """[(bucket start, values)] from the answer to `plan` (times as the answer gave them)."""
+    if plan.fold:
         return combine_hourly(series, metrics, every_s, agg)
     out = []
     for s in series:
@@ -178,15 +194,15 @@ def buckets(source: str, series: list[dict[str, Any]], metrics: list[str], every
         for v in s.get("values", []):
             values = {c: x for c, x in zip(cols[1:], v[1:], strict=True) if x is not None}
             if values:
-                out.append((int(v[0]), values))
+                out.append((v[0], values))
     return out
 
 
 def aggregate(influx: Influx, tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str],
               start: datetime, end: datetime, every_s: int, agg: Agg, source: Source) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
     """Buckets of `every_s` from the right source; returns (source used, [(time ms, values)])."""
-    used, q = aggregate_query(tag, ident, measurement, metrics, start, end, every_s, agg, source)
-    return used, buckets(used, influx.series(q.statement, q.params), metrics, every_s, agg)
+    plan = aggregate_query(tag, ident, measurement, metrics, start, end, every_s, agg, source)
+    return plan.source, buckets(plan, influx.series(plan.query.statement, plan.query.params), metrics, every_s, agg)
 
 
 def latest_query() -> str:

@@ -143,16 +143,18 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"API did not start:\n{api.log_path.read_text()[-2000:]}")
             time.sleep(0.2)
 
-        def influxql(q: str, params: dict[str, str]) -> httpx.Response:
+        def influxql(q: str, params: dict[str, str], epoch: str | None = "ms") -> httpx.Response:
             import orjson
 
-            return idb.get("/query", params={"q": q, "db": storage.DATABASE, "epoch": "ms", "params": orjson.dumps(params).decode()})
+            args = {"q": q, "db": storage.DATABASE, "params": orjson.dumps(params).decode()}
+            return idb.get("/query", params={**args, "epoch": epoch} if epoch else args)
 
         n = args.requests
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
         start = end - timedelta(days=7)
         dev = devices[len(devices) // 2]
-        hq = history.hourly_rows("device", dev, "air", ["pm25", "pm10"], start, end, "mean")
+        plan = history.aggregate_query("device", dev, "air", ["pm25", "pm10"], start, end, 3600, "mean", "auto")
+        hq = plan.query  # what the API sends for this request (RFC 3339 times, passed through)
         hist_params = {"measurement": "air", "metrics": "pm25,pm10", "every": "1h", "agg": "mean",
                        "start": start.isoformat(), "end": end.isoformat()}
         check = web.get(f"/v1/devices/{dev}/readings", params=hist_params).json()
@@ -164,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
                 f'SELECT last("pm25"), last("pm10") FROM "{storage.RP_RAW}"."air" WHERE "city" = $city GROUP BY "device"',
                 {"city": CITY}), max(5, n // 5)),
             "7-day hourly history: API": _time(lambda: web.get(f"/v1/devices/{dev}/readings", params=hist_params), n),
-            "7-day hourly history: same InfluxQL direct": _time(lambda: influxql(hq.statement, hq.params), n),
+            "7-day hourly history: same InfluxQL direct": _time(lambda: influxql(hq.statement, hq.params, None), n),
         }
         web.close()
         idb.close()

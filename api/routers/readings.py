@@ -68,18 +68,20 @@ async def _history(influx: AsyncInfluxDep, settings: SettingsDep, tag: str, iden
                 raise history.QueryError(f"raw points are served for up to {settings.api_raw_max_days} days; set every")
             q = history.raw_points("device", ident, measurement, names, t0, t1, limit)
             points = []
-            for s in await influx.series(q.statement, q.params):
+            for s in await influx.series(q.statement, q.params, epoch=None):  # RFC 3339 times, passed through as they are
                 cols = s["columns"]
                 for v in s.get("values", []):
                     values = {c: x for c, x in zip(cols[1:], v[1:], strict=True) if x is not None}
-                    points.append({"time": _iso_ms(v[0]), "values": values})
+                    points.append({"time": v[0], "values": values})
             used = "raw"
         else:
             every_s = history.every_seconds(every)
             t0, t1 = history.time_range(start, end, timedelta(days=7 if every_s >= 3600 else 1))
-            used, q = history.aggregate_query(tag, ident, measurement, names, t0, t1, every_s, agg, source)  # type: ignore[arg-type]
-            rows = history.buckets(used, await influx.series(q.statement, q.params), names, every_s, agg)  # type: ignore[arg-type]
-            points = [{"time": _iso_ms(t), "values": v} for t, v in rows[:limit]]
+            plan = history.aggregate_query(tag, ident, measurement, names, t0, t1, every_s, agg, source)  # type: ignore[arg-type]
+            series = await influx.series(plan.query.statement, plan.query.params, epoch="ms" if plan.fold else None)
+            rows = history.buckets(plan, series, names, every_s, agg)  # type: ignore[arg-type]
+            points = [{"time": _iso_ms(t) if plan.fold else t, "values": v} for t, v in rows[:limit]]
+            used = plan.source
     except history.QueryError as exc:
         raise HTTPException(400, str(exc)) from None
     body = {"subject": ident, "measurement": measurement, "start": t0.isoformat(), "end": t1.isoformat(), "every": every,
