@@ -8,11 +8,10 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections import Counter
 from pathlib import Path
 
-from contract.logs import kv, setup_logging
+from contract.logs import setup_logging
 from contract.settings import ConfigError, Settings, load_settings
 
 log = logging.getLogger("nakhon")
@@ -77,34 +76,11 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 # --- simulate ---------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from simulators.devices import make_fleet
-    from simulators.fleet import Fleet
+    from simulators.run import main as simulate
 
     settings = _settings()
     setup_logging(settings.log_level)
-    cities = [settings.cities[c] for c in (args.cities or sorted(settings.cities))]
-    devices = make_fleet(cities, args.per_city, seed=args.seed)
-    fleet = Fleet(devices, settings.mqtt_host, settings.mqtt_port, seed=args.seed)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    fleet.connect()
-    log.info("fleet connected", extra=kv(devices=len(devices), cities=[c.slug for c in cities]))
-    last = [0.0]
-
-    def progress(sent: int, total: int) -> None:
-        if time.monotonic() - last[0] >= 5:
-            last[0] = time.monotonic()
-            log.info("progress", extra=kv(sent=sent, total=total))
-
-    if args.realtime:
-        start, count = time.time(), args.count or 10**9
-    else:
-        start, count = time.time() - args.count * args.interval, args.count
-    result = fleet.send(count, start, args.interval, rate=args.rate, realtime=args.realtime, progress=progress, stop=stop, keep=False)
-    fleet.close()
-    log.info("done", extra=kv(sent=result.sent, acked=result.acked, seconds=round(result.seconds, 2)))
-    return 0 if result.sent == result.acked else 1
+    return simulate(args, settings)
 
 
 # --- deadletter ---------------------------------------------------------------
@@ -197,14 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--port", type=int, default=None, help="port (default NAKHON_API_PORT)")
     api.set_defaults(func=cmd_api)
 
-    sim = sub.add_parser("simulate", help="run a simulated fleet against the broker")
-    sim.add_argument("--per-city", type=int, default=20, help="devices per city (default 20)")
-    sim.add_argument("--cities", nargs="*", help="city slugs (default: every registered city)")
-    sim.add_argument("--count", type=int, default=0, help="readings per device (default: forever with --realtime)")
-    sim.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
-    sim.add_argument("--rate", type=float, default=None, help="cap on readings/s across the fleet")
-    sim.add_argument("--realtime", action="store_true", help="send each reading at its own time (else backfill the past as fast as possible)")
-    sim.add_argument("--seed", type=int, default=1, help="random seed (same seed, same readings)")
+    sim = sub.add_parser("simulate", help="run a simulated fleet against the broker (or `simulate bench`)")
+    from simulators.arguments import add_arguments as simulate_arguments
+
+    simulate_arguments(sim)
     sim.set_defaults(func=cmd_simulate)
 
     dl = sub.add_parser("deadletter", help="read the dead-letter store (rejected messages with their reasons)")

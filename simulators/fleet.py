@@ -1,151 +1,244 @@
-"""A minimal fleet: each simulated device its own MQTT connection.
+"""A fleet of simulated devices, multiplexed on one asyncio loop per process.
 
-Devices connect with their own client id (and credentials where the broker
-asks), publish a retained `online` status with an `offline` Last Will, and
-send telemetry per the contract at QoS 1. Every reading sent is kept so a
-test can compare what was stored with what was sent.
+`Fleet.run()` connects every device (ramped at `connect_rate`), runs the
+time mode, fires the event faults (offline, storm, malformed) at their
+time, and at the end waits for the broker's acknowledgements, publishes
+each device's `offline` status and disconnects cleanly. `run_fleet()` does
+the same over several processes when one core is not enough.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import dataclasses
 import logging
+import math
+import multiprocessing as mp
+import os
+import queue
+import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from typing import Any
 
-import orjson
-import paho.mqtt.client as mqtt
-
-from contract import topics
-from contract.payload import encode_reading
+from simulators.agent import Agent
+from simulators.clock import Clock
 from simulators.devices import SimDevice
-from simulators.signals import reading
+from simulators.faults import Fault, Plan
+from simulators.runconfig import RunConfig
+from simulators.signals import Signals
+from simulators.stats import Stats, merge
 
 log = logging.getLogger("nakhon.simulate")
 
-Sent = tuple[float, int, dict[str, float]]
+Tick = Callable[[dict[str, Any]], None]
 
 
-@dataclass
-class FleetResult:
-    sent: int = 0
-    acked: int = 0
-    seconds: float = 0.0
-    readings: dict[str, list[Sent]] = field(default_factory=dict)
-
-
-class _Device:
-    def __init__(self, dev: SimDevice, host: str, port: int, password: str | None) -> None:
-        self.dev = dev
-        self.seq = 0
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=dev.device_id, protocol=mqtt.MQTTv311, clean_session=True)
-        if password is not None:
-            c.username_pw_set(dev.device_id, password)
-        status = topics.topic(dev.city, dev.device_id, "status")
-        c.will_set(status, orjson.dumps({"v": 1, "state": "offline"}), qos=1, retain=True)
-        c.max_inflight_messages_set(100)
-        self.connected = threading.Event()
-        c.on_connect = self._on_connect
-        self.client = c
-        self.host, self.port = host, port
-        self.telemetry = topics.topic(dev.city, dev.device_id, "telemetry")
-        self.status = status
-
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: mqtt.ReasonCode, props: object) -> None:
-        if rc.is_failure:
-            log.error("device refused by broker", extra={"fields": {"device": self.dev.device_id, "reason": str(rc)}})
-            return
-        doc = {"v": 1, "state": "online", "fw": "sim-0.1.0", "kind": self.dev.kind, "lat": self.dev.lat, "lon": self.dev.lon}
-        client.publish(self.status, orjson.dumps(doc), qos=1, retain=True)
-        self.connected.set()
-
-    def connect(self) -> None:
-        self.client.connect_async(self.host, self.port, keepalive=60)
-        self.client.loop_start()
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+def _usage() -> dict[str, float]:
+    """CPU seconds and resident memory of this process."""
+    rss_mb = 0.0
+    with contextlib.suppress(OSError), open("/proc/self/statm") as fh:
+        rss_mb = int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return {"cpu_s": time.process_time(), "rss_mb": rss_mb}
 
 
 class Fleet:
-    def __init__(self, devices: list[SimDevice], host: str, port: int, seed: int = 1, passwords: dict[str, str] | None = None) -> None:
+    def __init__(self, devices: list[SimDevice], cfg: RunConfig, faults: list[Fault] | Plan | None = None) -> None:
         self.devices = devices
-        self.seed = seed
-        self._devs = [_Device(d, host, port, (passwords or {}).get(d.device_id)) for d in devices]
+        self.cfg = cfg
+        ids = [d.device_id for d in devices]
+        self.plan = faults if isinstance(faults, Plan) else Plan.resolve(list(faults or []), ids, cfg.seed)
+        self.stats = Stats(devices=len(devices), ledger={} if cfg.keep_ledger else None)
+        self.signals = Signals(cfg.seed)
+        self.agents: list[Agent] = []
+        self.clock: Clock | None = None
 
-    def connect(self, timeout: float = 30.0) -> None:
-        for d in self._devs:
-            d.connect()
-        deadline = time.monotonic() + timeout
-        for d in self._devs:
-            if not d.connected.wait(max(0.0, deadline - time.monotonic())):
-                raise TimeoutError(f"device {d.dev.device_id} did not connect in {timeout:.0f}s")
+    def snapshot(self) -> dict[str, Any]:
+        return {**self.stats.snapshot(), **_usage()}
 
-    def close(self) -> None:
-        for d in self._devs:
-            d.close()
+    def _make_clock(self) -> tuple[Clock, float]:
+        cfg = self.cfg
+        if cfg.mode == "accelerated":
+            return Clock(start=time.time() - cfg.since_s, speed=cfg.speed), 0.0
+        if cfg.mode == "backfill":
+            end = math.floor(time.time() / cfg.interval_s) * cfg.interval_s
+            return Clock(origin=end - cfg.backfill_days * 86400), end
+        return Clock(), 0.0
 
-    def send(
-        self,
-        per_device: int,
-        start_ts: float,
-        step_s: float,
-        rate: float | None = None,
-        realtime: bool = False,
-        progress: Callable[[int, int], None] | None = None,
-        stop: threading.Event | None = None,
-        keep: bool = True,
-    ) -> FleetResult:
-        """Each device sends `per_device` readings `step_s` apart from `start_ts`.
+    async def _life(self, a: Agent, backfill_end: float) -> None:
+        await a.ready.wait()
+        cfg = self.cfg
+        if cfg.mode == "backfill":
+            await a.backfill(backfill_end, cfg.backfill_days)
+        else:
+            end = a.clock.start + cfg.duration_s if cfg.duration_s is not None else None
+            await a.live(end, cfg.count)
 
-        `rate` caps readings/s over the fleet; `realtime` waits for each
-        reading's own time. Returns what was sent and acknowledged by the broker.
-        """
-        result = FleetResult(readings={d.dev.device_id: [] for d in self._devs} if keep else {})
-        infos: list[mqtt.MQTTMessageInfo] = []
-        t0 = time.monotonic()
-        total = per_device * len(self._devs)
-        for k in range(per_device):
-            ts = round(start_ts + k * step_s, 3)
-            if realtime and (delay := ts - time.time()) > 0:
-                if stop is None:
-                    time.sleep(delay)
-                elif stop.wait(delay):
+    async def _fault(self, f: Fault, targets: frozenset[str]) -> None:
+        clock = self.clock
+        assert clock is not None
+        await clock.sleep_until(clock.start + f.at_s)
+        hit = [a for a in self.agents if a.dev.device_id in targets]
+        if not hit:
+            return
+        log.info("fault", extra={"fields": {"kind": f.kind, "devices": len(hit)}})
+        if f.kind == "offline":
+            for a in hit:
+                a.drop(until=clock.now() + f.for_s)
+            self.stats.faults["offline"] += len(hit)
+        elif f.kind == "storm":
+            self.stats.storm_pending += len(hit)
+            self.stats.storm_seconds = 0.0
+            for a in hit:
+                a.drop(storm=True)
+            self.stats.faults["storm"] += len(hit)
+        elif f.kind == "malformed":
+            await asyncio.gather(*(a.send_malformed(f.reasons, f.count) for a in hit))
+
+    async def run(self, stop: asyncio.Event | None = None, tick: Tick | None = None, tick_s: float = 1.0, settle_s: float = 60.0) -> Stats:
+        cfg = self.cfg
+        self.clock, backfill_end = self._make_clock()
+        self.agents = [Agent(d, cfg, self.stats, self.signals, self.clock, self.plan.for_device(d.device_id)) for d in self.devices]
+        loop = asyncio.get_running_loop()
+        for i, a in enumerate(self.agents):
+            loop.call_later(i / cfg.connect_rate, a.start_connecting)
+        lives = [loop.create_task(self._life(a, backfill_end)) for a in self.agents]
+        fault_list = [(f, t) for f, t in zip(self.plan.faults, self.plan.targets, strict=True) if f.kind in ("offline", "storm", "malformed")]
+        faults = [loop.create_task(self._fault(f, t)) for f, t in fault_list]
+        fault_list = [f for f, _ in fault_list]
+        stop = stop or asyncio.Event()
+        ticker = loop.create_task(self._ticker(tick, tick_s)) if tick else None
+        stopper = loop.create_task(stop.wait())
+        everyone = asyncio.gather(*lives) if lives else loop.create_future()
+        if not lives:
+            everyone.set_result(None)
+        await asyncio.wait([everyone, stopper], return_when=asyncio.FIRST_COMPLETED)
+        if stop.is_set():
+            for t in lives:
+                t.cancel()
+        else:  # the lives ended on their own: faults already under way finish (e.g. a malformed burst), later ones never come
+            started = [t for t, f in zip(faults, fault_list, strict=True) if self.clock.rel() >= f.at_s and not t.done()]
+            if started:
+                await asyncio.wait([asyncio.gather(*started, return_exceptions=True), stopper], return_when=asyncio.FIRST_COMPLETED)
+        for t in faults:
+            t.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await everyone
+        stopper.cancel()
+        # devices still reconnecting (offline fault, storm) get their chance to replay
+        if not stop.is_set():
+            deadline = loop.time() + settle_s
+            while any(a.buffer or not a.ready.is_set() for a in self.agents) and loop.time() < deadline and not stop.is_set():
+                await asyncio.sleep(0.1)
+        await asyncio.gather(*(a.settle(settle_s) for a in self.agents))
+        await asyncio.gather(*(a.close() for a in self.agents))
+        if ticker is not None:
+            ticker.cancel()
+            tick(self.snapshot())  # type: ignore[misc]
+        return self.stats
+
+    async def _ticker(self, tick: Tick | None, every: float) -> None:
+        while tick is not None:
+            await asyncio.sleep(every)
+            tick(self.snapshot())
+
+
+def _uvloop() -> None:
+    """Use uvloop's faster event loop when it is installed."""
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def _shard_main(devices: list[SimDevice], cfg: RunConfig, plan: Plan, out: Any, index: int, stop_flag: Any, tick_s: float) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    _uvloop()
+
+    async def main() -> dict[str, Any]:
+        stop = asyncio.Event()
+        fleet = Fleet(devices, cfg, plan)
+
+        async def watch() -> None:
+            while not stop_flag.is_set():
+                await asyncio.sleep(0.2)
+            stop.set()
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        await fleet.run(stop, tick=lambda snap: out.put(("tick", index, snap)), tick_s=tick_s)
+        watcher.cancel()
+        return fleet.snapshot()
+
+    out.put(("done", index, asyncio.run(main())))
+
+
+def run_fleet(
+    devices: list[SimDevice],
+    cfg: RunConfig,
+    faults: list[Fault] | None = None,
+    procs: int = 1,
+    tick: Tick | None = None,
+    stop: threading.Event | None = None,
+    tick_s: float = 1.0,
+) -> dict[str, Any]:
+    """Run the fleet to the end (or until `stop`), in `procs` processes; returns the merged counters."""
+    plan = Plan.resolve(list(faults or []), [d.device_id for d in devices], cfg.seed)
+    stop = stop or threading.Event()
+    if procs <= 1:
+        _uvloop()
+
+        async def main() -> dict[str, Any]:
+            fleet = Fleet(devices, cfg, plan)
+            astop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+
+            async def watch() -> None:
+                while not stop.is_set():
+                    await asyncio.sleep(0.2)
+                astop.set()
+
+            watcher = loop.create_task(watch())
+            await fleet.run(astop, tick=tick, tick_s=tick_s)
+            watcher.cancel()
+            return fleet.snapshot()
+
+        return asyncio.run(main())
+
+    ctx = mp.get_context("fork")  # the children need only what is already imported
+    out = ctx.Queue()
+    flag = ctx.Event()
+    shard_cfg = dataclasses.replace(cfg, connect_rate=cfg.connect_rate / procs)
+    workers = [
+        ctx.Process(target=_shard_main, args=(devices[i::procs], shard_cfg, plan, out, i, flag, tick_s), name=f"fleet-{i}", daemon=True)
+        for i in range(procs)
+    ]
+    for w in workers:
+        w.start()
+    snaps: dict[int, dict[str, Any]] = {}
+    done: set[int] = set()
+    try:
+        while len(done) < procs:
+            if stop.is_set():
+                flag.set()
+            try:
+                what, index, snap = out.get(timeout=0.5)
+            except queue.Empty:
+                if not any(w.is_alive() for w in workers) and out.empty():
                     break
-            if stop is not None and stop.is_set():
-                break
-            for d in self._devs:
-                m = reading(d.dev.device_id, d.dev.metrics, ts, self.seed)
-                d.seq += 1
-                infos.append(d.client.publish(d.telemetry, encode_reading(ts, d.seq, m), qos=topics.QOS))
-                if keep:
-                    result.readings[d.dev.device_id].append((ts, d.seq, m))
-                result.sent += 1
-                if rate and (ahead := result.sent / rate - (time.monotonic() - t0)) > 0:
-                    time.sleep(ahead)
-            if len(infos) > 20_000:
-                result.acked += _settle(infos)
-            if progress:
-                progress(result.sent, total)
-        result.acked += _settle(infos)
-        result.seconds = time.monotonic() - t0
-        return result
-
-    def publish_raw(self, device_id: str, payload: bytes, channel: str = "telemetry") -> mqtt.MQTTMessageInfo:
-        d = next(d for d in self._devs if d.dev.device_id == device_id)
-        return d.client.publish(topics.topic(d.dev.city, device_id, channel), payload, qos=topics.QOS)
-
-
-def _settle(infos: list[mqtt.MQTTMessageInfo]) -> int:
-    """Wait for the broker's PUBACKs; returns how many came, and empties the list."""
-    acked = 0
-    for info in infos:
-        try:
-            info.wait_for_publish(60)
-        except RuntimeError:  # not queued: the client lost its connection
-            continue
-        acked += info.is_published()
-    infos.clear()
-    return acked
+                continue
+            snaps[index] = snap
+            if what == "done":
+                done.add(index)
+            if tick is not None and (what == "done" or len(snaps) == procs):
+                tick(merge(list(snaps.values())))
+    finally:
+        flag.set()
+        for w in workers:
+            w.join(30)
+    lost = procs - len(done)
+    result = merge(list(snaps.values()))
+    result["lost_processes"] = lost
+    return result

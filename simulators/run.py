@@ -1,0 +1,95 @@
+"""`nakhon simulate`: a scenario (preset, file or flags) against the broker."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import signal
+import sys
+import threading
+from typing import Any
+
+from contract.logs import kv
+from contract.settings import Settings
+from simulators.devices import make_fleet
+from simulators.faults import Fault, FaultError
+from simulators.fleet import run_fleet
+from simulators.progress import Progress, summary
+from simulators.runconfig import RunConfig
+from simulators.scenario import Scenario, ScenarioError, duration, load, load_credentials, presets
+
+log = logging.getLogger("nakhon.simulate")
+
+
+def scenario_from_args(args: argparse.Namespace) -> Scenario:
+    sc = load(args.scenario) if args.scenario else Scenario()
+    over: dict[str, Any] = {}
+    for arg, key in (("per_city", "per_city"), ("interval", "interval_s"), ("count", "count"), ("batch", "batch"),
+                     ("seed", "seed"), ("credentials", "credentials"), ("procs", "procs"), ("connect_rate", "connect_rate"),
+                     ("prefix", "prefix")):
+        if getattr(args, arg) is not None:
+            over[key] = getattr(args, arg)
+    if args.cities:
+        over["cities"] = args.cities
+    if args.realtime:
+        over["mode"] = "realtime"
+    if args.speed is not None:
+        over.update(mode="accelerated", speed=args.speed)
+    if args.backfill_days is not None:
+        over.update(mode="backfill", backfill_days=args.backfill_days)
+    if args.since is not None:
+        over["since"] = duration(args.since)
+    if args.duration is not None:
+        over["duration"] = duration(args.duration)
+    sc = dataclasses.replace(sc, **over)
+    sc.faults = sc.faults + [Fault.parse(spec) for spec in args.fault]
+    sc.check("flags")
+    return sc
+
+
+def run_config(sc: Scenario, settings: Settings, **extra: Any) -> RunConfig:
+    return RunConfig(
+        host=settings.mqtt_host, port=settings.mqtt_port, mode=sc.mode, interval_s=sc.interval_s, speed=sc.speed,
+        since_s=sc.since, duration_s=sc.duration, count=sc.count, backfill_days=sc.backfill_days, batch=sc.batch,
+        connect_rate=sc.connect_rate, passwords=load_credentials(sc.credentials) if sc.credentials else {}, seed=sc.seed,
+        max_payload_bytes=settings.max_payload_bytes, ts_max_age_s=settings.ts_max_age_s, ts_max_future_s=settings.ts_max_future_s,
+        **extra,
+    )
+
+
+def main(args: argparse.Namespace, settings: Settings) -> int:
+    if args.list_presets:
+        for name in presets():
+            sys.stdout.write(f"{name}\n")
+        return 0
+    if args.what == "bench":
+        from simulators.bench import run_bench
+
+        return run_bench(args)
+    try:
+        sc = scenario_from_args(args)
+        cities = [settings.cities[c] for c in (sc.cities or sorted(settings.cities))]
+        cfg = run_config(sc, settings)
+    except KeyError as exc:
+        sys.stderr.write(f"nakhon simulate: unknown city {exc}; registered: {', '.join(sorted(settings.cities))}\n")
+        return 2
+    except (ScenarioError, FaultError, ValueError) as exc:
+        sys.stderr.write(f"nakhon simulate: {exc}\n")
+        return 2
+    devices = make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    log.info("fleet starting", extra=kv(scenario=sc.name, devices=len(devices), cities=[c.slug for c in cities], mode=sc.mode,
+                                        interval_s=sc.interval_s, procs=sc.procs, faults=len(sc.faults),
+                                        broker=f"{cfg.host}:{cfg.port}"))
+    progress = None if args.quiet else Progress()
+    snap = run_fleet(devices, cfg, sc.faults, procs=sc.procs, tick=progress, stop=stop)
+    if progress is not None:
+        progress.close()
+    sys.stdout.write(f"Simulation {sc.name!r} ({sc.mode}, {len(devices)} devices)\n" + summary(snap))
+    sys.stdout.flush()
+    log.info("fleet done", extra=kv(**{k: v for k, v in snap.items() if not isinstance(v, dict)}))
+    complete = snap["readings_acked"] == snap["readings_sent"] and not snap["unsent"] and not snap.get("lost_processes")
+    return 0 if complete or stop.is_set() else 1
