@@ -42,10 +42,10 @@ DEFAULTS = {
 }
 
 
-def _int(cfg: dict, key: str, lo: int, hi: int, errors: list) -> None:
+def _int(cfg: dict, key: str, lo: int, hi: int, errors: list, where: str = "") -> None:
     v: Any = cfg.get(key)
     if type(v) is not int or not lo <= v <= hi:
-        errors.append("%s must be an integer %d..%d (got %r)" % (key, lo, hi, v))
+        errors.append("%s%s must be an integer %d..%d (got %r)" % (where, key, lo, hi, v))
 
 
 def _merge(cfg: dict) -> None:
@@ -85,8 +85,8 @@ def check(cfg) -> list:
     if type(mq) is not dict or type(mq.get("host")) is not str or not mq.get("host"):
         errors.append("mqtt.host is missing")
     else:
-        _int(mq, "port", 1, 65535, errors)
-        _int(mq, "keepalive_s", 10, 3600, errors)
+        _int(mq, "port", 1, 65535, errors, "mqtt.")
+        _int(mq, "keepalive_s", 10, 3600, errors, "mqtt.")
         for k in ("username", "password", "ca_file"):
             if mq.get(k) is not None and type(mq[k]) is not str:
                 errors.append("mqtt.%s must be a string or null" % k)
@@ -97,9 +97,9 @@ def check(cfg) -> list:
     _int(cfg, "batch", 1, 1000, errors)
     _int(cfg, "watchdog_ms", 5000, 600000, errors)
     ring = cfg["ring"]
-    _int(ring, "segments", 2, 1000, errors)
-    _int(ring, "segment_bytes", 512, 1 << 20, errors)
-    _int(ring, "chunk", 1, 100, errors)
+    _int(ring, "segments", 2, 1000, errors, "ring.")
+    _int(ring, "segment_bytes", 512, 1 << 20, errors, "ring.")
+    _int(ring, "chunk", 1, 100, errors, "ring.")
     sensors = cfg.get("sensors")
     if type(sensors) is not list or not sensors:
         errors.append("sensors must be a non-empty list")

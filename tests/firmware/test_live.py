@@ -1,0 +1,285 @@
+"""The unchanged firmware on the MicroPython unix port (heap capped at a plain ESP32's)
+against the real Mosquitto, the real `nakhon ingest` and the real InfluxDB.
+
+Device time runs 30-60x faster than real time (the fake clock behind the HAL), so ten
+minutes of outage pass in seconds; the fake world's clock starts hours in the past so
+nothing is stamped in the platform's future.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from contract.influx import Influx
+from contract.payload import parse_telemetry
+from contract.status import parse_status
+from nakhon.procs import Service
+from nakhon.servers import Mosquitto
+from tests.firmware.device import Device, device_config, world
+from tests.firmware.watch import Watch
+from tests.helpers import wait_until
+
+CITY = "chiang_mai"
+
+
+def stored(influx: Influx, device: str) -> list[tuple[int, int, float]]:
+    """(seq, time ms, pm25) of every air point of a device, by time."""
+    rows = influx.rows('SELECT "pm25", "seq" FROM "raw"."air" WHERE "device" = $d', {"d": device})
+    return [(int(r["seq"]), int(r["time"]), float(r["pm25"])) for r in rows]
+
+
+def stored_seqs(influx: Influx, device: str) -> set[int]:
+    return {s for s, _, _ in stored(influx, device)}
+
+
+def assert_stored_exactly(influx: Influx, dev: Device, seqs: set[int]) -> None:
+    """Each of these readings is in InfluxDB once, at the timestamp the device gave it."""
+    logged = dev.readings()
+    got = stored(influx, dev.config["device_id"])
+    by_seq: dict[int, list[int]] = {}
+    for seq, t, _ in got:
+        by_seq.setdefault(seq, []).append(t)
+    dupes = {s: ts for s, ts in by_seq.items() if len(ts) > 1}
+    assert not dupes, f"stored more than once: {dupes}"
+    missing = sorted(seqs - set(by_seq))
+    assert not missing, f"readings missing from InfluxDB: {missing}"
+    for s in seqs:
+        assert by_seq[s][0] == round(logged[s] * 1000), f"seq {s}: stored at {by_seq[s][0]}, taken at {logged[s]}"
+
+
+def wait_stored(influx: Influx, dev: Device, seqs: set[int], timeout: float = 60) -> None:
+    wait_until(lambda: seqs <= stored_seqs(influx, dev.config["device_id"]), timeout, what=f"{len(seqs)} readings in InfluxDB")
+
+
+def restart_broker(broker: Mosquitto, ingest: Service, dev: Device) -> None:
+    """Start the broker again; the device gets its link back once the ingest is reconnected.
+
+    Mosquitto 2.0 does not restore shared subscriptions from its persistence file, so a
+    message published after a broker restart but before the ingest has reconnected is
+    not queued for the ingest's (shared) session and is lost on the platform side,
+    whatever the device does. Until the platform fixes that, the device's Wi-Fi is held
+    down across the restart, and released when the ingest is subscribed again.
+    """
+    dev.control({"wifi_down": True})
+    n = ingest.log_path.read_text().count('"msg":"connected"')
+    broker.start()
+    wait_until(lambda: ingest.log_path.read_text().count('"msg":"connected"') > n, 60, what="the ingest back on the broker")
+    dev.control({})
+
+
+def no_crash(dev: Device) -> None:
+    log = dev.log()
+    assert "Traceback" not in log and "MemoryError" not in log, log[-3000:]
+
+
+def test_readings_reach_influxdb_through_broker_and_ingest(workdir: Path, broker: Mosquitto, influx: Influx, ingest: Service) -> None:
+    dev_id = "cm-fw-live-01"
+    w = world(scale=30, ntp_fail_first=2)
+    w["uart"]["2"].update(corrupt_every=4, corrupt_value=999)  # every 4th PM frame is corrupt
+    watch = Watch(broker.port, CITY, dev_id)
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port), w)
+    try:
+        dev.start()
+        wait_until(lambda: len(stored_seqs(influx, dev_id)) >= 12, 60, what="12 readings stored")
+        # Wi-Fi drops: the broker publishes the Last Will, readings wait in the ring.
+        dev.control({"wifi_down": True})
+        wait_until(lambda: (watch.last_status() or {}).get("state") == "offline", 20, what="offline Last Will")
+        n = len(dev.readings())
+        wait_until(lambda: len(dev.readings()) >= n + 5, 30, what="readings while offline")
+        dev.control({})
+        wait_until(lambda: (watch.last_status() or {}).get("state") == "online", 30, what="online again")
+        seqs = set(dev.readings())
+        wait_stored(influx, dev, seqs)
+    finally:
+        dev.stop()
+        watch.close()
+    log = dev.log()
+    no_crash(dev)
+    assert dev.exit_codes == []
+
+    # Every message passes the contract's own validation.
+    assert watch.telemetry
+    for received, payload in watch.telemetry:
+        parsed = parse_telemetry(payload, now=received)
+        assert not parsed.rejections, (payload, parsed.rejections)
+    assert any(b'"batch"' in p for _, p in watch.telemetry)  # the outage was replayed as a batch
+    for doc in watch.status:
+        parse_status(orjson.dumps(doc))
+    online = [d for d in watch.status if d["state"] == "online"]
+    assert online[0]["reset"] == "power_on" and online[0]["fw"] and online[0]["kind"] == "air"
+    assert {"v": 1, "state": "offline"} in watch.status
+
+    # Stored once each, with the timestamps the device gave.
+    assert_stored_exactly(influx, dev, seqs)
+
+    # The first readings were taken before NTP answered (two failed tries) and back-dated.
+    assert "reading seq=0 ts=unknown" in log
+    assert log.count("ntp: attempt") == 2
+    ts = dev.readings()
+    assert 9.0 <= ts[1] - ts[0] <= 11.0  # taken one interval apart, dated as such
+
+    # Corrupt PM frames: rejected, counted, never published.
+    injected = int(re.findall(r"FAKE uart2 corrupt=(\d+)", log)[-1])
+    rejected = int(re.findall(r"sensor pm: rejected=(\d+)", log)[-1])
+    assert injected >= 5
+    assert injected - 1 <= rejected <= injected  # the newest corrupt frame may still be in the UART
+    assert all(pm25 != 999 for _, _, pm25 in stored(influx, dev_id))
+    assert all(r["m"].get("pm25") != 999 for r in watch.readings())
+
+
+def test_broker_down_ten_device_minutes_every_reading_stored_once(workdir: Path, broker: Mosquitto, influx: Influx, ingest: Service) -> None:
+    dev_id = "cm-fw-outage-01"
+    watch = Watch(broker.port, CITY, dev_id)
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port), world(scale=60))
+    try:
+        dev.start()
+        wait_until(lambda: len(stored_seqs(influx, dev_id)) >= 5, 60, what="first readings stored")
+        broker.stop()
+        before = max(dev.readings())
+        t0 = dev.readings()[before]
+        wait_until(lambda: max(dev.readings()) >= before + 60, 60, what="ten device minutes of readings")
+        outage = sorted(s for s in dev.readings() if s > before)
+        assert dev.readings()[outage[-1]] - t0 >= 590  # ten minutes of device time went by
+        restart_broker(broker, ingest, dev)
+        seqs = set(dev.readings())
+        wait_stored(influx, dev, seqs, timeout=90)
+    finally:
+        dev.stop()
+        watch.close()
+    no_crash(dev)
+    assert_stored_exactly(influx, dev, seqs)
+    assert "ring: stored" in dev.log()  # the outage went through flash
+
+
+def test_full_ring_drops_the_oldest_and_counts_them(workdir: Path, broker: Mosquitto, influx: Influx, ingest: Service) -> None:
+    dev_id = "cm-fw-ring-01"
+    cfg = device_config(dev_id, broker.port, ring={"segments": 3, "segment_bytes": 1024, "chunk": 1})
+    watch = Watch(broker.port, CITY, dev_id)
+    dev = Device(workdir / "dev", cfg, world(scale=60))
+    try:
+        dev.start()
+        wait_until(lambda: len(stored_seqs(influx, dev_id)) >= 3, 60, what="first readings stored")
+        broker.stop()
+        before = max(dev.readings())
+        wait_until(lambda: max(dev.readings()) >= before + 60, 60, what="an outage longer than the ring")
+        restart_broker(broker, ingest, dev)
+        wait_until(lambda: (watch.last_status() or {}).get("dropped", 0) > 0 and watch.last_status()["buffered"] == 0,  # type: ignore[index]
+                   60, what="a status after the replay")
+        taken = set(dev.readings())
+        status: dict[str, Any] = watch.last_status()  # type: ignore[assignment]
+        wait_until(lambda: len(stored_seqs(influx, dev_id)) >= len(taken) - status["dropped"], 60, what="replay stored")
+    finally:
+        dev.stop()
+        watch.close()
+    no_crash(dev)
+    got = stored_seqs(influx, dev_id)
+    missing = sorted(s for s in taken if s not in got)
+    assert status["dropped"] == len(missing) > 0  # the count in status is exactly what is missing
+    assert missing == list(range(missing[0], missing[-1] + 1))  # one block: the oldest of the outage ...
+    assert missing[0] > before - 5 and all(s in got for s in taken if s > missing[-1])  # ... and all newer ones kept
+    assert_stored_exactly(influx, dev, taken - set(missing))
+
+
+def test_hanging_sensor_trips_the_watchdog_and_the_others_go_on(workdir: Path, broker: Mosquitto) -> None:
+    dev_id = "cm-fw-wdt-01"
+    watch = Watch(broker.port, CITY, dev_id)
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port), world(scale=30))
+    try:
+        dev.start()
+        wait_until(lambda: sum("temp_c" in r["m"] for r in watch.readings()) >= 3, 60, what="readings with temperature")
+        dev.control({"hang_i2c": [0x44]})  # the SHT3x holds the bus: the I2C read never returns
+        dev.wait_log(r"FAKE reset watchdog", 30)
+        dev.wait_log(r"boot fw=\S+ reset=watchdog", 30)
+        wait_until(lambda: (watch.last_status() or {}).get("reset") == "watchdog", 30, what="status after the reset")
+        status = watch.last_status()
+        n = len(watch.readings())
+        wait_until(lambda: len(watch.readings()) >= n + 3, 30, what="readings after the reset")
+        readings = watch.readings()
+    finally:
+        dev.stop()
+        watch.close()
+    assert status is not None and "th:hang" in status["faults"]
+    assert dev.exit_codes[0] == 75  # the chip was reset by the watchdog, not by a crash
+    after = readings[n:]
+    assert all("pm25" in r["m"] and "temp_c" not in r["m"] for r in after)  # PM goes on, the hung sensor sits out
+    seqs = [r["seq"] for r in readings]
+    assert len(seqs) == len(set(seqs)) and seqs == sorted(seqs)  # seq carried across the reset via RTC memory
+    assert "Traceback" not in dev.log()
+
+
+def test_retained_config_changes_a_running_device(workdir: Path, broker: Mosquitto) -> None:
+    dev_id = "cm-fw-config-01"
+    watch = Watch(broker.port, CITY, dev_id)
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port), world(scale=30))
+    try:
+        dev.start()
+        wait_until(lambda: len(watch.readings()) >= 3, 60, what="first readings")
+        watch.publish_config({"v": 1, "seq": 5, "interval_s": 40, "sensors": {"th": False}, "thresholds": {"pm25": 500}})
+        dev.wait_log(r"config: applied seq=5 interval_s=40", 30)
+        n = len(dev.readings())
+        wait_until(lambda: len(dev.readings()) >= n + 4, 40, what="readings at the new interval")
+        wait_until(lambda: (watch.last_status() or {}).get("config_seq") == 5, 20, what="config acknowledged")
+        acked = watch.last_status()
+        watch.publish_config(b'{"v": 1, "seq": "six"}')
+        wait_until(lambda: "config:invalid" in (watch.last_status() or {}).get("faults", []), 20, what="bad config reported")
+        after_bad = watch.last_status()
+        readings = watch.readings()
+    finally:
+        dev.stop()
+        watch.close()
+    assert acked is not None and acked["interval_s"] == 40
+    ts = dev.readings()
+    later = sorted(ts)[n:]
+    gaps = [ts[b] - ts[a] for a, b in itertools.pairwise(later)]
+    assert gaps and all(39 <= g <= 41 for g in gaps), gaps
+    assert all("temp_c" not in r["m"] for r in readings if r["seq"] >= later[0])  # th disabled by config
+    assert after_bad is not None and after_bad["config_seq"] == 5 and after_bad["interval_s"] == 40  # kept the good one
+
+
+def test_deep_sleep_keeps_seq_and_buffer(workdir: Path, broker: Mosquitto) -> None:
+    dev_id = "cm-fw-sleep-01"
+    watch = Watch(broker.port, CITY, dev_id)
+    cfg = device_config(dev_id, broker.port, deep_sleep=True, interval_s=20)
+    dev = Device(workdir / "dev", cfg, world(scale=10))
+    try:
+        dev.start()
+        wait_until(lambda: len(watch.readings()) >= 2, 60, what="readings from two wake-ups")
+        broker.stop()
+        boots = dev.boots
+        wait_until(lambda: dev.boots >= boots + 3, 60, what="three sleeps without a broker")
+        broker.start()
+        wait_until(lambda: dev.boots >= boots + 5, 60, what="more wake-ups")
+        taken = set(dev.readings())
+        wait_until(lambda: {r["seq"] for r in watch.readings()} >= taken, 60, what="the buffer replayed")
+        readings = watch.readings()
+    finally:
+        dev.stop()
+        watch.close()
+    seqs = sorted({r["seq"] for r in readings})
+    assert seqs == list(range(seqs[0], seqs[-1] + 1))  # no gap, no repeat across deep sleeps
+    assert seqs[0] == 0
+    assert "reset=deepsleep" in dev.log()
+    assert set(dev.exit_codes) == {75}  # every exit was a deep sleep, no crash
+    assert "Traceback" not in dev.log()
+
+
+def test_bad_config_json_is_reported_line_by_line(tmp_path: Path) -> None:
+    cfg = device_config("Bad ID", 70000)
+    cfg["sensors"].append({"name": "x", "type": "geiger"})
+    cfg["wifi"] = {}
+    dev = Device(tmp_path / "dev", cfg, world())
+    dev.start()
+    wait_until(lambda: not dev.running, 30, what="the device to give up")
+    dev.stop()
+    log = dev.log()
+    assert "config: device_id must be 3-32 chars" in log
+    assert "config: mqtt.port must be an integer 1..65535 (got 70000)" in log
+    assert "config: sensors[2].type must be one of" in log
+    assert "config: wifi.ssid is missing" in log
+    assert "not starting: fix config.json" in log
+    assert "reading" not in log
