@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS devices (
     state TEXT NOT NULL,
     secret_hash TEXT NOT NULL,
     created TEXT NOT NULL,
-    updated TEXT NOT NULL
+    updated TEXT NOT NULL,
+    hardware TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS devices_city ON devices (city);
 CREATE TABLE IF NOT EXISTS api_keys (
@@ -69,6 +70,7 @@ class Device:
     fw: str | None
     interval_s: int
     state: str = "active"
+    hardware: list[dict[str, Any]] = field(default_factory=list)  # firmware `sensors` entries (driver type and pins)
     created: datetime = field(default_factory=lambda: datetime.now(UTC))
     updated: datetime = field(default_factory=lambda: datetime.now(UTC))
 
@@ -150,9 +152,10 @@ class Registry:
         try:
             with self._db() as db:
                 db.execute(
-                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (device.id, device.city, device.kind, json.dumps(device.sensors), device.lat, device.lon,
-                     device.installed.isoformat(), device.fw, device.interval_s, device.state, hash_password(password), now, now),
+                     device.installed.isoformat(), device.fw, device.interval_s, device.state, hash_password(password), now, now,
+                     json.dumps(device.hardware)),
                 )
         except sqlite3.IntegrityError:
             raise Conflict(f"device {device.id!r} exists") from None
@@ -163,9 +166,9 @@ class Registry:
         now = datetime.now(UTC).isoformat()
         with self._db() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO devices VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [(d.id, d.city, d.kind, json.dumps(d.sensors), d.lat, d.lon, d.installed.isoformat(), d.fw, d.interval_s,
-                  d.state, "!", now, now) for d in devices],  # "!" matches no password
+                  d.state, "!", now, now, json.dumps(d.hardware)) for d in devices],  # "!" matches no password
             )
 
     def coordinates(self, city: str) -> dict[str, tuple[float, float]]:
@@ -259,6 +262,7 @@ def _device(row: sqlite3.Row) -> Device:
         id=row["id"], city=row["city"], kind=row["kind"], sensors=json.loads(row["sensors"]), lat=row["lat"], lon=row["lon"],
         installed=date.fromisoformat(row["installed"]), fw=row["fw"], interval_s=row["interval_s"], state=row["state"],
         created=datetime.fromisoformat(row["created"]), updated=datetime.fromisoformat(row["updated"]),
+        hardware=json.loads(row["hardware"]),
     )
 
 

@@ -25,6 +25,16 @@ router = APIRouter(prefix="/v1/devices", tags=["devices"])
 Kind = Literal["air", "weather", "water", "noise", "traffic"]
 assert set(Kind.__args__) == set(DEVICE_KINDS)  # type: ignore[attr-defined]
 SensorName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
+HardwareValue = Annotated[str, Field(max_length=32, pattern=r"^[A-Za-z0-9_.-]*$")] | int | float
+
+
+class Hardware(BaseModel):
+    """One firmware `sensors` entry: a name, a driver type and its pins/ports (e.g. uart, rx, tx)."""
+
+    model_config = {"extra": "allow"}
+    __pydantic_extra__: dict[str, HardwareValue] = Field(init=False)  # pins and ports: numbers or short names
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,16}$")]
+    type: Literal["pms5003", "sds011", "sht3x", "bme280", "ultrasonic", "rain", "sound"]
 
 
 class DeviceIn(BaseModel):
@@ -37,6 +47,7 @@ class DeviceIn(BaseModel):
     installed: date | None = None
     fw: Annotated[str | None, Field(pattern=FW_PATTERN)] = None
     interval_s: Annotated[int, Field(ge=1, le=86400)] = 60
+    hardware: Annotated[list[Hardware], Field(max_length=16, description="firmware sensors entries, copied into config.json")] = []
 
 
 class DeviceOut(BaseModel):
@@ -62,16 +73,20 @@ class MqttConfig(BaseModel):
     username: str
     password: str
     client_id: str
+    keepalive_s: int
 
 
 class DeviceConfig(BaseModel):
-    """The device's config.json: shown once, never stored in clear."""
+    """The device's config.json (firmware/lib/config.py): shown once, never stored in clear.
+
+    The technician adds `wifi` on site; `sensors` holds the hardware entries given at provisioning."""
 
     v: int
     device_id: str
     city: str
     kind: str
-    sensors: list[str]
+    metrics: list[str]
+    sensors: list[dict[str, Any]]
     interval_s: int
     lat: float
     lon: float
@@ -85,13 +100,13 @@ class Provisioned(BaseModel):
 
 
 def _out(d: Device, last_seen: datetime | None = None) -> dict[str, Any]:
-    return {**{k: getattr(d, k) for k in DeviceOut.model_fields if k != "last_seen"}, "last_seen": last_seen}
+    return {**{k: getattr(d, k) for k in DeviceOut.model_fields if k != "last_seen"}, "last_seen": last_seen}  # hardware stays out
 
 
 def _config(settings: Settings, d: Device, password: str) -> DeviceConfig:
     mqtt = MqttConfig(host=settings.device_mqtt_host or settings.mqtt_host, port=settings.device_mqtt_port or settings.mqtt_port,
-                      tls=settings.mqtt_tls, username=d.id, password=password, client_id=d.id)
-    return DeviceConfig(v=1, device_id=d.id, city=d.city, kind=d.kind, sensors=d.sensors, interval_s=d.interval_s, lat=d.lat,
+                      tls=settings.mqtt_tls, username=d.id, password=password, client_id=d.id, keepalive_s=60)
+    return DeviceConfig(v=1, device_id=d.id, city=d.city, kind=d.kind, metrics=d.sensors, sensors=d.hardware, interval_s=d.interval_s, lat=d.lat,
                         lon=d.lon, mqtt=mqtt, topics={ch: topics.topic(d.city, d.id, ch) for ch in topics.CHANNELS})
 
 
@@ -121,7 +136,8 @@ def provision(body: DeviceIn, key: Admin, registry: RegistryDep, dynsec: DynSecD
     if unknown:
         raise HTTPException(400, f"unknown sensors {unknown}")
     d = Device(id=body.id, city=body.city, kind=body.kind, sensors=list(dict.fromkeys(body.sensors)), lat=body.lat, lon=body.lon,
-               installed=body.installed or datetime.now(UTC).date(), fw=body.fw, interval_s=body.interval_s)
+               installed=body.installed or datetime.now(UTC).date(), fw=body.fw, interval_s=body.interval_s,
+               hardware=[h.model_dump() for h in body.hardware])
     password = new_password()
     try:
         registry.add_device(d, password)

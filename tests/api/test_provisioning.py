@@ -63,8 +63,12 @@ class Device:
         self.client.loop_stop()
 
 
+HARDWARE = [{"name": "pm", "type": "pms5003", "uart": 1, "rx": 16, "tx": 17}]
+
+
 def _provision(client: TestClient, key: str, device: str, city: str = "chiang_mai") -> dict[str, Any]:
-    body = {"id": device, "city": city, "kind": "air", "sensors": ["pm25", "pm10"], "lat": 18.79, "lon": 98.98, "interval_s": 60}
+    body = {"id": device, "city": city, "kind": "air", "sensors": ["pm25", "pm10"], "lat": 18.79, "lon": 98.98, "interval_s": 60,
+            "hardware": HARDWARE}
     r = client.post("/v1/devices", json=body, headers={"X-API-Key": key})
     assert r.status_code == 201, r.text
     return r.json()
@@ -77,6 +81,10 @@ def test_provisioned_device_lands_cannot_impersonate_and_is_shut_out_when_revoke
     cfg = out["config"]
     assert cfg["mqtt"]["username"] == cfg["mqtt"]["client_id"] == "cm-air-001"
     assert cfg["topics"]["telemetry"] == "nakhon/v1/chiang_mai/cm-air-001/telemetry"
+    # shaped as the firmware reads it (firmware/lib/config.py); the technician adds `wifi` on site
+    assert {"device_id", "city", "kind", "lat", "lon", "interval_s", "sensors", "mqtt"} <= cfg.keys()
+    assert cfg["sensors"] == HARDWARE and cfg["metrics"] == ["pm25", "pm10"]
+    assert {"host", "port", "tls", "username", "password", "keepalive_s"} <= cfg["mqtt"].keys()
     # shown once: never in the registry listing, and the registry keeps only a hash
     listing = client.get("/v1/devices", headers={"X-API-Key": keys.read}).text
     assert cfg["mqtt"]["password"] not in listing
