@@ -128,6 +128,9 @@ class Node:
 
     # --- readings ------------------------------------------------------------------------
     def take_reading(self) -> None:
+        # A reading is dated when the cycle starts, not when the slowest sensor answers.
+        taken = hal.ticks_ms()
+        now = self.clock.now_ms()
         m: dict = {}
         part = self.part
         for name, drv in self.sensors:
@@ -166,12 +169,11 @@ class Node:
         self._mark("")
         self._reserve(self.seq)
         body = json.dumps(m)
-        now = self.clock.now_ms()
         if now is None:
             if len(self.pretime) >= _PRETIME_MAX:
                 self.pretime.pop(0)
                 self.ring.dropped += 1
-            self.pretime.append((hal.ticks_ms(), seq, body))
+            self.pretime.append((taken, seq, body))
             log.info("reading seq=%d ts=unknown" % seq)
         else:
             self._stage(now, seq, body)
