@@ -132,7 +132,7 @@ def test_temperature_humidity_battery_and_rssi_everywhere() -> None:
         assert rh[(h >= 5) & (h < 7)].mean() > rh[(h >= 13) & (h < 16)].mean()
         bat = v["battery_v"]
         assert bat[(h >= 14) & (h < 16)].mean() > bat[(h >= 5) & (h < 7)].mean()  # charged by day, drained by night
-        assert 3.3 < bat.min() and bat.max() < 4.25
+        assert bat.min() > 3.3 and bat.max() < 4.25
         assert -100 < v["rssi_dbm"].mean() < -50
     # Chiang Mai's cool season is cooler than Phuket's
     jan = _month(2026, 1, 3600)
