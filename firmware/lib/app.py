@@ -36,6 +36,33 @@ _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
 
 
+_CONFIG_KEYS = ("v", "seq", "interval_s", "sensors", "thresholds")
+
+
+def config_ok(doc: Any) -> bool:
+    """The rules of contract/device_config.py, checked on the device."""
+    if type(doc) is not dict or doc.get("v") != 1 or type(doc.get("seq")) is not int or not 0 <= doc["seq"] < 1 << 31:
+        return False
+    for k in doc:
+        if k not in _CONFIG_KEYS:
+            return False
+    iv = doc.get("interval_s", 60)
+    sensors = doc.get("sensors", {})
+    thresholds = doc.get("thresholds", {})
+    if type(iv) is not int or not 1 <= iv <= 86400 or type(sensors) is not dict or type(thresholds) is not dict:
+        return False
+    for k, v in sensors.items():
+        if type(v) is not bool or type(k) is not str or not 1 <= len(k) <= 16:
+            return False
+        for c in k:
+            if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "_"):
+                return False
+    for k, v in thresholds.items():
+        if k not in METRICS or k == "fw" or type(v) not in (int, float):
+            return False
+    return True
+
+
 class Node:
     def __init__(self, cfg: dict, buf: bytearray) -> None:
         self.cfg = cfg
@@ -234,29 +261,26 @@ class Node:
 
     def _apply(self, doc: Any, persist: bool) -> None:
         """Apply a retained config document (contract/device_config.py), or report it bad."""
-        ok = type(doc) is dict and doc.get("v") == 1 and type(doc.get("seq")) is int and doc["seq"] >= 0
-        iv: Any = doc.get("interval_s", self.cfg["interval_s"]) if ok else None
-        sensors: Any = doc.get("sensors", {}) if ok else None
-        thresholds: Any = doc.get("thresholds", {}) if ok else None
-        ok = ok and type(iv) is int and 1 <= iv <= 86400 and type(sensors) is dict and type(thresholds) is dict
-        if ok:
-            for k, v in thresholds.items():
-                ok = ok and k in METRICS and type(v) in (int, float)
-            for v in sensors.values():
-                ok = ok and type(v) is bool
+        ok = config_ok(doc)
         if not ok:
             log.warn("config: rejected %r" % (doc,))
             self.faults["config"] = "invalid"
             self.status_due = True
             return
-        self.faults.pop("config", None)
+        if self.faults.pop("config", None):
+            self.status_due = True
         if doc["seq"] == self.config_seq:
             return
         self.config_seq = doc["seq"]
+        iv = doc.get("interval_s", self.cfg["interval_s"])
         self.cfg["interval_s"] = iv
         self.interval_ms = iv * 1000
-        self.disabled = [k for k, v in sensors.items() if not v]
-        self.thresholds = thresholds
+        for k, v in doc.get("sensors", {}).items():
+            if v and k in self.disabled:
+                self.disabled.remove(k)
+            elif not v and k not in self.disabled:
+                self.disabled.append(k)
+        self.thresholds = doc.get("thresholds", {})
         nxt = hal.ticks_add(hal.ticks_ms(), self.interval_ms)
         if hal.ticks_diff(self.next_read, nxt) > 0:
             self.next_read = nxt

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from contract.device_config import encode_device_config
 from contract.influx import Influx
 from contract.payload import parse_telemetry
 from contract.status import parse_status
@@ -219,7 +220,7 @@ def test_retained_config_changes_a_running_device(workdir: Path, broker: Mosquit
     try:
         dev.start()
         wait_until(lambda: len(watch.readings()) >= 3, 60, what="first readings")
-        watch.publish_config({"v": 1, "seq": 5, "interval_s": 40, "sensors": {"th": False}, "thresholds": {"pm25": 500}})
+        watch.publish_config(encode_device_config(5, interval_s=40, sensors={"th": False}, thresholds={"pm25": 500}))
         dev.wait_log(r"config: applied seq=5 interval_s=40", 30)
         n = len(dev.readings())
         wait_until(lambda: len(dev.readings()) >= n + 4, 40, what="readings at the new interval")

@@ -102,3 +102,44 @@ def test_firmware_type_checks_against_esp32_stubs() -> None:
     proc = typecheck()
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success" in proc.stdout
+
+
+CONFIG_DOCS: list[Any] = [
+    {"v": 1, "seq": 0},
+    {"v": 1, "seq": 7, "interval_s": 300, "sensors": {"pm": True, "th": False}, "thresholds": {"pm25": 75.0}},
+    {"v": 1, "seq": 1, "interval_s": 86400},
+    {"v": 1, "seq": 1, "interval_s": 0},
+    {"v": 1, "seq": 1, "interval_s": 1.5},
+    {"v": 2, "seq": 1},
+    {"v": 1, "seq": -1},
+    {"v": 1, "seq": "1"},
+    {"v": 1},
+    {"v": 1, "seq": 1, "colour": "red"},
+    {"v": 1, "seq": 1, "sensors": {"PM": True}},
+    {"v": 1, "seq": 1, "sensors": {"pm": 1}},
+    {"v": 1, "seq": 1, "thresholds": {"pm25": "high"}},
+    {"v": 1, "seq": 1, "thresholds": {"radiation": 3}},
+    {"v": 1, "seq": 1, "thresholds": {"fw": 3}},
+    [1, 2],
+    "config",
+]
+
+
+def test_device_and_contract_agree_on_config_documents(tmp_path: Path) -> None:
+    from contract.device_config import DeviceConfigError, check_device_config
+
+    (tmp_path / "docs.json").write_text(json.dumps(CONFIG_DOCS))
+    script = tmp_path / "judge.py"
+    script.write_text("import json, app\nprint(json.dumps([app.config_ok(d) for d in json.load(open('docs.json'))]))\n")
+    proc = run_mp(script, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    device = json.loads(proc.stdout.splitlines()[-1])
+    platform = []
+    for doc in CONFIG_DOCS:
+        try:
+            check_device_config(doc)
+            platform.append(True)
+        except DeviceConfigError:
+            platform.append(False)
+    assert device == platform
+    assert platform[:3] == [True, True, True] and not any(platform[3:])
