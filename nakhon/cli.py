@@ -146,6 +146,13 @@ def cmd_dashboards(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- firmware -----------------------------------------------------------------
+def cmd_firmware(args: argparse.Namespace) -> int:
+    from nakhon.firmware_tools import run_cli
+
+    return run_cli(args)
+
+
 # --- bench -------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
     from nakhon.bench import run_bench
@@ -209,6 +216,43 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Grafana's base URL (default GRAFANA_URL or http://127.0.0.1:3000)")
     dpush.add_argument("--influx-url", default=None, help="InfluxDB URL as Grafana reaches it (default NAKHON_INFLUX_URL)")
     dash.set_defaults(func=cmd_dashboards)
+
+    fw = sub.add_parser("firmware", help="ESP32 firmware: build, flash, device config.json, type check, heap benchmark")
+    fw_sub = fw.add_subparsers(dest="action", required=True, metavar="ACTION")
+    fwb = fw_sub.add_parser("build", help="compile firmware/ with mpy-cross into a folder to copy to a board; print sizes")
+    fwb.add_argument("--out", default="build/firmware", help="output folder (default build/firmware)")
+    fwf = fw_sub.add_parser("flash", help="write MicroPython (esptool), the build and config.json (mpremote) to a board")
+    fwf.add_argument("--port", required=True, help="serial port of the board, e.g. /dev/ttyUSB0")
+    fwf.add_argument("--image", default=None, help="MicroPython ESP32 firmware .bin to write first (omit to update files only)")
+    fwf.add_argument("--config", default=None, help="the device's config.json to copy (see `nakhon firmware config`)")
+    fwf.add_argument("--build", default="build/firmware", help="folder made by `nakhon firmware build` (default build/firmware)")
+    fwf.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default 460800)")
+    fwf.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
+    fwc = fw_sub.add_parser("config", help="write a device's config.json, checked by the firmware's own boot check")
+    fwc.add_argument("--device-id", required=True, help="device id, e.g. cm-air-001")
+    fwc.add_argument("--city", required=True, help="city slug from the registry, e.g. chiang_mai")
+    fwc.add_argument("--kind", required=True, choices=["air", "weather", "water", "noise", "traffic"], help="device kind (picks the sensor preset)")
+    fwc.add_argument("--lat", type=float, required=True, help="site latitude")
+    fwc.add_argument("--lon", type=float, required=True, help="site longitude")
+    fwc.add_argument("--wifi-ssid", required=True, help="Wi-Fi network name")
+    fwc.add_argument("--wifi-password", default="", help="Wi-Fi password")
+    fwc.add_argument("--mqtt-host", required=True, help="broker host name as the device reaches it")
+    fwc.add_argument("--mqtt-port", type=int, default=None, help="broker port (default 8883 with --tls, else 1883)")
+    fwc.add_argument("--tls", action="store_true", help="connect with TLS")
+    fwc.add_argument("--insecure", action="store_true", help="with --tls: do not verify the broker's certificate")
+    fwc.add_argument("--ca-file", default=None, help="with --tls: CA certificate file name on the board, e.g. ca.pem")
+    fwc.add_argument("--username", default=None, help="MQTT username (default: the device id when --password is given)")
+    fwc.add_argument("--password", default=None, help="MQTT password (from provisioning)")
+    fwc.add_argument("--interval", type=int, default=60, help="seconds between readings (default 60)")
+    fwc.add_argument("--sensor", action="append", default=None,
+                     help="a sensor entry NAME=TYPE,key=value,... e.g. pm=pms5003,uart=2,rx=16,tx=17 (repeat; default: the kind's preset)")
+    fwc.add_argument("--deep-sleep", action="store_true", help="battery node: read, publish or buffer, deep-sleep")
+    fwc.add_argument("--out", default="config.json", help="file to write, - for stdout (default config.json)")
+    fw_sub.add_parser("typecheck", help="mypy over firmware/ against the MicroPython ESP32 stubs")
+    fwn = fw_sub.add_parser("bench", help="peak heap of a read-publish cycle and of a replay on the unix port, and the built size")
+    fwn.add_argument("--readings", type=int, default=500, help="readings to replay (default 500)")
+    fwn.add_argument("--root", default="var/fwbench", help="folder for the benchmark's broker and device (default var/fwbench)")
+    fw.set_defaults(func=cmd_firmware)
     return p
 
 

@@ -188,3 +188,129 @@ def typecheck() -> subprocess.CompletedProcess[str]:
     )
     return subprocess.run([sys.executable, "-m", "mypy", "--config-file", str(ini), str(FIRMWARE / "lib"), str(FIRMWARE / "boot.py"),
                            str(FIRMWARE / "main.py")], cwd=ROOT, capture_output=True, text=True)
+
+
+# --- benchmark ---------------------------------------------------------------------------------------
+def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str, Any]:
+    """Peak heap of a read-publish cycle and of a replay, measured inside the unix port
+    against a real Mosquitto, plus the size of the built firmware."""
+    import time
+
+    from nakhon.servers import Mosquitto
+
+    root = root.resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    dev = root / "device"
+    dev.mkdir(parents=True)
+    broker = Mosquitto(root / "mosquitto")
+    broker.start()
+    try:
+        cfg = make_config("cm-bench-001", "chiang_mai", "air", 18.79, 98.98, "field", "secret", "127.0.0.1", broker.port)
+        (dev / "config.json").write_text(json.dumps(cfg))
+        world = {"scale": 20, "real0_ns": time.time_ns(), "epoch0_ms": int((time.time() - 86400) * 1000),
+                 "wifi": {"ssid": "field", "password": "secret", "assoc_ms": 100},
+                 "uart": {"2": {"type": "pms5003", "pm25": 30}}, "i2c": {"0": {"68": {"type": "sht3x"}}},
+                 "adc": {"35": {"volts": 3.9}}, "wdt_min_real_ms": 60000}
+        (dev / "world.json").write_text(json.dumps(world))
+        # What ships: the mpy-cross build (the bench driver is precompiled like the fakes).
+        rows = build(root / "build")
+        env = dict(os.environ, MICROPYPATH=f"{root / 'build' / 'lib'}:{fakes_mpy()}:.frozen")
+        proc = subprocess.run([MICROPYTHON, "-X", f"heapsize={heapsize}", "-m", "fwbench", str(readings)],
+                              cwd=dev, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        broker.stop()
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode or not lines:
+        raise FirmwareError(f"benchmark failed (exit {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    out: dict[str, Any] = json.loads(lines[-1])
+    out["built_bytes"] = sum(r[2] for r in rows)
+    out["source_bytes"] = sum(r[1] for r in rows)
+    out["heapsize"] = heapsize
+    return out
+
+
+# --- command line (nakhon firmware ...) ----------------------------------------------------------------
+def run_cli(args: Any) -> int:
+    try:
+        return _run(args)
+    except FirmwareError as exc:
+        sys.stderr.write(f"nakhon firmware {args.action}: {exc}\n")
+        return 2
+
+
+def _run(args: Any) -> int:
+    out = sys.stdout.write
+    if args.action == "build":
+        rows = build(Path(args.out))
+        width = max(len(r[0]) for r in rows)
+        for name, src, built in rows:
+            out(f"{name:<{width}}  {src:>7} B source  {built:>7} B built\n")
+        out(f"{'total':<{width}}  {sum(r[1] for r in rows):>7} B source  {sum(r[2] for r in rows):>7} B built  -> {args.out}\n")
+        return 0
+    if args.action == "flash":
+        build_dir = Path(args.build)
+        if not args.dry_run and not (build_dir / "main.py").exists():
+            raise FirmwareError(f"no build in {build_dir}: run `nakhon firmware build --out {build_dir}` first")
+        for p in (args.image, args.config):
+            if p and not args.dry_run and not Path(p).exists():
+                raise FirmwareError(f"{p} does not exist")
+        cmds = flash_commands(args.port, build_dir, Path(args.config) if args.config else None,
+                              Path(args.image) if args.image else None, args.baud)
+        if args.dry_run:
+            for c in cmds:
+                out(shlex.join(c) + "\n")
+            return 0
+        run_commands(cmds)
+        return 0
+    if args.action == "config":
+        return _config(args)
+    if args.action == "typecheck":
+        proc = typecheck()
+        out(proc.stdout)
+        sys.stderr.write(proc.stderr)
+        return proc.returncode
+    if args.action == "bench":
+        r = bench(Path(args.root), args.readings)
+        kb = 1024
+        rest = r["rest_bytes"]
+        out(f"MicroPython unix port, -X heapsize={r['heapsize']} (heap {r['heap_total']} B); gc.mem_alloc(), gc off in each measured step\n")
+        out(f"  heap in use at rest (firmware code + buffers; fakes' {r['fakes_bytes'] / kb:.1f} KB excluded)  {rest / kb:6.1f} KB\n")
+        out(f"  peak during a read-publish cycle                        {r['cycle_peak_bytes'] / kb:6.1f} KB"
+            f"  = rest + {(r['cycle_peak_bytes'] - rest) / kb:.1f} KB\n")
+        out(f"  peak during a {r['replay_readings']}-reading replay (batches of {r['batch']})          {r['replay_peak_bytes'] / kb:6.1f} KB"
+            f"  = rest + {(r['replay_peak_bytes'] - rest) / kb:.1f} KB  (published {r['published']}, dropped {r['dropped']})\n")
+        out(f"  built firmware (mpy-cross)                              {r['built_bytes'] / kb:6.1f} KB"
+            f"  (source {r['source_bytes'] / kb:.1f} KB)\n")
+        return 0
+    raise FirmwareError(f"unknown action {args.action}")
+
+
+def _config(args: Any) -> int:
+    from contract.settings import ConfigError, load_settings
+    from contract.topics import is_device_id
+
+    if not is_device_id(args.device_id):
+        raise FirmwareError(f"--device-id {args.device_id!r} must match ^[a-z0-9][a-z0-9-]{{2,31}}$")
+    try:
+        cities = load_settings().cities
+    except ConfigError as exc:
+        raise FirmwareError(str(exc)) from None
+    if args.city not in cities:
+        raise FirmwareError(f"--city {args.city!r} is not in the city registry ({', '.join(sorted(cities))})")
+    sensors = [parse_sensor(s) for s in args.sensor] if args.sensor else None
+    username = args.username or (args.device_id if args.password else None)
+    port = args.mqtt_port or (8883 if args.tls else 1883)
+    cfg = make_config(args.device_id, args.city, args.kind, args.lat, args.lon, args.wifi_ssid, args.wifi_password,
+                      args.mqtt_host, port, tls=args.tls, tls_verify=not args.insecure, ca_file=args.ca_file,
+                      username=username, password=args.password, interval_s=args.interval, sensors=sensors,
+                      deep_sleep=args.deep_sleep)
+    errors = check_config(cfg)
+    if errors:
+        raise FirmwareError("the config would not boot:\n  " + "\n  ".join(errors))
+    text = json.dumps(cfg, indent=2) + "\n"
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text)
+        sys.stderr.write(f"wrote {args.out}: copy it to the board as /config.json (nakhon firmware flash --config {args.out})\n")
+    return 0

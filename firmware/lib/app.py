@@ -30,7 +30,7 @@ OFFLINE = b'{"v":1,"state":"offline"}'
 _PRETIME_MAX = const(120)  # readings held in RAM while the time is unknown
 _HANG_SKIP = const(30)  # readings a sensor that hung (watchdog reset) sits out
 _SEQ_BLOCK = const(1000)  # seq values reserved per flash write
-_BATCH_BYTES = const(8192)  # replay buffer: ~50 readings of a full air+weather node
+BATCH_BYTES = const(8192)  # replay buffer: ~50 readings of a full air+weather node
 _IDLE_MAX_MS = const(1000)
 _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
@@ -478,7 +478,7 @@ class Node:
 def main() -> None:
     # The replay buffer first, while the heap is still in one piece.
     gc.collect()
-    buf = bytearray(_BATCH_BYTES)
+    buf = bytearray(BATCH_BYTES)
     import config
 
     cfg = config.load()
