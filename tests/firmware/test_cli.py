@@ -1,0 +1,65 @@
+"""`nakhon firmware ...`: build, flash dry run, device config."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from nakhon.firmware_tools import MICROPYTHON, fakes_mpy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def nakhon(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "nakhon", *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_build_compiles_the_firmware_and_the_board_can_load_it(tmp_path: Path) -> None:
+    out = tmp_path / "build"
+    proc = nakhon("firmware", "build", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "boot.py").exists() and (out / "main.py").exists()
+    mpys = sorted(p.relative_to(out).as_posix() for p in out.rglob("*.mpy"))
+    assert "lib/app.mpy" in mpys and "lib/drivers/pm.mpy" in mpys
+    assert not list((out / "lib").rglob("*.py"))
+    total = proc.stdout.strip().splitlines()[-1]
+    built = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert total.startswith("total") and f"{built} B built" in total
+    # The .mpy files load in the MicroPython VM (same .mpy version as the boards).
+    env = dict(os.environ, MICROPYPATH=f"{out / 'lib'}:{fakes_mpy()}:.frozen")
+    run = subprocess.run([MICROPYTHON, "-X", "heapsize=110000", "-c", "import app, config, drivers.pm, drivers.bme280; print(app.FW)"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stdout.strip(), run.stderr
+
+
+def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
+    proc = nakhon("firmware", "flash", "--port", "/dev/ttyUSB0", "--image", "ESP32_GENERIC-v1.24.1.bin",
+                  "--config", "cm-air-001.json", "--build", "build/firmware", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert [shlex.split(line) for line in proc.stdout.strip().splitlines()] == [
+        ["esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "erase-flash"],
+        ["esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "--baud", "460800", "write-flash", "-z", "0x1000", "ESP32_GENERIC-v1.24.1.bin"],
+        ["mpremote", "connect", "/dev/ttyUSB0", "fs", "cp", "-r", "build/firmware/lib", ":", "+", "fs", "cp", "build/firmware/boot.py", ":boot.py",
+         "+", "fs", "cp", "build/firmware/main.py", ":main.py", "+", "fs", "cp", "cm-air-001.json", ":config.json", "+", "reset"],
+    ]
+
+
+def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -> None:
+    out = tmp_path / "config.json"
+    args = ["firmware", "config", "--device-id", "cm-air-007", "--city", "chiang_mai", "--kind", "air", "--lat", "18.79", "--lon", "98.98",
+            "--wifi-ssid", "cm-field", "--wifi-password", "pw", "--mqtt-host", "mqtt.example.org", "--tls", "--password", "s3cret"]
+    proc = nakhon(*args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    cfg = json.loads(out.read_text())
+    assert cfg["device_id"] == "cm-air-007" and cfg["mqtt"]["port"] == 8883 and cfg["mqtt"]["tls"] is True
+    assert cfg["mqtt"]["username"] == "cm-air-007" and cfg["mqtt"]["password"] == "s3cret"
+    assert [s["type"] for s in cfg["sensors"]] == ["pms5003", "sht3x"]
+
+    bad = nakhon(*args, "--sensor", "pm=pms5003,uart=2", "--out", "-")
+    assert bad.returncode == 2
+    assert "sensors[0] (pms5003) needs a number 'rx'" in bad.stderr
+    assert nakhon(*[a if a != "chiang_mai" else "atlantis" for a in args]).returncode == 2
