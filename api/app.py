@@ -27,9 +27,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        # the asyncio client belongs to the server's event loop: made here, closed here
-        app.state.ainflux = AsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
-                                        settings.influx_timeout_s)
         yield
         await app.state.ainflux.aclose()
         app.state.influx.close()
@@ -52,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.influx.execute(rollups.schema_statements(settings.influx_db))
     except InfluxError as exc:
         log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))
+    app.state.ainflux = AsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
+                                    settings.influx_timeout_s)
     app.state.registry = Registry(settings.registry_path)
     app.state.limiter = RateLimiter()
     app.state.dynsec = (
