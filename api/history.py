@@ -144,15 +144,15 @@ def combine_hourly(series: list[dict[str, Any]], metrics: list[str], every_s: in
                     x = v[idx[f"{agg}_{m}"]]
                     if x is None:
                         continue
-                    a = bucket.get(m)
-                    if a is None:
+                    acc_m = bucket.get(m)
+                    if acc_m is None:
                         bucket[m] = [float(x)]
                     elif agg == "min":
-                        a[0] = min(a[0], x)
+                        acc_m[0] = min(acc_m[0], x)
                     elif agg == "max":
-                        a[0] = max(a[0], x)
+                        acc_m[0] = max(acc_m[0], x)
                     else:
-                        a[0] += x
+                        acc_m[0] += x
     out = []
     for t in sorted(acc):
         values = {m: (a[0] / a[1] if agg == "mean" else a[0]) for m, a in acc[t].items()}

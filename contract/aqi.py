@@ -122,8 +122,8 @@ def sub_index(pollutant: str, concentration: float, on: date | datetime) -> int:
             value = Decimal(ij - ii) / (Decimal(repr(xj)) - x_lo) * (max(x, x_lo) - x_lo) + ii
             return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
     # above the table: carry the 101-200 line on
-    xi, xj = (Decimal(repr(v)) for v in table.ranges[-1])
-    value = Decimal(200 - 101) / (xj - xi) * (x - xi) + 101
+    top_lo, top_hi = (Decimal(repr(v)) for v in table.ranges[-1])
+    value = Decimal(200 - 101) / (top_hi - top_lo) * (x - top_lo) + 101
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 

@@ -89,10 +89,10 @@ def aqi_points(series: Iterable[dict[str, Any]], first_hour_ms: int, last_hour_m
     for s in series:
         tags = s.get("tags", {})
         cols = s["columns"]
-        hours: dict[int, dict[str, float]] = {}
+        hours: dict[int, dict[str, float | None]] = {}
         for values in s.get("values", []):
-            row = dict(zip(cols, values, strict=True))
-            hours[int(row["time"])] = {p: row.get(f"mean_{f}") for p, f in AQI_INPUTS.items()}
+            point = dict(zip(cols, values, strict=True))
+            hours[int(point["time"])] = {p: point.get(f"mean_{f}") for p, f in AQI_INPUTS.items()}
         for h in sorted(hours):
             if not first_hour_ms <= h <= last_hour_ms:
                 continue

@@ -98,7 +98,8 @@ def _num(v: Any) -> str:
     return "" if v is None else f"{v:.6g}"
 
 
-_GEOJSON = {200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}, "description": "GeoJSON FeatureCollection"}}
+_GEOJSON: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/geo+json": {"schema": {"type": "object"}}}, "description": "GeoJSON FeatureCollection"}}
 
 
 @router.get("/cities/{city}/latest.geojson", responses=_GEOJSON)
