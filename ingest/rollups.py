@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from contract import rollups, storage
+from contract import rollups, storage, topics
 from contract.influx import Influx, InfluxError
 from contract.logs import kv
 
@@ -30,10 +30,13 @@ _AQI_SPAN_MS = 23 * rollups.HOUR_MS  # an hour's PM2.5 lands in the AQI of the n
 
 
 class Rollups:
-    def __init__(self, influx: Influx, interval_s: float, ready: Callable[[], bool]) -> None:
+    def __init__(self, influx: Influx, interval_s: float, ready: Callable[[], bool], shared: bool = False) -> None:
         self.influx = influx
         self.interval_s = interval_s
         self.ready = ready
+        # Several workers share the stream: another may have written a newer reading since we last
+        # looked, so re-read the stored times of the devices we are about to write.
+        self.shared = shared
         self._lock = threading.Lock()
         self._hours: set[tuple[str, int]] = set()
         self._pending_latest: dict[str, tuple[int, str]] = {}  # series head -> (ts, fields)
@@ -115,9 +118,37 @@ class Rollups:
         except (InfluxError, ValueError) as exc:
             log.warning("could not read latest values at start", extra=kv(error=str(exc)[:200]))
 
+    def _refresh_newest(self, heads: list[str]) -> None:
+        """Re-read the stored reading time of these series (ids are checked before they go into a regex)."""
+        by_meas: dict[str, set[str]] = {}
+        for head in heads:
+            meas, device = head.partition(",")[0], head.rpartition(",device=")[2]
+            if topics.is_device_id(device):
+                by_meas.setdefault(meas, set()).add(device)
+        for meas, devices in by_meas.items():
+            ids = sorted(devices)
+            for i in range(0, len(ids), 200):
+                regex = "|".join(ids[i : i + 200])
+                q = f'SELECT "ts" FROM "{rollups.RP_LATEST}"."{meas}" WHERE "device" =~ /^({regex})$/ GROUP BY city, device'
+                for s in self.influx.series(q):
+                    tags = s.get("tags", {})
+                    head = f"{meas},city={tags.get('city')},device={tags.get('device')}"
+                    stored = max((int(v[1]) for v in s["values"] if v[1] is not None), default=-1)
+                    self._newest[head] = max(self._newest.get(head, -1), stored)
+
     def _write_latest(self) -> None:
         with self._lock:
             pending, self._pending_latest = self._pending_latest, {}
+        if self.shared and pending:
+            try:
+                self._refresh_newest(list(pending))
+            except InfluxError as exc:
+                log.warning("could not re-read latest values; will retry", extra=kv(error=str(exc)[:200]))
+                with self._lock:
+                    for head, item in pending.items():
+                        if item[0] > self._pending_latest.get(head, (-1, ""))[0]:
+                            self._pending_latest[head] = item
+                return
         lines = []
         for head, (ts, fields) in pending.items():
             if ts > self._newest.get(head, -1):

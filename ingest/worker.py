@@ -63,6 +63,7 @@ class Worker:
             Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s),
             settings.ingest_rollup_interval_s,
             ready=lambda: not len(self.spool),
+            shared=settings.ingest_workers > 1,
         )
         self._batch = _Batch()
         self._lock = threading.Lock()

@@ -17,6 +17,7 @@ from contract.aqi import thai_aqi
 from contract.influx import Influx
 from contract.payload import encode_batch, encode_reading
 from contract.settings import load_settings
+from ingest.rollups import Rollups
 from nakhon.servers import InfluxDB, Mosquitto
 from tests.conftest import start_ingest
 from tests.helpers import wait_until
@@ -116,3 +117,33 @@ def test_replayed_day_rolls_up_exactly(workdir: Path, broker: Mosquitto, influxd
         pub.disconnect()
         pub.loop_stop()
         ingest.stop()
+
+
+def test_latest_never_moves_back_across_workers_and_restarts(influx: Influx) -> None:
+    """Two workers sharing the stream (and a restart): an older reading never replaces a newer one in `latest`."""
+    def line(ts: int, v: float) -> str:
+        return f"air,city=chiang_mai,device=cm-late-02 pm25={v},seq=1i {ts}"
+
+    def stored() -> tuple[int, float]:
+        row = influx.rows('SELECT ts, pm25 FROM "latest"."air" WHERE device = \'cm-late-02\'')[0]
+        return row["ts"], row["pm25"]
+
+    now = int(time.time() * 1000)
+    a = Rollups(influx, 1.0, ready=lambda: True, shared=True)
+    b = Rollups(influx, 1.0, ready=lambda: True, shared=True)
+    for w in (a, b):
+        w.start(influx.database)
+        w._stop.set()  # driven by hand
+    b.touched([line(now - 60_000, 1.0)])
+    b.run_once(force=False)
+    a.touched([line(now, 3.0)])  # the live reading, through the other worker
+    a.run_once(force=False)
+    b.touched([line(now - 30_000, 2.0)])  # a replayed older reading reaches the worker that has not seen it
+    b.run_once(force=False)
+    assert stored() == (now, 3.0)
+    c = Rollups(influx, 1.0, ready=lambda: True)  # a restarted single worker reads what is stored
+    c.start(influx.database)
+    c._stop.set()
+    c.touched([line(now - 10_000, 9.0)])
+    c.run_once(force=False)
+    assert stored() == (now, 3.0)
