@@ -36,6 +36,18 @@ _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
 
 
+def _der(path: str) -> bytes:
+    """A CA certificate file as DER (MicroPython's TLS wants DER for cadata)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    if not data.startswith(b"-----"):
+        return data
+    import binascii
+
+    body = b"".join(line for line in data.split(b"\n") if line and not line.startswith(b"-----"))
+    return binascii.a2b_base64(body)
+
+
 _CONFIG_KEYS = ("v", "seq", "interval_s", "sensors", "thresholds")
 
 
@@ -105,8 +117,7 @@ class Node:
         self.client.on_ack = self._on_ack
         self.cadata = None
         if mq["tls"] and mq["ca_file"]:
-            with open(mq["ca_file"], "rb") as f:
-                self.cadata = f.read()
+            self.cadata = _der(mq["ca_file"])
         self.online = False
         self.inflight: Any = None  # (pid, kind, n, nbytes, seg, off, sent_at)
         self.attempt = 0
@@ -320,6 +331,7 @@ class Node:
             return
         self.wifi_since = None
         mq = self.cfg["mqtt"]
+        gc.collect()  # a TLS handshake needs a few KB in one piece
         try:
             sock = hal.connect(mq["host"], mq["port"], mq["tls"], mq["tls_verify"], self.cadata, 10000)
             self.client.connect(sock, self.t_status, OFFLINE)

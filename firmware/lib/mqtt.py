@@ -200,7 +200,7 @@ class Client:
             if not ev:
                 return
             if ev[0][1] & (select.POLLHUP | select.POLLERR):
-                raise OSError("mqtt: connection lost")
+                raise OSError("mqtt: connection lost (poll %d)" % ev[0][1])
             self._handle()
             wait = 0
 

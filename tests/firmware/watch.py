@@ -14,7 +14,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 class Watch:
     """Subscribes to one device's topics and keeps every message, in arrival order."""
 
-    def __init__(self, port: int, city: str, device: str) -> None:
+    def __init__(self, port: int, city: str, device: str, username: str | None = None, password: str | None = None) -> None:
         self.base = f"nakhon/v1/{city}/{device}"
         self.telemetry: list[tuple[float, bytes]] = []  # (receive time, payload)
         self.status: list[dict[str, Any]] = []
@@ -23,6 +23,8 @@ class Watch:
                                   clean_session=False)  # a persistent session: nothing missed across broker restarts
         self.client.on_connect = lambda c, *_: c.subscribe([(self.base + "/telemetry", 1), (self.base + "/status", 1)])
         self.client.on_message = self._on_message
+        if username:
+            self.client.username_pw_set(username, password)
         self.client.connect("127.0.0.1", port, keepalive=30)
         self.client.loop_start()
 

@@ -556,7 +556,7 @@ def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: i
     except Exception:
         s.close()
         raise
-    _socks.append(s)
+    _socks[:] = [s]  # one link at a time; closed ones must not be kept alive here
     return s
 
 
