@@ -121,7 +121,11 @@ class Registry:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         self._coords: dict[str, tuple[float, dict[str, tuple[float, float]]]] = {}
-        self._conn().executescript(_SCHEMA)
+        conn = self._conn()
+        conn.executescript(_SCHEMA)
+        columns = {r["name"] for r in conn.execute("PRAGMA table_info(devices)")}
+        if "hardware" not in columns:  # a registry from before firmware sensor entries were kept
+            conn.execute("ALTER TABLE devices ADD COLUMN hardware TEXT NOT NULL DEFAULT '[]'")
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

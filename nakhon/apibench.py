@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if fresh:
             influx.execute(['DROP DATABASE "nakhon"'])
+            settings.registry_path.unlink(missing_ok=True)
             influx.ensure_schema()
             influx.execute(schema_statements(storage.DATABASE))
             sys.stderr.write(f"loading {args.devices} devices x {args.days} days of minute data\n")
