@@ -3,9 +3,9 @@
 Every caller value reaches InfluxQL as a bound parameter ($id, $start, $end)
 or as an identifier checked against the catalogue; the bucket width is
 rebuilt from an integer. Aggregates whose width is a whole number of hours
-come from `hourly` (min of the mins, max of the maxes, sum of the counts,
-and the mean weighted by the counts, so it equals the mean of raw); other
-widths from `raw`.
+over a day or more come from `hourly` (min of the mins, max of the maxes,
+sum of the counts, and the mean weighted by the counts, so it equals the
+mean of raw); other widths and shorter ranges from `raw`.
 """
 
 from __future__ import annotations
@@ -173,8 +173,8 @@ def aggregate_query(tag: Literal["device", "city"], ident: str, measurement: str
     """Which source serves buckets of `every_s`, and the statement to run there."""
     if (end - start).total_seconds() / every_s > MAX_BUCKETS:
         raise QueryError(f"that range holds more than {MAX_BUCKETS} buckets of every; widen every or narrow the range")
-    if source == "auto":
-        source = "hourly" if every_s % 3600 == 0 else "raw"
+    if source == "auto":  # whole-hour buckets over a day or more: the roll-ups; else raw (fresher, and cheap when short)
+        source = "hourly" if every_s % 3600 == 0 and end - start >= timedelta(days=1) else "raw"
     if source == "hourly":
         if every_s % 3600:
             raise QueryError("hourly roll-ups serve only widths of whole hours")

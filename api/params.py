@@ -23,4 +23,5 @@ Measurement = Annotated[MeasurementName, Query(description="sensor family")]
 Metrics = Annotated[str | None, Query(pattern=METRICS_PATTERN, description="comma-separated metrics; default all numeric ones")]
 Every = Annotated[str | None, Query(pattern=EVERY_PATTERN, description="bucket width, e.g. 5m, 1h, 1d; omit for raw points")]
 Agg = Annotated[Literal["mean", "min", "max", "count"], Query(description="aggregate within each bucket")]
-Source = Annotated[Literal["auto", "raw", "hourly"], Query(description="auto: hourly roll-ups for whole-hour widths, else raw")]
+Source = Annotated[Literal["auto", "raw", "hourly"],
+                   Query(description="auto: hourly roll-ups for whole-hour widths over a day or more, else raw")]

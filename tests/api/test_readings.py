@@ -68,12 +68,16 @@ def test_history_from_hourly_equals_raw(client: TestClient, keys: Keys, influx: 
     for path in (f"/v1/devices/{DEVICES[0]}/readings", "/v1/cities/chiang_mai/readings"):
         for every in ("1h", "3h"):
             raw = _get(client, path, every=every, source="raw", **rng)
-            hourly = _get(client, path, every=every, source="auto", **rng)
+            hourly = _get(client, path, every=every, source="hourly", **rng)
             assert (raw["source"], hourly["source"]) == ("raw", "hourly")
             assert [p["time"] for p in raw["points"]] == [p["time"] for p in hourly["points"]]
             assert len(raw["points"]) == 6 // int(every[0])
             for a, b in zip(raw["points"], hourly["points"], strict=True):
                 assert math.isclose(a["values"]["pm25"], b["values"]["pm25"], rel_tol=1e-12), (path, every, a, b)
+    # auto: raw for a short range, the roll-ups for a day or more
+    assert _get(client, f"/v1/devices/{DEVICES[0]}/readings", every="1h", **rng)["source"] == "raw"
+    day = {**rng, "start": _iso(h0 - 18 * HOUR_MS)}
+    assert _get(client, f"/v1/devices/{DEVICES[0]}/readings", every="1h", **day)["source"] == "hourly"
     # and against what was sent: one device, 3-hour buckets
     values = [v for t, v in sent[DEVICES[0]] if t < h0 + 3 * HOUR_MS]
     expected = {"mean": sum(values) / len(values), "min": min(values), "max": max(values), "count": len(values)}[agg]
