@@ -1,6 +1,11 @@
-# Entry point. On the ESP32 an unexpected error resets the board (the ring and seq
-# survive in flash); the hardware watchdog covers anything that hangs.
+# Entry point. The replay buffer is taken first, while the heap is still in one piece
+# (importing the firmware fragments it). An unexpected error resets the board: the ring
+# and seq survive in flash; the hardware watchdog covers anything that hangs.
+import gc
 import sys
+
+gc.collect()
+buf = bytearray(8192)  # app.BATCH_BYTES
 
 if "lib" not in sys.path:
     sys.path.append("lib")
@@ -8,11 +13,10 @@ if "lib" not in sys.path:
 import app  # noqa: E402
 
 try:
-    app.main()
+    app.main(buf)
 except Exception as e:  # noqa: BLE001
     sys.print_exception(e)
     import hal
 
     hal.sleep_ms(5000)
     hal.reset()
-

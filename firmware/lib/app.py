@@ -487,10 +487,10 @@ class Node:
         hal.deepsleep(rest)
 
 
-def main() -> None:
-    # The replay buffer first, while the heap is still in one piece.
-    gc.collect()
-    buf = bytearray(BATCH_BYTES)
+def main(buf: Any = None) -> None:
+    if buf is None or len(buf) < BATCH_BYTES:
+        gc.collect()
+        buf = bytearray(BATCH_BYTES)
     import config
 
     cfg = config.load()
