@@ -76,11 +76,21 @@ def cmd_api(args: argparse.Namespace) -> int:
 
 # --- simulate ---------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
+    if args.what == "bench":
+        from nakhon.simbench import run_simbench
+
+        return run_simbench(args)
     from simulators.run import main as simulate
 
     settings = _settings()
     setup_logging(settings.log_level)
-    return simulate(args, settings)
+    paths = None
+    if args.firmware or args.scenario:  # firmware in the loop: the CLI knows where firmware/ and its fakes live
+        from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
+        from simulators.fil import FirmwarePaths
+
+        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
+    return simulate(args, settings, firmware=paths)
 
 
 # --- deadletter ---------------------------------------------------------------

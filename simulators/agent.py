@@ -25,6 +25,7 @@ import orjson
 from contract import topics
 from contract.payload import encode_batch, encode_reading
 from contract.status import encode_status
+from simulators.blocks import Block, BlockMaker
 from simulators.clock import Clock
 from simulators.devices import SimDevice
 from simulators.faults import Fault, clamp, malformed, target_metric
@@ -41,7 +42,9 @@ _BLOCK = 64  # readings generated at a time (numpy works best on arrays)
 
 
 class Agent:
-    def __init__(self, dev: SimDevice, cfg: RunConfig, stats: Stats, signals: Signals, clock: Clock, faults: list[Fault]) -> None:
+    def __init__(
+        self, dev: SimDevice, cfg: RunConfig, stats: Stats, signals: Signals, blocks: BlockMaker, clock: Clock, faults: list[Fault]
+    ) -> None:
         self.dev = dev
         self.cfg = cfg
         self.stats = stats
@@ -66,8 +69,11 @@ class Agent:
         self.closing = False
         self.last: dict[str, Any] = {}
         self._stuck: dict[int, Any] = {}
-        self._block: deque[tuple[float, dict[str, Any]]] = deque()
-        self._block_interval = 0.0
+        self.blocks = blocks
+        self.block: Block = deque()
+        self.ahead: tuple[float, float, Block] | None = None
+        self.chunk: list[Agent] = [self]
+        self.next_t = 0.0
         self._connector: asyncio.Task[None] | None = None
         self._reset = "power_on"
         self._started = clock.now()
@@ -263,20 +269,13 @@ class Agent:
         self._keep(reading)
 
     # --- readings -----------------------------------------------------------------------
-    def _values(self, t: float) -> dict[str, Any]:
-        if not self._block or self._block[0][0] != t or self._block_interval != self.interval:
-            ts = [round(t + k * self.interval, 3) for k in range(_BLOCK)]
-            self._block = deque(zip(ts, self.signals.readings(self.dev, ts, self.interval), strict=True))
-            self._block_interval = self.interval
-        return self._block.popleft()[1]
-
     def make(self, t: float, m: dict[str, Any] | None = None) -> tuple[Reading | None, bool]:
         """The reading due at simulated time `t` with the active faults applied, and whether to send it twice.
 
         A reading whose (skewed) time the ingest will refuse is still sent, and counted as expected_rejected.
         """
         t = round(t, 3)
-        m = dict(self._values(t) if m is None else m)
+        m = dict(self.blocks.values(self, t) if m is None else m)
         self.seq += 1
         ts, dup = t, False
         rel = t - self.clock.origin
@@ -322,6 +321,7 @@ class Agent:
 
     async def live(self, end: float | None, count: int | None) -> None:
         t = self.first_time(self.clock.start)
+        self.next_t = t
         sent = 0
         while (end is None or t < end) and (count is None or sent < count):
             await self.clock.sleep_until(t)

@@ -32,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix", default=None, help="device id prefix (default sim)")
     p.add_argument("--fault", action="append", default=[], metavar="SPEC",
                    help="inject a fault, e.g. offline:devices=2,at_s=30,for_s=60 or malformed:reasons=bad_json+empty (repeatable)")
+    p.add_argument("--firmware", type=int, default=None, metavar="K",
+                   help="also run K devices that are the real firmware/ on the MicroPython unix port, fed by the same city signals")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--list-presets", action="store_true", help="print the preset scenarios and exit")
     # bench only

@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from simulators.agent import Agent
+from simulators.blocks import BlockMaker
 from simulators.clock import Clock
 from simulators.devices import SimDevice
 from simulators.faults import Fault, Plan
@@ -100,7 +101,10 @@ class Fleet:
     async def run(self, stop: asyncio.Event | None = None, tick: Tick | None = None, tick_s: float = 1.0, settle_s: float = 60.0) -> Stats:
         cfg = self.cfg
         self.clock, backfill_end = self._make_clock()
-        self.agents = [Agent(d, cfg, self.stats, self.signals, self.clock, self.plan.for_device(d.device_id)) for d in self.devices]
+        blocks = BlockMaker(self.signals)
+        self.agents = [Agent(d, cfg, self.stats, self.signals, blocks, self.clock, self.plan.for_device(d.device_id)) for d in self.devices]
+        if cfg.mode != "backfill":
+            blocks.chunk(self.agents, {a.dev.device_id: a.first_time(self.clock.start) for a in self.agents})  # type: ignore[arg-type]
         loop = asyncio.get_running_loop()
         for i, a in enumerate(self.agents):
             loop.call_later(i / cfg.connect_rate, a.start_connecting)

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import logging
 import signal
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
+from contract.cities import City
 from contract.logs import kv
 from contract.settings import Settings
 from simulators.devices import make_fleet
 from simulators.faults import Fault, FaultError
+from simulators.fil import KINDS as FIL_KINDS
+from simulators.fil import FirmwareFleet, FirmwarePaths
 from simulators.fleet import run_fleet
 from simulators.progress import Progress, summary
 from simulators.runconfig import RunConfig
@@ -27,7 +32,7 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
     over: dict[str, Any] = {}
     for arg, key in (("per_city", "per_city"), ("interval", "interval_s"), ("count", "count"), ("batch", "batch"),
                      ("seed", "seed"), ("credentials", "credentials"), ("procs", "procs"), ("connect_rate", "connect_rate"),
-                     ("prefix", "prefix")):
+                     ("prefix", "prefix"), ("firmware", "firmware")):
         if getattr(args, arg) is not None:
             over[key] = getattr(args, arg)
     if args.cities:
@@ -58,15 +63,21 @@ def run_config(sc: Scenario, settings: Settings, **extra: Any) -> RunConfig:
     )
 
 
-def main(args: argparse.Namespace, settings: Settings) -> int:
+def firmware_fleet(sc: Scenario, cities: list[City], cfg: RunConfig, paths: FirmwarePaths, root: Path) -> FirmwareFleet:
+    """K firmware devices of the kinds the firmware has drivers for, taking the cities in turn."""
+    pool = [d for d in make_fleet(cities, max(8, sc.firmware), seed=sc.seed, prefix="fw") if d.kind in FIL_KINDS]
+    by_city = [[d for d in pool if d.city == c.slug] for c in cities]
+    picked = [d for group in itertools.zip_longest(*by_city) for d in group if d is not None][: sc.firmware]
+    scale, behind = (sc.speed, sc.since) if sc.mode == "accelerated" else (1.0, 0.0)
+    return FirmwareFleet(picked, root, paths, cfg.host, cfg.port, seed=sc.seed, interval_s=max(1, int(sc.interval_s)), scale=scale,
+                         behind_s=behind, passwords=cfg.passwords, faults=sc.faults)
+
+
+def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths | None = None) -> int:
     if args.list_presets:
         for name in presets():
             sys.stdout.write(f"{name}\n")
         return 0
-    if args.what == "bench":
-        from simulators.bench import run_bench
-
-        return run_bench(args)
     try:
         sc = scenario_from_args(args)
         cities = [settings.cities[c] for c in (sc.cities or sorted(settings.cities))]
@@ -84,11 +95,26 @@ def main(args: argparse.Namespace, settings: Settings) -> int:
     log.info("fleet starting", extra=kv(scenario=sc.name, devices=len(devices), cities=[c.slug for c in cities], mode=sc.mode,
                                         interval_s=sc.interval_s, procs=sc.procs, faults=len(sc.faults),
                                         broker=f"{cfg.host}:{cfg.port}"))
+    fw = None
+    if sc.firmware:
+        if firmware is None:
+            sys.stderr.write("nakhon simulate: firmware devices need the firmware tools (run through `nakhon simulate`)\n")
+            return 2
+        fw = firmware_fleet(sc, cities, cfg, firmware, settings.path("firmware-in-the-loop"))
+        fw.start()
     progress = None if args.quiet else Progress()
-    snap = run_fleet(devices, cfg, sc.faults, procs=sc.procs, tick=progress, stop=stop)
+    try:
+        snap = run_fleet(devices, cfg, sc.faults, procs=sc.procs, tick=progress, stop=stop)
+    finally:
+        if fw is not None:
+            fw.stop()
     if progress is not None:
         progress.close()
     sys.stdout.write(f"Simulation {sc.name!r} ({sc.mode}, {len(devices)} devices)\n" + summary(snap))
+    if fw is not None:
+        fs = fw.summary()
+        sys.stdout.write(f"Firmware in the loop: {fs['devices']} devices, {fs['readings']:,} readings taken, {fs['boots']} boots "
+                         f"({fs['resets']} resets, {fs['crashes']} crashes), faults {fs['faults']}\n")
     sys.stdout.flush()
     log.info("fleet done", extra=kv(**{k: v for k, v in snap.items() if not isinstance(v, dict)}))
     complete = snap["readings_acked"] == snap["readings_sent"] and not snap["unsent"] and not snap.get("lost_processes")

@@ -13,6 +13,7 @@
     backfill_days: 7
     batch: 500                     # readings per batch message
     procs: 1                       # processes to spread the devices over
+    firmware: 2                    # plus K devices running the real firmware (realtime/accelerated)
     connect_rate: 1000             # new connections per second at start
     credentials: creds.json        # {"device_id": "password", ...} from provisioning
     faults:
@@ -71,6 +72,7 @@ class Scenario:
     connect_rate: float = 1000.0
     credentials: str | None = None
     prefix: str = "sim"
+    firmware: int = 0  # devices that are the real firmware on the MicroPython unix port
     faults: list[Fault] = field(default_factory=list)
 
     @classmethod
@@ -100,6 +102,8 @@ class Scenario:
             raise ScenarioError(f"{where}: per_city and procs must be >= 1 and interval_s > 0")
         if self.mode == "accelerated" and self.speed <= 1:
             raise ScenarioError(f"{where}: accelerated mode needs speed > 1")
+        if self.firmware and self.mode == "backfill":
+            raise ScenarioError(f"{where}: firmware devices read their sensors as time passes; they cannot backfill")
 
 
 def load(name_or_path: str) -> Scenario:

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 
@@ -250,14 +251,16 @@ class Rain:
 # --- per-device parameters ---------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Params:
-    site: float  # PM station factor (a busy road vs a park)
-    temp_offset: float  # urban heat island / shade
-    water_base: float
-    water_gain: float
-    road: float  # traffic scale of the road the counter watches
-    loud: float  # dB offset of the noise site
-    rssi: float
-    battery: float
+    """Per-device constants; each field a number, or an array aligned with the timestamps of a group."""
+
+    site: Any  # PM station factor (a busy road vs a park)
+    temp_offset: Any  # urban heat island / shade
+    water_base: Any
+    water_gain: Any
+    road: Any  # traffic scale of the road the counter watches
+    loud: Any  # dB offset of the noise site
+    rssi: Any
+    battery: Any
 
 
 def device_params(dev: SimDevice, seed: int) -> Params:
@@ -336,10 +339,10 @@ class CityModel:
         """Solar-charged Li-ion: charges 07-15, drains over night; rainy days charge less."""
         h = local_hours(ts)
         days = local_days(ts)
-        uniq = np.unique(np.concatenate([days, days - 1]))
-        totals = dict(zip(uniq.tolist(), self.rain.daily_total(uniq).tolist(), strict=True))
-        peak_today = np.array([1 - 0.5 * min(1.0, totals[int(d)] / 25) for d in days])
-        peak_yday = np.array([1 - 0.5 * min(1.0, totals[int(d) - 1] / 25) for d in days])
+        first = int(days.min()) - 1
+        span = np.arange(first, int(days.max()) + 1)
+        peak = 1 - 0.5 * np.minimum(1.0, self.rain.daily_total(span) / 25)
+        peak_today, peak_yday = peak[days - first], peak[days - first - 1]
         low = 0.3
         x = np.clip((h - 7) / 8, 0, 1)
         charging = low + (peak_today - low) * x * x * (3 - 2 * x)
@@ -349,19 +352,22 @@ class CityModel:
         return 3.45 + 0.7 * s + p.battery
 
     # all metrics of a device ------------------------------------------------------
-    def sample(self, dev: SimDevice, p: Params, ts: np.ndarray, interval_s: float) -> dict[str, np.ndarray]:
-        """Values of every metric `dev` reports at times `ts` (readings `interval_s` apart)."""
+    def sample(self, kind: str, metrics: tuple[str, ...], dev_key: int | np.ndarray, p: Params, ts: np.ndarray, interval_s: float) -> dict[str, np.ndarray]:
+        """Values of `metrics` at times `ts` (readings `interval_s` apart) for a device of `kind`.
+
+        `dev_key` and the fields of `p` are numbers for one device, or arrays aligned with `ts` for a group.
+        """
         ts = np.asarray(ts, float)
         c = self.climate
-        key = _key(self.seed, dev.key) ^ np.round(ts * 1000).astype(np.int64).astype(np.uint64)
-        z = {name: normal(key, _STREAMS[name]) for name in dev.metrics}
+        key = _key(self.seed, dev_key) ^ np.round(ts * 1000).astype(np.int64).astype(np.uint64)
+        z = {name: normal(key, _STREAMS[name]) for name in metrics}
         rate = self.rain.rate(ts)
         out: dict[str, np.ndarray] = {}
-        want = set(dev.metrics)
+        want = set(metrics)
         temp = None
         if want & {"temp_c", "rh"}:
             temp = self.temp(ts, rate) + p.temp_offset
-        for name in dev.metrics:
+        for name in metrics:
             if name == "temp_c":
                 v = temp + 0.15 * z[name]  # type: ignore[operator]
             elif name == "rh":
@@ -393,7 +399,7 @@ class CityModel:
                 mean = self.traffic_rate(ts) * p.road * interval_s / 3600 / (1 + 0.02 * np.minimum(rate, 20))
                 v = np.maximum(0.0, mean + np.sqrt(mean + 1) * z[name])
             elif name == "laeq_db":
-                if dev.kind == "traffic":
+                if kind == "traffic":
                     v = 42 + 10 * np.log10(1 + self.traffic_rate(ts) * p.road / 5) + p.loud / 2 + 1.5 * z[name]
                 else:
                     v = self.community_noise(ts) + p.loud + 1.5 * z[name]
@@ -431,11 +437,29 @@ class Signals:
         return p
 
     def sample(self, dev: SimDevice, ts: np.ndarray | Sequence[float], interval_s: float) -> dict[str, np.ndarray]:
-        return self.city(dev.city).sample(dev, self.params(dev), np.asarray(ts, float), interval_s)
+        return self.city(dev.city).sample(dev.kind, dev.metrics, dev.key, self.params(dev), np.asarray(ts, float), interval_s)
 
     def readings(self, dev: SimDevice, ts: Sequence[float], interval_s: float) -> list[dict[str, float | int]]:
         """One dict per timestamp, ready for the payload (ints where the metric counts things)."""
-        cols = self.sample(dev, ts, interval_s)
-        names = list(cols)
-        lists = [cols[n].astype(np.int64).tolist() if _ROUND.get(n) == 0 else cols[n].tolist() for n in names]
-        return [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]
+        return _rows(self.sample(dev, ts, interval_s))
+
+    def readings_group(self, devs: list[SimDevice], ts: np.ndarray, interval_s: float) -> list[list[dict[str, float | int]]]:
+        """Readings of several devices of one city and kind at once: row i of `ts` (devices x readings) is device i's.
+
+        The same values as `readings()` device by device, in one numpy pass: what lets one process feed thousands.
+        """
+        d0 = devs[0]
+        assert all(d.city == d0.city and d.kind == d0.kind for d in devs)
+        n, k = ts.shape
+        ps = [self.params(d) for d in devs]
+        p = Params(**{f.name: np.repeat(np.array([getattr(x, f.name) for x in ps]), k) for f in fields(Params)})
+        keys = np.repeat(np.array([d.key for d in devs], np.int64), k)
+        cols = self.city(d0.city).sample(d0.kind, d0.metrics, keys, p, ts.reshape(-1), interval_s)
+        rows = _rows(cols)
+        return [rows[i * k : (i + 1) * k] for i in range(n)]
+
+
+def _rows(cols: dict[str, np.ndarray]) -> list[dict[str, float | int]]:
+    names = list(cols)
+    lists = [cols[n].astype(np.int64).tolist() if _ROUND.get(n) == 0 else cols[n].tolist() for n in names]
+    return [dict(zip(names, row, strict=True)) for row in zip(*lists, strict=True)]

@@ -1,0 +1,65 @@
+"""Firmware in the loop: the real firmware on the MicroPython unix port, its HAL fed by the city signals,
+against the real broker, ingest and InfluxDB."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from contract.cities import BUILTIN_CITIES
+from contract.influx import Influx
+from contract.settings import Settings
+from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
+from nakhon.procs import Service
+from simulators.devices import make_fleet
+from simulators.faults import Fault
+from simulators.fil import FirmwareFleet, FirmwarePaths
+from simulators.signals import Signals
+from tests.helpers import wait_until
+
+SCALE = 30.0  # device seconds per real second
+INTERVAL_S = 60  # device seconds between readings: one every 2 s of real time
+
+
+def _stored(influx: Influx, measurement: str, field: str, device: str) -> list[tuple[float, int, float]]:
+    rows = influx.rows(f'SELECT "{field}", "seq" FROM "raw"."{measurement}" WHERE "device" = $d', {"d": device})
+    return [(r["time"] / 1000, int(r["seq"]), float(r[field])) for r in rows]
+
+
+def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings: Settings, ingest: Service, influx: Influx, workdir: Path) -> None:
+    fleet = make_fleet(list(BUILTIN_CITIES), 20, seed=2, prefix="fw")
+    air = next(d for d in fleet if d.city == "chiang_mai" and d.kind == "air")
+    water = next(d for d in fleet if d.city == "phuket" and d.kind == "water")
+    paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
+    faults = [Fault("offline", at_s=400, for_s=300, device_ids=(air.device_id,))]  # Wi-Fi gone for 5 device-minutes
+    fw = FirmwareFleet([air, water], workdir / "fil", paths, "127.0.0.1", settings.mqtt_port, seed=2, interval_s=INTERVAL_S,
+                       scale=SCALE, behind_s=3 * 3600, faults=faults, feed_s=0.5)
+    fw.start()
+    try:
+        wait_until(lambda: len(fw.devices[0].readings()) >= 18, 90, interval=0.5, what="18 readings from the firmware")
+        time.sleep(3)  # the last readings out of the ring
+    finally:
+        fw.stop()
+    summary = fw.summary()
+    assert summary["crashes"] == 0 and summary["faults"] == {"offline": 1}
+    fa, fwat = fw.devices
+    assert "wifi" in fa.log_text().lower() or "net:" in fa.log_text()
+
+    signals = Signals(2)
+    for dev, meas, field, tol in ((fa, "air", "pm25", lambda v: 6 + 0.25 * v), (fwat, "water", "water_level_cm", lambda v: 6.0)):
+        taken = dev.readings()
+        # every reading the firmware took is stored once, through the Wi-Fi outage (ring buffer, replay)
+        wait_until(lambda dev=dev, meas=meas, field=field, taken=taken: {s for _, s, _ in _stored(influx, meas, field, dev.dev.device_id)} >= set(taken),
+                   60, what=f"{dev.dev.device_id}'s readings in InfluxDB")
+        rows = _stored(influx, meas, field, dev.dev.device_id)
+        seqs = sorted(s for _, s, _ in rows)
+        assert seqs == sorted(set(seqs)) and set(taken) <= set(seqs)
+        assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a gap in the stored readings"
+        # ... and the values are the city's: what the signal model says at the reading's own time
+        ts = np.array([t for t, _, _ in rows])
+        model = signals.sample(dev.dev, ts, INTERVAL_S)[field]
+        got = np.array([v for _, _, v in rows])
+        off = np.abs(got - model)
+        assert (off <= np.array([tol(v) for v in model])).mean() >= 0.9, list(zip(got.tolist(), model.tolist(), strict=True))
