@@ -38,14 +38,12 @@ class Clock:
         self.tries += 1
         try:
             t = hal.ntp_time_ms(self.host)
+            if t < MIN_EPOCH_MS:
+                raise ValueError("implausible time %d" % t)
         except Exception as e:
             delay = min(_RETRY_MAX_MS, _RETRY_MIN_MS << min(self.tries, 8))
             self._next = hal.ticks_add(hal.ticks_ms(), delay)
             log.warn("ntp: attempt %d failed (%s), retry in %d ms" % (self.tries, e, delay))
-            return False
-        if t < MIN_EPOCH_MS:
-            log.warn("ntp: implausible time %d ignored" % t)
-            self._next = hal.ticks_add(hal.ticks_ms(), _RETRY_MAX_MS)
             return False
         hal.set_rtc_ms(t)
         self.synced = True

@@ -82,7 +82,7 @@ def no_crash(dev: Device) -> None:
 
 def test_readings_reach_influxdb_through_broker_and_ingest(workdir: Path, broker: Mosquitto, influx: Influx, ingest: Service) -> None:
     dev_id = "cm-fw-live-01"
-    w = world(scale=30, ntp_fail_first=2)
+    w = world(scale=30, ntp_fail_first=2, ntp_bogus=True)
     w["uart"]["2"].update(corrupt_every=4, corrupt_value=999)  # every 4th PM frame is corrupt
     watch = Watch(broker.port, CITY, dev_id)
     dev = Device(workdir / "dev", device_config(dev_id, broker.port), w)
@@ -120,9 +120,10 @@ def test_readings_reach_influxdb_through_broker_and_ingest(workdir: Path, broker
     # Stored once each, with the timestamps the device gave.
     assert_stored_exactly(influx, dev, seqs)
 
-    # The first readings were taken before NTP answered (two failed tries) and back-dated.
+    # The first readings were taken before NTP answered (two timeouts, then a 1970 answer
+    # that is not believed) and back-dated once it did.
     assert "reading seq=0 ts=unknown" in log
-    assert log.count("ntp: attempt") == 2
+    assert log.count("ntp: attempt") == 3 and "implausible time 3600000" in log
     ts = dev.readings()
     assert 9.0 <= ts[1] - ts[0] <= 11.0  # taken one interval apart, dated as such
 
@@ -157,6 +158,12 @@ def test_broker_down_ten_device_minutes_every_reading_stored_once(workdir: Path,
     no_crash(dev)
     assert_stored_exactly(influx, dev, seqs)
     assert "ring: stored" in dev.log()  # the outage went through flash
+    # Reconnects backed off exponentially with full jitter: each delay uniform in [0, min(cap, base * 2^n)].
+    retries = [(int(n), int(ms)) for n, ms in re.findall(r"net: mqtt .*; retry (\d+) in (\d+) ms", dev.log())]
+    assert len(retries) >= 8
+    assert all(ms <= min(60000, 1000 << (n - 1)) for n, ms in retries)
+    assert len({ms for _, ms in retries}) > len(retries) // 2  # jittered, not a fixed ladder
+    assert max(ms for _, ms in retries) > 8000  # and it did grow
 
 
 def test_full_ring_drops_the_oldest_and_counts_them(workdir: Path, broker: Mosquitto, influx: Influx, ingest: Service) -> None:
@@ -195,6 +202,13 @@ def test_hanging_sensor_trips_the_watchdog_and_the_others_go_on(workdir: Path, b
     try:
         dev.start()
         wait_until(lambda: sum("temp_c" in r["m"] for r in watch.readings()) >= 3, 60, what="readings with temperature")
+        dev.control({"absent_i2c": [0x44]})  # the SHT3x stops answering (unplugged): reported, the rest goes on
+        wait_until(lambda: "th:absent" in (watch.last_status() or {}).get("faults", []), 30, what="th:absent in status")
+        k = len(watch.readings())
+        wait_until(lambda: len(watch.readings()) >= k + 2, 30, what="readings without the SHT3x")
+        assert all("temp_c" not in r["m"] and "pm25" in r["m"] for r in watch.readings()[k:])
+        dev.control({})
+        wait_until(lambda: (watch.last_status() or {}).get("faults") == [], 30, what="the fault cleared")
         dev.control({"hang_i2c": [0x44]})  # the SHT3x holds the bus: the I2C read never returns
         dev.wait_log(r"FAKE reset watchdog", 30)
         dev.wait_log(r"boot fw=\S+ reset=watchdog", 30)

@@ -25,7 +25,6 @@ _MASK = 0x3FFFFFFF
 
 _world = {}
 _ctl = {}
-_ctl_mtime = None
 _ctl_checked = 0
 _state = {}
 _boot_ns = time.time_ns()
@@ -68,16 +67,14 @@ def _scale() -> float:
 
 
 def ctl(key, default=None):
-    global _ctl, _ctl_mtime, _ctl_checked
+    # Re-read every 100 ms of real time (stat's whole-second mtime would miss quick changes).
+    global _ctl, _ctl_checked
     now = time.time_ns() // 1000000
-    if now - _ctl_checked > 50:
+    if now - _ctl_checked > 100:
         _ctl_checked = now
         try:
-            m = os.stat("control.json")[8]
-            if m != _ctl_mtime:
-                with open("control.json") as f:
-                    _ctl = json.load(f)
-                _ctl_mtime = m
+            with open("control.json") as f:
+                _ctl = json.load(f)
         except (OSError, ValueError):
             pass
     return _ctl.get(key, default)
@@ -161,6 +158,9 @@ def ntp_time_ms(host: str) -> int:
     if _ntp_fails > 0:
         _ntp_fails -= 1
         raise OSError(110)
+    if _world.get("ntp_bogus") and not _state.get("ntp_bogus_done"):
+        _state["ntp_bogus_done"] = True
+        return 3600000  # a server answering 1970: must not be taken as the time
     return world_ms()
 
 
