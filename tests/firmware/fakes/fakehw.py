@@ -14,7 +14,6 @@
 # code 75: the runner starts the process again, like the chip rebooting.
 import json
 import math
-import os
 import socket
 import sys
 import time
