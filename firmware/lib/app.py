@@ -291,6 +291,7 @@ class Node:
                 self.disabled.remove(k)
             elif not v and k not in self.disabled:
                 self.disabled.append(k)
+                self.faults.pop(k, None)  # switched off: its faults are no longer news
         self.thresholds = doc.get("thresholds", {})
         nxt = hal.ticks_add(hal.ticks_ms(), self.interval_ms)
         if hal.ticks_diff(self.next_read, nxt) > 0:

@@ -129,21 +129,32 @@ class Ring:
 
     def peek(self, buf, max_n: int):
         """Read up to max_n of the oldest readings into buf: (n, nbytes, seg, off)."""
-        while self.hseg < self.last and self.hoff >= self._size(self.hseg):
-            self._next_segment()
-        if self.pending <= 0:
-            return 0, 0, self.hseg, self.hoff
-        with open(self._path(self.hseg), "rb") as f:
-            f.seek(self.hoff)
-            k = f.readinto(buf)
-        n = end = 0
-        for i in range(k or 0):
-            if buf[i] == 10:
-                n += 1
-                end = i + 1
-                if n == max_n:
-                    break
-        return n, end, self.hseg, self.hoff
+        while True:
+            while self.hseg < self.last and self.hoff >= self._size(self.hseg):
+                self._next_segment()
+            if self.pending <= 0:
+                return 0, 0, self.hseg, self.hoff
+            with open(self._path(self.hseg), "rb") as f:
+                f.seek(self.hoff)
+                k = f.readinto(buf)
+            n = end = 0
+            bad = False
+            for i in range(k or 0):
+                if buf[i] == 10:
+                    if buf[end] != 123 or i < end + 2 or buf[i - 1] != 125:  # not {...}: flash damage
+                        bad = n == 0  # send the good ones first; the bad line heads the next batch
+                        if bad:
+                            self.hoff += i + 1  # skip it, counted as dropped
+                            self.pending -= 1
+                            self.dropped += 1
+                            self._save()
+                        break
+                    n += 1
+                    end = i + 1
+                    if n == max_n:
+                        break
+            if not bad:
+                return n, end, self.hseg, self.hoff
 
     def _next_segment(self) -> None:
         self._remove(self.hseg)

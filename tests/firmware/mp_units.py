@@ -101,3 +101,13 @@ while repaired.pending:
         total += 1
     repaired.commit(n, nb, seg, off)
 out("ring_repair", readable=total, pending=repaired.pending, before=before, dropped=repaired.dropped)
+
+# A line damaged in flash is skipped (and counted), the good ones around it still go.
+damaged = Ring("d", 4, 4096)
+damaged.append([lines[0], b'{"ts":1764000001,"seq":1,"m":{"pm25":1\x00\x00\n', lines[2]])
+got = []
+while damaged.pending:
+    n, nb, seg, off = damaged.peek(buf, 50)
+    got += [json.loads(x)["seq"] for x in bytes(buf[:nb]).decode().split("\n")[:-1]]
+    damaged.commit(n, nb, seg, off)
+out("ring_damaged", seqs=got, dropped=damaged.dropped)

@@ -87,6 +87,7 @@ def test_ring_drops_oldest_and_survives_reboot(checks: dict[str, dict[str, Any]]
     pending, dropped = r["before"]
     assert r["readable"] == pending + 1 - (r["dropped"] - dropped)  # the torn line is gone, nothing else
     assert r["pending"] == 0
+    assert checks["ring_damaged"] == {"check": "ring_damaged", "seqs": [0, 2], "dropped": 1}
 
 
 def test_catalogue_copy_matches_contract(tmp_path: Path) -> None:
