@@ -8,8 +8,8 @@ acknowledged by the broker against those offered, and the CPU and memory
 of the simulator processes and of the broker. A size is sustained when
 every device stays connected and the broker acknowledges at least 95% of
 the offered rate with nothing left unacknowledged. The largest sustained
-fleet is then driven at one reading per device per second to find the
-acknowledged throughput ceiling.
+fleet then reads every 5, 2 and 1 s until the broker's acknowledgements
+fall behind: the throughput ceiling.
 """
 
 from __future__ import annotations
@@ -72,12 +72,12 @@ def _hold(broker: Mosquitto, n: int, interval_s: float, hold_s: float, procs: in
             if now - marks["connected_at"] >= hold_s:
                 marks["broker_cpu1"], marks["broker_rss"] = _cpu_s(pid), _rss_mb(pid)
                 stop.set()
-        elif now - marks["t0"] > hold_s + 120:  # never all connected: give up
+        elif now - marks["t0"] > hold_s + 60:  # never all connected: give up
             marks["last"] = (now, snap)
             marks["broker_cpu1"], marks["broker_rss"] = _cpu_s(pid), _rss_mb(pid)
             stop.set()
 
-    final = run_fleet(devices, cfg, procs=procs, tick=tick, stop=stop, tick_s=0.5)
+    final = run_fleet(devices, cfg, procs=procs, tick=tick, stop=stop, tick_s=0.5, shutdown_s=60)
     out: dict[str, Any] = {"devices": n, "interval_s": interval_s, "offered_per_s": n / interval_s, "max_connected": marks["max_connected"],
                            "connect_s": marks.get("connected_at", float("nan")) - marks["t0"], "final": final}
     if "connected_at" in marks and "last" in marks:
@@ -130,14 +130,21 @@ def run_simbench(args: argparse.Namespace) -> int:
             if not r["sustained"]:
                 break
         best = max((r for r in results if r["sustained"]), key=lambda r: r["devices"], default=None)
-        if best is not None:
-            r = _hold(broker, best["devices"], 1.0, args.hold, procs, args.connect_rate or 1000.0)
-            sys.stdout.write(_row(r) + "   <- throughput: one reading per device per second\n")
-            sys.stdout.write(f"\nLargest sustained fleet: {best['devices']:,} connected devices, {best['acked_per_s']:,.0f} readings/s acknowledged "
-                             f"at one reading per {best['interval_s']:g} s; ceiling {r['acked_per_s']:,.0f} readings/s acknowledged with "
-                             f"{r['max_connected']:,} devices connected.\n")
-        else:
+        if best is None:
             sys.stdout.write("\nNo fleet size was sustained.\n")
+            return 1
+        # the throughput ceiling: the largest sustained fleet, reading more and more often
+        ceiling = best
+        for every in (5.0, 2.0, 1.0):
+            r = _hold(broker, best["devices"], every, args.hold, procs, args.connect_rate or 1000.0)
+            sys.stdout.write(_row(r) + "\n")
+            sys.stdout.flush()
+            if not r["sustained"]:
+                break
+            ceiling = r
+        sys.stdout.write(f"\nLargest sustained fleet: {best['devices']:,} connected devices, {best['acked_per_s']:,.0f} readings/s acknowledged "
+                         f"at one reading per {best['interval_s']:g} s each; highest sustained rate {ceiling['acked_per_s']:,.0f} readings/s "
+                         f"acknowledged ({ceiling['devices']:,} devices, one reading per {ceiling['interval_s']:g} s).\n")
     finally:
         broker.stop()
     return 0

@@ -38,7 +38,6 @@ log = logging.getLogger("nakhon.simulate")
 
 Reading = tuple[float, int, dict[str, Any]]
 OFFLINE = encode_status("offline")
-_BLOCK = 64  # readings generated at a time (numpy works best on arrays)
 
 
 class Agent:

@@ -20,7 +20,7 @@ import numpy as np
 from simulators.devices import SimDevice
 from simulators.signals import Signals
 
-BLOCK = 64
+BLOCK = 16  # readings per block: small, so ten thousand devices hold little memory
 CHUNK = 128
 
 Block = deque[tuple[float, dict[str, Any]]]

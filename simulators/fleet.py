@@ -187,8 +187,12 @@ def run_fleet(
     tick: Tick | None = None,
     stop: threading.Event | None = None,
     tick_s: float = 1.0,
+    shutdown_s: float = 120.0,
 ) -> dict[str, Any]:
-    """Run the fleet to the end (or until `stop`), in `procs` processes; returns the merged counters."""
+    """Run the fleet to the end (or until `stop`), in `procs` processes; returns the merged counters.
+
+    After `stop`, processes that have not finished within `shutdown_s` are terminated (and counted as lost).
+    """
     plan = Plan.resolve(list(faults or []), [d.device_id for d in devices], cfg.seed)
     stop = stop or threading.Event()
     if procs <= 1:
@@ -223,10 +227,15 @@ def run_fleet(
         w.start()
     snaps: dict[int, dict[str, Any]] = {}
     done: set[int] = set()
+    stopped_at: float | None = None
     try:
         while len(done) < procs:
-            if stop.is_set():
+            if stop.is_set() and stopped_at is None:
                 flag.set()
+                stopped_at = time.monotonic()
+            if stopped_at is not None and time.monotonic() - stopped_at > shutdown_s:
+                log.error("fleet processes did not finish after stop", extra={"fields": {"waiting": procs - len(done)}})
+                break
             try:
                 what, index, snap = out.get(timeout=0.5)
             except queue.Empty:
@@ -241,7 +250,10 @@ def run_fleet(
     finally:
         flag.set()
         for w in workers:
-            w.join(30)
+            w.join(5)
+            if w.is_alive():
+                w.terminate()
+                w.join(5)
     lost = procs - len(done)
     result = merge(list(snaps.values()))
     result["lost_processes"] = lost

@@ -27,7 +27,7 @@ class RunConfig:
     connect_rate: float = 1000.0  # new connections per second while the fleet starts
     connect_timeout_s: float = 10.0
     backoff_base_s: float = 1.0  # reconnect: full jitter, uniform(0, min(cap, base * 2**attempt))
-    backoff_cap_s: float = 30.0
+    backoff_cap_s: float = 300.0  # the firmware's default cap
     passwords: dict[str, str] = field(default_factory=dict)  # device id -> password (username = device id)
     fw: str = "sim-1.0.0"
     seed: int = 1
