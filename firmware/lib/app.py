@@ -8,6 +8,7 @@
 # known wait in RAM with their tick count and are back-dated once NTP answers.
 import gc
 import json
+import os
 import random
 
 from micropython import const
@@ -34,6 +35,9 @@ BATCH_BYTES = const(8192)  # replay buffer: ~50 readings of a full air+weather n
 _IDLE_MAX_MS = const(1000)
 _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
+# What the node keeps in flash lives under one folder whose name is no module's: on the
+# board the current folder comes first in sys.path, so a folder "ring" would shadow ring.py.
+STATE = "state"
 
 
 def _der(path: str) -> bytes:
@@ -92,7 +96,11 @@ class Node:
         self.skip: dict = {}
         self.rejected: dict = {}
         rc = cfg["ring"]
-        self.ring = Ring("ring", rc["segments"], rc["segment_bytes"])
+        try:
+            os.mkdir(STATE)
+        except OSError:
+            pass
+        self.ring = Ring(STATE + "/ring", rc["segments"], rc["segment_bytes"])
         self.chunk = rc["chunk"]
         self.staging: list = []
         self.pretime: list = []
@@ -137,7 +145,7 @@ class Node:
         """(next seq, sensor being read when the last reset came) from RTC memory and flash."""
         ceiling = 0
         try:
-            with open("seq") as f:
+            with open(STATE + "/seq") as f:
                 ceiling = int(f.read())
         except (OSError, ValueError):
             pass
@@ -158,7 +166,7 @@ class Node:
         # after a power cut counting resumes from it (a gap, never a repeat).
         if seq >= self.ceiling:
             self.ceiling = seq + _SEQ_BLOCK
-            with open("seq", "w") as f:
+            with open(STATE + "/seq", "w") as f:
                 f.write(str(self.ceiling))
 
     def _mark(self, sensor: str) -> None:
@@ -256,7 +264,7 @@ class Node:
     # --- config from the platform -------------------------------------------------------
     def _load_applied(self) -> None:
         try:
-            with open("applied.json") as f:
+            with open(STATE + "/applied.json") as f:
                 self._apply(json.load(f), False)
         except (OSError, ValueError):
             pass
@@ -299,7 +307,7 @@ class Node:
         self.status_due = True
         log.info("config: applied seq=%d interval_s=%d disabled=%s" % (self.config_seq, iv, self.disabled))
         if persist:
-            with open("applied.json", "w") as f:
+            with open(STATE + "/applied.json", "w") as f:
                 json.dump(doc, f)
 
     # --- the link -------------------------------------------------------------------------
@@ -499,5 +507,8 @@ def main(buf: Any = None) -> None:
         log.error("not starting: fix config.json")
         return
     del config
+    import sys
+
+    sys.modules.pop("config", None)  # only needed at boot: give its memory back
     gc.collect()
     Node(cfg, buf).run()

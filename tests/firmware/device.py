@@ -98,7 +98,8 @@ class Device:
 
     # --- life cycle ---------------------------------------------------------------------
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, MICROPYPATH=f"{FIRMWARE / 'lib'}:{compiled_fakes()}:.frozen")
+        # As on a board, the current folder (the device's flash) comes before lib in sys.path.
+        env = dict(os.environ, MICROPYPATH=f":{FIRMWARE / 'lib'}:{compiled_fakes()}:.frozen")
         with open(self.log_path, "ab") as out:
             self.boots += 1
             return subprocess.Popen(
