@@ -64,10 +64,16 @@ def run_config(sc: Scenario, settings: Settings, **extra: Any) -> RunConfig:
 
 
 def firmware_fleet(sc: Scenario, cities: list[City], cfg: RunConfig, paths: FirmwarePaths, root: Path) -> FirmwareFleet:
-    """K firmware devices of the kinds the firmware has drivers for, taking the cities in turn."""
-    pool = [d for d in make_fleet(cities, max(8, sc.firmware), seed=sc.seed, prefix="fw") if d.kind in FIL_KINDS]
-    by_city = [[d for d in pool if d.city == c.slug] for c in cities]
-    picked = [d for group in itertools.zip_longest(*by_city) for d in group if d is not None][: sc.firmware]
+    """K firmware devices of the kinds the firmware has drivers for, taking the cities and kinds in turn."""
+    pool = make_fleet(cities, max(20, 2 * sc.firmware), seed=sc.seed, prefix="fw")
+    spare = {(c.slug, k): [d for d in pool if d.city == c.slug and d.kind == k] for c in cities for k in FIL_KINDS}
+    picked = []
+    for j in itertools.count():
+        if len(picked) >= sc.firmware or not any(spare.values()):
+            break
+        left = spare[(cities[j % len(cities)].slug, FIL_KINDS[j % len(FIL_KINDS)])]
+        if left:
+            picked.append(left.pop(0))
     scale, behind = (sc.speed, sc.since) if sc.mode == "accelerated" else (1.0, 0.0)
     return FirmwareFleet(picked, root, paths, cfg.host, cfg.port, seed=sc.seed, interval_s=max(1, int(sc.interval_s)), scale=scale,
                          behind_s=behind, passwords=cfg.passwords, faults=sc.faults)
