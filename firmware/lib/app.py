@@ -118,6 +118,7 @@ class Node:
             self.faults[hung] = "hang"
             self.skip[hung] = _HANG_SKIP
             log.warn("watchdog: sensor %s hung, skipped for %d readings" % (hung, _HANG_SKIP))
+        self.next_read = hal.ticks_ms()
         self._load_applied()
         mq = cfg["mqtt"]
         self.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], mq["password"])
@@ -133,7 +134,6 @@ class Node:
         self.wifi_since: Any = None
         self.status_due = True
         self.status_at = hal.ticks_ms()
-        self.next_read = hal.ticks_ms()
         self.buf = buf
         self.mv = memoryview(self.buf)
         self.part: dict = {}

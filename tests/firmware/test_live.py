@@ -232,7 +232,8 @@ def test_hanging_sensor_trips_the_watchdog_and_the_others_go_on(workdir: Path, b
 def test_retained_config_changes_a_running_device(workdir: Path, broker: Mosquitto) -> None:
     dev_id = "cm-fw-config-01"
     watch = Watch(broker.port, CITY, dev_id)
-    dev = Device(workdir / "dev", device_config(dev_id, broker.port), world(scale=30))
+    cfg, w = device_config(dev_id, broker.port), world(scale=30)
+    dev = Device(workdir / "dev", cfg, w)
     try:
         dev.start()
         wait_until(lambda: len(watch.readings()) >= 3, 60, what="first readings")
@@ -246,16 +247,30 @@ def test_retained_config_changes_a_running_device(workdir: Path, broker: Mosquit
         wait_until(lambda: "config:invalid" in (watch.last_status() or {}).get("faults", []), 20, what="bad config reported")
         after_bad = watch.last_status()
         readings = watch.readings()
+        ts = dev.readings()
+        # A power cut: the applied config comes back from flash (the retained one is the bad one now).
+        dev.stop()
+        k = len(watch.status)
+        dev = Device(workdir / "dev", cfg, w).start()
+        dev.wait_log(r"boot fw=", 30, count=2)
+        wait_until(lambda: any(s.get("state") == "online" for s in watch.status[k:]), 30, what="online after the power cut")
+        m = len(dev.readings())
+        wait_until(lambda: len(dev.readings()) >= m + 3, 40, what="readings after the power cut")
+        rebooted = [s for s in watch.status[k:] if s.get("state") == "online"][-1]
+        ts2 = dev.readings()
     finally:
         dev.stop()
         watch.close()
+    no_crash(dev)
     assert acked is not None and acked["interval_s"] == 40
-    ts = dev.readings()
     later = sorted(ts)[n:]
     gaps = [ts[b] - ts[a] for a, b in itertools.pairwise(later)]
     assert gaps and all(39 <= g <= 41 for g in gaps), gaps
     assert all("temp_c" not in r["m"] for r in readings if r["seq"] >= later[0])  # th disabled by config
     assert after_bad is not None and after_bad["config_seq"] == 5 and after_bad["interval_s"] == 40  # kept the good one
+    assert rebooted["config_seq"] == 5 and rebooted["interval_s"] == 40 and rebooted["reset"] == "power_on"
+    after = sorted(ts2)[m:]
+    assert all(39 <= ts2[b] - ts2[a] <= 41 for a, b in itertools.pairwise(after))
 
 
 def test_deep_sleep_keeps_seq_and_buffer(workdir: Path, broker: Mosquitto) -> None:
