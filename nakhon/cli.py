@@ -237,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     fwf.add_argument("--config", default=None, help="the device's config.json to copy (see `nakhon firmware config`)")
     fwf.add_argument("--build", default="build/firmware", help="folder made by `nakhon firmware build` (default build/firmware)")
     fwf.add_argument("--baud", type=int, default=460800, help="esptool baud rate (default 460800)")
+    fwf.add_argument("--file", action="append", default=[], help="another file for the board's root, e.g. the CA named in mqtt.ca_file (repeat)")
     fwf.add_argument("--dry-run", action="store_true", help="print the exact commands instead of running them")
     fwc = fw_sub.add_parser("config", help="write a device's config.json, checked by the firmware's own boot check")
     fwc.add_argument("--device-id", required=True, help="device id, e.g. cm-air-001")
