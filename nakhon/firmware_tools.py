@@ -69,7 +69,8 @@ def build(out: Path) -> list[tuple[str, int, int]]:
 
 
 # --- flash -----------------------------------------------------------------------------------
-def flash_commands(port: str, build_dir: Path, config: Path | None, image: Path | None, baud: int = 460800) -> list[list[str]]:
+def flash_commands(port: str, build_dir: Path, config: Path | None, image: Path | None, baud: int = 460800,
+                   extra: list[Path] | None = None) -> list[list[str]]:
     """The exact commands that put MicroPython, the build and config.json on a board."""
     cmds = []
     if image is not None:
@@ -79,6 +80,8 @@ def flash_commands(port: str, build_dir: Path, config: Path | None, image: Path 
     mp += ["+", "fs", "cp", str(build_dir / "boot.py"), ":boot.py", "+", "fs", "cp", str(build_dir / "main.py"), ":main.py"]
     if config is not None:
         mp += ["+", "fs", "cp", str(config), ":config.json"]
+    for f in extra or []:
+        mp += ["+", "fs", "cp", str(f), ":" + f.name]
     mp += ["+", "reset"]
     cmds.append(mp)
     return cmds
@@ -251,11 +254,11 @@ def _run(args: Any) -> int:
         build_dir = Path(args.build)
         if not args.dry_run and not (build_dir / "main.py").exists():
             raise FirmwareError(f"no build in {build_dir}: run `nakhon firmware build --out {build_dir}` first")
-        for p in (args.image, args.config):
+        for p in (args.image, args.config, *args.file):
             if p and not args.dry_run and not Path(p).exists():
                 raise FirmwareError(f"{p} does not exist")
         cmds = flash_commands(args.port, build_dir, Path(args.config) if args.config else None,
-                              Path(args.image) if args.image else None, args.baud)
+                              Path(args.image) if args.image else None, args.baud, [Path(f) for f in args.file])
         if args.dry_run:
             for c in cmds:
                 out(shlex.join(c) + "\n")

@@ -38,13 +38,14 @@ def test_build_compiles_the_firmware_and_the_board_can_load_it(tmp_path: Path) -
 
 def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     proc = nakhon("firmware", "flash", "--port", "/dev/ttyUSB0", "--image", "ESP32_GENERIC-v1.24.1.bin",
-                  "--config", "cm-air-001.json", "--build", "build/firmware", "--dry-run")
+                  "--config", "cm-air-001.json", "--build", "build/firmware", "--file", "certs/ca.pem", "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert [shlex.split(line) for line in proc.stdout.strip().splitlines()] == [
         ["esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "erase-flash"],
         ["esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "--baud", "460800", "write-flash", "-z", "0x1000", "ESP32_GENERIC-v1.24.1.bin"],
         ["mpremote", "connect", "/dev/ttyUSB0", "fs", "cp", "-r", "build/firmware/lib", ":", "+", "fs", "cp", "build/firmware/boot.py", ":boot.py",
-         "+", "fs", "cp", "build/firmware/main.py", ":main.py", "+", "fs", "cp", "cm-air-001.json", ":config.json", "+", "reset"],
+         "+", "fs", "cp", "build/firmware/main.py", ":main.py", "+", "fs", "cp", "cm-air-001.json", ":config.json",
+         "+", "fs", "cp", "certs/ca.pem", ":ca.pem", "+", "reset"],
     ]
 
 
