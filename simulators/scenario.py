@@ -126,9 +126,23 @@ def presets() -> list[str]:
 
 
 def load_credentials(path: str | Path) -> dict[str, str]:
-    """A JSON map device_id -> password, as provisioning hands them out."""
+    """Device passwords from provisioning: a JSON map {"device_id": "password"}, or a folder of
+    the config.json files `nakhon device provision` writes (device_id and mqtt.password)."""
+    path = Path(path)
+    if path.is_dir():
+        out: dict[str, str] = {}
+        for f in sorted(path.rglob("*.json")):
+            try:
+                doc = json.loads(f.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise ScenarioError(f"credentials {f}: cannot read JSON ({exc})") from None
+            if isinstance(doc, dict) and isinstance(doc.get("device_id"), str) and isinstance((doc.get("mqtt") or {}).get("password"), str):
+                out[doc["device_id"]] = doc["mqtt"]["password"]
+        if not out:
+            raise ScenarioError(f"credentials folder {path}: no config.json with device_id and mqtt.password in it")
+        return out
     try:
-        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ScenarioError(f"credentials file {path}: cannot read JSON ({exc})") from None
     if not isinstance(doc, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):

@@ -11,7 +11,7 @@ import pytest
 
 from nakhon.servers import Mosquitto
 from simulators.faults import Fault, FaultError
-from simulators.scenario import ScenarioError, duration, load, presets
+from simulators.scenario import ScenarioError, duration, load, load_credentials, presets
 
 
 @pytest.mark.parametrize("name", presets())
@@ -41,6 +41,19 @@ def test_wrong_scenario_says_what_to_fix(tmp_path: Path) -> None:
         load(str(bad))
     with pytest.raises(ScenarioError, match="no scenario file"):
         load("no-such-preset")
+
+
+def test_credentials_from_a_map_or_provisioned_configs(tmp_path: Path) -> None:
+    (tmp_path / "creds.json").write_text('{"sim-p-air-00001": "s3cret"}')
+    assert load_credentials(tmp_path / "creds.json") == {"sim-p-air-00001": "s3cret"}
+    folder = tmp_path / "provisioned"
+    folder.mkdir()
+    (folder / "a.json").write_text('{"device_id": "cm-air-001", "mqtt": {"host": "h", "port": 1883, "password": "pw1"}}')
+    (folder / "b.json").write_text('{"device_id": "cm-air-002", "mqtt": {"password": "pw2"}}')
+    assert load_credentials(folder) == {"cm-air-001": "pw1", "cm-air-002": "pw2"}
+    (tmp_path / "bad.json").write_text('["x"]')
+    with pytest.raises(ScenarioError, match="expected a JSON object"):
+        load_credentials(tmp_path / "bad.json")
 
 
 def test_fault_specs_and_durations() -> None:
