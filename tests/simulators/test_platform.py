@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import subprocess
 import time
 from collections import Counter
@@ -137,3 +138,18 @@ def test_credentials_from_provisioning(workdir: Path) -> None:
         assert st.readings_acked == st.readings_sent >= 4
     finally:
         broker.stop()
+
+
+def test_accelerated_time_replays_the_past_and_never_stamps_the_future(broker: Mosquitto) -> None:
+    devices = make_fleet(list(BUILTIN_CITIES), 2, seed=4)
+    cfg = RunConfig(port=broker.port, mode="accelerated", speed=720, since_s=3600, interval_s=60, duration_s=3600, keep_ledger=True, seed=4)
+    t0 = time.time()
+    st = _run(devices, cfg, []).stats
+    assert time.time() - t0 < 20  # an hour in seconds
+    assert st.ledger is not None and st.readings_acked == st.readings_sent == 60 * len(devices)
+    for readings in st.ledger.values():
+        ts = [t for t, _ in readings]
+        assert len(ts) == 60
+        assert all(round(b - a, 3) == 60 for a, b in itertools.pairwise(ts))
+        assert t0 - 3600 - 1 <= ts[0] < t0 - 3600 + 60
+        assert ts[-1] <= time.time()
