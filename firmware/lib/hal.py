@@ -43,7 +43,8 @@ if ESP32:
 
     def set_rtc_ms(t_ms: int) -> None:
         tm = time.gmtime(t_ms // 1000 - _EPOCH)
-        _rtc.datetime((tm[0], tm[1], tm[2], tm[6] + 1, tm[3], tm[4], tm[5], (t_ms % 1000) * 1000))
+        # RTC.datetime: (year, month, day, weekday 0=Monday, hours, minutes, seconds, microseconds)
+        _rtc.datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], (t_ms % 1000) * 1000))
 
     def ntp_time_ms(host: str) -> int:
         # One SNTP request (RFC 4330); raises OSError on timeout.
