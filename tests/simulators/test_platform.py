@@ -41,6 +41,16 @@ def _dead(settings: Settings) -> Counter[str]:
     return Counter(str(r.get("reason")) for r in read_all(settings.data_dir / "deadletter"))
 
 
+def _ingest_rejected(influx: Influx) -> Counter[str]:
+    rows = influx.rows('SELECT * FROM "raw"."ingest_stats" GROUP BY "worker" ORDER BY time DESC LIMIT 1')
+    out: Counter[str] = Counter()
+    for r in rows:
+        for k, v in r.items():
+            if k.startswith("rejected_") and v:
+                out[k.removeprefix("rejected_")] += int(v)
+    return out
+
+
 def test_every_fault_is_reflected_in_the_platform(settings: Settings, ingest: Service, influx: Influx) -> None:
     devices = make_fleet(list(BUILTIN_CITIES), 3, seed=3)
     ids = [d.device_id for d in devices]
@@ -89,6 +99,8 @@ def test_every_fault_is_reflected_in_the_platform(settings: Settings, ingest: Se
     wait_until(lambda: sum(_dead(settings).values()) >= sum(expected.values()), 30, what="dead letters")
     time.sleep(1.0)
     assert _dead(settings) == expected
+    # and the ingest's own counters (written to InfluxDB every second) say the same, reason by reason
+    wait_until(lambda: _ingest_rejected(influx) == expected, 30, what=f"ingest counters {dict(expected)}")
 
 
 def test_device_obeys_retained_config(settings: Settings, ingest: Service, influx: Influx) -> None:
