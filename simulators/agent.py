@@ -71,7 +71,7 @@ class Agent:
         self.blocks = blocks
         self.block: Block = deque()
         self.ahead: tuple[float, float, Block] | None = None
-        self.chunk: list[Agent] = [self]
+        self.chunk: list[Any] = [self]  # neighbours whose readings are made together (blocks.py)
         self.next_t = 0.0
         self._connector: asyncio.Task[None] | None = None
         self._reset = "power_on"
@@ -121,7 +121,7 @@ class Agent:
                 st.storm_pending -= 1
                 if not st.storm_pending:
                     st.storm_seconds = asyncio.get_running_loop().time() - self._storm_t0
-            conn.closed.add_done_callback(lambda _f, c=conn: self._lost(c))
+            conn.closed.add_done_callback(functools.partial(self._lost_cb, conn))
             try:
                 conn.subscribe(self.config_topic)
                 self._publish_status()
@@ -135,6 +135,9 @@ class Agent:
 
     _in_storm = False
     _storm_t0 = 0.0
+
+    def _lost_cb(self, conn: Connection, _fut: asyncio.Future[None]) -> None:
+        self._lost(conn)
 
     def _lost(self, conn: Connection) -> None:
         if self.conn is not conn:
@@ -193,7 +196,7 @@ class Agent:
         if not isinstance(doc, dict):
             return
         interval = doc.get("interval_s")
-        if type(interval) in (int, float) and 1 <= interval <= 86400:
+        if isinstance(interval, int | float) and not isinstance(interval, bool) and 1 <= interval <= 86400:
             self.interval = float(interval)
         seq = doc.get("seq", doc.get("config_seq"))
         if type(seq) is int and 0 <= seq < 1 << 31:
@@ -274,7 +277,7 @@ class Agent:
         A reading whose (skewed) time the ingest will refuse is still sent, and counted as expected_rejected.
         """
         t = round(t, 3)
-        m = dict(self.blocks.values(self, t) if m is None else m)
+        m = dict(self.blocks.values(self, t) if m is None else m)  # type: ignore[arg-type]
         self.seq += 1
         ts, dup = t, False
         rel = t - self.clock.origin

@@ -109,15 +109,15 @@ class Fleet:
         for i, a in enumerate(self.agents):
             loop.call_later(i / cfg.connect_rate, a.start_connecting)
         lives = [loop.create_task(self._life(a, backfill_end)) for a in self.agents]
-        fault_list = [(f, t) for f, t in zip(self.plan.faults, self.plan.targets, strict=True) if f.kind in ("offline", "storm", "malformed")]
-        faults = [loop.create_task(self._fault(f, t)) for f, t in fault_list]
-        fault_list = [f for f, _ in fault_list]
+        events = [(f, t) for f, t in zip(self.plan.faults, self.plan.targets, strict=True) if f.kind in ("offline", "storm", "malformed")]
+        faults = [loop.create_task(self._fault(f, t)) for f, t in events]
+        fault_list = [f for f, _ in events]
         stop = stop or asyncio.Event()
         ticker = loop.create_task(self._ticker(tick, tick_s)) if tick else None
-        stopper = loop.create_task(stop.wait())
-        everyone = asyncio.gather(*lives) if lives else loop.create_future()
+        stopper: asyncio.Future[Any] = loop.create_task(stop.wait())
+        everyone: asyncio.Future[Any] = asyncio.gather(*lives) if lives else loop.create_future()
         if not lives:
-            everyone.set_result(None)
+            everyone.set_result([])
         await asyncio.wait([everyone, stopper], return_when=asyncio.FIRST_COMPLETED)
         if stop.is_set():
             for t in lives:
@@ -125,7 +125,8 @@ class Fleet:
         else:  # the lives ended on their own: faults already under way finish (e.g. a malformed burst), later ones never come
             started = [t for t, f in zip(faults, fault_list, strict=True) if self.clock.rel() >= f.at_s and not t.done()]
             if started:
-                await asyncio.wait([asyncio.gather(*started, return_exceptions=True), stopper], return_when=asyncio.FIRST_COMPLETED)
+                pending: asyncio.Future[Any] = asyncio.gather(*started, return_exceptions=True)
+                await asyncio.wait([pending, stopper], return_when=asyncio.FIRST_COMPLETED)
         for t in faults:
             t.cancel()
         with contextlib.suppress(asyncio.CancelledError):

@@ -15,7 +15,7 @@ from typing import Any
 from contract.cities import City
 from contract.logs import kv
 from contract.settings import Settings
-from simulators.devices import make_fleet
+from simulators.devices import SimDevice, make_fleet
 from simulators.faults import Fault, FaultError
 from simulators.fil import KINDS as FIL_KINDS
 from simulators.fil import FirmwareFleet, FirmwarePaths
@@ -67,7 +67,7 @@ def firmware_fleet(sc: Scenario, cities: list[City], cfg: RunConfig, paths: Firm
     """K firmware devices of the kinds the firmware has drivers for, taking the cities and kinds in turn."""
     pool = make_fleet(cities, max(20, 2 * sc.firmware), seed=sc.seed, prefix="fw")
     spare = {(c.slug, k): [d for d in pool if d.city == c.slug and d.kind == k] for c in cities for k in FIL_KINDS}
-    picked = []
+    picked: list[SimDevice] = []
     for j in itertools.count():
         if len(picked) >= sc.firmware or not any(spare.values()):
             break

@@ -9,7 +9,7 @@
 # and battery ADCs and the Wi-Fi RSSI then carry the city's values.
 import os
 
-import realhw
+import realhw  # type: ignore  # the real fakes, compiled, under this name (see fil.py)
 from realhw import *
 
 _orig_service = realhw._service
