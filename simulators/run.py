@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import itertools
 import logging
+import resource
 import signal
 import sys
 import threading
@@ -79,6 +80,17 @@ def firmware_fleet(sc: Scenario, cities: list[City], cfg: RunConfig, paths: Firm
                          behind_s=behind, passwords=cfg.passwords, faults=sc.faults)
 
 
+def _raise_open_files(need: int) -> None:
+    """Every device is a socket: lift the soft open-files limit towards the hard one, or say what to do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft >= need:
+        return
+    target = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    if target < need:
+        log.warning("open-files limit too low for this fleet", extra=kv(need=need, limit=target, fix=f"ulimit -Hn {need}"))
+
+
 def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths | None = None) -> int:
     if args.list_presets:
         for name in presets():
@@ -95,6 +107,7 @@ def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths |
         sys.stderr.write(f"nakhon simulate: {exc}\n")
         return 2
     devices = make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix)
+    _raise_open_files(len(devices) // sc.procs + 1024)
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
