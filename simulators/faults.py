@@ -17,7 +17,9 @@ so a test can compare with what the platform recorded:
 - duplicate  with `probability`, a message is sent twice (stored once);
 - malformed  `count` messages of each `reasons` kind the contract rejects;
 - storm      every chosen device loses its connection at once and comes back
-             with the firmware's exponential backoff and full jitter.
+             with the firmware's exponential backoff and full jitter;
+- hang       firmware in the loop only: an I2C sensor stops answering and the
+             board's watchdog resets it (fleet devices have no watchdog).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from contract import topics
 from contract.catalogue import METRICS
 from contract.payload import Reason
 
-KINDS = ("offline", "stuck", "spike", "drift", "skew", "duplicate", "malformed", "storm")
+KINDS = ("offline", "stuck", "spike", "drift", "skew", "duplicate", "malformed", "storm", "hang")
 # Reasons a device can provoke. `not_finite` cannot be sent (JSON has no NaN or
 # Infinity, and 1e999 is refused by the parser as bad_json), `bad_topic` cannot
 # reach the ingest's subscription, `storage_rejected` is InfluxDB's word.

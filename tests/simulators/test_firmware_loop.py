@@ -25,16 +25,24 @@ INTERVAL_S = 60  # device seconds between readings: one every 2 s of real time
 
 def _stored(influx: Influx, measurement: str, field: str, device: str) -> list[tuple[float, int, float]]:
     rows = influx.rows(f'SELECT "{field}", "seq" FROM "raw"."{measurement}" WHERE "device" = $d', {"d": device})
-    return [(r["time"] / 1000, int(r["seq"]), float(r[field])) for r in rows]
+    return [(r["time"] / 1000, int(r["seq"]), float(r[field])) for r in rows if r[field] is not None]
+
+
+def _seqs(influx: Influx, measurement: str, device: str) -> set[int]:
+    return {int(r["seq"]) for r in influx.rows(f'SELECT "seq" FROM "raw"."{measurement}" WHERE "device" = $d', {"d": device})}
 
 
 def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings: Settings, ingest: Service, influx: Influx, workdir: Path) -> None:
     fleet = make_fleet(list(BUILTIN_CITIES), 20, seed=2, prefix="fw")
     air = next(d for d in fleet if d.city == "chiang_mai" and d.kind == "air")
     water = next(d for d in fleet if d.city == "phuket" and d.kind == "water")
+    weather = next(d for d in fleet if d.city == "khon_kaen" and d.kind == "weather")
     paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
-    faults = [Fault("offline", at_s=400, for_s=300, device_ids=(air.device_id,))]  # Wi-Fi gone for 5 device-minutes
-    fw = FirmwareFleet([air, water], workdir / "fil", paths, "127.0.0.1", settings.mqtt_port, seed=2, interval_s=INTERVAL_S,
+    faults = [
+        Fault("offline", at_s=400, for_s=300, device_ids=(air.device_id,)),  # Wi-Fi gone for 5 device-minutes
+        Fault("hang", at_s=300, for_s=150, device_ids=(weather.device_id,)),  # the BME280 stops answering: the watchdog bites
+    ]
+    fw = FirmwareFleet([air, water, weather], workdir / "fil", paths, "127.0.0.1", settings.mqtt_port, seed=2, interval_s=INTERVAL_S,
                        scale=SCALE, behind_s=3 * 3600, faults=faults, feed_s=0.5)
     fw.start()
     try:
@@ -43,8 +51,9 @@ def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings:
     finally:
         fw.stop()
     summary = fw.summary()
-    assert summary["crashes"] == 0 and summary["faults"] == {"offline": 1}
-    fa, fwat = fw.devices
+    assert summary["crashes"] == 0 and summary["faults"] == {"offline": 1, "hang": 1}
+    fa, fwat, fwea = fw.devices
+    assert summary["resets"] >= 1 and "watchdog" in fwea.log_text()  # the hung sensor reset the board, which came back
     assert "wifi" in fa.log_text().lower() or "net:" in fa.log_text()
 
     signals = Signals(2)
@@ -63,3 +72,10 @@ def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings:
         got = np.array([v for _, _, v in rows])
         off = np.abs(got - model)
         assert (off <= np.array([tol(v) for v in model])).mean() >= 0.9, list(zip(got.tolist(), model.tolist(), strict=True))
+    # the board that was reset by its watchdog stored every reading it took (the hung sensor sat some out),
+    # and its temperature is the city's
+    taken = fwea.readings()
+    wait_until(lambda: _seqs(influx, "weather", weather.device_id) >= set(taken), 60, what="weather readings")
+    rows = _stored(influx, "weather", "temp_c", weather.device_id)
+    model = signals.sample(weather, np.array([t for t, _, _ in rows]), INTERVAL_S)["temp_c"]
+    assert len(rows) >= 5 and np.mean(np.abs(np.array([v for _, _, v in rows]) - model) <= 1.5) >= 0.9
