@@ -295,6 +295,11 @@ class FirmwareFleet:
                 else:
                     active.discard(i)
             for d in self.devices:
+                if d.running and d.world_time() > time.time() + 60:
+                    # an accelerated world has caught up with now: going on would stamp the platform's future
+                    log.warning("firmware device caught up with real time; stopping it", extra=kv(device=d.dev.device_id))
+                    d.stop()
+                    continue
                 try:
                     d.feed(self.signals)
                 except OSError:
