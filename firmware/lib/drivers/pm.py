@@ -20,6 +20,7 @@ class _UartFrames:
         self.uart = uart
         self.buf = bytearray(self.SIZE)
         self.mv = memoryview(self.buf)
+        self.one = bytearray(1)  # header hunting byte by byte, without a new slice each time
         self.n = 0  # bytes of the current frame received so far
         self.good = 0
         self.bad = 0
@@ -36,11 +37,12 @@ class _UartFrames:
         got = False
         while True:
             if self.n < 2:
-                k = self.uart.readinto(self.mv[self.n : self.n + 1])
+                k = self.uart.readinto(self.one)
                 if not k:
                     return got
                 got = True
-                b = self.buf[self.n]
+                b = self.one[0]
+                self.buf[self.n] = b
                 if self.n == 0:
                     if b == self.H0:
                         self.n = 1

@@ -27,6 +27,11 @@ _ctl = {}
 _ctl_checked = 0
 _state = {}
 _boot_ns = time.time_ns()
+# Real time since boot in microseconds, accumulated from ticks_us: time.time_ns() is a
+# big int on the unix port (heap on every call), these stay small ints.
+_us = 0
+_us_last = time.ticks_us()
+_real0_us = 0  # real time from the world's start to this boot
 _override = None  # ticks value seen by an interrupt handler for its edge
 _socks = []
 _wdt = None
@@ -48,12 +53,19 @@ def _load():
     except (OSError, ValueError):
         _state = {}
     _ntp_fails = _world.get("ntp_fail_first", 0)
+    _set_real0()
+
+
+def _set_real0() -> None:
+    global _real0_us
+    _real0_us = (_boot_ns - _world.get("real0_ns", _boot_ns)) // 1000
 
 
 def configure(world: dict) -> None:
     """For driver tests run inside one process: set the world directly."""
     global _world
     _world = world
+    _set_real0()
 
 
 def _save_state() -> None:
@@ -61,14 +73,16 @@ def _save_state() -> None:
         json.dump(_state, f)
 
 
-def _scale() -> float:
-    return _world.get("scale", 1)
+def _scale() -> int:
+    # Whole numbers only: the fakes' time arithmetic stays in small ints and allocates no
+    # heap, so the firmware's heap figures are the firmware's.
+    return int(_world.get("scale", 1))
 
 
 def ctl(key, default=None):
     # Re-read every 100 ms of real time (stat's whole-second mtime would miss quick changes).
     global _ctl, _ctl_checked
-    now = time.time_ns() // 1000000
+    now = _real_us() // 1000
     if now - _ctl_checked > 100:
         _ctl_checked = now
         try:
@@ -80,8 +94,17 @@ def ctl(key, default=None):
 
 
 # --- time ------------------------------------------------------------------------------
+def _real_us() -> int:
+    """Real microseconds since boot (callers come by far more often than ticks_us wraps)."""
+    global _us, _us_last
+    now = time.ticks_us()
+    _us += time.ticks_diff(now, _us_last)
+    _us_last = now
+    return _us
+
+
 def _device_ms() -> int:
-    return int((time.time_ns() - _boot_ns) * _scale() // 1000000)
+    return _real_us() * _scale() // 1000
 
 
 def ticks_ms() -> int:
@@ -96,8 +119,7 @@ ticks_add = time.ticks_add
 
 def world_ms() -> int:
     """The true wall-clock time of the fake world (what NTP answers)."""
-    real0 = _world.get("real0_ns", _boot_ns)
-    return _world.get("epoch0_ms", 1764000000000) + int((time.time_ns() - real0) * _scale() // 1000000)
+    return _world.get("epoch0_ms", 1764000000000) + (_real0_us + _real_us()) * _scale() // 1000
 
 
 def _real_sleep(ms: float) -> None:
@@ -105,10 +127,10 @@ def _real_sleep(ms: float) -> None:
 
 
 def sleep_ms(ms: int) -> None:
-    end = time.time_ns() + int(ms / _scale() * 1000000)
+    end = _real_us() + ms * 1000 // _scale()
     while True:
         _service()
-        left = (end - time.time_ns()) / 1000000
+        left = (end - _real_us()) // 1000
         if left <= 0:
             return
         _real_sleep(min(left, 20))
@@ -116,7 +138,7 @@ def sleep_ms(ms: int) -> None:
 
 def wait(poller, ms: int) -> None:
     _service()
-    real = ms / _scale()
+    real = ms // _scale()
     if poller is None:
         sleep_ms(ms)
     else:
@@ -179,7 +201,7 @@ def reset() -> None:
 
 
 def deepsleep(ms: int) -> None:
-    _real_sleep(ms / _scale())  # the world moves on while the chip sleeps
+    _real_sleep(ms // _scale())  # the world moves on while the chip sleeps
     _reset("deepsleep")
 
 
@@ -198,11 +220,11 @@ def unique_id() -> bytes:
 class _WDT:
     def __init__(self, timeout_ms: int) -> None:
         # Real-time floor: a loaded test machine must not fire it by accident.
-        self.real_ms = max(timeout_ms / _scale(), _world.get("wdt_min_real_ms", 3000))
+        self.real_ms = max(timeout_ms // _scale(), _world.get("wdt_min_real_ms", 3000))
         self.feed()
 
     def feed(self) -> None:
-        self.last = time.time_ns()
+        self.last = _real_us()
 
 
 def WDT(timeout_ms: int):
@@ -212,7 +234,7 @@ def WDT(timeout_ms: int):
 
 
 def _check_wdt() -> None:
-    if _wdt is not None and (time.time_ns() - _wdt.last) / 1000000 > _wdt.real_ms:
+    if _wdt is not None and (_real_us() - _wdt.last) // 1000 > _wdt.real_ms:
         _reset("watchdog")
 
 
@@ -225,46 +247,60 @@ def _hang() -> None:
 
 # --- UART: laser PM sensors ------------------------------------------------------------------
 class _UART:
+    """A UART receiving a frame a second into a bounded FIFO (bytes beyond it are lost,
+    as on the chip). Allocation-free, so heap figures measure the firmware, not the fake."""
+
     RXBUF = 1024
 
     def __init__(self, uid: int, spec: dict) -> None:
         self.uid = uid
         self.spec = spec
-        self.rx = bytearray()
+        self.rx = bytearray(self.RXBUF)
+        self.head = 0
+        self.count = 0
+        self.f = bytearray(34)
         self.t0 = ticks_ms()
         self.frames = 0
         self.corrupt = 0
         self.overflow = 0
 
-    def _frame(self, k: int) -> bytes:
+    def _frame(self, k: int) -> int:
+        """Frame k into self.f; returns its length."""
         s = self.spec
-        base = s.get("pm25", 30)
-        pm25 = base + k % 5
-        bad = s.get("corrupt_every", 0) and k % s["corrupt_every"] == s["corrupt_every"] - 1
-        if bad:
-            pm25 = s.get("corrupt_value", 999)  # a value that must never reach the platform
+        f = self.f
+        every = s.get("corrupt_every", 0)
+        bad = every and k % every == every - 1
+        pm25 = s.get("corrupt_value", 999) if bad else s.get("pm25", 30) + k % 5  # a corrupt one carries a value that must never get out
         if s["type"] == "pms5003":
-            words = [int(pm25 * 0.7), pm25, int(pm25 * 1.4)] * 2 + [0] * 6 + [0x9700]
-            f = bytearray(b"\x42\x4d\x00\x1c")
-            for w in words:
-                f.append(w >> 8)
-                f.append(w & 0xFF)
-            c = sum(f)
-            f.append(c >> 8 & 0xFF)
-            f.append(c & 0xFF)
-            if bad:
-                f[31] ^= 0x5A
+            f[0], f[1], f[2], f[3] = 0x42, 0x4D, 0, 28
+            vals = (int(pm25 * 0.7), pm25, int(pm25 * 1.4))
+            for i in range(13):
+                w = vals[i % 3] if i < 6 else (0x9700 if i == 12 else 0)
+                f[4 + 2 * i] = w >> 8
+                f[5 + 2 * i] = w & 0xFF
+            c = 0
+            for i in range(30):
+                c += f[i]
+            f[30] = c >> 8 & 0xFF
+            f[31] = (c & 0xFF) ^ (0x5A if bad else 0)
+            n = 32
         else:
             v25, v10 = pm25 * 10, int(pm25 * 14)
-            f = bytearray([0xAA, 0xC0, v25 & 0xFF, v25 >> 8, v10 & 0xFF, v10 >> 8, 0x12, 0x34])
-            f.append(sum(f[2:8]) & 0xFF)
-            f.append(0xAB)
-            if bad:
-                f[8] ^= 0x5A
+            f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7] = 0xAA, 0xC0, v25 & 0xFF, v25 >> 8, v10 & 0xFF, v10 >> 8, 0x12, 0x34
+            f[8] = ((f[2] + f[3] + f[4] + f[5] + f[6] + f[7]) & 0xFF) ^ (0x5A if bad else 0)
+            f[9] = 0xAB
+            n = 10
         if bad:
             self.corrupt += 1
             print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, k + 1))
-        return bytes(f)
+        return n
+
+    def _push(self, b: int) -> None:
+        if self.count < self.RXBUF:
+            self.rx[(self.head + self.count) % self.RXBUF] = b
+            self.count += 1
+        else:
+            self.overflow += 1
 
     def _gen(self) -> None:
         due = ticks_diff(ticks_ms(), self.t0) // 1000  # one frame a second
@@ -272,25 +308,27 @@ class _UART:
             self.frames = due
             return
         while self.frames < due:
-            f = self._frame(self.frames)
+            n = self._frame(self.frames)
             self.frames += 1
             if self.spec.get("noise"):
-                f = b"\x00\x42" + f  # line noise, and a false header byte
-            room = self.RXBUF - len(self.rx)
-            self.rx += f[:room]
-            self.overflow += max(0, len(f) - room)
+                self._push(0x00)  # line noise, and a false header byte
+                self._push(0x42)
+            for i in range(n):
+                self._push(self.f[i])
 
     def any(self) -> int:
         self._gen()
-        return len(self.rx)
+        return self.count
 
     def readinto(self, buf):
         self._gen()
-        n = min(len(buf), len(self.rx))
+        n = min(len(buf), self.count)
         if not n:
             return None
-        buf[:n] = self.rx[:n]
-        self.rx = self.rx[n:]
+        for i in range(n):
+            buf[i] = self.rx[(self.head + i) % self.RXBUF]
+        self.head = (self.head + n) % self.RXBUF
+        self.count -= n
         return n
 
     def write(self, data) -> int:

@@ -36,6 +36,8 @@ def measured(fn):
 gc.collect()
 buf = bytearray(app.BATCH_BYTES)
 cfg = config.load()
+del config
+sys.modules.pop("config", None)  # as app.main does: the boot check's code goes after boot
 node = app.Node(cfg, buf)
 while not (node.online and node.inflight is None and not node.staging and not node.status_due):
     node.step()
