@@ -273,7 +273,7 @@ class _UART:
         pm25 = s.get("corrupt_value", 999) if bad else s.get("pm25", 30) + k % 5  # a corrupt one carries a value that must never get out
         if s["type"] == "pms5003":
             f[0], f[1], f[2], f[3] = 0x42, 0x4D, 0, 28
-            vals = (int(pm25 * 0.7), pm25, int(pm25 * 1.4))
+            vals = (int(pm25 * 0.7), int(pm25 + 0.5), int(pm25 * 1.4))  # whole µg/m³, as the sensor reports
             for i in range(13):
                 w = vals[i % 3] if i < 6 else (0x9700 if i == 12 else 0)
                 f[4 + 2 * i] = w >> 8
@@ -285,7 +285,7 @@ class _UART:
             f[31] = (c & 0xFF) ^ (0x5A if bad else 0)
             n = 32
         else:
-            v25, v10 = pm25 * 10, int(pm25 * 14)
+            v25, v10 = int(pm25 * 10 + 0.5), int(pm25 * 14)
             f[0], f[1], f[2], f[3], f[4], f[5], f[6], f[7] = 0xAA, 0xC0, v25 & 0xFF, v25 >> 8, v10 & 0xFF, v10 >> 8, 0x12, 0x34
             f[8] = ((f[2] + f[3] + f[4] + f[5] + f[6] + f[7]) & 0xFF) ^ (0x5A if bad else 0)
             f[9] = 0xAB
