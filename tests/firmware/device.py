@@ -147,10 +147,18 @@ class Device:
         self.stop()
 
     # --- faults and observation ------------------------------------------------------------
-    def control(self, doc: dict[str, Any]) -> None:
+    def control(self, doc: dict[str, Any], timeout: float = 10.0) -> None:
+        """Inject faults; returns once a running device's fakes have taken them in."""
+        self._rev = getattr(self, "_rev", 0) + 1
         tmp = self.folder / "control.json.tmp"
-        tmp.write_text(json.dumps(doc))
+        tmp.write_text(json.dumps({**doc, "rev": self._rev}))
         tmp.replace(self.folder / "control.json")
+        ack = self.folder / "control.ack"
+        deadline = time.monotonic() + timeout
+        while self.running and time.monotonic() < deadline:
+            if ack.exists() and ack.read_text() == str(self._rev):
+                return
+            time.sleep(0.02)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
