@@ -7,6 +7,7 @@ disconnect).
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import multiprocessing as mp
 import signal
@@ -21,12 +22,16 @@ log = logging.getLogger("nakhon.ingest")
 
 def run_worker(settings: Settings, index: int = 0) -> None:
     setup_logging(settings.log_level)
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     worker = Worker(settings, index)
     worker.start()
-    stop.wait()
+    # Wake up now and then: a signal delivered to another thread does not
+    # interrupt a wait without timeout, and the handler would never run.
+    while not stop.wait(0.5):
+        pass
     worker.stop()
 
 

@@ -1,0 +1,280 @@
+"""`nakhon bench`: the ingest measured against the broker's and InfluxDB's own limits.
+
+Everything runs in one go on this machine, with servers the benchmark starts:
+  1. broker limit: Mosquitto draining a queue of N QoS 1 messages to one
+     minimal subscriber (mosquitto_sub, C), contract-shaped payloads;
+  2. database limit: InfluxDB taking line protocol in 5,000-point batches;
+  3. ingest: N messages queued for its persistent session, then the time for
+     the ingest (delivery guarantee on) to make them all durable, verified by
+     a count in InfluxDB;
+  4. latency: publish-to-queryable p50/p99 at half the ingest's rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+
+from contract import topics
+from contract.influx import Influx
+from contract.payload import encode_reading
+from contract.settings import load_settings
+from nakhon.procs import Service
+from nakhon.servers import InfluxDB, Mosquitto
+
+CITIES = ("phuket", "khon_kaen", "chiang_mai")
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+def _payload(i: int, t0: float) -> tuple[str, bytes]:
+    city = CITIES[i % 3]
+    dev = f"bench-{i % 1000:04d}"
+    ts = round(t0 + i * 0.001, 3)
+    m = {"pm25": 10 + i % 90 + 0.5, "pm10": 20.0 + i % 50, "temp_c": 30.1, "rh": 61.5}
+    return topics.topic(city, dev, "telemetry"), encode_reading(ts, i, m)
+
+
+def _publisher(port: int, start: int, stop: int, t0: float, rate: float | None, sent_at: object | None) -> None:
+    """One publishing process: messages [start, stop) at QoS 1, optionally paced."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{start}")
+    c.max_inflight_messages_set(1000)
+    c.max_queued_messages_set(0)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    infos = []
+    begin = time.monotonic()
+    for k, i in enumerate(range(start, stop)):
+        name, body = _payload(i, t0)
+        infos.append(c.publish(name, body, qos=1))
+        if rate and (ahead := k / rate - (time.monotonic() - begin)) > 0:
+            time.sleep(ahead)
+        if len(infos) >= 5000:
+            for info in infos:
+                info.wait_for_publish(60)
+            infos.clear()
+    for info in infos:
+        info.wait_for_publish(60)
+    c.disconnect()
+    c.loop_stop()
+
+
+def publish_bulk(port: int, n: int, t0: float, procs: int = 2, rate: float | None = None) -> float:
+    """Publish n messages from `procs` processes; returns seconds taken."""
+    ctx = mp.get_context("fork")
+    step = (n + procs - 1) // procs
+    ps = [ctx.Process(target=_publisher, args=(port, k * step, min(n, (k + 1) * step), t0, rate / procs if rate else None, None)) for k in range(procs)]
+    t = time.perf_counter()
+    for p in ps:
+        p.start()
+    for p in ps:
+        p.join()
+    return time.perf_counter() - t
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    note: str = ""
+
+
+def bench_broker(root: Path, n: int) -> Figure:
+    """Mosquitto's delivery rate from a queued session to one C subscriber at QoS 1."""
+    with Mosquitto(root / "broker-limit") as broker:
+        sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-c", "-i", "bench-sub", "-t", "nakhon/v1/+/+/telemetry"]
+        subprocess.run([*sub, "-W", "1"], capture_output=True)  # create the persistent session and subscription
+        publish_bulk(broker.port, n, time.time() - 3600)
+        t = time.perf_counter()
+        proc = subprocess.run([*sub, "-C", str(n)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=600)
+        secs = time.perf_counter() - t
+        if proc.returncode != 0:
+            raise RuntimeError(f"mosquitto_sub failed: {proc.stderr.decode()[-500:]}")
+    return Figure("broker -> 1 subscriber (mosquitto_sub, QoS 1)", n / secs, "msg/s", f"{n} queued messages in {secs:.2f}s")
+
+
+def bench_influx(root: Path, points: int, batch: int = 5000) -> Figure:
+    """InfluxDB's own write rate: line protocol in large batches, one client."""
+    with InfluxDB(root / "influx-limit") as server, Influx(server.url) as db:
+        db.ensure_schema()
+        t0 = int((time.time() - 86400) * 1000)
+        bodies = []
+        for start in range(0, points, batch):
+            lines = [
+                f"air,city={CITIES[i % 3]},device=bench-{i % 1000:04d} pm25={10 + i % 90 + 0.5},pm10={20.0 + i % 50},seq={i}i {t0 + i}"
+                for i in range(start, min(points, start + batch))
+            ]
+            bodies.append("\n".join(lines).encode())
+        t = time.perf_counter()
+        for body in bodies:
+            db.write(body)
+        secs = time.perf_counter() - t
+        stored = int(db.rows('SELECT count(pm25) FROM "raw"."air"')[0]["count"])
+    if stored != points:
+        raise RuntimeError(f"influx limit run stored {stored} of {points}")
+    return Figure(f"InfluxDB direct write ({batch}-point batches)", points / secs, "points/s", f"{points} points in {secs:.2f}s")
+
+
+def _count(db: Influx) -> int:
+    rows = db.rows('SELECT count(pm25) FROM "raw"."air"')
+    return int(rows[0]["count"]) if rows else 0
+
+
+def bench_ingest(root: Path, n: int, workers: int) -> tuple[Figure, Figure, float]:
+    """The ingest draining n queued messages durably; returns (rate, cpu) figures and readings/s."""
+    root = root / f"ingest-{workers}w"
+    shutil.rmtree(root, ignore_errors=True)
+    with Mosquitto(root / "broker") as broker, InfluxDB(root / "influxdb") as server, Influx(server.url) as db:
+        db.ensure_schema()
+        settings = load_settings(mqtt_port=broker.port, influx_url=server.url, data_dir=root / "data", ingest_workers=workers, log_level="WARNING")
+        svc = Service("ingest", ["ingest"], settings, root / "logs", log_level="INFO")
+        svc.start()  # first start: creates the persistent sessions and shared subscription
+        if not svc.wait_log('"msg":"connected"', 30):
+            raise RuntimeError("ingest did not connect")
+        time.sleep(1.0)
+        svc.stop()
+        _say(f"queueing {n} messages for the ingest's session")
+        publish_bulk(broker.port, n, time.time() - 3600)
+        svc.start()
+        t = time.perf_counter()
+        last_log = t
+        while (got := _count(db)) < n:
+            if time.perf_counter() - t > 600:
+                raise RuntimeError(f"ingest stored only {got} of {n} in 600s")
+            if time.perf_counter() - last_log > 5:
+                last_log = time.perf_counter()
+                _say(f"  {got}/{n} stored")
+            time.sleep(0.25)
+        secs = time.perf_counter() - t
+        cpu = _cpu_seconds(svc)
+        svc.stop()
+        time.sleep(0.5)
+        final = _count(db)
+        if final != n:
+            raise RuntimeError(f"ingest stored {final} readings, sent {n}")
+    rate = n / secs
+    return (
+        Figure(f"ingest, {workers} worker(s), durable (acks after write)", rate, "readings/s", f"{n} readings = {2 * n} points in {secs:.2f}s, count verified"),
+        Figure(f"ingest CPU per 100,000 readings ({workers} worker(s))", cpu / n * 100_000, "cpu-s", "user+sys of the ingest processes"),
+        rate,
+    )
+
+
+def _cpu_seconds(svc: Service) -> float:
+    """user+sys CPU of a service's process tree (from /proc)."""
+    if svc.proc is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [svc.proc.pid]
+    out = subprocess.run(["pgrep", "-g", str(svc.proc.pid)], capture_output=True, text=True).stdout.split()
+    pids = sorted({*pids, *map(int, out)})
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def bench_latency(root: Path, rate: float, seconds: float, workers: int) -> Figure:
+    """Publish-to-queryable latency at `rate` readings/s, from probe readings polled in InfluxDB."""
+    root = root / "latency"
+    shutil.rmtree(root, ignore_errors=True)
+    with Mosquitto(root / "broker") as broker, InfluxDB(root / "influxdb") as server, Influx(server.url) as db:
+        db.ensure_schema()
+        settings = load_settings(mqtt_port=broker.port, influx_url=server.url, data_dir=root / "data", ingest_workers=workers, log_level="WARNING")
+        svc = Service("ingest", ["ingest"], settings, root / "logs", log_level="INFO")
+        svc.start()
+        if not svc.wait_log('"msg":"connected"', 30):
+            raise RuntimeError("ingest did not connect")
+        time.sleep(1.0)
+        n = int(rate * seconds)
+        load = threading.Thread(target=publish_bulk, args=(broker.port, n, time.time() - 3600), kwargs={"procs": 2, "rate": rate * 0.98})
+        load.start()
+        # probe: one reading every 50 ms, stamped with its send time, polled until queryable
+        probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-probe")
+        probe.connect("127.0.0.1", broker.port)
+        probe.loop_start()
+        sent: dict[int, float] = {}
+        seen: dict[int, float] = {}
+        stop = threading.Event()
+
+        def poll() -> None:
+            while not stop.is_set() or len(seen) < len(sent):
+                for r in db.rows("SELECT seq FROM \"raw\".\"air\" WHERE device = 'probe-0001' AND time > now() - 1h"):
+                    seen.setdefault(int(r["seq"]), time.time())
+                if stop.is_set() and time.time() - stopped_at[0] > 30:
+                    return
+                time.sleep(0.02)
+
+        stopped_at = [0.0]
+        poller = threading.Thread(target=poll)
+        poller.start()
+        seq = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            seq += 1
+            now = time.time()
+            sent[seq] = now
+            probe.publish(topics.topic("phuket", "probe-0001", "telemetry"), encode_reading(round(now, 3), seq, {"pm25": 1.0}), qos=1)
+            time.sleep(0.05)
+        load.join()
+        stopped_at[0] = time.time()
+        stop.set()
+        poller.join()
+        probe.disconnect()
+        probe.loop_stop()
+        svc.stop()
+    lat = sorted(seen[s] - sent[s] for s in sent if s in seen)
+    if len(lat) < len(sent):
+        raise RuntimeError(f"latency probe: {len(sent) - len(lat)} of {len(sent)} probes never became queryable")
+    p50 = statistics.median(lat)
+    p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return Figure(f"publish-to-queryable at {rate:,.0f} readings/s", p50 * 1000, "ms p50", f"p99 {p99 * 1000:.0f} ms over {len(lat)} probes")
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    root = Path(args.root).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    n = args.messages
+    _say(f"broker limit: {n} queued QoS 1 messages to mosquitto_sub")
+    broker = bench_broker(root, n)
+    _say(f"database limit: {2 * n} points in 5,000-point batches")
+    influx = bench_influx(root, 2 * n)
+    _say(f"ingest with {args.workers} worker(s): {n} queued readings")
+    ingest_rate, ingest_cpu, rate = bench_ingest(root, n, args.workers)
+    _say("ingest with 1 worker")
+    one_rate, one_cpu, _ = bench_ingest(root, n, 1) if args.workers != 1 else (ingest_rate, ingest_cpu, rate)
+    _say(f"latency at half the sustained rate ({rate / 2:,.0f} readings/s)")
+    latency = bench_latency(root, rate / 2, 20.0, args.workers)
+    limit = min(broker.value, influx.value / 2)  # a reading is two points here (air + weather)
+    rows = [broker, influx, ingest_rate, one_rate, ingest_cpu, one_cpu, latency]
+    lines = ["| measure | value | unit | note |", "| --- | ---: | --- | --- |"]
+    lines += [f"| {f.name} | {f.value:,.0f} | {f.unit} | {f.note} |" for f in rows]
+    lines.append(f"| ingest / min(broker, InfluxDB) limit | {ingest_rate.value / limit:.2f} | ratio | limit = {limit:,.0f} readings/s |")
+    table = "\n".join(lines)
+    sys.stdout.write(table + "\n")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        cmd = f"nakhon bench --messages {n} --workers {args.workers}"
+        Path(args.report).write_text(f"# Ingest benchmark\n\nMeasured {when} with `{cmd}`.\n\n{table}\n")
+    return 0

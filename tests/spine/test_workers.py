@@ -1,0 +1,52 @@
+"""Scale-out and shutdown: N workers on the shared subscription; SIGTERM flushes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from contract.influx import Influx
+from contract.settings import Settings
+from tests.conftest import start_ingest
+from tests.helpers import count, wait_count, wait_until
+from tests.spine.publisher import Publisher
+from tests.spine.test_delivery import assert_exactly_once
+
+
+def test_two_workers_share_the_stream(settings: Settings, workdir: Path, influx: Influx) -> None:
+    svc = start_ingest(settings, workdir, workers=2)
+    try:
+        assert svc.wait_log('"worker":"nakhon-ingest-1"', 30)
+        pub = Publisher(settings.mqtt_port, per_city=10)
+        try:
+            pub.publish(200)
+            assert pub.settle() == 6000
+        finally:
+            pub.close()
+        assert wait_count(influx, "air", "pm25", 6000) == 6000
+        assert_exactly_once(influx, pub)
+        # both workers took a share: their own counters say so
+        wait_until(lambda: len(influx.rows('SELECT last(points_written) FROM "raw"."ingest_stats" GROUP BY worker')) == 2, 20, what="stats of both workers")
+        shares = [r["last"] for r in influx.rows('SELECT last(points_written) FROM "raw"."ingest_stats" GROUP BY worker')]
+        assert all(s > 0 for s in shares), shares
+    finally:
+        assert svc.stop() == 0
+
+
+def test_sigterm_flushes_and_acks_what_it_holds(workdir: Path, settings: Settings, influx: Influx) -> None:
+    # a long batch window: whatever is pending at SIGTERM must be flushed by the shutdown itself
+    slow = settings.model_copy(update={"ingest_batch_ms": 60_000, "ingest_batch_size": 100_000})
+    svc = start_ingest(slow, workdir)
+    pub = Publisher(settings.mqtt_port, per_city=2)
+    try:
+        t = threading.Thread(target=pub.publish, args=(300,), kwargs={"rate": 1000})
+        t.start()
+        t.join()
+        assert svc.wait_log('"received":1800', 15), "the ingest did not receive the whole stream"
+        assert count(influx, "air", "pm25") == 0  # nothing flushed yet: the window is a minute
+        assert svc.stop() == 0
+        assert count(influx, "air", "pm25") == 1800
+        assert pub.settle() == 1800
+    finally:
+        pub.close()
+    assert_exactly_once(influx, pub)

@@ -1,0 +1,103 @@
+"""The project's own promises: every command has --help, the code is ruff-clean,
+the compose file names what the code expects, imports run the way DESIGN.md says."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from contract.settings import Settings
+from nakhon.cli import build_parser
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _commands(parser: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    import argparse
+
+    out = [prefix]
+    for action in parser._actions:  # type: ignore[attr-defined]
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                out += _commands(sub, (*prefix, name))
+    return out
+
+
+@pytest.mark.parametrize("cmd", _commands(build_parser()), ids=lambda c: " ".join(c) or "nakhon")
+def test_every_command_has_help(cmd: tuple[str, ...]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "nakhon", *cmd, "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: nakhon" in proc.stdout
+
+
+def test_dev_script_has_help() -> None:
+    proc = subprocess.run(["bash", str(ROOT / "dev"), "--help"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0 and "./dev test" in proc.stdout
+
+
+def test_ruff_clean() -> None:
+    proc = subprocess.run([sys.executable, "-m", "ruff", "check", "."], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "./dev test" in ci
+    assert "./dev test" in (ROOT / "README.md").read_text()
+    assert "./dev up" in (ROOT / "README.md").read_text()
+
+
+def test_compose_matches_the_code() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"mosquitto", "influxdb", "ingest", "api", "simulator"} <= set(services)
+    assert services["influxdb"]["image"].startswith("influxdb:1.")  # the v1 API the code speaks
+    assert services["simulator"]["profiles"] == ["sim"]
+    fields = set(Settings.model_fields)
+    for name in ("ingest", "api", "simulator"):
+        svc = services[name]
+        assert svc["build"] == "."
+        env = svc["environment"]
+        for key in env:
+            assert key.startswith("NAKHON_") and key.removeprefix("NAKHON_").lower() in fields, key
+        assert env["NAKHON_MQTT_HOST"] == "mosquitto" and env["NAKHON_INFLUX_URL"] == "http://influxdb:8086"
+        assert env["NAKHON_INFLUX_DB"] == Settings().influx_db
+    assert "8080:8080" in services["api"]["ports"]
+    for name in ("mosquitto", "influxdb", "api"):
+        assert "healthcheck" in services[name]
+    broker_conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    for line in ("max_inflight_messages 0", "max_queued_messages 1000000", "persistence true"):
+        assert line in broker_conf
+
+
+# --- import direction (DESIGN.md) -------------------------------------------
+COMPONENTS = ("ingest", "api", "simulators", "dashboards")
+
+
+def _imports(folder: Path) -> set[tuple[Path, str]]:
+    out = set()
+    for path in folder.rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                out |= {(path, a.name.split(".")[0]) for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                out.add((path, node.module.split(".")[0]))
+    return out
+
+
+def test_contract_imports_no_component() -> None:
+    bad = [(str(p), m) for p, m in _imports(ROOT / "contract") if m in (*COMPONENTS, "nakhon")]
+    assert not bad
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+def test_components_do_not_import_each_other(component: str) -> None:
+    others = {*COMPONENTS, "nakhon"} - {component}
+    bad = [(str(p.relative_to(ROOT)), m) for p, m in _imports(ROOT / component) if m in others]
+    assert not bad
