@@ -53,6 +53,8 @@ class Stats:
                 snap[f"rejected_{reason}"] = n
             return snap
 
-    def line(self, ts_ms: int) -> str:
-        fields: dict[str, float | int | str | bool] = {k: (v if isinstance(v, int) else float(v)) for k, v in self.snapshot().items()}
+    def line(self, ts_ms: int, snap: dict[str, float | int] | None = None) -> str:
+        """The self-metrics point; pass the snapshot just logged (taking one empties the latency samples)."""
+        snap = self.snapshot() if snap is None else snap
+        fields: dict[str, float | int | str | bool] = {k: (v if isinstance(v, int) else float(v)) for k, v in snap.items()}
         return encode_point(storage.INGEST_MEASUREMENT, {"worker": self.worker}, fields, ts_ms)

@@ -1,4 +1,4 @@
-"""One ingest worker: a persistent MQTT 5 session on the shared subscription.
+"""One ingest worker: a persistent MQTT 5 session (shared subscription when there are several).
 
 The paho network thread only parses and queues; the flusher thread makes
 each batch durable (InfluxDB, else spool; rejects to the dead letters) and
@@ -105,13 +105,16 @@ class Worker:
             log.error("broker refused connection", extra=kv(reason=str(rc)))
             return
         group = self.settings.ingest_share_group
-        client.subscribe(
-            [
-                (f"$share/{group}/{topics.TELEMETRY_FILTER}", topics.QOS),
-                (f"$share/{group}/{topics.STATUS_FILTER}", topics.QOS),
-                (BROKER_DROPPED_TOPIC, 0),
-            ]
-        )
+        shared = [f"$share/{group}/{topics.TELEMETRY_FILTER}", f"$share/{group}/{topics.STATUS_FILTER}"]
+        plain = [topics.TELEMETRY_FILTER, topics.STATUS_FILTER]
+        # Mosquitto 2.0 does not restore $share subscriptions from its persistence
+        # file: after a broker restart, messages published before we resubscribe
+        # would have no subscriber. A single worker therefore uses plain filters,
+        # which the persistent session keeps across restarts. The other form is
+        # dropped so a change of worker count never delivers a message twice.
+        use, drop = (shared, plain) if self.settings.ingest_workers > 1 else (plain, shared)
+        client.unsubscribe(drop)
+        client.subscribe([(f, topics.QOS) for f in use] + [(BROKER_DROPPED_TOPIC, 0)])
         log.info("connected", extra=kv(worker=self.name, session_present=flags.session_present))
         self.connected.set()
 
@@ -206,7 +209,7 @@ class Worker:
         snap = self.stats.snapshot()
         log.info("stats", extra=kv(worker=self.name, **snap))
         with contextlib.suppress(InfluxError):  # self-metrics are best effort; the data path has its own spool
-            self.influx.write([self.stats.line(int(time.time() * 1000))])
+            self.influx.write([self.stats.line(int(time.time() * 1000), snap)])
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> None:

@@ -10,7 +10,7 @@ from contract.influx import Influx
 from contract.settings import Settings
 from ingest.deadletter import read_all
 from nakhon.procs import Service
-from nakhon.servers import InfluxDB
+from nakhon.servers import InfluxDB, Mosquitto
 from tests.conftest import start_ingest
 from tests.helpers import count, wait_count, wait_until
 from tests.spine.publisher import Publisher
@@ -88,4 +88,23 @@ def test_influxdb_down_30s_spools_then_replays(settings: Settings, workdir: Path
         assert_exactly_once(influx, pub)
     finally:
         pub.close()
+        svc.stop()
+
+
+def test_broker_restart_while_ingest_is_away_loses_nothing(settings: Settings, workdir: Path, broker: Mosquitto, influx: Influx) -> None:
+    svc = start_ingest(settings, workdir)
+    svc.stop()  # the ingest's persistent session and subscription stay with the broker
+    broker.stop()
+    broker.start()  # a clean restart restores sessions from the persistence file
+    pub = Publisher(settings.mqtt_port, per_city=2)
+    try:
+        pub.publish(100)
+        assert pub.settle() == 600
+    finally:
+        pub.close()
+    svc = start_ingest(settings, workdir, name="ingest-2")
+    try:
+        assert wait_count(influx, "air", "pm25", 600, timeout=30) == 600
+        assert_exactly_once(influx, pub)
+    finally:
         svc.stop()
