@@ -30,6 +30,10 @@ class TopicError(ValueError):
     """A topic outside the contract."""
 
 
+class TopicIdError(TopicError):
+    """A contract topic whose city or device id is not acceptable."""
+
+
 @dataclass(frozen=True, slots=True)
 class Topic:
     city: str
@@ -63,11 +67,11 @@ def parse_topic(name: str, known_cities: object = None) -> Topic:
         raise TopicError(f"not a nakhon/v1 topic: {name[:200]!r}")
     city, device, channel = parts[2], parts[3], parts[4]
     if _CITY_RE.fullmatch(city) is None:
-        raise TopicError(f"bad city slug {city[:64]!r}")
+        raise TopicIdError(f"bad city slug {city[:64]!r}")
     if known_cities is not None and city not in known_cities:  # type: ignore[operator]
-        raise TopicError(f"unknown city {city!r}")
+        raise TopicIdError(f"unknown city {city!r}")
     if not is_device_id(device):
-        raise TopicError(f"bad device id {device[:64]!r}")
+        raise TopicIdError(f"bad device id {device[:64]!r}")
     if channel not in CHANNELS:
         raise TopicError(f"bad channel {channel[:32]!r}")
     return Topic(city, device, channel)

@@ -9,7 +9,7 @@ from contract import storage
 from contract.lineprotocol import encode_point, encode_reading
 from contract.payload import Reason, Rejection, Window, parse_telemetry
 from contract.status import StatusError, parse_status
-from contract.topics import Topic, TopicError, parse_topic
+from contract.topics import Topic, TopicError, TopicIdError, parse_topic
 from ingest import deadletter
 
 _TOPIC_CACHE_MAX = 200_000
@@ -52,7 +52,7 @@ class Pipeline:
         out = Outcome()
         t = self.topic(topic_name)
         if isinstance(t, TopicError):
-            out.rejections = [Rejection(Reason.BAD_ID, str(t))]
+            out.rejections = [_topic_rejection(t)]
         elif not payload:
             return out  # a cleared retained status: nothing to record
         else:
@@ -71,8 +71,7 @@ class Pipeline:
         out = Outcome()
         t = self.topic(topic_name)
         if isinstance(t, TopicError):
-            reason = Reason.BAD_ID if "device id" in str(t) or "city" in str(t) else Reason.BAD_TOPIC
-            out.rejections = [Rejection(reason, str(t))]
+            out.rejections = [_topic_rejection(t)]
         elif t.channel != "telemetry":
             out.rejections = [Rejection(Reason.BAD_TOPIC, f"not a telemetry topic: {t.channel}")]
         else:
@@ -84,3 +83,7 @@ class Pipeline:
         if out.rejections:
             out.dead = deadletter.record(topic_name, payload, out.rejections, now)
         return out
+
+
+def _topic_rejection(err: TopicError) -> Rejection:
+    return Rejection(Reason.BAD_ID if isinstance(err, TopicIdError) else Reason.BAD_TOPIC, str(err))

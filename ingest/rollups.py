@@ -64,9 +64,7 @@ class Rollups:
                 newest[head] = (ts, line[head_end + 1 : tail])
         with self._lock:
             self._hours |= hours
-            for head, (ts, fields) in newest.items():
-                if ts > self._pending_latest.get(head, (-1, ""))[0]:
-                    self._pending_latest[head] = (ts, fields)
+            _keep_newer(self._pending_latest, newest)
 
     # --- background -------------------------------------------------------------
     def start(self, database: str) -> None:
@@ -145,9 +143,7 @@ class Rollups:
             except InfluxError as exc:
                 log.warning("could not re-read latest values; will retry", extra=kv(error=str(exc)[:200]))
                 with self._lock:
-                    for head, item in pending.items():
-                        if item[0] > self._pending_latest.get(head, (-1, ""))[0]:
-                            self._pending_latest[head] = item
+                    _keep_newer(self._pending_latest, pending)
                 return
         lines = []
         for head, (ts, fields) in pending.items():
@@ -160,9 +156,7 @@ class Rollups:
         except InfluxError as exc:
             log.warning("latest values not written; will retry", extra=kv(error=str(exc)[:200]))
             with self._lock:
-                for head, item in pending.items():
-                    if item[0] > self._pending_latest.get(head, (-1, ""))[0]:
-                        self._pending_latest[head] = item
+                _keep_newer(self._pending_latest, pending)
             return
         for head, (ts, _) in pending.items():
             self._newest[head] = max(ts, self._newest.get(head, -1))
@@ -197,3 +191,10 @@ class Rollups:
         lines = rollups.aqi_points(series, first, last_aqi)
         for i in range(0, len(lines), 5000):
             self.influx.write(lines[i : i + 5000], rp=storage.RP_HOURLY)
+
+
+def _keep_newer(into: dict[str, tuple[int, str]], items: dict[str, tuple[int, str]]) -> None:
+    """Merge (ts, fields) per series into `into`, keeping the newer reading of each."""
+    for head, item in items.items():
+        if item[0] > into.get(head, (-1, ""))[0]:
+            into[head] = item

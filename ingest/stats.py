@@ -53,8 +53,7 @@ class Stats:
                 snap[f"rejected_{reason}"] = n
             return snap
 
-    def line(self, ts_ms: int, snap: dict[str, float | int] | None = None) -> str:
-        """The self-metrics point; pass the snapshot just logged (taking one empties the latency samples)."""
-        snap = self.snapshot() if snap is None else snap
+    def line(self, ts_ms: int, snap: dict[str, float | int]) -> str:
+        """The self-metrics point of a snapshot (taking a snapshot empties the latency samples)."""
         fields: dict[str, float | int | str | bool] = {k: (v if isinstance(v, int) else float(v)) for k, v in snap.items()}
         return encode_point(storage.INGEST_MEASUREMENT, {"worker": self.worker}, fields, ts_ms)

@@ -18,26 +18,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from contract.boards import SENSORS as BOARD_SENSORS
+
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 FAKES = ROOT / "tests" / "firmware" / "fakes"
 MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
 HEAPSIZE = 110_000
-
-# Pin maps of the pilot boards (ESP32 DevKitC), one per device kind.
-PRESETS: dict[str, list[dict[str, Any]]] = {
-    "air": [
-        {"name": "pm", "type": "pms5003", "uart": 2, "rx": 16, "tx": 17},
-        {"name": "th", "type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44},
-    ],
-    "weather": [
-        {"name": "thp", "type": "bme280", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x76},
-        {"name": "rain", "type": "rain", "pin": 27, "mm_per_tip": 0.2794, "debounce_ms": 50},
-    ],
-    "water": [{"name": "level", "type": "ultrasonic", "trig": 5, "echo": 18, "mount_cm": 400}],
-    "noise": [{"name": "mic", "type": "sound", "adc": 34, "cal_db": 28.0}],
-}
-
 
 class FirmwareError(RuntimeError):
     """A tool step that cannot go on; str() says what to do."""
@@ -104,9 +91,9 @@ def make_config(
     sensors: list[dict[str, Any]] | None = None, battery_adc: int | None = 35, deep_sleep: bool = False,
 ) -> dict[str, Any]:
     if sensors is None:
-        if kind not in PRESETS:
+        if kind not in BOARD_SENSORS:
             raise FirmwareError(f"no sensor preset for kind {kind!r}: give --sensor entries")
-        sensors = [dict(s) for s in PRESETS[kind]]
+        sensors = [dict(s) for s in BOARD_SENSORS[kind]]
     return {
         "device_id": device_id, "city": city, "kind": kind, "lat": lat, "lon": lon,
         "wifi": {"ssid": wifi_ssid, "password": wifi_password},

@@ -36,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.boards import MM_PER_TIP, SENSORS
 from contract.logs import kv
 from simulators.devices import SimDevice
 from simulators.faults import Fault
@@ -48,24 +49,10 @@ HEAPSIZE = 110_000  # what a plain ESP32 without PSRAM leaves to MicroPython
 KINDS = ("air", "weather", "water", "noise")
 FAULTS = ("offline", "hang", "stuck", "spike")
 READING_RE = re.compile(r"reading seq=(\d+) ts=(\d+\.\d+)")
-MM_PER_TIP = 0.2794
 SHIM = Path(__file__).resolve().parent / "mpy" / "fakehw.py"
-
-# Pin maps of the pilot boards, one per kind (the same as `nakhon firmware config` writes).
-SENSORS: dict[str, list[dict[str, Any]]] = {
-    "air": [
-        {"name": "pm", "type": "pms5003", "uart": 2, "rx": 16, "tx": 17},
-        {"name": "th", "type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44},
-    ],
-    "weather": [
-        {"name": "thp", "type": "bme280", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x76},
-        {"name": "rain", "type": "rain", "pin": 27, "mm_per_tip": MM_PER_TIP, "debounce_ms": 50},
-    ],
-    "water": [{"name": "level", "type": "ultrasonic", "trig": 5, "echo": 18, "mount_cm": 400}],
-    "noise": [{"name": "mic", "type": "sound", "adc": 34, "cal_db": 28.0}],
-}
 BATTERY = {"adc": 35, "divider": 2.0}
 SPIKE_DEFAULT = {"air": "pm25", "water": "distance_cm", "noise": "laeq_db"}  # feed keys
+
 
 
 @dataclass(frozen=True)
