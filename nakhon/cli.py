@@ -207,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     api_parsers(sub)
 
+    from nakhon.verify.cli import add_parser as verify_parser
+
+    verify_parser(sub)
+
     bench = sub.add_parser("bench", help="measure the ingest against the broker's and InfluxDB's own limits")
     bench.add_argument("--messages", type=int, default=200_000, help="messages per measurement (default 200000)")
     bench.add_argument("--workers", type=int, default=2, help="ingest worker processes (default 2)")
