@@ -1,0 +1,279 @@
+"""What the input and security scenarios share: a freshly started stack, an MQTT device, probes.
+
+`Stack` starts a broker (open, or secured with the dynamic-security plugin
+and a TLS listener), InfluxDB and a real `nakhon ingest` process under one
+folder. `MqttDevice` behaves like a device: MQTT 5, PUBACK reason codes kept.
+The probes read what came out: the ingest's stats log line, its memory, the
+dead-letter store.
+"""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+import paho.mqtt.client as mqtt
+
+from api.broker import DynSec, mosquitto_config, new_password, write_bootstrap
+from contract.influx import Influx
+from contract.settings import Settings, load_settings
+from ingest.deadletter import read_all
+from nakhon.procs import Service
+from nakhon.servers import InfluxDB, Mosquitto, free_port
+
+T = TypeVar("T")
+
+
+def say(msg: str) -> None:
+    """Progress on stderr (long scenarios)."""
+    sys.stderr.write(f"[verify {time.strftime('%H:%M:%S')}]   {msg}\n")
+    sys.stderr.flush()
+
+
+def wait_for(fn: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
+    """Poll `fn` until truthy or `timeout`; returns the last value either way (the caller judges)."""
+    deadline = time.monotonic() + timeout
+    last = fn()
+    while not last and time.monotonic() < deadline:
+        time.sleep(interval)
+        last = fn()
+    return last
+
+
+def make_certs(folder: Path, cn: str = "localhost") -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for `cn` signed by it: (ca, cert, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+
+    def sh(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", f"/CN=nakhon-{folder.name}-ca")
+    sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+    ext = folder / "ext.cnf"
+    ext.write_text(f"subjectAltName=DNS:{cn}\n")
+    sh("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2",
+       "-extfile", str(ext))
+    return ca, cert, key
+
+
+class Stack:
+    """Broker + InfluxDB + ingest, fresh, under `root`. `secure` adds dynsec (no anonymous) and a TLS listener."""
+
+    def __init__(self, root: Path, *, secure: bool = False, ingest: bool = True, **overrides: Any) -> None:
+        self.root = Path(root).resolve()
+        self.secure = secure
+        self.admin = ("nakhon-admin", secrets.token_urlsafe(16))
+        self.ingest_account = ("nakhon-ingest", secrets.token_urlsafe(16))
+        self.tls_port: int | None = None
+        self.ca: Path | None = None
+        if secure:
+            dynsec = self.root / "mosquitto" / "dynamic-security.json"
+            write_bootstrap(dynsec, self.admin, self.ingest_account)
+            self.ca, cert, key = make_certs(self.root / "certs")
+            self.tls_port = free_port()
+            self.broker = Mosquitto(self.root / "mosquitto", allow_anonymous=False, tls_port=self.tls_port, tls_files=(self.ca, cert, key),
+                                    extra=mosquitto_config(dynsec))
+        else:
+            self.broker = Mosquitto(self.root / "mosquitto")
+        self.influxdb = InfluxDB(self.root / "influxdb")
+        self._want_ingest = ingest
+        self._overrides = overrides
+        self.settings: Settings | None = None
+        self.ingest: Service | None = None
+        self.influx: Influx | None = None
+
+    def start(self) -> Stack:
+        self.broker.start()
+        self.influxdb.start()
+        creds: dict[str, Any] = {}
+        if self.secure:
+            creds = {"mqtt_username": self.ingest_account[0], "mqtt_password": self.ingest_account[1],
+                     "broker_admin_username": self.admin[0], "broker_admin_password": self.admin[1]}
+        self.settings = load_settings(mqtt_port=self.broker.port, influx_url=self.influxdb.url, data_dir=self.root / "data",
+                                      ingest_stats_interval_s=1.0, ingest_batch_ms=50, **creds, **self._overrides)
+        self.influx = Influx(self.influxdb.url)
+        self.influx.ensure_schema(self.settings.raw_retention, self.settings.hourly_retention)
+        if self._want_ingest:
+            self.ingest = Service("ingest", ["ingest"], self.settings, self.root / "logs")
+            self.ingest.start()
+            if not self.ingest.wait_log('"msg":"connected"', 30):
+                raise RuntimeError(f"ingest did not connect:\n{self.ingest.log_path.read_text()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.ingest is not None:
+            self.ingest.stop()
+        if self.influx is not None:
+            self.influx.close()
+        self.influxdb.stop()
+        self.broker.stop()
+
+    def __enter__(self) -> Stack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- what came out ------------------------------------------------------
+    @property
+    def db(self) -> Influx:
+        assert self.influx is not None
+        return self.influx
+
+    @property
+    def cfg(self) -> Settings:
+        assert self.settings is not None
+        return self.settings
+
+    def dead_letters(self) -> list[dict[str, Any]]:
+        return list(read_all(self.cfg.data_dir / "deadletter"))
+
+    def stats(self) -> dict[str, Any]:
+        """The ingest's latest `stats` log line (it logs one every second here)."""
+        assert self.ingest is not None
+        last: dict[str, Any] = {}
+        if self.ingest.log_path.exists():
+            for raw in self.ingest.log_path.read_bytes().splitlines():
+                if b'"msg":"stats"' in raw:
+                    last = orjson.loads(raw)
+        return last
+
+    def settled(self, received: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait until the ingest has received `received` messages and flushed them (two equal stats lines in a row)."""
+        deadline = time.monotonic() + timeout
+        prev: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            cur = self.stats()
+            if cur.get("received", 0) >= received and prev and {k: v for k, v in cur.items() if k.startswith(("rec", "rej", "readings", "points"))} == \
+                    {k: v for k, v in prev.items() if k.startswith(("rec", "rej", "readings", "points"))} and cur.get("ts") != prev.get("ts"):
+                return cur
+            if cur.get("ts") != prev.get("ts"):
+                prev = cur
+            time.sleep(0.3)
+        return self.stats()
+
+    def dynsec(self) -> DynSec:
+        return DynSec("127.0.0.1", self.broker.port, *self.admin)
+
+    def provision(self, city: str, device: str) -> str:
+        """A device account in the secured broker (as the API does it); returns its password."""
+        password = new_password()
+        self.dynsec().create_device(city, device, password)
+        return password
+
+
+def mem_kb(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak) of a process, in kB."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(rest.split()[0])
+    return out
+
+
+class MqttDevice:
+    """A device as firmware would be: MQTT 5 (or 3.1.1), PUBACK and SUBACK reason codes kept, CONNACK awaited.
+
+    `tls_ca` turns on TLS with verification against that CA file."""
+
+    def __init__(self, port: int, client_id: str, username: str | None = None, password: str | None = None, *,
+                 protocol: int = mqtt.MQTTv5, tls_ca: Path | None = None, connect: bool = True) -> None:
+        self.connack = threading.Event()
+        self.reason = ""
+        self.acks: dict[int, str] = {}
+        self.subacks: dict[int, list[str]] = {}
+        self.disconnected = threading.Event()
+        self.disconnect_reason = ""
+        self.error = ""
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=protocol)
+        if username is not None:
+            self.client.username_pw_set(username, password)
+        self.host = "127.0.0.1"
+        if tls_ca is not None:
+            self.client.tls_set(ca_certs=str(tls_ca))
+            self.host = "localhost"  # the name in the broker's certificate
+        self.client.max_inflight_messages_set(1000)
+        self.client.max_queued_messages_set(0)
+        self.client.on_connect = self._on_connect
+        self.client.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, str(rc))
+        self.client.on_disconnect = self._on_disconnect
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.subacks.__setitem__(mid, [str(x) for x in codes])
+        self.port = port
+        if connect:
+            self.start()
+
+    def start(self) -> None:
+        try:
+            self.client.connect(self.host, self.port, keepalive=30)
+        except Exception as exc:  # TLS handshake failures surface here: the connection never happened
+            self.error = f"{type(exc).__name__}: {exc}"[:200]
+            self.connack.set()
+            return
+        self.client.loop_start()
+
+    def _on_connect(self, c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:
+        self.reason = str(rc)
+        self.connack.set()
+
+    def _on_disconnect(self, c: mqtt.Client, u: object, f: object, rc: mqtt.ReasonCode, p: object) -> None:
+        self.disconnect_reason = str(rc)
+        self.disconnected.set()
+
+    def accepted(self, timeout: float = 10.0) -> bool:
+        """True only on a CONNACK with Success; no CONNACK (refused handshake, closed socket) is False."""
+        self.connack.wait(timeout)
+        return not self.error and self.reason == "Success"
+
+    def publish(self, topic: str, payload: bytes, timeout: float = 10.0) -> str:
+        """The PUBACK's reason ("Success", "No matching subscribers", "Not authorized", ...) or "no puback"."""
+        info = self.client.publish(topic, payload, qos=1)
+        wait_for(lambda: info.mid in self.acks or self.disconnected.is_set(), timeout, 0.02)
+        return self.acks.get(info.mid, "no puback")
+
+    def subscribe(self, topic: str, timeout: float = 10.0) -> list[str]:
+        _, mid = self.client.subscribe(topic, 1)
+        wait_for(lambda: mid in self.subacks, timeout, 0.02)
+        return self.subacks.get(mid, ["no suback"])
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class Publisher:
+    """One anonymous client publishing many messages at QoS 1, counting PUBACKs."""
+
+    def __init__(self, port: int, client_id: str = "verify-pub") -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+        self.client.max_inflight_messages_set(500)
+        self.client.max_queued_messages_set(0)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.infos: list[mqtt.MQTTMessageInfo] = []
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.infos.append(self.client.publish(topic, payload, qos=1))
+
+    def settle(self, timeout: float = 120.0) -> int:
+        """Wait for every PUBACK; returns how many the broker acknowledged."""
+        deadline = time.monotonic() + timeout
+        for info in self.infos:
+            info.wait_for_publish(max(0.1, deadline - time.monotonic()))
+        return sum(i.is_published() for i in self.infos)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

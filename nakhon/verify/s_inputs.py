@@ -1,0 +1,242 @@
+"""Scenarios 7-10: bad input through the real broker into the real ingest.
+
+7 fuzzed payloads, 8 ids and names that would forge line protocol, 9 timestamps
+outside the window, 10 payload sizes up to and past the broker's limit. Each
+starts its own broker, InfluxDB and `nakhon ingest` (nakhon.verify.rig.Stack).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+
+from contract.catalogue import FW_PATTERN, MEASUREMENTS, METRICS
+from contract.payload import MAX_BATCH, MAX_SEQ
+from nakhon.verify.report import Row, Size
+from nakhon.verify.rig import Publisher, Stack, say, wait_for
+from nakhon.verify.scenarios import register
+
+TS = "__TS__"  # placeholder for a fresh, unique, in-window timestamp, filled in when a case is rendered
+_NUMERIC = [m for m in METRICS.values() if m.kind != "string"]
+_FW_RE = re.compile(FW_PATTERN)
+
+
+# --- scenario 7: fuzzed payloads ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Case:
+    """One fuzzed message: a JSON-able document (or raw bytes), how to spoil it, what the ingest must do."""
+
+    kind: str
+    doc: Any = None  # rendered with json.dumps (NaN/Infinity literals, big integers kept as text)
+    raw: bytes | None = None  # sent as is instead of `doc`
+    literal: str = ""  # text-level corruption: replace the first TS with this literal (NaN, Infinity, 1e999, ...)
+    cut: int = 0  # text-level corruption: keep only this many bytes (0 = all)
+    good: int = 0  # readings the ingest must store
+    refused: bool = True  # the message must end in the dead-letter store
+
+
+def _metric_value(name: str) -> st.SearchStrategy[Any]:
+    m = METRICS[name]
+    if m.kind == "string":
+        return st.from_regex(_FW_RE, fullmatch=True)
+    return st.one_of(st.floats(m.lo, m.hi), st.integers(math.ceil(m.lo), math.floor(m.hi)))
+
+
+_good_m = st.dictionaries(st.sampled_from(list(METRICS)), st.none(), min_size=1, max_size=6).flatmap(
+    lambda keys: st.fixed_dictionaries({k: _metric_value(k) for k in keys}))
+_good_reading = st.builds(lambda seq, m: {"ts": TS, "seq": seq, "m": m}, st.integers(0, MAX_SEQ), _good_m)
+
+_anything = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=10), inner, max_size=5),
+    max_leaves=20,
+)
+
+
+def _outside(lo: float, hi: float) -> st.SearchStrategy[Any]:
+    """Numbers (huge, tiny, negative, non-finite) that are not in lo..hi, or no number at all."""
+    numbers = st.one_of(st.floats(), st.integers(-(1 << 80), 1 << 80), st.sampled_from([-1e-300, 5e-324, 1e308, -1e308, 2 ** 64]))
+    return st.one_of(
+        numbers.filter(lambda x: not (type(x) in (int, float) and math.isfinite(x) and lo <= x <= hi)),
+        st.text(max_size=10), st.booleans(), st.none(), st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    )
+
+
+@st.composite
+def _bad_reading(draw: st.DrawFn) -> dict[str, Any]:
+    """A good reading with exactly one thing wrong."""
+    r = dict(draw(_good_reading))
+    now = time.time()
+    what = draw(st.sampled_from(["ts", "seq", "m_type", "m_empty", "metric", "value", "fw", "extra", "missing"]))
+    if what == "ts":  # far outside the window, or not a number
+        r["ts"] = draw(_outside(now - 40 * 86400, now + 3600))
+    elif what == "seq":
+        r["seq"] = draw(st.one_of(st.integers(max_value=-1), st.integers(min_value=MAX_SEQ + 1), st.floats(), st.text(max_size=5),
+                                  st.booleans(), st.none()))
+    elif what == "m_type":
+        r["m"] = draw(st.one_of(st.lists(st.integers(), max_size=3), st.text(max_size=5), st.none(), st.integers()))
+    elif what == "m_empty":
+        r["m"] = {}
+    elif what == "metric":
+        r["m"] = {**r["m"], draw(st.text(min_size=0, max_size=20).filter(lambda s: s not in METRICS)): 1.0}
+    elif what == "value":
+        m = draw(st.sampled_from(_NUMERIC))
+        r["m"] = {**r["m"], m.name: draw(_outside(m.lo, m.hi))}
+    elif what == "fw":
+        r["m"] = {**r["m"], "fw": draw(st.one_of(st.text(max_size=40).filter(lambda s: not _FW_RE.fullmatch(s)), st.integers(), st.none()))}
+    elif what == "extra":
+        r[draw(st.text(max_size=8).filter(lambda s: s not in ("ts", "seq", "m", "v")))] = draw(_anything)
+    else:
+        del r[draw(st.sampled_from(["ts", "seq", "m"]))]
+    return r
+
+
+def _non_finite(x: Any) -> bool:
+    """NaN or infinity anywhere: JSON has no such number, so the whole message is bad JSON, not one reading."""
+    if type(x) is float:
+        return not math.isfinite(x)
+    if isinstance(x, dict):
+        return any(_non_finite(v) for v in x.values())
+    if isinstance(x, list):
+        return any(_non_finite(v) for v in x)
+    return False
+
+
+def _single(r: dict[str, Any]) -> dict[str, Any]:
+    return {"v": 1, **r}
+
+
+_cases = st.one_of(
+    _good_reading.map(lambda r: Case("valid", _single(r), good=1, refused=False)),
+    st.lists(_good_reading, min_size=1, max_size=5).map(lambda rs: Case("valid_batch", {"v": 1, "batch": rs}, good=len(rs), refused=False)),
+    st.tuples(st.lists(_good_reading, min_size=1, max_size=5), _bad_reading(), st.integers(0, 5)).map(
+        lambda t: Case("batch_one_bad", {"v": 1, "batch": [*t[0][: t[2]], t[1], *t[0][t[2]:]]}, good=0 if _non_finite(t[1]) else len(t[0]))),
+    _bad_reading().map(lambda r: Case("bad_reading", _single(r))),
+    st.tuples(_good_reading, st.sampled_from(["NaN", "Infinity", "-Infinity", "1e999", "-1e400", "nan", "0x10", "01", "+1", ".5"])).map(
+        lambda t: Case("non_finite_literal", _single(t[0]), literal=t[1])),
+    st.tuples(_good_reading, st.integers(1, 60)).map(lambda t: Case("truncated", _single(t[0]), cut=t[1])),
+    st.sampled_from(["", "1", 2, 1.0, True, "one", None]).map(lambda v: Case("bad_version", {"v": v, "ts": TS, "seq": 1, "m": {"pm25": 1}})),
+    st.binary(max_size=2000).map(lambda b: Case("binary", raw=b)),
+    st.text(max_size=200).map(lambda s: Case("text", raw=s.encode("utf-8", "surrogatepass"))),
+    _anything.filter(lambda d: not (isinstance(d, dict) and "v" in d)).map(lambda d: Case("random_json", d)),
+    st.just(Case("empty", raw=b"")),
+    st.tuples(st.integers(10, 50_000), st.sampled_from(["[", '{"a":'])).map(lambda t: Case("deep_nesting", raw=(t[1] * t[0]).encode())),
+    st.integers(1100, 100_000).map(lambda n: Case("deep_in_value", raw=b'{"v":1,"ts":1,"seq":1,"m":{"pm25":' + b"[" * n + b"]" * n + b"}}")),
+    st.integers(MAX_BATCH + 1, 3000).map(lambda n: Case("huge_batch", {"v": 1, "batch": [{"ts": TS, "seq": i, "m": {"pm25": 1}} for i in range(n)]})),
+    st.integers(10, 60_000).map(lambda n: Case("huge_array_value", {"v": 1, "ts": TS, "seq": 1, "m": {"pm25": [0] * n}})),
+)
+
+
+def fuzz_cases(n: int) -> list[Case]:
+    """`n` cases from hypothesis, derandomized so a run is reproducible."""
+    out: list[Case] = []
+
+    @given(case=_cases)
+    @settings(max_examples=n, database=None, derandomize=True, deadline=None, phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    def collect(case: Case) -> None:
+        out.append(case)
+
+    collect()
+    return out
+
+
+class _Clock:
+    """Unique in-window timestamps for the readings that must be stored (so none overwrites another)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.time() - 120
+        self.i = 0
+
+    def next(self) -> str:
+        self.i += 1
+        return repr(round(self.t0 - self.i + (self.i % 1000) / 1000, 3))
+
+
+def render(case: Case, clock: _Clock) -> bytes:
+    if case.raw is not None:
+        return case.raw
+    text = json.dumps(case.doc, separators=(",", ":"), allow_nan=True)
+    if case.literal:
+        text = text.replace(f'"{TS}"', case.literal, 1)
+    parts = text.split(f'"{TS}"')
+    text = parts[0] + "".join(clock.next() + p for p in parts[1:])
+    data = text.encode("utf-8", "surrogatepass")
+    return data[: min(case.cut, len(data) - 1)] if case.cut else data
+
+
+def _payload(rec: dict[str, Any]) -> bytes:
+    return base64.b64decode(rec["payload_b64"]) if "payload_b64" in rec else str(rec.get("payload", "")).encode("utf-8", "surrogatepass")
+
+
+def _stored_times(stack: Stack, device: str) -> set[int]:
+    """Distinct timestamps (ms) of the device's points across the data measurements: one per stored reading."""
+    times: set[int] = set()
+    for meas in MEASUREMENTS:
+        for s in stack.db.series(f'SELECT "seq" FROM "raw"."{meas}" WHERE "device" = $d', {"d": device}):
+            times.update(int(v[0]) for v in s.get("values", []))
+    return times
+
+
+@register(7, "fuzzed payloads (hypothesis) into the real broker and ingest")
+def fuzzed_payloads(root: Path, size: Size) -> Row:
+    n = 500 if size == "quick" else 10_000
+    row = Row(7, "fuzzed payloads", unit="messages")
+    say(f"generating {n:,} cases with hypothesis")
+    cases = fuzz_cases(n)
+    device, topic = "fz-phuket-01", "nakhon/v1/phuket/fz-phuket-01/telemetry"
+    with Stack(root) as stack:
+        assert stack.ingest is not None and stack.ingest.proc is not None
+        pid = stack.ingest.proc.pid
+        clock = _Clock()
+        payloads = [render(c, clock) for c in cases]
+        say(f"publishing {len(payloads):,} messages ({sum(map(len, payloads)) / 1e6:.1f} MB)")
+        pub = Publisher(stack.broker.port)
+        for p in payloads:
+            pub.publish(topic, p)
+        acked = pub.settle()
+        pub.close()
+        want_dead = Counter(p for c, p in zip(cases, payloads, strict=True) if c.refused)
+        want_stored = sum(c.good for c in cases)
+        say(f"{acked:,} acknowledged by the broker; waiting for {sum(want_dead.values()):,} dead letters and {want_stored:,} readings")
+        stats = stack.settled(len(payloads), timeout=300)
+        wait_for(lambda: len(_stored_times(stack, device)) >= want_stored and len(stack.dead_letters()) >= sum(want_dead.values()), 60, 1.0)
+        dead = stack.dead_letters()
+        stored = len(_stored_times(stack, device))
+        alive = stack.ingest.running and stack.ingest.proc.pid == pid
+    got_dead = Counter(_payload(d) for d in dead)
+    missing = want_dead - got_dead  # should have been refused and kept, and were not
+    extra = got_dead - want_dead  # valid messages refused
+    unexplained = sum(1 for d in dead if not d.get("reason") or not all(r.get("detail") for r in d.get("rejections", [{}])))
+    kinds = Counter(c.kind for c in cases)
+    reasons = Counter(str(d.get("reason")) for d in dead)
+    row.sent = len(payloads)
+    row.stored = stored
+    row.rejected = len(dead)
+    row.lost = sum(extra.values()) + max(0, want_stored - stored)
+    row.accepted_bad = sum(missing.values()) + max(0, stored - want_stored)
+    crashed = 0 if alive else 1
+    row.figures = {
+        "ingest crashes": str(crashed),
+        "valid msgs": f"{sum(1 for c in cases if not c.refused):,} ({want_stored:,} readings)",
+        "refused msgs": f"{sum(want_dead.values()):,}",
+        "broker acked": f"{acked:,}",
+        "ingest received": f"{stats.get('received', 0):,}",
+        "without reason": str(unexplained),
+        "reasons": ", ".join(f"{r} {k}" for r, k in reasons.most_common()),
+    }
+    row.ok = crashed == 0 and row.lost == 0 and row.accepted_bad == 0 and unexplained == 0 and acked == len(payloads) and \
+        stats.get("received") == len(payloads)
+    row.note = (f"{len(payloads):,} hypothesis cases ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}); dead letters matched to the "
+                "refused payloads byte for byte; every valid reading stored once (distinct timestamps).")
+    return row
