@@ -1,8 +1,9 @@
 """One ingest worker: a persistent MQTT 5 session (shared subscription when there are several).
 
-The paho network thread only parses and queues; the flusher thread makes
-each batch durable (InfluxDB, else spool; rejects to the dead letters) and
-only then acknowledges its messages (manual_ack). The broker holds at most
+The session's thread reads the broker in large chunks and hands each chunk's
+messages here: they are parsed and queued. The flusher thread makes each
+batch durable (InfluxDB, else spool; rejects to the dead letters) and only
+then acknowledges its messages. The broker holds at most
 `ingest_receive_maximum` messages un-acked with us, which bounds memory.
 """
 
@@ -15,10 +16,6 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
-
 from contract import topics
 from contract.influx import Influx, InfluxError
 from contract.logs import kv
@@ -27,6 +24,7 @@ from contract.settings import Settings
 from ingest.deadletter import DeadLetterStore
 from ingest.pipeline import Pipeline
 from ingest.rollups import Rollups
+from ingest.session import Endpoint, Publishes, Session
 from ingest.spool import Spool
 from ingest.stats import Stats
 from ingest.writer import DurableWriter
@@ -39,7 +37,8 @@ BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 @dataclass
 class _Batch:
     lines: list[str] = field(default_factory=list)
-    mids: list[int] = field(default_factory=list)
+    acks: dict[int, list[int]] = field(default_factory=dict)  # connection generation -> packet ids
+    messages: int = 0
     dead: list[dict[str, object]] = field(default_factory=list)
     started: float = 0.0
 
@@ -70,40 +69,28 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._accepting = True
-        self.connected = threading.Event()
-        self.client = self._make_client()
+        self.session = Session(self._endpoint(), self._on_connect, self._on_publishes)
+        self.connected = self.session.connected
 
     # --- MQTT -------------------------------------------------------------
-    def _make_client(self) -> mqtt.Client:
+    def _endpoint(self) -> Endpoint:
         s = self.settings
-        client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=self.name,
-            protocol=mqtt.MQTTv5,
-            manual_ack=True,
-        )
-        if s.mqtt_username:
-            client.username_pw_set(s.mqtt_username, s.mqtt_password)
+        tls = None
         if s.mqtt_tls:
-            client.tls_set(ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
-        client.max_inflight_messages_set(1000)
-        client.max_queued_messages_set(0)
-        client.reconnect_delay_set(0.5, 10)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_message = self._on_message
-        return client
+            tls = ssl.create_default_context(cafile=str(s.mqtt_ca_file) if s.mqtt_ca_file else None)
+        return Endpoint(
+            host=s.mqtt_host,
+            port=s.mqtt_port,
+            client_id=self.name,
+            keepalive=s.mqtt_keepalive_s,
+            session_expiry=s.ingest_session_expiry_s,
+            receive_maximum=s.ingest_receive_maximum,
+            username=s.mqtt_username,
+            password=s.mqtt_password,
+            tls=tls,
+        )
 
-    def _connect_properties(self) -> Properties:
-        props = Properties(PacketTypes.CONNECT)
-        props.SessionExpiryInterval = self.settings.ingest_session_expiry_s
-        props.ReceiveMaximum = self.settings.ingest_receive_maximum
-        return props
-
-    def _on_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags, rc: mqtt.ReasonCode, props: Properties | None) -> None:
-        if rc.is_failure:
-            log.error("broker refused connection", extra=kv(reason=str(rc)))
-            return
+    def _on_connect(self, session: Session, session_present: bool) -> None:
         group = self.settings.ingest_share_group
         shared = [f"$share/{group}/{topics.TELEMETRY_FILTER}", f"$share/{group}/{topics.STATUS_FILTER}"]
         plain = [topics.TELEMETRY_FILTER, topics.STATUS_FILTER]
@@ -113,48 +100,62 @@ class Worker:
         # which the persistent session keeps across restarts. The other form is
         # dropped so a change of worker count never delivers a message twice.
         use, drop = (shared, plain) if self.settings.ingest_workers > 1 else (plain, shared)
-        client.unsubscribe(drop)
-        client.subscribe([(f, topics.QOS) for f in use] + [(BROKER_DROPPED_TOPIC, 0)])
-        log.info("connected", extra=kv(worker=self.name, session_present=flags.session_present))
-        self.connected.set()
+        session.unsubscribe(drop)
+        session.subscribe([(f, topics.QOS) for f in use] + [(BROKER_DROPPED_TOPIC, 0)])
+        log.info("connected", extra=kv(worker=self.name, session_present=session_present, reconnects=session.reconnects))
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags, rc: mqtt.ReasonCode, props: Properties | None) -> None:
-        self.connected.clear()
-        if not self._stopping.is_set():
-            log.warning("disconnected from broker, reconnecting", extra=kv(reason=str(rc)))
-
-    def _on_message(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
-        if msg.topic == BROKER_DROPPED_TOPIC:
-            try:
-                dropped = int(msg.payload)
-            except ValueError:
-                return
-            with self.stats.lock:
-                if dropped > self.stats.broker_dropped:
-                    log.error("broker reports dropped messages", extra=kv(dropped=dropped))
-                self.stats.broker_dropped = dropped
+    def _broker_dropped(self, payload: bytes) -> None:
+        try:
+            dropped = int(payload)
+        except ValueError:
             return
+        with self.stats.lock:
+            if dropped > self.stats.broker_dropped:
+                log.error("broker reports dropped messages", extra=kv(dropped=dropped))
+            self.stats.broker_dropped = dropped
+
+    def _on_publishes(self, pubs: Publishes, generation: int) -> None:
+        """A chunk of messages from the session thread: parse, queue for the flusher."""
         if not self._accepting:
-            return  # not acked: the broker redelivers it to us or a peer
-        out = self.pipeline.message(msg.topic, msg.payload, time.time())
+            return  # not acked: the broker redelivers them to us or a peer
+        now = time.time()
+        handle = self.pipeline.message
+        lines: list[str] = []
+        pids: list[int] = []
+        dead: list[dict[str, object]] = []
+        accepted = rejected_msgs = 0
+        rejections = []
+        for topic_name, payload, pid in pubs:
+            if not pid:
+                if topic_name == BROKER_DROPPED_TOPIC:
+                    self._broker_dropped(payload)
+                continue  # QoS 0 is nothing we store
+            out = handle(topic_name, payload, now)
+            lines += out.lines
+            pids.append(pid)
+            accepted += out.accepted
+            if out.dead is not None:
+                dead.append(out.dead)
+                rejections += out.rejections
+                if not out.accepted:
+                    rejected_msgs += 1
         with self._lock:
             b = self._batch
-            if not b.mids:
+            if not b.messages:
                 b.started = time.monotonic()
-            b.lines.extend(out.lines)
-            b.mids.append(msg.mid)
-            if out.dead is not None:
-                b.dead.append(out.dead)
+            b.lines += lines
+            b.acks.setdefault(generation, []).extend(pids)
+            b.messages += len(pids)
+            b.dead += dead
             full = len(b.lines) >= self.settings.ingest_batch_size
         with self.stats.lock:
             st = self.stats
-            st.received += 1
-            st.readings_accepted += out.accepted
-            if out.rejections:
-                st.readings_rejected += len(out.rejections)
-                if not out.accepted:
-                    st.messages_rejected += 1
-                for r in out.rejections:
+            st.received += len(pids)
+            st.readings_accepted += accepted
+            if rejections:
+                st.readings_rejected += len(rejections)
+                st.messages_rejected += rejected_msgs
+                for r in rejections:
                     st.rejected_by_reason[r.reason] += 1
         if full:
             self._wake.set()
@@ -168,14 +169,14 @@ class Worker:
     def flush(self) -> int:
         """Make the current batch durable, then ack its messages. Returns messages acked."""
         batch = self._take_batch()
-        if not batch.mids:
+        if not batch.messages:
             return 0
         self.dead.append(batch.dead)  # type: ignore[arg-type]
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
-        for mid in batch.mids:
-            self.client.ack(mid, topics.QOS)
-        return len(batch.mids)
+        for generation, pids in batch.acks.items():
+            self.session.ack(pids, generation)  # refused for a lost connection: redelivered, rewritten
+        return batch.messages
 
     def _flusher(self) -> None:
         period = self.settings.ingest_batch_ms / 1000
@@ -184,7 +185,7 @@ class Worker:
             self._wake.clear()
             with self._lock:
                 b = self._batch
-                due = bool(b.mids) and (len(b.lines) >= self.settings.ingest_batch_size or time.monotonic() - b.started >= period)
+                due = bool(b.messages) and (len(b.lines) >= self.settings.ingest_batch_size or time.monotonic() - b.started >= period)
             if due:
                 try:
                     self.flush()
@@ -218,8 +219,7 @@ class Worker:
             self.influx.ensure_schema(s.raw_retention, s.hourly_retention)
         except InfluxError as exc:
             log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
-        self.client.connect_async(s.mqtt_host, s.mqtt_port, keepalive=s.mqtt_keepalive_s, clean_start=False, properties=self._connect_properties())
-        self.client.loop_start()
+        self.session.start()
         self._threads = [
             threading.Thread(target=self._flusher, name="flusher", daemon=True),
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
@@ -242,10 +242,8 @@ class Worker:
         except Exception:
             log.exception("final flush failed; un-acked messages will be redelivered")
             acked = 0
-        time.sleep(0.2)  # let the network thread send the PUBACKs
+        self.session.stop()  # sends the queued PUBACKs, then DISCONNECT
         self.rollups.stop()
-        self.client.disconnect()
-        self.client.loop_stop()
         self.report()
         self.dead.close()
         self.influx.close()
