@@ -207,6 +207,7 @@ class MqttDevice:
             self.host = "localhost"  # the name in the broker's certificate
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
+        self.client.reconnect_delay_set(0.1, 2)  # so close() after a dropped connection does not sit out a 1 s back-off
         self.client.on_connect = self._on_connect
         self.client.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, str(rc))
         self.client.on_disconnect = self._on_disconnect

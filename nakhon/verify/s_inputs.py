@@ -20,10 +20,12 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from contract import storage
 from contract.catalogue import FW_PATTERN, MEASUREMENTS, METRICS
 from contract.payload import MAX_BATCH, MAX_SEQ
+from contract.topics import DEVICE_ID_PATTERN
 from nakhon.verify.report import Row, Size
-from nakhon.verify.rig import Publisher, Stack, say, wait_for
+from nakhon.verify.rig import MqttDevice, Publisher, Stack, say, wait_for
 from nakhon.verify.scenarios import register
 
 TS = "__TS__"  # placeholder for a fresh, unique, in-window timestamp, filled in when a case is rendered
@@ -239,4 +241,120 @@ def fuzzed_payloads(root: Path, size: Size) -> Row:
         stats.get("received") == len(payloads)
     row.note = (f"{len(payloads):,} hypothesis cases ({', '.join(f'{k} {v}' for k, v in sorted(kinds.items()))}); dead letters matched to the "
                 "refused payloads byte for byte; every valid reading stored once (distinct timestamps).")
+    return row
+
+
+# --- scenario 8: ids and names that would forge line protocol ---------------------------------------
+
+HOSTILE = [",", " ", "=", "\n", "\\", '"', "'", "\t", "ภูเก็ต", "🚦", "\u200b", "\r\n", "\\n", ",city=khon_kaen", " x=1", '"; DROP']
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\ufffe\uffff]")  # Mosquitto refuses these in a topic: malformed packet, publisher disconnected
+
+
+def _allowed_fields(measurement: str) -> set[str] | None:
+    """Field keys the schema allows in a measurement (any retention policy); None = self-metrics, names checked by pattern."""
+    from contract.rollups import AGGREGATES, AQI_AVG_FIELDS, numeric_fields
+    from contract.status import _NUMBERS as STATUS_NUMBERS
+
+    if measurement in MEASUREMENTS:
+        from contract.catalogue import metrics_of
+
+        return {m.name for m in metrics_of(measurement)} | {"seq", "ts"} | {f"{a}_{f}" for a in AGGREGATES for f in numeric_fields(measurement)}
+    if measurement == storage.AQI_MEASUREMENT:
+        return {"aqi", "band", "pollutant", *AQI_AVG_FIELDS.values()}
+    if measurement == storage.STATUS_MEASUREMENT:
+        return {"state", "fw", "reset", "kind", "faults", "fault_count", *STATUS_NUMBERS}
+    return None
+
+
+def outside_schema(stack: Stack, devices: set[str]) -> list[str]:
+    """Everything InfluxDB holds that the schema (contract.storage, contract.catalogue) does not allow, as readable lines."""
+    db = stack.db
+    bad: list[str] = []
+    cities = set(stack.cfg.cities)
+    known = set(MEASUREMENTS) | {storage.INGEST_MEASUREMENT, storage.STATUS_MEASUREMENT, storage.AQI_MEASUREMENT}
+    measurements = {v[0] for s in db.series("SHOW MEASUREMENTS") for v in s.get("values", [])}
+    bad += [f"measurement {m!r}" for m in sorted(measurements - known)]
+    for s in db.series("SHOW TAG KEYS"):
+        allowed = {"worker"} if s["name"] == storage.INGEST_MEASUREMENT else set(storage.TAGS)
+        bad += [f"tag key {s['name']}.{v[0]!r}" for v in s.get("values", []) if v[0] not in allowed]
+    for s in db.series('SHOW TAG VALUES WITH KEY = "city"'):
+        bad += [f"city {s['name']}.{v[1]!r}" for v in s.get("values", []) if v[1] not in cities]
+    for s in db.series('SHOW TAG VALUES WITH KEY = "device"'):
+        bad += [f"device {s['name']}.{v[1]!r}" for v in s.get("values", []) if v[1] not in devices or not re.fullmatch(DEVICE_ID_PATTERN, v[1])]
+    for rp in (storage.RP_RAW, storage.RP_HOURLY, "latest"):
+        for meas in measurements:
+            allowed_f = _allowed_fields(meas)
+            for s in db.series(f'SHOW FIELD KEYS FROM "{rp}"."{meas}"'):
+                for name, _type in s.get("values", []):
+                    if (allowed_f is None and not re.fullmatch(r"[a-z0-9_]{1,64}", name)) or (allowed_f is not None and name not in allowed_f):
+                        bad.append(f"field {rp}.{meas}.{name!r}")
+    return bad
+
+
+@register(8, "ids, tags and metric names carrying , space = newline \\ quotes unicode emoji")
+def hostile_names(root: Path, size: Size) -> Row:
+    row = Row(8, "hostile ids and names", unit="messages")
+    now = time.time()
+    good = {"pm25": 12.5, "pm10": 30.0, "temp_c": 31.0, "rh": 70.0, "battery_v": 3.9, "fw": "1.2.0"}
+    legit = [(city, f"ok-{city[:2]}-01") for city in ("phuket", "khon_kaen", "chiang_mai")]
+    attacks: list[tuple[str, bytes, str]] = []  # (topic, payload, what)
+    reading = json.dumps({"v": 1, "ts": now, "seq": 1, "m": {"pm25": 1.0}}).encode()
+    status = json.dumps({"v": 1, "state": "online"}).encode()
+    for h in HOSTILE:
+        for channel, payload in (("telemetry", reading), ("status", status)):
+            attacks.append((f"nakhon/v1/phuket/dev{h}001/{channel}", payload, "device id"))
+            attacks.append((f"nakhon/v1/phuket{h}/dev-001/{channel}", payload, "city"))
+            attacks.append((f"nakhon/v1/{h}/dev-001/{channel}", payload, "city"))
+        ok_topic = f"nakhon/v1/phuket/{legit[0][1]}/telemetry"
+        for m in ({f"pm25{h}": 1.0}, {f"{h}pm25": 1.0}, {h: 1.0}, {"pm25": 1.0, f"x{h}": 2.0}, {"fw": f"1.2{h}0"}, {"fw": f"1.2.0{h}"},
+                  {"pm25": f"1{h}2"}, {"pm25": h}):
+            attacks.append((ok_topic, json.dumps({"v": 1, "ts": now, "seq": 2, "m": m}).encode(), "metric name/value"))
+        status_topic = f"nakhon/v1/phuket/{legit[0][1]}/status"
+        for doc in ({"fw": f"1.2{h}0"}, {"faults": [f"pm:{h}"]}, {"faults": [f"pm{h}x:timeout"]}, {f"state{h}": "x"}, {"reset": h},
+                    {"kind": f"air{h}"}):
+            attacks.append((status_topic, json.dumps({"v": 1, "state": "online", **doc}).encode(), "status field"))
+    attacks += [("nakhon/v1/phuket//telemetry", reading, "empty id"), ("nakhon/v1//dev-001/telemetry", reading, "empty city"),
+                ("nakhon/v1/phuket/" + "a" * 200 + "/telemetry", reading, "long id"), ("nakhon/v1/PHUKET/DEV-001/telemetry", reading, "case")]
+    with Stack(root) as stack:
+        pub = Publisher(stack.broker.port)
+        for city, dev in legit:
+            pub.publish(f"nakhon/v1/{city}/{dev}/telemetry", json.dumps({"v": 1, "ts": now - 5, "seq": 1, "m": good}).encode())
+            pub.publish(f"nakhon/v1/{city}/{dev}/status", json.dumps({"v": 1, "state": "online", "fw": "1.2.0", "faults": ["pm:timeout"]}).encode())
+        by_broker = [a for a in attacks if _CONTROL.search(a[0])]
+        attacks = [a for a in attacks if not _CONTROL.search(a[0])]
+        for topic, payload, _ in attacks:
+            pub.publish(topic, payload)
+        acked = pub.settle()
+        pub.close()
+        broker_said: Counter[str] = Counter()
+        say(f"{acked}/{len(attacks) + 2 * len(legit)} acknowledged; {len(by_broker)} topics with control characters, one connection each")
+        for topic, payload, _ in by_broker:  # one throw-away connection each: the broker drops it
+            dev = MqttDevice(stack.broker.port, "verify-ctl")
+            answer = dev.publish(topic, payload, timeout=5) if dev.accepted() else "not connected"
+            broker_said[f"{answer} ({dev.disconnect_reason or 'still connected'})"] += 1
+            dev.close()
+        sent = 2 * len(legit) + len(attacks)
+        say(f"{acked}/{sent} acknowledged; waiting for the ingest")
+        stats = stack.settled(sent, timeout=60)
+        dead = wait_for(lambda: len(stack.dead_letters()) >= len(attacks) and stack.dead_letters(), 30, 0.5) or stack.dead_letters()
+        stored = sum(int(r["count"]) for r in stack.db.rows('SELECT count("seq") FROM "raw"."air"'))
+        time.sleep(1.5)  # let the roll-ups of the legit readings land too, so their schema is checked as well
+        bad = outside_schema(stack, {d for _, d in legit})
+        alive = stack.ingest is not None and stack.ingest.running
+    got = Counter((d.get("topic"), _payload(d)) for d in dead)
+    missing = Counter((t, p) for t, p, _ in attacks) - got
+    refused_by_broker = sum(n for k, n in broker_said.items() if k.startswith("no puback"))
+    row.sent = sent + len(by_broker)
+    row.stored = stored
+    row.rejected = len(dead) + refused_by_broker
+    row.lost = len(legit) - stored
+    row.accepted_bad = len(bad) + sum(missing.values()) + len(by_broker) - refused_by_broker
+    row.figures = {"outside schema": str(len(bad)), "attacks": str(len(attacks) + len(by_broker)), "not dead-lettered": str(sum(missing.values())),
+                   "refused by broker": f"{refused_by_broker}/{len(by_broker)} ({', '.join(broker_said)})",
+                   "broker acked": f"{acked}/{sent}", "ingest received": str(stats.get("received", 0)), "ingest alive": "yes" if alive else "NO",
+                   "reasons": ", ".join(f"{r} {k}" for r, k in Counter(str(d.get("reason")) for d in dead).most_common())}
+    row.ok = not bad and not missing and stored == len(legit) and alive and acked == sent and refused_by_broker == len(by_broker)
+    row.note = ("Topics with control characters (newline, tab, CR) never reach the ingest: Mosquitto answers a malformed packet by "
+                "disconnecting the publisher. Checked with SHOW MEASUREMENTS / TAG KEYS / TAG VALUES (city, device) / FIELD KEYS (raw, hourly, latest) against "
+                "contract.storage and contract.catalogue." + (f" Outside the schema: {'; '.join(bad[:10])}" if bad else ""))
     return row
