@@ -62,19 +62,34 @@ def encode_point(measurement: str, tags: dict[str, str], fields: dict[str, float
     return f"{head}{tag_part} {field_part} {int(ts_ms)}"
 
 
-def encode_reading(city: str, device: str, reading: Reading) -> list[str]:
+# metric name -> (measurement, "name="): one lookup per value when encoding readings
+_FIELDS: Final = {name: (m.measurement, f"{escape_tag(name)}=") for name, m in METRICS.items()}
+
+
+def series_tags(city: str, device: str) -> str:
+    """The tag part of a device's points, checked and escaped once per device."""
+    return f",city={escape_tag(city)},device={escape_tag(device)} "
+
+
+def encode_reading(city: str, device: str, reading: Reading, tags: str | None = None) -> list[str]:
     """The lines of one validated reading: one point per measurement touched.
 
     Numbers are stored as floats whatever JSON type they came in, so a field
     never changes type (InfluxDB refuses a type change for a whole shard).
     `seq` rides along as an integer field for gap and duplicate checks.
+    `tags` is `series_tags(city, device)` when the caller has it cached.
     """
-    tags = f",city={escape_tag(city)},device={escape_tag(device)} "
+    if tags is None:
+        tags = series_tags(city, device)
     by_meas: dict[str, list[str]] = {}
     for name, value in reading.m.items():
-        meas = METRICS[name].measurement
-        text = field_value(value) if type(value) is str else repr(float(value))
-        by_meas.setdefault(meas, []).append(f"{name}={text}")
-    ts = f" {reading.ts_ms}"
-    seq = f",seq={reading.seq}i"
-    return [meas + tags + ",".join(parts) + seq + ts for meas, parts in by_meas.items()]
+        meas, key = _FIELDS[name]
+        t = type(value)
+        text = repr(value) if t is float else repr(float(value)) if t is int else field_value(value)
+        parts = by_meas.get(meas)
+        if parts is None:
+            by_meas[meas] = [key + text]
+        else:
+            parts.append(key + text)
+    tail = f",seq={reading.seq}i {reading.ts_ms}"
+    return [meas + tags + ",".join(parts) + tail for meas, parts in by_meas.items()]

@@ -98,8 +98,30 @@ class Window:
     max_future_s: float = 300
 
 
+# name -> (lo, hi) for numeric metrics: the hot loop's one lookup per value
+_NUMERIC: Final = {name: (m.lo, m.hi) for name, m in METRICS.items() if m.kind != "string"}
+
+
 def _is_number(x: object) -> bool:
     return type(x) is int or type(x) is float  # bool is a subclass of int: refuse it
+
+
+def _value_rejection(name: str, value: object, index: int | None) -> Rejection | None:
+    """Why a metric's value is refused, or None if it is fine (the slow, exact path)."""
+    metric = METRICS.get(name)
+    if metric is None:
+        return Rejection(Reason.UNKNOWN_METRIC, f"unknown metric {name[:40]!r}", index)
+    if metric.kind == "string":
+        if type(value) is not str or _FW_RE.fullmatch(value) is None:
+            return Rejection(Reason.BAD_VALUE, f"{name} must match {FW_PATTERN}", index)
+        return None
+    if not _is_number(value):
+        return Rejection(Reason.BAD_VALUE, f"{name} is not a number", index)
+    if type(value) is float and not math.isfinite(value):
+        return Rejection(Reason.NOT_FINITE, f"{name} is not finite", index)
+    if not (metric.lo <= value <= metric.hi):  # type: ignore[operator]
+        return Rejection(Reason.OUT_OF_RANGE, f"{name}={value!r} outside {metric.lo:g}..{metric.hi:g} {metric.unit}", index)
+    return None
 
 
 def _check_reading(obj: Any, now: float, window: Window, index: int | None) -> Reading | Rejection:
@@ -125,20 +147,17 @@ def _check_reading(obj: Any, now: float, window: Window, index: int | None) -> R
         return Rejection(Reason.BAD_SCHEMA, "m is not an object", index)
     if not m:
         return Rejection(Reason.EMPTY, "m holds no metrics", index)
+    numeric = _NUMERIC
     for name, value in m.items():
-        metric = METRICS.get(name)
-        if metric is None:
-            return Rejection(Reason.UNKNOWN_METRIC, f"unknown metric {name[:40]!r}", index)
-        if metric.kind == "string":
-            if type(value) is not str or _FW_RE.fullmatch(value) is None:
-                return Rejection(Reason.BAD_VALUE, f"{name} must match {FW_PATTERN}", index)
+        # fast path: a known numeric metric with a number in range (NaN and inf fail the
+        # range test); anything else takes the exact path, which names the reason
+        bounds = numeric.get(name)
+        t = type(value)
+        if bounds is not None and (t is float or t is int) and bounds[0] <= value <= bounds[1]:
             continue
-        if not _is_number(value):
-            return Rejection(Reason.BAD_VALUE, f"{name} is not a number", index)
-        if type(value) is float and not math.isfinite(value):
-            return Rejection(Reason.NOT_FINITE, f"{name} is not finite", index)
-        if not (metric.lo <= value <= metric.hi):
-            return Rejection(Reason.OUT_OF_RANGE, f"{name}={value!r} outside {metric.lo:g}..{metric.hi:g} {metric.unit}", index)
+        rejection = _value_rejection(name, value, index)
+        if rejection is not None:
+            return rejection
     return Reading(round(ts * 1000), seq, m)
 
 

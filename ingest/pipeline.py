@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract import storage
-from contract.lineprotocol import encode_point, encode_reading
+from contract.lineprotocol import encode_point, encode_reading, series_tags
 from contract.payload import Reason, Rejection, Window, parse_telemetry
 from contract.status import StatusError, parse_status
 from contract.topics import Topic, TopicError, TopicIdError, parse_topic
@@ -28,19 +28,25 @@ class Pipeline:
         self.cities = cities
         self.window = window
         self.max_bytes = max_bytes
-        self._topics: dict[str, Topic | TopicError] = {}
+        self._topics: dict[str, tuple[Topic, str] | TopicError] = {}
 
-    def topic(self, name: str) -> Topic | TopicError:
+    def _lookup(self, name: str) -> tuple[Topic, str] | TopicError:
+        """A topic parsed once, with its series tags: devices repeat their topic forever."""
         hit = self._topics.get(name)
         if hit is None:
             try:
-                hit = parse_topic(name, self.cities)
+                t = parse_topic(name, self.cities)
+                hit = (t, series_tags(t.city, t.device))
             except TopicError as exc:
                 hit = exc
             if len(self._topics) >= _TOPIC_CACHE_MAX:
                 self._topics.clear()
             self._topics[name] = hit
         return hit
+
+    def topic(self, name: str) -> Topic | TopicError:
+        hit = self._lookup(name)
+        return hit if isinstance(hit, TopicError) else hit[0]
 
     def message(self, topic_name: str, payload: bytes, now: float) -> Outcome:
         """Telemetry or status, by topic."""
@@ -69,9 +75,14 @@ class Pipeline:
 
     def telemetry(self, topic_name: str, payload: bytes, now: float) -> Outcome:
         out = Outcome()
-        t = self.topic(topic_name)
-        if isinstance(t, TopicError):
-            out.rejections = [_topic_rejection(t)]
+        hit = self._lookup(topic_name)
+        if isinstance(hit, TopicError):
+            out.rejections = [_topic_rejection(hit)]
+            t = None
+        else:
+            t, tags = hit
+        if t is None:
+            pass
         elif t.channel != "telemetry":
             out.rejections = [Rejection(Reason.BAD_TOPIC, f"not a telemetry topic: {t.channel}")]
         else:
@@ -79,7 +90,7 @@ class Pipeline:
             out.rejections = parsed.rejections
             out.accepted = len(parsed.readings)
             for reading in parsed.readings:
-                out.lines.extend(encode_reading(t.city, t.device, reading))
+                out.lines += encode_reading(t.city, t.device, reading, tags)
         if out.rejections:
             out.dead = deadletter.record(topic_name, payload, out.rejections, now)
         return out
