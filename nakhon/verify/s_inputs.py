@@ -358,3 +358,89 @@ def hostile_names(root: Path, size: Size) -> Row:
                 "disconnecting the publisher. Checked with SHOW MEASUREMENTS / TAG KEYS / TAG VALUES (city, device) / FIELD KEYS (raw, hourly, latest) against "
                 "contract.storage and contract.catalogue." + (f" Outside the schema: {'; '.join(bad[:10])}" if bad else ""))
     return row
+
+
+# --- scenario 9: timestamps outside the window ------------------------------------------------------
+
+ESP32_EPOCH = 946_684_800  # MicroPython on ESP32 counts from 2000-01-01
+
+
+def timestamp_cases(now: float, max_age: float, max_future: float) -> list[tuple[str, float | int, bool]]:
+    """(what, ts, accept): clocks devices really get wrong, and both edges of the window (5 s inside, 5 s outside)."""
+    return [
+        ("1970: epoch 0", 0, False),
+        ("1970: one day", 86_400, False),
+        ("negative", -1, False),
+        ("2000: RTC never set (ESP32 epoch start)", ESP32_EPOCH + 3600, False),
+        ("2000-based epoch sent as Unix time", now - ESP32_EPOCH, False),
+        ("Unix time sent as 2000-based (2056)", now + ESP32_EPOCH, False),
+        ("a day in the future", now + 86_400, False),
+        ("2100-01-01", 4_102_444_800, False),
+        ("milliseconds by mistake", int(now * 1000), False),
+        ("microseconds by mistake", now * 1e6, False),
+        ("oldest edge + 5 s", now - max_age + 5, True),
+        ("oldest edge - 5 s", now - max_age - 5, False),
+        ("future edge - 5 s", now + max_future - 5, True),
+        ("future edge + 5 s", now + max_future + 5, False),
+        ("now, integer", int(now), True),
+        ("now, sub-millisecond fraction", now + 0.0004, True),
+        ("an hour ago", now - 3600, True),
+    ]
+
+
+@register(9, "timestamps from 1970, a 2000-based epoch, the future, 2100, and the window's edges")
+def timestamps(root: Path, size: Size) -> Row:
+    row = Row(9, "timestamps outside the window", unit="readings")
+    windows = [(35 * 86400.0, 300.0), (2 * 86400.0, 60.0)]  # the default, and a tighter one set through settings
+    sent = stored = accepted_bad = lost = rejected = wrong_reason = 0
+    details: list[str] = []
+    for w, (max_age, max_future) in enumerate(windows):
+        with Stack(root / f"window{w}", ts_max_age_s=max_age, ts_max_future_s=max_future) as stack:
+            now = time.time()
+            cases = timestamp_cases(now, max_age, max_future)
+            pub = Publisher(stack.broker.port)
+            for i, (_, ts, _) in enumerate(cases):
+                pub.publish(f"nakhon/v1/chiang_mai/ts-{i:03d}/telemetry", json.dumps({"v": 1, "ts": ts, "seq": i, "m": {"pm25": 10.0 + i}}).encode())
+            # a device replaying its buffer: good readings around bad clocks, one message
+            batch = [{"ts": now - 60, "seq": 1, "m": {"pm25": 1.0}}, {"ts": 0, "seq": 2, "m": {"pm25": 2.0}},
+                     {"ts": now + 86_400, "seq": 3, "m": {"pm25": 3.0}}, {"ts": now - 30, "seq": 4, "m": {"pm25": 4.0}}]
+            pub.publish("nakhon/v1/chiang_mai/ts-batch/telemetry", json.dumps({"v": 1, "batch": batch}).encode())
+            pub.settle()
+            pub.close()
+            stack.settled(len(cases) + 1, timeout=60)
+            per_device = {r["device"]: int(r["count"]) for r in stack.db.rows('SELECT count("pm25") FROM "raw"."air" GROUP BY "device"')}
+            # every point outside the window, whoever wrote it (a SELECT stops at now() unless given an upper bound)
+            lo, hi = int((now - max_age - 5) * 1e9), int((time.time() + max_future + 5) * 1e9)
+            outside = sum(int(r["count"]) for q, p in (('WHERE time < $lo', {"lo": lo}), ('WHERE time > $hi AND time < $end', {"hi": hi, "end": 9 * 10**18}))
+                          for r in stack.db.rows(f'SELECT count("pm25") FROM "raw"."air" {q}', p))
+            dead = stack.dead_letters()
+        reasons = {d["topic"].split("/")[3]: [r["reason"] for r in d["rejections"]] for d in dead}
+        for i, (what, _, accept) in enumerate(cases):
+            dev = f"ts-{i:03d}"
+            got = per_device.get(dev, 0)
+            if accept and got != 1:
+                lost += 1
+                details.append(f"window {w}: {what} not stored")
+            if not accept and got:
+                accepted_bad += got
+                details.append(f"window {w}: {what} STORED")
+            if not accept and reasons.get(dev) != ["ts_out_of_window"]:
+                wrong_reason += 1
+                details.append(f"window {w}: {what} dead-lettered as {reasons.get(dev)}")
+        if per_device.get("ts-batch", 0) != 2 or reasons.get("ts-batch") != ["ts_out_of_window"] * 2:
+            details.append(f"window {w}: batch stored {per_device.get('ts-batch', 0)}/2, refused {reasons.get('ts-batch')}")
+            lost += max(0, 2 - per_device.get("ts-batch", 0))
+            accepted_bad += max(0, per_device.get("ts-batch", 0) - 2)
+        accepted_bad += outside
+        sent += len(cases) + len(batch)
+        stored += sum(per_device.values())
+        rejected += sum(len(r) for r in reasons.values())
+    row.sent, row.stored, row.rejected, row.lost, row.accepted_bad = sent, stored, rejected, lost, accepted_bad
+    row.figures = {"accepted outside window": str(accepted_bad), "refused inside window": str(lost), "wrong reason": str(wrong_reason),
+                   "windows": ", ".join(f"-{a / 86400:g} d/+{f:g} s" for a, f in windows)}
+    row.ok = accepted_bad == 0 and lost == 0 and wrong_reason == 0 and not details
+    row.note = ("Each clock error on its own device, in two windows (the default and one set through NAKHON_TS_MAX_AGE_S/"
+                "NAKHON_TS_MAX_FUTURE_S); edges probed 5 s inside and outside; a replayed batch keeps its 2 good readings. "
+                + "; ".join(details[:8]))
+    return row
+
