@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import paho.mqtt.client as mqtt
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
@@ -25,7 +26,7 @@ from contract.catalogue import FW_PATTERN, MEASUREMENTS, METRICS
 from contract.payload import MAX_BATCH, MAX_SEQ
 from contract.topics import DEVICE_ID_PATTERN
 from nakhon.verify.report import Row, Size
-from nakhon.verify.rig import MqttDevice, Publisher, Stack, say, wait_for
+from nakhon.verify.rig import MqttDevice, Publisher, Stack, mem_kb, say, wait_for
 from nakhon.verify.scenarios import register
 
 TS = "__TS__"  # placeholder for a fresh, unique, in-window timestamp, filled in when a case is rendered
@@ -444,3 +445,103 @@ def timestamps(root: Path, size: Size) -> Row:
                 + "; ".join(details[:8]))
     return row
 
+
+
+# --- scenario 10: payload sizes up to and past the broker's limit -----------------------------------
+
+def padded_batch(size: int, t0: float, first_seq: int, readings: int = MAX_BATCH) -> bytes:
+    """A valid batch of `readings` readings, padded with JSON whitespace to exactly `size` bytes (unique ms timestamps)."""
+    body = json.dumps({"v": 1, "batch": [{"ts": round(t0 - (first_seq + i) / 1000, 3), "seq": first_seq + i, "m": {"pm25": 12.5, "pm10": 30.25}}
+                                         for i in range(readings)]}, separators=(",", ":")).encode()
+    if len(body) > size:
+        raise ValueError(f"{readings} readings need {len(body)} bytes > {size}")
+    return body[:-1] + b" " * (size - len(body)) + b"}"
+
+
+def _broker_answer(port: int, topic: str, payload: bytes, protocol: int) -> str:
+    """What the broker does with one publish from a fresh connection: PUBACK reason, or how it dropped us."""
+    dev = MqttDevice(port, f"verify-big-{protocol}", protocol=protocol)
+    if not dev.accepted():
+        return "no connection"
+    answer = dev.publish(topic, payload, timeout=5)
+    dropped = dev.disconnected.wait(1)
+    dev.close()
+    return f"{answer}, disconnected ({dev.disconnect_reason})" if dropped else answer
+
+
+@register(10, "payloads of 1 KB, 256 KB and above the broker's limit; ingest memory under large payloads")
+def payload_sizes(root: Path, size: Size) -> Row:
+    row = Row(10, "payload sizes", unit="messages")
+    burst = 40 if size == "quick" else 400
+    with Stack(root) as stack:
+        assert stack.ingest is not None and stack.ingest.proc is not None
+        limit = stack.cfg.max_payload_bytes  # the contract's largest payload
+        packet_max = stack.broker.max_packet_size  # the broker's max_packet_size (whole MQTT packet)
+        topic = "nakhon/v1/khon_kaen/sz-big-001/telemetry"
+        header = len(topic) + 2 + 2 + 5 + 3  # topic length field, packet id, fixed header, MQTT 5 properties length: what the packet adds to the payload
+        now = time.time() - 60
+        seq = 0
+        pub = Publisher(stack.broker.port)
+        # 1 KB and exactly the contract's limit: stored
+        pub.publish(topic, padded_batch(1024, now, seq, readings=10))
+        pub.publish(topic, padded_batch(limit, now, seq + 10))
+        seq += 10 + MAX_BATCH
+        # one byte over the contract's limit, and just under the broker's: dead-lettered as oversize
+        over = [limit + 1, packet_max - header - 16]
+        for n in over:
+            pub.publish(topic, padded_batch(n, now, 10_000_000))
+        acked = pub.settle()
+        pub.close()
+        stack.settled(4, timeout=60)
+        # above the broker's limit: see what Mosquitto does, for MQTT 5 and 3.1.1 publishers
+        answers = {f"{n // 1024} KiB v{v}": _broker_answer(stack.broker.port, topic, b"x" * n, proto)
+                   for n in (packet_max + 1, 1 << 20) for v, proto in (("5", mqtt.MQTTv5), ("3.1.1", mqtt.MQTTv311))}
+        # memory: a burst of large payloads, half valid at the limit, half oversize
+        pid = stack.ingest.proc.pid
+        before = mem_kb(pid)
+        say(f"burst of {burst} payloads of ~256 KiB; ingest RSS before {before['VmRSS'] / 1024:.0f} MiB")
+        pub = Publisher(stack.broker.port, "verify-burst")
+        valid_burst = 0
+        for i in range(burst):
+            if i % 2 == 0:
+                pub.publish(topic, padded_batch(limit, now, seq))
+                seq += MAX_BATCH
+                valid_burst += 1
+            else:
+                pub.publish(topic, padded_batch(limit + 1 + i, now, 10_000_000))
+        burst_acked = pub.settle(timeout=300)
+        pub.close()
+        stats = stack.settled(4 + burst, timeout=300)
+        after = mem_kb(pid)
+        want = 10 + MAX_BATCH * (1 + valid_burst)
+        def count() -> int:
+            return sum(int(r["count"]) for r in stack.db.rows('SELECT count("pm25") FROM "raw"."air"'))
+
+        wait_for(lambda: count() >= want, 60, 1.0)
+        stored = count()
+        dead = stack.dead_letters()
+        alive = stack.ingest.running and stack.ingest.proc.pid == pid
+        broker_mem = mem_kb(stack.broker.pid) if stack.broker.pid else {}
+    oversize = sum(1 for d in dead if d.get("reason") == "oversize")
+    want_oversize = len(over) + burst - valid_burst
+    refused_by_broker = sum(1 for a in answers.values() if "disconnected" in a or a == "no puback")
+    growth = (after["VmHWM"] - before["VmRSS"]) / 1024
+    row.sent = 4 + len(answers) + burst
+    row.stored = stored
+    row.lost = max(0, want - stored)
+    row.accepted_bad = max(0, stored - want) + (want_oversize - oversize) + (len(answers) - refused_by_broker)
+    row.rejected = len(dead) + refused_by_broker
+    row.figures = {
+        "stored readings": f"{stored:,}/{want:,}",
+        "oversize dead-lettered": f"{oversize}/{want_oversize}",
+        "over broker limit refused": f"{refused_by_broker}/{len(answers)}",
+        "ingest RSS": f"{before['VmRSS'] / 1024:.0f} -> {after['VmRSS'] / 1024:.0f} MiB, peak {after['VmHWM'] / 1024:.0f} MiB",
+        "broker peak": f"{broker_mem.get('VmHWM', 0) / 1024:.0f} MiB",
+        "received": str(stats.get("received", 0)),
+    }
+    row.ok = (acked == 4 and burst_acked == burst and alive and row.lost == 0 and row.accepted_bad == 0 and growth < 512)
+    row.note = (f"Limits: contract {limit:,} bytes of payload, broker max_packet_size {packet_max:,} bytes of packet. Over the broker's "
+                f"limit Mosquitto drops the publisher: {'; '.join(f'{k}: {v}' for k, v in answers.items())}. paho then reconnects and "
+                f"resends the same message, so a device must not publish what the broker cannot take. Burst: {burst} payloads at the limit "
+                f"({burst * limit / 2**20:.0f} MiB), ingest peak RSS {growth:+.0f} MiB over its resting size.")
+    return row
