@@ -87,8 +87,8 @@ def influxdb_killed(root: Path, size: Size) -> Row:
         left = spool_left(p)
     row.figures = {
         "outage": f"{down} s at {rate:,}/s",
-        "spooled": f"{spooled:,} points",
-        "spool left": f"{left} files",
+        "spooled points": f"{spooled:,}",
+        "spool files left": str(left),
         "unacked": str(unacked),
     }
     row.ok = t.lost == 0 and t.duplicated == 0 and t.unexpected == 0 and unacked == 0 and row.recovery_s is not None and spooled > 0 and left == 0
@@ -116,15 +116,16 @@ def ingest_killed(root: Path, size: Size) -> Row:
         sleep_until(time.monotonic() + tail, "streaming")
         tl, unacked = finish(db, stream)
         fill(row, tl, p)
-        reconnects = len(log_records(p.ingest, "connected")) - 1
+        resumed = sum(bool(r.get("session_present")) for r in log_records(p.ingest, "connected")[1:])
     row.recovery_s = None if None in recoveries else max(r for r in recoveries if r is not None)
     row.figures = {
-        "kills": f"{kills} (down {down:g} s each) at {rate:,}/s",
+        "kills": str(kills),
+        "down each": f"{down:g} s at {rate:,}/s",
         "recoveries": ", ".join(_s(r) for r in recoveries),
-        "sessions resumed": str(reconnects),
+        "sessions resumed": f"{resumed}/{kills}",
         "unacked": str(unacked),
     }
-    row.ok = tl.lost == 0 and tl.duplicated == 0 and tl.unexpected == 0 and unacked == 0 and row.recovery_s is not None
+    row.ok = tl.lost == 0 and tl.duplicated == 0 and tl.unexpected == 0 and unacked == 0 and row.recovery_s is not None and resumed == kills
     row.note = (
         "recovery: from restarting the ingest (process start included) until every reading sent before then is queryable; "
         "the broker re-delivers what the killed process held un-acknowledged, and the write of the same timestamp overwrites."
@@ -165,7 +166,8 @@ def ingest_down(root: Path, size: Size) -> Row:
         "drain": f"{queued / row.recovery_s:,.0f}/s" if row.recovery_s else "-",
         "broker dropped": "n/a" if dropped is None else f"{dropped:,}",
         "broker memory": f"+{broker_rss1 - broker_rss0:.0f} MB (~{per_msg:.0f} B/msg)",
-        "largest outage": f"{survive_s / 60:,.0f} min at {rate:,}/s, {limit / 1000 / 60:,.1f} min at 1,000/s",
+        "largest outage": f"{survive_s / 60:,.0f} min",
+        "at 1,000/s": f"{limit / 1000 / 60:,.1f} min",
     }
     row.ok = tl.lost == 0 and tl.duplicated == 0 and tl.unexpected == 0 and unacked == 0 and row.recovery_s is not None and dropped in (0, None)
     row.note = (
@@ -274,9 +276,12 @@ def broker_faults(root: Path, size: Size) -> Row:
     row.duplicated = sum(x.duplicated for x in parts)
     row.accepted_bad = sum(x.unexpected for x in parts)
     row.figures = {
-        "restart lost": f"{ta.lost} of {ta.sent:,} (down {restart_s:.1f} s)",
-        "kill lost": f"{tb.lost} of {tb.sent:,} ({inflight_b} in flight, re-sent)",
-        "kill, ingest away, lost": f"{tc.lost:,} of {queued_c:,} queued",
+        "restart lost": f"{ta.lost:,}",
+        "restart down": f"{restart_s:.1f} s",
+        "kill lost": f"{tb.lost:,}",
+        "in flight at kill": f"{inflight_b:,}",
+        "kill with ingest away lost": f"{tc.lost:,}",
+        "queued at kill": f"{queued_c:,}",
         "autosave rates live/queueing": "; ".join(f"{k} {v[0]:,.0f}/{v[1]:,.0f} msg/s" for k, v in costs.items()),
     }
     unacked = unacked_a + unacked_b + unacked_c

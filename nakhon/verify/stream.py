@@ -178,7 +178,7 @@ class Stream:
         self.prefix = prefix
         self.devices = [(CITIES[i % 3], f"{prefix}-{CITIES[i % 3][:2]}-{i:05d}") for i in range(devices)]
         self.reconnects = 0
-        self._connects = 0
+        self._connected: set[int] = set()  # ids of the clients that have connected at least once
         self._lock = threading.Lock()
         self._clients: list[mqtt.Client] = []
         for i in range(connections):
@@ -198,9 +198,9 @@ class Stream:
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: mqtt.ReasonCode, props: object) -> None:
         with self._lock:
-            self._connects += 1
-            if self._connects > len(self._clients):
+            if id(client) in self._connected:
                 self.reconnects += 1
+            self._connected.add(id(client))
 
     def ts_ms(self, k: int) -> int:
         """The timestamp of the stream's k-th reading: its scheduled send time, a millisecond or more apart."""

@@ -1,0 +1,25 @@
+"""`nakhon verify` scenario 13, quick size: a short soak with the API read meanwhile."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from nakhon.verify.s_soak import soak
+from nakhon.verify.scenarios import load_all
+
+
+def test_soak_is_registered() -> None:
+    assert load_all()[13][1] is soak
+
+
+def test_soak_loses_nothing_and_the_api_answers(workdir: Path) -> None:
+    row = soak(workdir, "quick")
+    assert row.number == 13 and row.ok, row
+    # 300 devices every 3 s for 15 s
+    assert row.sent >= 1200 and row.stored == row.sent and row.lost == 0 and row.duplicated == 0 and row.rejected == 0
+    assert int(row.figures["API requests"].replace(",", "")) >= 40 and row.figures["API errors"] == "0"
+    assert row.figures["ingest reconnects"] == "0" and row.figures["publisher reconnects"] == "0"
+    for name in ("ingest RSS", "API RSS"):
+        start, end = (float(x) for x in row.figures[name].split(" MB")[0].split(" -> "))
+        assert start > 10 and end - start < 50, (name, row.figures[name])
+    assert row.recovery_s is not None and row.recovery_s < 30
