@@ -21,6 +21,7 @@ into a cache folder outside the source tree, reused by later runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -392,6 +393,28 @@ class NodeRed:
             time.sleep(0.05)
         raise RuntimeError(f"Node-RED did not connect to the broker; log tail:\n{self.log_text()[-2000:]}")
 
+    def open_connections(self, port: int) -> int:
+        """TCP connections of the node process to 127.0.0.1:`port` (its open InfluxDB writes)."""
+        if self.proc is None:
+            return 0
+        pid = self.proc.pid
+        inodes = set()
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:["):
+                        inodes.add(link[8:-1])
+        count = 0
+        for table in ("tcp", "tcp6"):
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                    cols = line.split()
+                    # remote address hex "ADDR:PORT", state 0A = listening
+                    if int(cols[2].rsplit(":", 1)[1], 16) == port and cols[3] != "0A" and cols[9] in inodes:
+                        count += 1
+        return count
+
     def cpu_seconds(self) -> float:
         """user+sys CPU of the node process (from /proc)."""
         if self.proc is None:
@@ -476,20 +499,29 @@ def run_peer(
         started = red.started_at
         try:
             connected = red.started_at + red.wait_connected(seen=1)
+            influx_port = urlsplit(influx_url).port or 8086
             got = last = 0
-            changed = time.perf_counter()
+            changed = quiet_since = time.perf_counter()
             last_log = changed
+            cpu_before = red.cpu_seconds()
             while got < n:
                 now = time.perf_counter()
-                if now - changed > stall or now - started > timeout:
+                if now - quiet_since > stall or now - started > timeout:
                     break
                 if now - last_log > 5:
                     last_log = now
                     _say(f"  {name}: {got}/{n} stored")
                 time.sleep(0.25)
                 got = _count(db, rp, "air", "pm25", t0_ms, n)
+                cpu_now = red.cpu_seconds()
+                # still working: InfluxDB's count moves, or Node-RED computes or has writes open
+                # (a write can wait 30 s for InfluxDB and be retried: the count alone would stall early)
+                busy = got != last or cpu_now - cpu_before > 0.05 or red.open_connections(influx_port) > 0
+                cpu_before = cpu_now
                 if got != last:
                     last, changed = got, time.perf_counter()
+                if busy:
+                    quiet_since = time.perf_counter()
             done = changed
             cpu = red.cpu_seconds()
             time.sleep(1.5)  # a write still in flight is stored, not lost
@@ -529,7 +561,7 @@ def bench_peer(
 
     Batched run: n messages queued for its persistent session, then readings/s
     from Node-RED's start until the count in InfluxDB reaches n (or stops
-    growing for `stall` s), stored vs sent and CPU. With `burst` > 0, the
+    growing for `stall` s while Node-RED is idle), stored vs sent and CPU. With `burst` > 0, the
     one-write-per-message flow on a queued burst of that many messages: how
     many are lost. Runs use disjoint time ranges, so one database serves both.
     """
@@ -545,7 +577,7 @@ def bench_peer(
             "readings/s",
             f"{b['stored']} of {n} stored in {b['secs']:.2f}s from start"
             f" ({b['startup']:.1f}s start-up; {b['stored'] / b['secs_connected']:,.0f}/s from MQTT connect)"
-            + (f"; stalled: no progress for {stall:.0f}s" if b["stalled"] else ""),
+            + (f"; stopped: no progress and Node-RED idle for {stall:.0f}s" if b["stalled"] else ""),
         ),
         Figure(
             "Node-RED peer readings lost (batched)",
@@ -578,7 +610,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--messages", type=int, default=100_000, help="queued messages for the batched run (default 100000)")
     ap.add_argument("--burst", type=int, default=200_000, help="queued burst for the one-write-per-message run; 0 skips it (default 200000)")
     ap.add_argument("--root", default="var/peer-bench", help="working folder for servers and Node-RED user dirs, emptied first (default var/peer-bench)")
-    ap.add_argument("--stall", type=float, default=20.0, help="seconds without progress in InfluxDB that end a run (default 20)")
+    ap.add_argument(
+        "--stall",
+        type=float,
+        default=20.0,
+        help="seconds without progress in InfluxDB while Node-RED is idle (no CPU, no open writes) that end a run (default 20)",
+    )
     ap.add_argument("--node-red-dir", default=None, help="Node-RED install folder (default $NAKHON_NODE_RED_DIR or ~/.cache/nakhon/node-red)")
     args = ap.parse_args(argv)
     root = Path(args.root).resolve()
