@@ -274,6 +274,7 @@ def outside_schema(stack: Stack, devices: set[str]) -> list[str]:
     cities = set(stack.cfg.cities)
     known = set(MEASUREMENTS) | {storage.INGEST_MEASUREMENT, storage.STATUS_MEASUREMENT, storage.AQI_MEASUREMENT}
     measurements = {v[0] for s in db.series("SHOW MEASUREMENTS") for v in s.get("values", [])}
+    # every retention policy, not only ours: a point written into another would be outside the schema too
     bad += [f"measurement {m!r}" for m in sorted(measurements - known)]
     for s in db.series("SHOW TAG KEYS"):
         allowed = {"worker"} if s["name"] == storage.INGEST_MEASUREMENT else set(storage.TAGS)
@@ -282,7 +283,7 @@ def outside_schema(stack: Stack, devices: set[str]) -> list[str]:
         bad += [f"city {s['name']}.{v[1]!r}" for v in s.get("values", []) if v[1] not in cities]
     for s in db.series('SHOW TAG VALUES WITH KEY = "device"'):
         bad += [f"device {s['name']}.{v[1]!r}" for v in s.get("values", []) if v[1] not in devices or not re.fullmatch(DEVICE_ID_PATTERN, v[1])]
-    for rp in (storage.RP_RAW, storage.RP_HOURLY, "latest"):
+    for rp in [v[0] for s in db.series("SHOW RETENTION POLICIES") for v in s.get("values", [])]:
         for meas in measurements:
             allowed_f = _allowed_fields(meas)
             for s in db.series(f'SHOW FIELD KEYS FROM "{rp}"."{meas}"'):
