@@ -60,6 +60,23 @@ def _wait_tcp(port: int, timeout: float) -> bool:
     return False
 
 
+def make_certs(folder: Path, cn: str = "localhost") -> tuple[Path, Path, Path]:
+    """A throw-away CA and a server certificate for `cn` signed by it: (ca, cert, key)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
+
+    def sh(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+
+    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", f"/CN=nakhon-{folder.name}-ca")
+    sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
+    ext = folder / "ext.cnf"
+    ext.write_text(f"subjectAltName=DNS:{cn}\n")
+    sh("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2",
+       "-extfile", str(ext))
+    return ca, cert, key
+
+
 class _Process:
     name = "server"
 

@@ -10,7 +10,6 @@ dead-letter store.
 from __future__ import annotations
 
 import secrets
-import subprocess
 import sys
 import threading
 import time
@@ -26,7 +25,21 @@ from contract.influx import Influx
 from contract.settings import Settings, load_settings
 from ingest.deadletter import read_all
 from nakhon.procs import Service
-from nakhon.servers import InfluxDB, Mosquitto, free_port
+from nakhon.servers import InfluxDB, Mosquitto, free_port, make_certs
+
+# InfluxQL, SQL and path injection attempts, sent through every API parameter (scenario 12, tests/api/test_auth.py)
+INJECTIONS = [
+    "chiang_mai' OR '1'='1",
+    'x" OR "city" =~ /.*/ --',
+    "1h) fill(0); DROP MEASUREMENT air; SELECT (",
+    'pm25") FROM "raw"."air" WHERE city = \'phuket\' --',
+    "phuket\nDROP DATABASE nakhon",
+    "$city",
+    "/.*/",
+    "'; DELETE FROM devices; --",
+    "../../../etc/passwd",
+    "2024-01-01T00:00:00Z' OR time > 0 --",
+]
 
 T = TypeVar("T")
 
@@ -45,23 +58,6 @@ def wait_for(fn: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
         time.sleep(interval)
         last = fn()
     return last
-
-
-def make_certs(folder: Path, cn: str = "localhost") -> tuple[Path, Path, Path]:
-    """A throw-away CA and a server certificate for `cn` signed by it: (ca, cert, key)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
-
-    def sh(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", f"/CN=nakhon-{folder.name}-ca")
-    sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={cn}")
-    ext = folder / "ext.cnf"
-    ext.write_text(f"subjectAltName=DNS:{cn}\n")
-    sh("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2",
-       "-extfile", str(ext))
-    return ca, cert, key
 
 
 class Stack:

@@ -27,9 +27,9 @@ from contract import rollups
 from contract.influx import Influx
 from contract.settings import Settings
 from nakhon.procs import Service
-from nakhon.servers import free_port
+from nakhon.servers import free_port, make_certs
 from nakhon.verify.report import Row, Size
-from nakhon.verify.rig import MqttDevice, Stack, make_certs, say, wait_for
+from nakhon.verify.rig import INJECTIONS, MqttDevice, Stack, say, wait_for
 from nakhon.verify.scenarios import register
 
 
@@ -163,18 +163,6 @@ def _with_client_cert(port: int, ca: Path, cert: Path, key: Path, username: str 
 
 # --- scenario 12: the API ----------------------------------------------------------------------------
 
-INJECTIONS = [
-    "chiang_mai' OR '1'='1",
-    'x" OR "city" =~ /.*/ --',
-    "1h) fill(0); DROP MEASUREMENT air; SELECT (",
-    'pm25") FROM "raw"."air" WHERE city = \'phuket\' --',
-    "phuket\nDROP DATABASE nakhon",
-    "$city",
-    "/.*/",
-    "'; DELETE FROM devices; --",
-    "../../../etc/passwd",
-    "2024-01-01T00:00:00Z' OR time > 0 --",
-]
 CITY, DEVICE, OTHER = "chiang_mai", "cm-air-001", "pk-secret-01"  # OTHER lives in Phuket: no answer about Chiang Mai may carry it
 OPEN = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
 

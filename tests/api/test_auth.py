@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from contract.influx import Influx
 from contract.settings import Settings
+from nakhon.verify.rig import INJECTIONS
 from tests.api.conftest import Keys
 
 CITY, DEVICE, OTHER = "chiang_mai", "cm-air-001", "pk-secret-01"  # OTHER lives in Phuket: it must never leak
@@ -119,20 +120,6 @@ def test_rate_limits_per_key_and_per_address(api_settings: Settings, keys: Keys)
         keyed = [c.get("/v1/devices", headers={"X-API-Key": keys.read}).status_code for _ in range(6)]
         assert keyed == [200] * 5 + [429]
         assert c.get("/v1/devices", headers={"X-API-Key": keys.admin}).status_code == 200  # and per key, not shared
-
-
-INJECTIONS = [
-    "chiang_mai' OR '1'='1",
-    'x" OR "city" =~ /.*/ --',
-    "1h) fill(0); DROP MEASUREMENT air; SELECT (",
-    'pm25") FROM "raw"."air" WHERE city = \'phuket\' --',
-    "phuket\nDROP DATABASE nakhon",
-    "$city",
-    "/.*/",
-    "'; DELETE FROM devices; --",
-    "../../../etc/passwd",
-    "2024-01-01T00:00:00Z' OR time > 0 --",
-]
 
 
 def _state(influx: Influx, client: TestClient, admin: str) -> tuple[Any, ...]:

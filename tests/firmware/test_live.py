@@ -22,7 +22,7 @@ from contract.influx import Influx
 from contract.payload import parse_telemetry
 from contract.status import parse_status
 from nakhon.procs import Service
-from nakhon.servers import Mosquitto, free_port
+from nakhon.servers import Mosquitto, free_port, make_certs
 from tests.firmware.device import Device, device_config, world
 from tests.firmware.watch import Watch
 from tests.helpers import wait_until
@@ -317,23 +317,6 @@ def test_bad_config_json_is_reported_line_by_line(tmp_path: Path) -> None:
     assert "reading" not in log
 
 
-def _certs(folder: Path) -> tuple[Path, Path, Path]:
-    """A throw-away CA and a broker certificate for `localhost`."""
-    folder.mkdir(parents=True)
-    ca_key, ca, key, csr, cert = (folder / n for n in ("ca.key", "ca.pem", "server.key", "server.csr", "server.pem"))
-
-    def sh(*args: str) -> None:
-        subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-    sh("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(ca_key), "-out", str(ca), "-days", "2", "-subj", "/CN=nakhon-test-ca")
-    sh("req", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", "/CN=localhost")
-    ext = folder / "ext.cnf"
-    ext.write_text("subjectAltName=DNS:localhost\n")
-    sh("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key), "-CAcreateserial", "-out", str(cert), "-days", "2",
-       "-extfile", str(ext))
-    return ca, cert, key
-
-
 # On the unix port mbedtls takes its buffers (~2 x 16 KB records plus handshake state) from
 # the MicroPython heap; on an ESP32 they come from the ESP-IDF heap, outside it. The TLS
 # devices get that much more heap so the comparison with a board stays fair.
@@ -342,7 +325,7 @@ TLS_HEAP = 110_000 + 48_000
 
 def test_tls_with_verification_and_device_credentials(workdir: Path) -> None:
     """Per-device credentials over TLS (8883-style listener), the CA checked by the device."""
-    ca, cert, key = _certs(workdir / "certs")
+    ca, cert, key = make_certs(workdir / "certs")
     passwd = workdir / "passwd"
     passwd.write_text("")
     for user, pw in (("cm-fw-tls-01", "dev-secret"), ("platform", "platform-secret")):
@@ -359,7 +342,7 @@ def test_tls_with_verification_and_device_credentials(workdir: Path) -> None:
     wrong = Device(workdir / "wrong", device_config("cm-fw-tls-02", broker.port, mqtt={**mqtt_cfg, "password": "guess"}), world(scale=30), heapsize=TLS_HEAP)
     shutil.copy(ca, wrong.folder / "ca.pem")
     spoofed = Device(workdir / "spoofed", device_config("cm-fw-tls-03", broker.port, mqtt=mqtt_cfg), world(scale=30), heapsize=TLS_HEAP)
-    shutil.copy(_certs(workdir / "other-ca")[0], spoofed.folder / "ca.pem")  # trusts another CA: must not connect
+    shutil.copy(make_certs(workdir / "other-ca")[0], spoofed.folder / "ca.pem")  # trusts another CA: must not connect
     try:
         dev.start()
         wrong.start()
