@@ -102,7 +102,7 @@ def wait_ready(base: str, timeout: float = 60.0) -> bool:
 
 @register(13, T13)
 def soak(root: Path, size: Size) -> Row:
-    devices, every_s, seconds, api_rate = (3000, 10.0, 1800.0, 5.0) if size == "full" else (300, 3.0, 15.0, 5.0)
+    devices, every_s, seconds, api_rate = (3000, 10.0, 1800.0, 5.0) if size == "full" else (300, 3.0, 10.0, 5.0)
     rate = devices / every_s
     warm = min(60.0, seconds / 5)
     row = Row(13, T13)

@@ -331,21 +331,32 @@ def tally(db: Influx, stream: Stream) -> Tally:
     """Compare what the stream sent with what InfluxDB holds, reading by reading.
 
     One aggregate query per measurement settles every device whose points are
-    exactly seqs 0 .. n-1 once each; only a device that differs has its seqs read.
+    exactly seqs 0 .. n-1 once each; only when some device differs are the seqs read.
     """
     expected = stream.per_device()
     agg = {m: {r["device"]: r for r in db.rows(_AGG.format(m=m, p=stream.prefix))} for m in MEASUREMENTS}
-    lost = duplicated = unexpected = 0
-    for dev, n in expected.items():
+
+    def exact(dev: str, n: int) -> bool:
         rows = [agg[m].get(dev) for m in MEASUREMENTS]
-        if all(r is not None and r["n"] == r["d"] == n and r["lo"] == 0 and r["hi"] == n - 1 for r in rows) or (n == 0 and not any(rows)):
-            continue
-        copies = [Counter(int(r["seq"]) for r in db.rows(f'SELECT seq FROM "raw"."{m}" WHERE device = $d', {"d": dev})) for m in MEASUREMENTS]
-        for seq in range(n):
-            found = [c[seq] for c in copies]
-            lost += min(found) == 0  # stored only when all its points are
-            duplicated += max(0, max(found) - 1)
-        unexpected += len({s for c in copies for s in c if not 0 <= s < n})
+        if n == 0:
+            return not any(rows)
+        return all(r is not None and r["n"] == r["d"] == n and r["lo"] == 0 and r["hi"] == n - 1 for r in rows)
+
+    differ = [dev for dev, n in expected.items() if not exact(dev, n)]
     strangers = {dev for m in MEASUREMENTS for dev in agg[m]} - set(expected)
+    lost = duplicated = unexpected = 0
+    if differ:
+        copies: dict[str, list[Counter[int]]] = {dev: [Counter() for _ in MEASUREMENTS] for dev in differ}
+        for i, m in enumerate(MEASUREMENTS):
+            for r in db.rows(f'SELECT seq FROM "raw"."{m}" WHERE device =~ /^{stream.prefix}-/ GROUP BY device'):
+                if r["device"] in copies:
+                    copies[r["device"]][i][int(r["seq"])] += 1
+        for dev in differ:
+            n = expected[dev]
+            for seq in range(n):
+                found = [c[seq] for c in copies[dev]]
+                lost += min(found) == 0  # stored only when all its points are
+                duplicated += max(0, max(found) - 1)
+            unexpected += len({s for c in copies[dev] for s in c if not 0 <= s < n})
     unexpected += sum(int(agg[m][dev]["d"]) for m in MEASUREMENTS for dev in strangers if dev in agg[m])
     return Tally(sent=stream.sent, stored=stream.sent - lost, lost=lost, duplicated=duplicated, unexpected=unexpected)
