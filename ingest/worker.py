@@ -14,6 +14,7 @@ import logging
 import ssl
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from contract import topics
@@ -34,6 +35,9 @@ log = logging.getLogger("nakhon.ingest")
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 
+SEGMENT = 500  # messages parsed together; a write takes whole segments, up to ingest_batch_size lines
+
+
 @dataclass
 class _Batch:
     lines: list[str] = field(default_factory=list)
@@ -41,6 +45,13 @@ class _Batch:
     messages: int = 0
     dead: list[dict[str, object]] = field(default_factory=list)
     started: float = 0.0
+
+    def merge(self, other: _Batch) -> None:
+        self.lines += other.lines
+        for generation, pids in other.acks.items():
+            self.acks.setdefault(generation, []).extend(pids)
+        self.messages += other.messages
+        self.dead += other.dead
 
 
 class Worker:
@@ -64,7 +75,10 @@ class Worker:
             ready=lambda: not len(self.spool),
             shared=settings.ingest_workers > 1,
         )
-        self._batch = _Batch()
+        # parsed segments waiting to be made durable, oldest first; bounded by the
+        # broker's Receive Maximum (un-acked messages are all that can be here)
+        self._pending: deque[_Batch] = deque()
+        self._pending_lines = 0
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -119,10 +133,14 @@ class Worker:
         if not self._accepting:
             return  # not acked: the broker redelivers them to us or a peer
         now = time.time()
+        for k in range(0, len(pubs), SEGMENT):
+            self._parse(pubs[k : k + SEGMENT], generation, now)
+
+    def _parse(self, pubs: Publishes, generation: int, now: float) -> None:
         handle = self.pipeline.message
-        lines: list[str] = []
+        seg = _Batch(started=time.monotonic())
+        lines = seg.lines
         pids: list[int] = []
-        dead: list[dict[str, object]] = []
         accepted = rejected_msgs = 0
         rejections = []
         for topic_name, payload, pid in pubs:
@@ -135,19 +153,18 @@ class Worker:
             pids.append(pid)
             accepted += out.accepted
             if out.dead is not None:
-                dead.append(out.dead)
+                seg.dead.append(out.dead)
                 rejections += out.rejections
                 if not out.accepted:
                     rejected_msgs += 1
+        if not pids:
+            return
+        seg.acks[generation] = pids
+        seg.messages = len(pids)
         with self._lock:
-            b = self._batch
-            if not b.messages:
-                b.started = time.monotonic()
-            b.lines += lines
-            b.acks.setdefault(generation, []).extend(pids)
-            b.messages += len(pids)
-            b.dead += dead
-            full = len(b.lines) >= self.settings.ingest_batch_size
+            self._pending.append(seg)
+            self._pending_lines += len(lines)
+            full = self._pending_lines >= self.settings.ingest_batch_size
         with self.stats.lock:
             st = self.stats
             st.received += len(pids)
@@ -162,36 +179,51 @@ class Worker:
 
     # --- durability -------------------------------------------------------
     def _take_batch(self) -> _Batch:
+        """The oldest segments, up to ingest_batch_size lines (at least one segment)."""
+        batch = _Batch()
         with self._lock:
-            batch, self._batch = self._batch, _Batch()
+            while self._pending and (not batch.messages or len(batch.lines) + len(self._pending[0].lines) <= self.settings.ingest_batch_size):
+                seg = self._pending.popleft()
+                self._pending_lines -= len(seg.lines)
+                batch.merge(seg)
         return batch
 
-    def flush(self) -> int:
-        """Make the current batch durable, then ack its messages. Returns messages acked."""
-        batch = self._take_batch()
-        if not batch.messages:
-            return 0
+    def _due(self, period: float) -> bool:
+        with self._lock:
+            if not self._pending:
+                return False
+            return self._pending_lines >= self.settings.ingest_batch_size or time.monotonic() - self._pending[0].started >= period
+
+    def _write_batch(self, batch: _Batch) -> None:
+        """Make one batch durable, then ack its messages."""
         self.dead.append(batch.dead)  # type: ignore[arg-type]
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
         for generation, pids in batch.acks.items():
             self.session.ack(pids, generation)  # refused for a lost connection: redelivered, rewritten
-        return batch.messages
+
+    def flush(self) -> int:
+        """Make everything pending durable and ack it. Returns messages acked."""
+        done = 0
+        while (batch := self._take_batch()).messages:
+            self._write_batch(batch)
+            done += batch.messages
+        return done
 
     def _flusher(self) -> None:
+        # Writes go out in batches of at most ingest_batch_size lines and each is
+        # acked at once, so the broker refills its window while the next is written.
         period = self.settings.ingest_batch_ms / 1000
         while not self._stopping.is_set():
-            self._wake.wait(period)
-            self._wake.clear()
-            with self._lock:
-                b = self._batch
-                due = bool(b.messages) and (len(b.lines) >= self.settings.ingest_batch_size or time.monotonic() - b.started >= period)
-            if due:
-                try:
-                    self.flush()
-                except Exception:  # a bug must not stop acking forever: log and retry
-                    log.exception("flush failed; will retry")
-                    time.sleep(1)
+            if not self._due(period):
+                self._wake.wait(period / 4)
+                self._wake.clear()
+                continue
+            try:
+                self._write_batch(self._take_batch())
+            except Exception:  # a bug must not stop acking forever: log and retry
+                log.exception("flush failed; will retry")
+                time.sleep(1)
 
     def _replayer(self) -> None:
         while not self._stopping.wait(1.0):
