@@ -109,7 +109,7 @@ def broker_intruders(root: Path, size: Size) -> Row:
             ("TLS, certificate for another host name", _by_address(tls_port, ca, a[1], pw[a[1]])),
             ("plain MQTT to the TLS port", MqttDevice(tls_port, a[1], a[1], pw[a[1]])),
         ):
-            ok = d.accepted(3)
+            ok = d.accepted(2)
             outcomes.append((what, d.error or d.reason or "no CONNACK", ok))
             d.close()
 
@@ -340,7 +340,7 @@ def _pct(values: list[float], q: float) -> float:
 @register(12, "API: no key, wrong key, revoked key, another city's admin, injection through every parameter, a flood from one client")
 def api_intruders(root: Path, size: Size) -> Row:
     row = Row(12, "API intruders", unit="requests")
-    flood_s, flood_rate = (3.0, 1000.0) if size == "quick" else (20.0, 1000.0)
+    flood_s, flood_rate = (2.0, 1000.0) if size == "quick" else (20.0, 1000.0)
     with Stack(root, secure=True, ingest=False) as stack:
         _seed(stack.db)
         reg = Registry(stack.cfg.registry_path)
