@@ -31,8 +31,10 @@ WRITE_ERRORS = errors(400, 401, 403, 404, 409, 429, 503)
 
 
 def json_response(body: Any, media_type: str = "application/json") -> Response:
-    """Serialized straight with orjson: the hot paths skip re-validating what they built."""
-    return Response(orjson.dumps(body), media_type=media_type)
+    """Serialized straight with orjson: the hot paths skip re-validating what they built.
+
+    UTC datetimes come out as RFC 3339 with a Z (`2026-01-01T00:00:00Z`, `...T00:00:00.250000Z`), as isoformat would write them."""
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type=media_type)
 
 
 async def get_settings(request: Request) -> Settings:

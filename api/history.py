@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import chain
 from typing import Any, Final, Literal
 
 from contract import storage
@@ -198,6 +199,23 @@ def buckets(plan: Plan, series: list[dict[str, Any]], metrics: list[str], every_
     return out
 
 
+def points(series: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """[{"time", "values"}] from an answer whose rows are the points (raw points, or buckets that need no
+    folding), times as the answer gave them; nulls are left out and rows of nothing else dropped."""
+    out: list[dict[str, Any]] = []
+    for s in series:
+        names = s["columns"][1:]
+        rows = s.get("values", [])
+        if None in chain.from_iterable(rows):  # gaps (the time is never null)
+            for v in rows:
+                values = {c: x for c, x in zip(names, v[1:], strict=True) if x is not None}
+                if values:
+                    out.append({"time": v[0], "values": values})
+        else:  # the common answer, its dicts built in C: the hot part of a history request
+            out += [{"time": v[0], "values": dict(zip(names, v[1:], strict=True))} for v in rows]
+    return out
+
+
 def aggregate(influx: Influx, tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str],
               start: datetime, end: datetime, every_s: int, agg: Agg, source: Source) -> tuple[str, list[tuple[int, dict[str, Any]]]]:
     """Buckets of `every_s` from the right source; returns (source used, [(time ms, values)])."""
@@ -232,12 +250,11 @@ def latest_values(series: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str
         i_dev, i_ts = cols.index("device"), cols.index("ts") if "ts" in cols else None
         metrics = [(i, c) for i, c in enumerate(cols) if c in METRICS]
         for row in s.get("values", []):
-            device = row[i_dev]
-            ts, values = out.get(device, (0, {}))
-            if i_ts is not None and row[i_ts] is not None:
-                ts = max(ts, int(row[i_ts]))
-            for i, c in metrics:
-                if row[i] is not None:
-                    values[c] = row[i]
-            out[device] = (ts, values)
+            values = {c: row[i] for i, c in metrics if row[i] is not None}
+            ts = int(row[i_ts]) if i_ts is not None and row[i_ts] is not None else 0
+            prev = out.get(row[i_dev])
+            if prev is not None:  # the device has other measurements too
+                prev[1].update(values)
+                values, ts = prev[1], max(ts, prev[0])
+            out[row[i_dev]] = (ts, values)
     return out

@@ -50,8 +50,9 @@ def known_city(settings: SettingsDep, city: str) -> None:
         raise HTTPException(404, f"unknown city {city!r}")
 
 
-def _iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+def _utc_ms(ms: int) -> datetime:
+    """A time in ms as a UTC datetime: orjson writes it as RFC 3339 with Z (json_response), several times faster than isoformat."""
+    return datetime.fromtimestamp(ms / 1000, UTC)
 
 
 async def _history(influx: AsyncInfluxDep, settings: SettingsDep, tag: str, ident: str, measurement: str, metrics: str | None,
@@ -67,20 +68,18 @@ async def _history(influx: AsyncInfluxDep, settings: SettingsDep, tag: str, iden
             if t1 - t0 > timedelta(days=settings.api_raw_max_days):
                 raise history.QueryError(f"raw points are served for up to {settings.api_raw_max_days} days; set every")
             q = history.raw_points("device", ident, measurement, names, t0, t1, limit)
-            points = []
-            for s in await influx.series(q.statement, q.params, epoch=None):  # RFC 3339 times, passed through as they are
-                cols = s["columns"]
-                for v in s.get("values", []):
-                    values = {c: x for c, x in zip(cols[1:], v[1:], strict=True) if x is not None}
-                    points.append({"time": v[0], "values": values})
+            points = history.points(await influx.series(q.statement, q.params, epoch=None))  # RFC 3339 times, passed through
             used = "raw"
         else:
             every_s = history.every_seconds(every)
             t0, t1 = history.time_range(start, end, timedelta(days=7 if every_s >= 3600 else 1))
             plan = history.aggregate_query(tag, ident, measurement, names, t0, t1, every_s, agg, source)  # type: ignore[arg-type]
             series = await influx.series(plan.query.statement, plan.query.params, epoch="ms" if plan.fold else None)
-            rows = history.buckets(plan, series, names, every_s, agg)  # type: ignore[arg-type]
-            points = [{"time": _iso_ms(t) if plan.fold else t, "values": v} for t, v in rows[:limit]]
+            if plan.fold:
+                rows = history.combine_hourly(series, names, every_s, agg)  # type: ignore[arg-type]
+                points = [{"time": _utc_ms(t), "values": v} for t, v in rows[:limit]]
+            else:
+                points = history.points(series)[:limit]
             used = plan.source
     except history.QueryError as exc:
         raise HTTPException(400, str(exc)) from None
@@ -122,5 +121,5 @@ async def city_latest(city: CityPath, _key: Reader, influx: AsyncInfluxDep, sett
     for device in sorted(set(values) | set(coords)):
         ts, vals = values.get(device, (0, {}))
         lat, lon = coords.get(device, (None, None))
-        devices.append({"device": device, "time": _iso_ms(ts) if ts else None, "lat": lat, "lon": lon, "values": vals})
+        devices.append({"device": device, "time": _utc_ms(ts) if ts else None, "lat": lat, "lon": lon, "values": vals})
     return json_response({"city": city, "devices": devices})
