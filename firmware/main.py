@@ -1,11 +1,11 @@
-# Entry point. The replay buffer is taken first, while the heap is still in one piece
-# (importing the firmware fragments it). An unexpected error resets the board: the ring
-# and seq survive in flash; the hardware watchdog covers anything that hangs.
+# Entry point. The ring's scratch buffer is taken first, while the heap is still in one
+# piece (importing the firmware fragments it). An unexpected error resets the board: the
+# ring and seq survive in flash; the hardware watchdog covers anything that hangs.
 import gc
 import sys
 
 gc.collect()
-buf = bytearray(8192)  # app.BATCH_BYTES
+buf = bytearray(512)  # app.BUF_BYTES
 
 if "lib" not in sys.path:
     sys.path.append("lib")

@@ -200,7 +200,7 @@ def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str
         world = {"scale": 20, "real0_ns": time.time_ns(), "epoch0_ms": int((time.time() - 86400) * 1000),
                  "wifi": {"ssid": "field", "password": "secret", "assoc_ms": 100},
                  "uart": {"2": {"type": "pms5003", "pm25": 30}}, "i2c": {"0": {"68": {"type": "sht3x"}}},
-                 "adc": {"35": {"volts": 3.9}}, "wdt_min_real_ms": 60000}
+                 "adc": {"35": {"volts": 3.9}}, "wdt_min_real_ms": 60000, "control": False}
         (dev / "world.json").write_text(json.dumps(world))
         # What ships: the mpy-cross build (the bench driver is precompiled like the fakes).
         rows = build(root / "build")

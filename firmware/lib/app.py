@@ -8,18 +8,15 @@
 # known wait in RAM with their tick count and are back-dated once NTP answers.
 import gc
 import json
-import os
 import random
+import sys
 
 from micropython import const
 
 import hal
 import log
-from catalogue import METRICS, in_range
-from clock import Clock
-from drivers import SensorError, make
-from mqtt import Client
-from ring import Ring
+from catalogue import in_range
+from drivers import SensorError
 
 try:
     from typing import Any  # for the type checker; MicroPython skips annotations
@@ -27,11 +24,10 @@ except ImportError:
     pass
 
 FW = "0.3.0"
-OFFLINE = b'{"v":1,"state":"offline"}'
 _PRETIME_MAX = const(120)  # readings held in RAM while the time is unknown
-_HANG_SKIP = const(30)  # readings a sensor that hung (watchdog reset) sits out
 _SEQ_BLOCK = const(1000)  # seq values reserved per flash write
-BATCH_BYTES = const(8192)  # replay buffer: ~50 readings of a full air+weather node
+BATCH_BYTES = const(8192)  # largest replay batch: ~50 readings of a full air+weather node
+BUF_BYTES = const(512)  # scratch for the ring: a replay batch streams from flash through it
 _IDLE_MAX_MS = const(1000)
 _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
@@ -40,127 +36,54 @@ _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog 
 STATE = "state"
 
 
-def _der(path: str) -> bytes:
-    """A CA certificate file as DER (MicroPython's TLS wants DER for cadata)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(b"-----"):
-        return data
-    import binascii
-
-    body = b"".join(line for line in data.split(b"\n") if line and not line.startswith(b"-----"))
-    return binascii.a2b_base64(body)
-
-
-_CONFIG_KEYS = ("v", "seq", "interval_s", "sensors", "thresholds")
-
-
-def config_ok(doc: Any) -> bool:
-    """The rules of contract/device_config.py, checked on the device."""
-    if type(doc) is not dict or doc.get("v") != 1 or type(doc.get("seq")) is not int or not 0 <= doc["seq"] < 1 << 31:
-        return False
-    for k in doc:
-        if k not in _CONFIG_KEYS:
-            return False
-    iv = doc.get("interval_s", 60)
-    sensors = doc.get("sensors", {})
-    thresholds = doc.get("thresholds", {})
-    if type(iv) is not int or not 1 <= iv <= 86400 or type(sensors) is not dict or type(thresholds) is not dict:
-        return False
-    for k, v in sensors.items():
-        if type(v) is not bool or type(k) is not str or not 1 <= len(k) <= 16:
-            return False
-        for c in k:
-            if not ("a" <= c <= "z" or "0" <= c <= "9" or c == "_"):
-                return False
-    for k, v in thresholds.items():
-        if k not in METRICS or k == "fw" or type(v) not in (int, float):
-            return False
-    return True
-
-
 class Node:
-    def __init__(self, cfg: dict, buf: bytearray) -> None:
-        self.cfg = cfg
-        base = "nakhon/v1/%s/%s/" % (cfg["city"], cfg["device_id"])
-        self.t_tel = base + "telemetry"
-        self.t_status = base + "status"
-        self.t_config = base + "config"
-        self.reset = hal.reset_cause()
-        self.boot = hal.ticks_ms()
-        self.interval_ms = cfg["interval_s"] * 1000
-        self.config_seq = -1
-        self.disabled: list = []
-        self.thresholds: dict = {}
-        self.faults: dict = {}
-        self.skip: dict = {}
-        self.rejected: dict = {}
-        rc = cfg["ring"]
-        try:
-            os.mkdir(STATE)
-        except OSError:
-            pass
-        self.ring = Ring(STATE + "/ring", rc["segments"], rc["segment_bytes"])
-        self.chunk = rc["chunk"]
-        self.staging: list = []
-        self.pretime: list = []
-        self.clock = Clock(cfg["ntp_host"])
-        self.seq, hung = self._restore()
-        self.sensors: list = []
-        for spec in cfg["sensors"]:
-            try:
-                self.sensors.append((spec["name"], make(spec)))
-            except Exception as e:
-                log.error("sensor %s: %s" % (spec["name"], e))
-                self.faults[spec["name"]] = "absent"
-        if hung and self.reset == "watchdog":
-            # The watchdog fired while this sensor was being read: it hangs the bus.
-            self.faults[hung] = "hang"
-            self.skip[hung] = _HANG_SKIP
-            log.warn("watchdog: sensor %s hung, skipped for %d readings" % (hung, _HANG_SKIP))
-        self.next_read = hal.ticks_ms()
-        self._load_applied()
-        mq = cfg["mqtt"]
-        self.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], mq["password"])
-        self.client.on_message = self._on_message
-        self.client.on_ack = self._on_ack
-        self.cadata = None
-        if mq["tls"] and mq["ca_file"]:
-            self.cadata = _der(mq["ca_file"])
-        self.online = False
-        self.inflight: Any = None  # (pid, kind, n, nbytes, seg, off, sent_at)
-        self.attempt = 0
-        self.retry_at = hal.ticks_ms()
-        self.wifi_since: Any = None
-        self.status_due = True
-        self.status_at = hal.ticks_ms()
-        self.buf = buf
-        self.mv = memoryview(self.buf)
-        self.part: dict = {}
-        self.published = 0
-        self.wdt = hal.WDT(cfg["watchdog_ms"])
+    # Built at boot by start.node() (boot-only code, freed once the node runs).
+    t_tel: str
+    t_status: str
+    t_config: str
+    reset: str
+    boot: Any  # ticks
+    interval_s: int  # the base interval, from config.json or the platform's config
+    interval_ms: int  # the current one (shorter while a threshold is crossed)
+    status_ms: int
+    watchdog_ms: int
+    batch: int
+    chunk: int
+    deep_sleep: bool
+    place: tuple  # (kind, lat, lon)
+    wifi: tuple  # (ssid, password)
+    broker: tuple  # (host, port, tls, tls_verify)
+    backoff: tuple  # (base_ms, cap_ms)
+    battery: Any  # (ADC, divider) or None
+    config_seq: int
+    disabled: list
+    thresholds: dict
+    faults: dict
+    skip: dict
+    rejected: dict
+    ring: Any
+    staging: list
+    pretime: list
+    clock: Any
+    seq: int
+    ceiling: int
+    sensors: list
+    next_read: Any  # ticks
+    client: Any
+    cadata: Any
+    online: bool
+    inflight: Any  # (pid, kind, n, nbytes, seg, off, sent_at)
+    attempt: int
+    retry_at: Any  # ticks
+    wifi_since: Any
+    status_due: bool
+    status_at: Any  # ticks
+    buf: Any
+    part: dict
+    published: int
+    wdt: Any
 
     # --- state that survives resets --------------------------------------------------
-    def _restore(self):
-        """(next seq, sensor being read when the last reset came) from RTC memory and flash."""
-        ceiling = 0
-        try:
-            with open(STATE + "/seq") as f:
-                ceiling = int(f.read())
-        except (OSError, ValueError):
-            pass
-        seq, hung = ceiling, None
-        if self.reset != "power_on":
-            try:
-                parts = hal.rtc_memory().decode().split(" ")
-                seq = max(int(parts[0]), 0)
-                hung = parts[1] or None
-            except (ValueError, IndexError, UnicodeError):
-                pass
-        self.ceiling = ceiling
-        self._reserve(seq)
-        return seq, hung
-
     def _reserve(self, seq: int) -> None:
         # Flash holds a ceiling above every seq used, written once per _SEQ_BLOCK readings;
         # after a power cut counting resumes from it (a gap, never a repeat).
@@ -248,7 +171,7 @@ class Node:
         for k, limit in self.thresholds.items():
             if k in m and m[k] >= limit:
                 hot = True
-        base = self.cfg["interval_s"] * 1000
+        base = self.interval_s * 1000
         self.interval_ms = max(1000, base // 4) if hot else base
 
     def _flush(self, force: bool = False) -> None:
@@ -262,59 +185,21 @@ class Node:
             log.info("ring: stored %d, pending=%d dropped=%d" % (n, self.ring.pending, self.ring.dropped))
 
     # --- config from the platform -------------------------------------------------------
-    def _load_applied(self) -> None:
-        try:
-            with open(STATE + "/applied.json") as f:
-                self._apply(json.load(f), False)
-        except (OSError, ValueError):
-            pass
-
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic != self.t_config or not payload:
             return
-        try:
-            doc = json.loads(payload)
-        except ValueError:
-            doc = None
-        self._apply(doc, True)
+        import retained
 
-    def _apply(self, doc: Any, persist: bool) -> None:
-        """Apply a retained config document (contract/device_config.py), or report it bad."""
-        ok = config_ok(doc)
-        if not ok:
-            log.warn("config: rejected %r" % (doc,))
-            self.faults["config"] = "invalid"
-            self.status_due = True
-            return
-        if self.faults.pop("config", None):
-            self.status_due = True
-        if doc["seq"] == self.config_seq:
-            return
-        self.config_seq = doc["seq"]
-        iv = doc.get("interval_s", self.cfg["interval_s"])
-        self.cfg["interval_s"] = iv
-        self.interval_ms = iv * 1000
-        for k, v in doc.get("sensors", {}).items():
-            if v and k in self.disabled:
-                self.disabled.remove(k)
-            elif not v and k not in self.disabled:
-                self.disabled.append(k)
-                self.faults.pop(k, None)  # switched off: its faults are no longer news
-        self.thresholds = doc.get("thresholds", {})
-        nxt = hal.ticks_add(hal.ticks_ms(), self.interval_ms)
-        if hal.ticks_diff(self.next_read, nxt) > 0:
-            self.next_read = nxt
-        self.status_due = True
-        log.info("config: applied seq=%d interval_s=%d disabled=%s" % (self.config_seq, iv, self.disabled))
-        if persist:
-            with open(STATE + "/applied.json", "w") as f:
-                json.dump(doc, f)
+        try:
+            retained.apply(self, payload, True)
+        finally:
+            _done()
 
     # --- the link -------------------------------------------------------------------------
     def _backoff(self, why) -> None:
         # Exponential backoff with full jitter: uniform in [0, min(cap, base * 2^attempt)].
-        b = self.cfg["backoff"]
-        top = min(b["cap_ms"], b["base_ms"] << min(self.attempt, 20))
+        base, cap = self.backoff
+        top = min(cap, base << min(self.attempt, 20))
         delay = random.randint(0, top)
         self.attempt += 1
         self.retry_at = hal.ticks_add(hal.ticks_ms(), delay)
@@ -331,28 +216,19 @@ class Node:
             return
         if not hal.wifi_connected():
             if self.wifi_since is None:
-                w = self.cfg["wifi"]
-                hal.wifi_connect(w["ssid"], w.get("password", ""))
+                hal.wifi_connect(self.wifi[0], self.wifi[1])
                 self.wifi_since = hal.ticks_ms()
             elif hal.ticks_diff(hal.ticks_ms(), self.wifi_since) > _WIFI_WAIT_MS:
                 self.wifi_since = None
                 self._backoff("wifi not connected")
             return
         self.wifi_since = None
-        mq = self.cfg["mqtt"]
-        gc.collect()  # a TLS handshake needs a few KB in one piece
+        import online
+
         try:
-            sock = hal.connect(mq["host"], mq["port"], mq["tls"], mq["tls_verify"], self.cadata, 10000)
-            self.client.connect(sock, self.t_status, OFFLINE)
-            self.client.subscribe(self.t_config)
-        except Exception as e:
-            self.client.close()
-            self._backoff("mqtt %r" % (e,))
-            return
-        self.online = True
-        self.attempt = 0
-        self.status_due = True
-        log.info("net: online, pending=%d" % (self.ring.pending + len(self.staging)))
+            online.connect(self)
+        finally:
+            _done()
 
     def _on_ack(self, pid: int) -> None:
         f = self.inflight
@@ -373,27 +249,41 @@ class Node:
                 raise OSError("no PUBACK")
             return
         if self.ring.pending > 0:
-            n, nb, seg, off = self.ring.peek(self.buf, self.cfg["batch"])
+            n, nb, seg, off = self.ring.peek(self.buf, self.batch, BATCH_BYTES)
             if n:
-                buf = self.buf
-                for i in range(nb - 1):
-                    if buf[i] == 10:
-                        buf[i] = 44  # newline -> comma: the lines become a JSON array
-                pid = self.client.publish(self.t_tel, (b'{"v":1,"batch":[', self.mv[: nb - 1], b"]}"))
+                # Straight from flash: the lines, less the last newline, with each newline
+                # turned into a comma, are a JSON array.
+                c = self.client
+                pid = c.begin(self.t_tel, 16 + nb - 1 + 2)
+                c.write(b'{"v":1,"batch":[')
+                self.ring.stream(seg, off, nb - 1, self.buf, c.write, 44)
+                c.write(b"]}")
                 self.inflight = (pid, "r", n, nb, seg, off, hal.ticks_ms())
                 return
         if self.staging:
-            n = len(self.staging)
+            # One reading as itself, several as a batch; written piece by piece (no join).
+            st = self.staging
+            n = len(st)
+            c = self.client
             if n == 1:
-                rec = self.staging[0]
-                pieces: tuple = (b'{"v":1,', memoryview(rec)[1 : len(rec) - 1])
+                rec = st[0]
+                pid = c.begin(self.t_tel, 7 + len(rec) - 2)
+                c.write(b'{"v":1,')
+                c.write(rec, 1, len(rec) - 1)
             else:
-                pieces = (b'{"v":1,"batch":[', b",".join([r[:-1] for r in self.staging]), b"]}")
-            pid = self.client.publish(self.t_tel, pieces)
+                size = 16 + 2 - 1
+                for r in st:
+                    size += len(r)
+                pid = c.begin(self.t_tel, size)
+                c.write(b'{"v":1,"batch":[')
+                for i in range(n):
+                    if i:
+                        c.write(b",")
+                    c.write(st[i], 0, len(st[i]) - 1)
+                c.write(b"]}")
             self.inflight = (pid, "s", n, 0, 0, 0, hal.ticks_ms())
 
     def status_doc(self) -> bytes:
-        cfg = self.cfg
         gc.collect()
         d = {
             "v": 1, "state": "online", "fw": FW, "reset": self.reset,
@@ -402,13 +292,13 @@ class Node:
             "buffered": self.ring.pending + len(self.staging) + len(self.pretime),
             "dropped": self.ring.dropped,
             "faults": sorted(["%s:%s" % kv for kv in self.faults.items()])[:16],
-            "interval_s": cfg["interval_s"], "kind": cfg["kind"], "lat": cfg["lat"], "lon": cfg["lon"],
+            "interval_s": self.interval_s, "kind": self.place[0], "lat": self.place[1], "lon": self.place[2],
         }
         if self.config_seq >= 0:
             d["config_seq"] = self.config_seq
-        bat = cfg["battery"]
+        bat = self.battery
         if bat:
-            d["battery_v"] = round(hal.adc(bat["adc"]).read_uv() * bat.get("divider", 2.0) / 1000000, 2)
+            d["battery_v"] = round(bat[0].read_uv() * bat[1] / 1000000, 2)
         return json.dumps(d).encode()
 
     def _status(self) -> None:
@@ -426,20 +316,27 @@ class Node:
             if not hal.wifi_connected():
                 raise OSError("wifi lost")
             self.client.poll(0)
-            if self.status_due or hal.ticks_diff(hal.ticks_ms(), self.status_at) > self.cfg["status_interval_s"] * 1000:
+            if self.status_due or hal.ticks_diff(hal.ticks_ms(), self.status_at) > self.status_ms:
                 self._status()
             self._pump()
         except Exception as e:
             self._go_offline("link lost: %r" % (e,))
 
     def service_clock(self) -> None:
-        if not self.clock.synced and hal.wifi_connected() and self.clock.due() and self.clock.sync():
-            self._backdate()
+        if not self.clock.synced and hal.wifi_connected() and self.clock.due():
+            import online
+
+            try:
+                synced = online.sync(self.clock)
+            finally:
+                _done()
+            if synced:
+                self._backdate()
 
     def healthy(self) -> bool:
         # Fed only while readings run on time and memory is not exhausted.
         late = hal.ticks_diff(hal.ticks_ms(), self.next_read)
-        return late < self.cfg["watchdog_ms"] // 2 and gc.mem_free() > _MIN_FREE
+        return late < self.watchdog_ms // 2 and gc.mem_free() > _MIN_FREE
 
     # --- main loops -----------------------------------------------------------------------
     def step(self) -> None:
@@ -468,9 +365,6 @@ class Node:
             hal.sleep_ms(wait)
 
     def run(self) -> None:
-        log.info("boot fw=%s reset=%s seq=%d pending=%d dropped=%d" % (FW, self.reset, self.seq, self.ring.pending, self.ring.dropped))
-        if self.cfg["deep_sleep"]:
-            self.run_once()
         while True:
             self.step()
             self.idle()
@@ -496,19 +390,32 @@ class Node:
         hal.deepsleep(rest)
 
 
+def _done() -> None:
+    # The on-demand modules are needed again only at the next (re)connect, NTP sync or
+    # config document: drop them, and the next collection gives their code's RAM back.
+    sys.modules.pop("online", None)
+    sys.modules.pop("retained", None)
+
+
 def main(buf: Any = None) -> None:
-    if buf is None or len(buf) < BATCH_BYTES:
-        gc.collect()
-        buf = bytearray(BATCH_BYTES)
-    import config
-
-    cfg = config.load()
-    if cfg is None:
-        log.error("not starting: fix config.json")
+    node = boot(buf)
+    if node is None:
         return
-    del config
-    import sys
+    if node.deep_sleep:
+        node.run_once()
+    node.run()
 
-    sys.modules.pop("config", None)  # only needed at boot: give its memory back
+
+def boot(buf: Any = None):
+    """The node built from config.json and flash (None after logging why it cannot start).
+    The code that builds it (config check, drivers' factory, state restore) is needed at
+    boot only: it is loaded here and its memory given back before the node runs."""
+    import start
+
+    node = start.node(buf)
+    del start
+    sys.modules.pop("start", None)
+    sys.modules.pop("config", None)
+    _done()
     gc.collect()
-    Node(cfg, buf).run()
+    return node

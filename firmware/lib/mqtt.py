@@ -16,11 +16,8 @@ try:
 except ImportError:
     pass
 
-_CONNECT = const(0x10)
-_CONNACK = const(0x20)
 _PUBLISH = const(0x30)
 _PUBACK = const(0x40)
-_SUBSCRIBE = const(0x82)
 _SUBACK = const(0x90)
 _PINGREQ = const(0xC0)
 _PINGRESP = const(0xD0)
@@ -45,14 +42,16 @@ class Client:
         self._ping_out = False
 
     # --- framing -----------------------------------------------------------
-    def _write(self, data) -> None:
-        mv = memoryview(data)
-        while len(mv):
-            n = self.sock.write(mv)
+    def write(self, data, off: int = 0, end: int = -1) -> None:
+        """Send data[off:end] (end -1: to its end) without copying or slicing it."""
+        if end < 0:
+            end = len(data)
+        while off < end:
+            n = self.sock.write(data, off, end - off)
             if n is None:
                 n = 0
                 hal.sleep_ms(1)
-            mv = mv[n:]
+            off += n
         self._last_tx = hal.ticks_ms()
 
     def _send_header(self, kind: int, length: int) -> None:
@@ -66,14 +65,14 @@ class Client:
             i += 1
             if not length:
                 break
-        self._write(memoryview(h)[:i])
+        self.write(h, 0, i)
 
     def _str(self, s) -> None:
         b = s.encode() if type(s) is str else s
         self._hdr[0] = len(b) >> 8
         self._hdr[1] = len(b) & 0xFF
-        self._write(memoryview(self._hdr)[:2])
-        self._write(b)
+        self.write(self._hdr, 0, 2)
+        self.write(b)
 
     def _read(self, n: int) -> bytes:
         out = b""
@@ -102,45 +101,7 @@ class Client:
         self._pid = self._pid % 65535 + 1
         return self._pid
 
-    # --- session -------------------------------------------------------------
-    def connect(self, sock, will_topic: str, will_msg: bytes, clean: bool = True, timeout_ms: int = 10000) -> None:
-        """Send CONNECT with a retained QoS 1 Last Will and wait for CONNACK."""
-        self.sock = sock
-        flags = 0x02 if clean else 0
-        length = 10 + 2 + len(self.client_id)
-        flags |= 0x04 | 0x08 | 0x20  # will, will QoS 1, will retain
-        length += 2 + len(will_topic) + 2 + len(will_msg)
-        if self.username:
-            flags |= 0x80
-            length += 2 + len(self.username)
-            if self.password:
-                flags |= 0x40
-                length += 2 + len(self.password)
-        self._send_header(_CONNECT, length)
-        self._write(b"\x00\x04MQTT\x04")
-        self._hdr[0] = flags
-        self._hdr[1] = self.keepalive_ms // 1000 >> 8
-        self._hdr[2] = self.keepalive_ms // 1000 & 0xFF
-        self._write(memoryview(self._hdr)[:3])
-        self._str(self.client_id)
-        self._str(will_topic)
-        self._str(will_msg)
-        if self.username:
-            self._str(self.username)
-            if self.password:
-                self._str(self.password)
-        self.poller = select.poll()
-        self.poller.register(sock, select.POLLIN)
-        if not self.poller.poll(timeout_ms):
-            raise OSError("mqtt: no CONNACK")
-        resp = self._read(4)
-        if resp[0] != _CONNACK or resp[1] != 2:
-            raise OSError("mqtt: bad CONNACK")
-        if resp[3] != 0:
-            raise OSError("mqtt: refused, code %d" % resp[3])
-        self._last_rx = hal.ticks_ms()
-        self._ping_out = False
-
+    # --- session (opened by online.session) ----------------------------------
     def close(self) -> None:
         if self.sock is not None:
             try:
@@ -153,35 +114,31 @@ class Client:
     def disconnect(self) -> None:
         """A clean DISCONNECT: the broker discards the Last Will."""
         try:
-            self._write(b"\xe0\x00")
+            self.write(b"\xe0\x00")
         except Exception:
             pass
         self.close()
 
     # --- messages ------------------------------------------------------------
-    def publish(self, topic: str, pieces: tuple, retain: bool = False, dup: bool = False) -> int:
+    def publish(self, topic: str, pieces: tuple, retain: bool = False) -> int:
         """QoS 1 publish of the concatenated pieces; returns the packet id to await."""
         size = 0
         for p in pieces:
             size += len(p)
-        pid = self._next_pid()
-        self._send_header(_PUBLISH | 0x02 | (0x01 if retain else 0) | (0x08 if dup else 0), 2 + len(topic) + 2 + size)
-        self._str(topic)
-        self._hdr[0] = pid >> 8
-        self._hdr[1] = pid & 0xFF
-        self._write(memoryview(self._hdr)[:2])
+        pid = self.begin(topic, size, retain)
         for p in pieces:
-            self._write(p)
+            self.write(p)
         return pid
 
-    def subscribe(self, topic: str) -> int:
+    def begin(self, topic: str, size: int, retain: bool = False) -> int:
+        """Start a QoS 1 publish of `size` payload bytes, which the caller then passes to
+        write() (a replay batch streams from flash); returns the packet id to await."""
         pid = self._next_pid()
-        self._send_header(_SUBSCRIBE, 2 + 2 + len(topic) + 1)
+        self._send_header(_PUBLISH | 0x02 | (0x01 if retain else 0), 2 + len(topic) + 2 + size)
+        self._str(topic)
         self._hdr[0] = pid >> 8
         self._hdr[1] = pid & 0xFF
-        self._write(memoryview(self._hdr)[:2])
-        self._str(topic)
-        self._write(b"\x01")
+        self.write(self._hdr, 0, 2)
         return pid
 
     def poll(self, timeout_ms: int = 0) -> None:
@@ -190,7 +147,7 @@ class Client:
         if self._ping_out and hal.ticks_diff(now, self._last_rx) > self.keepalive_ms:
             raise OSError("mqtt: no answer to ping")
         if not self._ping_out and hal.ticks_diff(now, self._last_tx) >= self.keepalive_ms // 2:
-            self._write(b"\xc0\x00")
+            self.write(b"\xc0\x00")
             self._ping_out = True
         wait = timeout_ms
         while True:
@@ -239,7 +196,7 @@ class Client:
                 self._hdr[1] = 2
                 self._hdr[2] = pid >> 8
                 self._hdr[3] = pid & 0xFF
-                self._write(memoryview(self._hdr)[:4])
+                self.write(self._hdr, 0, 4)
             if payload is not None and self.on_message:
                 self.on_message(topic, payload)
         else:

@@ -14,30 +14,13 @@ _SCAN = const(256)
 
 
 class Ring:
+    # Opened at boot by start.open_ring(), which finds the segments, the read position and
+    # the dropped count in flash, mends a torn last line and counts what is pending.
     def __init__(self, folder: str, segments: int, seg_bytes: int) -> None:
         self.folder = folder
         self.segments = segments
         self.seg_bytes = seg_bytes
-        try:
-            os.mkdir(folder)
-        except OSError:
-            pass
-        nums = sorted(int(n[1:]) for n in os.listdir(folder) if n[0] == "s")
-        self.first = nums[0] if nums else 0
-        self.last = nums[-1] if nums else 0
-        self.hseg, self.hoff, self.dropped = self.first, 0, 0
-        try:
-            with open(folder + "/head") as f:
-                parts = f.read().split()
-            self.hseg, self.hoff, self.dropped = int(parts[0]), int(parts[1]), int(parts[2])
-        except (OSError, ValueError, IndexError):
-            pass
-        if self.hseg < self.first or self.hseg > self.last:
-            self.hseg, self.hoff = self.first, 0
-        self._repair(self.last)
-        self.pending = 0
-        for n in range(self.hseg, self.last + 1):
-            self.pending += self._lines(n, self.hoff if n == self.hseg else 0)
+        self.first = self.last = self.hseg = self.hoff = self.dropped = self.pending = 0
 
     def _path(self, n: int) -> str:
         return "%s/s%08d" % (self.folder, n)
@@ -63,35 +46,6 @@ class Ring:
         except OSError:
             pass
         return count
-
-    def _repair(self, n: int) -> None:
-        # A power cut during an append can leave a partial last line: cut it off, so
-        # the next append does not glue a valid reading to garbage.
-        size = self._size(n)
-        if not size:
-            return
-        buf = bytearray(_SCAN)
-        keep = 0
-        with open(self._path(n), "rb") as f:
-            pos = 0
-            while True:
-                k = f.readinto(buf)
-                if not k:
-                    break
-                for i in range(k):
-                    if buf[i] == 10:
-                        keep = pos + i + 1
-                pos += k
-        if keep == size:
-            return
-        tmp = self._path(n) + ".tmp"
-        with open(self._path(n), "rb") as src, open(tmp, "wb") as dst:
-            left = keep
-            while left > 0:
-                k = src.readinto(buf)
-                dst.write(buf[: min(k, left)])
-                left -= k
-        os.rename(tmp, self._path(n))
 
     def _save(self) -> None:
         with open(self.folder + "/head", "w") as f:
@@ -127,34 +81,68 @@ class Ring:
         self.pending -= n
         return n
 
-    def peek(self, buf, max_n: int):
-        """Read up to max_n of the oldest readings into buf: (n, nbytes, seg, off)."""
+    def peek(self, buf, max_n: int, max_bytes: int):
+        """The oldest readings, up to max_n of them in at most max_bytes: (n, nbytes, seg, off).
+        They stay in flash (buf is only scratch for the scan): send them with stream()."""
         while True:
             while self.hseg < self.last and self.hoff >= self._size(self.hseg):
                 self._next_segment()
             if self.pending <= 0:
                 return 0, 0, self.hseg, self.hoff
-            with open(self._path(self.hseg), "rb") as f:
-                f.seek(self.hoff)
-                k = f.readinto(buf)
-            n = end = 0
-            bad = False
-            for i in range(k or 0):
-                if buf[i] == 10:
-                    if buf[end] != 123 or i < end + 2 or buf[i - 1] != 125:  # not {...}: flash damage
-                        bad = n == 0  # send the good ones first; the bad line heads the next batch
-                        if bad:
-                            self.hoff += i + 1  # skip it, counted as dropped
-                            self.pending -= 1
-                            self.dropped += 1
-                            self._save()
-                        break
-                    n += 1
-                    end = i + 1
-                    if n == max_n:
-                        break
-            if not bad:
+            n, end, bad = self._scan(buf, max_n, max_bytes)
+            if bad < 0:
                 return n, end, self.hseg, self.hoff
+            self.hoff += bad + 1  # a damaged first line: skip it, counted as dropped
+            self.pending -= 1
+            self.dropped += 1
+            self._save()
+
+    def _scan(self, buf, max_n: int, max_bytes: int):
+        # (lines, bytes) of the good whole lines at the read position, and where a damaged
+        # first line ends (-1 if none). A line is damaged when it is not {...} (flash
+        # damage) or longer than a batch; after good lines it ends the batch instead, and
+        # heads the next one.
+        n = end = pos = 0
+        first = prev = -1
+        with open(self._path(self.hseg), "rb") as f:
+            f.seek(self.hoff)
+            while True:
+                k = f.readinto(buf)
+                if not k:
+                    return n, end, -1
+                for i in range(k):
+                    b = buf[i]
+                    if first < 0:
+                        first = b
+                    if b == 10:
+                        p = pos + i
+                        if first != 123 or prev != 125 or p < end + 2 or p + 1 - end > max_bytes:
+                            return n, end, p if n == 0 else -1
+                        if p + 1 > max_bytes:
+                            return n, end, -1
+                        n += 1
+                        end = p + 1
+                        if n == max_n:
+                            return n, end, -1
+                        first = -1
+                    prev = b
+                pos += k
+
+    def stream(self, seg: int, off: int, nbytes: int, buf, write, sep: int = 10) -> None:
+        """Pass nbytes of segment seg from byte off to write(buf, 0, k) a bufful at a time,
+        with each newline turned into sep (commas make the lines a JSON array's items)."""
+        with open(self._path(seg), "rb") as f:
+            f.seek(off)
+            while nbytes > 0:
+                k = f.readinto(buf, min(nbytes, len(buf)))
+                if not k:
+                    raise OSError("ring: segment %d is short" % seg)
+                if sep != 10:
+                    for i in range(k):
+                        if buf[i] == 10:
+                            buf[i] = sep
+                write(buf, 0, k)
+                nbytes -= k
 
     def _next_segment(self) -> None:
         self._remove(self.hseg)

@@ -23,7 +23,8 @@ fakehw.configure({
 })
 
 import hal  # noqa: E402
-from drivers import SensorError, make  # noqa: E402
+from drivers import SensorError  # noqa: E402
+from start import make, open_ring  # noqa: E402  (the boot code: drivers' factory, ring recovery)
 
 
 def out(name, **kw):
@@ -70,44 +71,73 @@ snd = make({"type": "sound", "adc": 34, "cal_db": 28.0})
 out("sound", m=read(snd)[0])
 
 # The flash ring: rotation, oldest dropped first, read position and counts across "reboots".
-from ring import Ring  # noqa: E402
-
+# A small scratch buffer, so scans and streams cross its boundary mid-line.
 try:
     os.mkdir("r")
 except OSError:
     pass
-ring = Ring("r", 3, 200)
+
+
+def batch(ring, max_n, max_bytes=8192, buf=bytearray(48)):
+    """peek() and the bytes stream() passes on: (n, nbytes, seg, off, data)."""
+    n, nb, seg, off = ring.peek(buf, max_n, max_bytes)
+    out = bytearray()
+    ring.stream(seg, off, nb, buf, lambda b, o, e: out.extend(b[o:e]))
+    return n, nb, seg, off, bytes(out)
+
+
+ring = open_ring("r", 3, 200)
 lines = [b'{"ts":%d,"seq":%d,"m":{"pm25":1}}\n' % (1764000000 + i, i) for i in range(40)]
 for i in range(0, 40, 2):
     ring.append(lines[i : i + 2])
-buf = bytearray(4096)
-n, nb, seg, off = ring.peek(buf, 5)
-first = bytes(buf[:nb]).decode().split("\n")[0]
+n, nb, seg, off, data = batch(ring, 5)
+first = data.decode().split("\n")[0]
 ring.commit(n, nb, seg, off)
-again = Ring("r", 3, 200)  # a reboot: state comes back from flash
-out("ring", pending=ring.pending, dropped=ring.dropped, first=first, n=n,
+again = open_ring("r", 3, 200)  # a reboot: state comes back from flash
+out("ring", pending=ring.pending, dropped=ring.dropped, first=first, n=n, nbytes=nb, lines=data.count(b"\n"),
     after_reboot=[again.pending, again.dropped], files=sorted(os.listdir("r")))
 # A power cut in the middle of an append leaves half a line: the next boot cuts it off.
 with open("r/s%08d" % again.last, "ab") as f:
     f.write(b'{"ts":17640')
-repaired = Ring("r", 3, 200)
+repaired = open_ring("r", 3, 200)
 before = (repaired.pending, repaired.dropped)
 repaired.append([b'{"ts":1764000100,"seq":100,"m":{"pm25":1}}\n'])
 total = 0
 while repaired.pending:
-    n, nb, seg, off = repaired.peek(buf, 50)
-    for line in bytes(buf[:nb]).decode().split("\n")[:-1]:
+    n, nb, seg, off, data = batch(repaired, 50)
+    for line in data.decode().split("\n")[:-1]:
         json.loads(line)
         total += 1
     repaired.commit(n, nb, seg, off)
 out("ring_repair", readable=total, pending=repaired.pending, before=before, dropped=repaired.dropped)
 
 # A line damaged in flash is skipped (and counted), the good ones around it still go.
-damaged = Ring("d", 4, 4096)
+damaged = open_ring("d", 4, 4096)
 damaged.append([lines[0], b'{"ts":1764000001,"seq":1,"m":{"pm25":1\x00\x00\n', lines[2]])
 got = []
 while damaged.pending:
-    n, nb, seg, off = damaged.peek(buf, 50)
-    got += [json.loads(x)["seq"] for x in bytes(buf[:nb]).decode().split("\n")[:-1]]
+    n, nb, seg, off, data = batch(damaged, 50)
+    got += [json.loads(x)["seq"] for x in data.decode().split("\n")[:-1]]
     damaged.commit(n, nb, seg, off)
 out("ring_damaged", seqs=got, dropped=damaged.dropped)
+
+# A batch stops at max_bytes on a line boundary; a line longer than a whole batch is
+# damage (skipped, counted), never a batch that can not be sent.
+sized = open_ring("z", 4, 4096)
+sized.append([lines[3], lines[4], b'{"ts":1764000005,"seq":5,"m":{"pm25":"' + b"x" * 200 + b'"}}\n', lines[6]])
+sizes = []
+got = []
+while sized.pending:
+    n, nb, seg, off, data = batch(sized, 50, 100)
+    sizes.append(n)
+    got += [json.loads(x)["seq"] for x in data.decode().split("\n")[:-1]]
+    sized.commit(n, nb, seg, off)
+out("ring_sized", seqs=got, sizes=sizes, dropped=sized.dropped, line=len(lines[3]))
+
+# A replay batch as published: the lines, newlines turned into commas, are a JSON array.
+arr = open_ring("a", 4, 4096)
+arr.append(lines[7:10])
+n, nb, seg, off = arr.peek(bytearray(16), 50, 8192)
+parts = []
+arr.stream(seg, off, nb - 1, bytearray(16), lambda b, o, e: parts.append(bytes(b[o:e])), 44)
+out("ring_array", seqs=[r["seq"] for r in json.loads("[" + b"".join(parts).decode() + "]")], n=n)

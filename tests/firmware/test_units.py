@@ -83,6 +83,7 @@ def test_ring_drops_oldest_and_survives_reboot(checks: dict[str, dict[str, Any]]
     assert c["first"].startswith(f'{{"ts":{1764000000 + c["dropped"]},"seq":{c["dropped"]},')
     assert c["after_reboot"] == [c["pending"], c["dropped"]]
     assert len([f for f in c["files"] if f.startswith("s")]) <= 3
+    assert c["lines"] == c["n"] == 5 and c["nbytes"] == 5 * len(c["first"]) + 5  # whole lines, streamed through a small buffer
     r = checks["ring_repair"]
     pending, dropped = r["before"]
     assert r["readable"] == pending + 1 - (r["dropped"] - dropped)  # the torn line is gone, nothing else
@@ -90,13 +91,28 @@ def test_ring_drops_oldest_and_survives_reboot(checks: dict[str, dict[str, Any]]
     assert checks["ring_damaged"] == {"check": "ring_damaged", "seqs": [0, 2], "dropped": 1}
 
 
+def test_ring_batches_are_bounded_and_stream_as_a_json_array(checks: dict[str, dict[str, Any]]) -> None:
+    s = checks["ring_sized"]
+    assert 2 * s["line"] <= 100 < 3 * s["line"]
+    # Two lines fill a 100-byte batch; the 225-byte line can never be sent, so it is dropped
+    # (and counted) rather than blocking the ring; the line after it still goes.
+    assert s["seqs"] == [3, 4, 6] and s["sizes"] == [2, 1] and s["dropped"] == 1
+    assert checks["ring_array"]["seqs"] == [7, 8, 9] and checks["ring_array"]["n"] == 3
+
+
 def test_catalogue_copy_matches_contract(tmp_path: Path) -> None:
     script = tmp_path / "dump.py"
-    script.write_text("import json, catalogue\nprint(json.dumps(catalogue.METRICS))\n")
+    script.write_text("import json, catalogue as c\n"
+                      "print(json.dumps({n: c.RANGES[2 * i : 2 * i + 2] for i, n in enumerate(c.NAMES)}))\n"
+                      "print(json.dumps([c.in_range('pm25', 35.5), c.in_range('pm25', 1000.5), c.in_range('temp_c', -10),"
+                      " c.in_range('radiation', 1)]))\n")
     proc = run_mp(script, tmp_path)
     assert proc.returncode == 0, proc.stderr
-    mirror = json.loads(proc.stdout)
+    lines = proc.stdout.splitlines()
+    mirror = json.loads(lines[0])
+    assert len(mirror) == len(json.loads(lines[0]).keys()) == len(METRICS)  # no name twice
     assert mirror == {name: [m.lo, m.hi] for name, m in METRICS.items()}
+    assert json.loads(lines[1]) == [True, False, True, False]
 
 
 def test_firmware_type_checks_against_esp32_stubs() -> None:
@@ -131,7 +147,7 @@ def test_device_and_contract_agree_on_config_documents(tmp_path: Path) -> None:
 
     (tmp_path / "docs.json").write_text(json.dumps(CONFIG_DOCS))
     script = tmp_path / "judge.py"
-    script.write_text("import json, app\nprint(json.dumps([app.config_ok(d) for d in json.load(open('docs.json'))]))\n")
+    script.write_text("import json, retained\nprint(json.dumps([retained.config_ok(d) for d in json.load(open('docs.json'))]))\n")
     proc = run_mp(script, tmp_path)
     assert proc.returncode == 0, proc.stderr
     device = json.loads(proc.stdout.splitlines()[-1])

@@ -1,61 +1,139 @@
-# Runs INSIDE the MicroPython unix port for `nakhon firmware bench`: boots the real
-# firmware against a real broker (through the fakes), then measures heap use with
-# gc.mem_alloc(): garbage collection is switched off for each measured step, so the
-# bytes allocated in the step bound the peak above what was live before it.
-# Prints one JSON line of figures.
+# Runs INSIDE the MicroPython unix port for `nakhon firmware bench`, from the mpy-cross
+# build (what a board imports): boots the real firmware as main.py does, against a real
+# broker through the fakes, then measures heap use with gc.mem_alloc(). Each measured
+# step starts after a full collection (so its base is everything resident: every module
+# the node keeps, its objects and buffers) and runs with automatic collection off; the
+# firmware's own gc.collect() calls go through a probe that notes the heap in use just
+# before each collection, so the peak is the true high-water mark of the step (garbage
+# included), not its end state. Prints one JSON line of figures.
+#
+# The bench's own code and bookkeeping are made before the fakes are measured, so
+# neither counts as the firmware's.
 import gc
 import json
 import sys
 
-gc.collect()
-_start = gc.mem_alloc()
-import fakehw  # noqa: E402, F401
-
-gc.collect()
-fakes = gc.mem_alloc() - _start  # the stand-ins' own code: not on a real board
-
-import app  # noqa: E402
-import config  # noqa: E402
-import hal  # noqa: E402
-
+CORE = ("hal", "log", "catalogue", "drivers", "clock", "ring", "mqtt", "app")
 REPLAY = int(sys.argv[1]) if len(sys.argv) > 1 else 500
+CONFIG_DOC = b'{"v":1,"seq":7,"interval_s":60,"sensors":{"pm":true},"thresholds":{"pm25":75.0}}'
+modules = {name: 0 for name in CORE}
+peaks = {"cycle": 0, "replay": 0, "status": 0, "config": 0, "reconnect": 0}
+bases = {"cycle": 0, "replay": 0, "status": 0, "config": 0, "reconnect": 0}
+node = None
 
 
-def measured(fn):
+class _Probe:
+    # Stands in for the gc module inside the firmware's modules while measuring.
+    hi = 0
+
+    def collect(self) -> None:
+        a = gc.mem_alloc()
+        if a > _Probe.hi:
+            _Probe.hi = a
+        gc.collect()
+
+    def mem_free(self) -> int:
+        return gc.mem_free()
+
+    def mem_alloc(self) -> int:
+        return gc.mem_alloc()
+
+
+probe = _Probe()
+
+
+def measure(name, fn):
+    """Peak heap in use during fn (after a full collection, automatic collection off)."""
     gc.collect()
     base = gc.mem_alloc()
+    _Probe.hi = base
     gc.disable()
     try:
         fn()
-        used = gc.mem_alloc() - base
+        peak = max(_Probe.hi, gc.mem_alloc())
     finally:
         gc.enable()
-    return base, used
+    bases[name] = max(bases[name], base - offset)
+    peaks[name] = max(peaks[name], peak - offset)
 
 
-gc.collect()
-buf = bytearray(app.BATCH_BYTES)
-cfg = config.load()
-del config
-sys.modules.pop("config", None)  # as app.main does: the boot check's code goes after boot
-node = app.Node(cfg, buf)
-while not (node.online and node.inflight is None and not node.staging and not node.status_due):
-    node.step()
-    node.idle()
-gc.collect()
-rest = gc.mem_alloc() - fakes
+def settle():
+    while not (node.online and node.inflight is None and not node.staging and not node.status_due):
+        node.step()
+        node.idle()
 
 
-def cycle():
-    # one read-publish cycle: read every sensor, publish, wait for the PUBACK
-    node.take_reading()
+def publish_wait():
     node.service_link()
     while node.inflight is not None:
         node.client.poll(100)
         node.service_link()
 
 
-base_c, used_c = measured(cycle)
+def cycle():
+    # one read-publish cycle: read every sensor, publish, wait for the PUBACK
+    node.take_reading()
+    publish_wait()
+
+
+def status():
+    # a status publish (due on every change of faults or config, and every status_interval_s)
+    node.status_due = True
+    publish_wait()
+
+
+def config_doc():
+    # the retained config document, as it arrives on every (re)connect
+    node._on_message(node.t_config, CONFIG_DOC)
+
+
+def reconnect():
+    # the link drops and comes back: socket, CONNECT, SUBSCRIBE, the retained config, status
+    node.client.close()
+    node.online = False
+    node.retry_at = hal.ticks_ms()
+    settle()
+
+
+def replay_step():
+    node.service_link()
+    node.client.poll(10)
+
+
+gc.collect()
+_start = gc.mem_alloc()
+import fakehw  # noqa: E402, F401
+
+gc.collect()
+fakes = gc.mem_alloc() - _start  # the stand-ins' own code and data: not on a board
+offset = _start + fakes
+
+# Where the heap goes: the modules a running node keeps, in the order they load.
+prev = gc.mem_alloc()
+for name in CORE:
+    __import__(name)
+    gc.collect()
+    now = gc.mem_alloc()
+    modules[name] = now - prev
+    prev = now
+
+import app  # noqa: E402
+import hal  # noqa: E402
+
+node = app.boot()  # as main.py: config.json checked, node built, boot-only code dropped
+if node is None:
+    raise SystemExit("bench: the device did not boot")
+app.gc = probe  # the resident module that collects (between cycles, before status) ...
+sys.modules["gc"] = probe  # ... and any loaded on demand (online.py, before a TLS handshake)
+settle()
+gc.collect()
+rest = gc.mem_alloc() - offset
+
+measure("cycle", cycle)
+measure("status", status)
+measure("config", config_doc)
+settle()  # the config change made a status due: send it outside the other figures
+measure("reconnect", reconnect)
 
 # Fill the ring with REPLAY readings, as an outage would, then replay them.
 node.online = False
@@ -66,29 +144,28 @@ for i in range(REPLAY):
     node._flush()
 node.online = True
 steps = 0
-peak_r = 0
 t0 = hal.ticks_ms()
 while node.ring.pending or node.inflight is not None:
-
-    def step():
-        node.service_link()
-        node.client.poll(10)
-
-    b, u = measured(step)
-    peak_r = max(peak_r, b - fakes + u)
+    measure("replay", replay_step)
     steps += 1
 elapsed = hal.ticks_diff(hal.ticks_ms(), t0)
+loaded = {}
+for name, mod in sys.modules.items():
+    f = getattr(mod, "__file__", "")
+    if f and name not in ("__main__", "fakehw", "fwbench"):
+        loaded[name] = f.rsplit("/", 1)[-1]
 print(json.dumps({
     "fakes_bytes": fakes,
+    "modules": modules,
+    "loaded": loaded,
     "rest_bytes": rest,
-    "cycle_peak_bytes": base_c - fakes + used_c,
-    "cycle_alloc_bytes": used_c,
+    "bases": bases,
+    "peaks": peaks,
     "replay_readings": REPLAY,
-    "replay_peak_bytes": peak_r,
     "replay_steps": steps,
     "replay_device_ms": elapsed,
     "dropped": node.ring.dropped,
     "published": node.published,
     "heap_total": gc.mem_alloc() + gc.mem_free(),
-    "batch": cfg["batch"],
+    "batch": node.batch,
 }))
