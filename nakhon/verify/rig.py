@@ -186,7 +186,7 @@ class MqttDevice:
     `tls_ca` turns on TLS with verification against that CA file."""
 
     def __init__(self, port: int, client_id: str, username: str | None = None, password: str | None = None, *,
-                 protocol: int = mqtt.MQTTv5, tls_ca: Path | None = None, connect: bool = True) -> None:
+                 protocol: mqtt.MQTTProtocolVersion = mqtt.MQTTv5, tls_ca: Path | None = None, connect: bool = True) -> None:
         self.connack = threading.Event()
         self.reason = ""
         self.acks: dict[int, str] = {}
@@ -203,7 +203,8 @@ class MqttDevice:
             self.host = "localhost"  # the name in the broker's certificate
         self.client.max_inflight_messages_set(1000)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.1, 2)  # so close() after a dropped connection does not sit out a 1 s back-off
+        # short back-off, so close() after a dropped connection does not sit out 1 s (paho takes float seconds; typed int)
+        self.client.reconnect_delay_set(0.1, 2)  # type: ignore[arg-type]
         self.client.on_connect = self._on_connect
         self.client.on_publish = lambda c, u, mid, rc, p: self.acks.__setitem__(mid, str(rc))
         self.client.on_disconnect = self._on_disconnect
@@ -242,6 +243,8 @@ class MqttDevice:
 
     def subscribe(self, topic: str, timeout: float = 10.0) -> list[str]:
         _, mid = self.client.subscribe(topic, 1)
+        if mid is None:
+            return ["no suback"]
         wait_for(lambda: mid in self.subacks, timeout, 0.02)
         return self.subacks.get(mid, ["no suback"])
 

@@ -331,10 +331,10 @@ def hostile_names(root: Path, size: Size) -> Row:
         broker_said: Counter[str] = Counter()
         say(f"{acked}/{len(attacks) + 2 * len(legit)} acknowledged; {len(by_broker)} topics with control characters, one connection each")
         for topic, payload, _ in by_broker:  # one throw-away connection each: the broker drops it
-            dev = MqttDevice(stack.broker.port, "verify-ctl")
-            answer = dev.publish(topic, payload, timeout=5) if dev.accepted() else "not connected"
-            broker_said[f"{answer} ({dev.disconnect_reason or 'still connected'})"] += 1
-            dev.close()
+            probe = MqttDevice(stack.broker.port, "verify-ctl")
+            answer = probe.publish(topic, payload, timeout=5) if probe.accepted() else "not connected"
+            broker_said[f"{answer} ({probe.disconnect_reason or 'still connected'})"] += 1
+            probe.close()
         sent = 2 * len(legit) + len(attacks)
         say(f"{acked}/{sent} acknowledged; waiting for the ingest")
         stats = stack.settled(sent, timeout=60)
@@ -343,7 +343,7 @@ def hostile_names(root: Path, size: Size) -> Row:
         time.sleep(1.5)  # let the roll-ups of the legit readings land too, so their schema is checked as well
         bad = outside_schema(stack, {d for _, d in legit})
         alive = stack.ingest is not None and stack.ingest.running
-    got = Counter((d.get("topic"), _payload(d)) for d in dead)
+    got = Counter((str(d.get("topic")), _payload(d)) for d in dead)
     missing = Counter((t, p) for t, p, _ in attacks) - got
     refused_by_broker = sum(n for k, n in broker_said.items() if k.startswith("no puback"))
     row.sent = sent + len(by_broker)
@@ -459,7 +459,7 @@ def padded_batch(size: int, t0: float, first_seq: int, readings: int = MAX_BATCH
     return body[:-1] + b" " * (size - len(body)) + b"}"
 
 
-def _broker_answer(port: int, topic: str, payload: bytes, protocol: int) -> str:
+def _broker_answer(port: int, topic: str, payload: bytes, protocol: mqtt.MQTTProtocolVersion) -> str:
     """What the broker does with one publish from a fresh connection: PUBACK reason, or how it dropped us."""
     dev = MqttDevice(port, f"verify-big-{protocol}", protocol=protocol)
     if not dev.accepted():
@@ -543,6 +543,6 @@ def payload_sizes(root: Path, size: Size) -> Row:
     row.ok = (acked == 4 and burst_acked == burst and alive and row.lost == 0 and row.accepted_bad == 0 and growth < 512)
     row.note = (f"Limits: contract {limit:,} bytes of payload, broker max_packet_size {packet_max:,} bytes of packet. Over the broker's "
                 f"limit Mosquitto drops the publisher: {'; '.join(f'{k}: {v}' for k, v in answers.items())}. paho then reconnects and "
-                f"resends the same message, so a device must not publish what the broker cannot take. Burst: {burst} payloads at the limit "
+                f"resends the same message, so a device must not publish what the broker cannot take. Burst: {burst} payloads at or just over the limit "
                 f"({burst * limit / 2**20:.0f} MiB), ingest peak RSS {growth:+.0f} MiB over its resting size.")
     return row

@@ -75,10 +75,10 @@ def broker_intruders(root: Path, size: Size) -> Row:
         v3 = MqttDevice(port, a[1], a[1], pw[a[1]], protocol=mqtt.MQTTv311)
         v3_acked = 0
         if v3.accepted():
-            for c, d in (b, p):
-                said = v3.publish(f"nakhon/v1/{c}/{d}/telemetry", _reading(now, 98, 998.0))
+            for city, device in (b, p):
+                said = v3.publish(f"nakhon/v1/{city}/{device}/telemetry", _reading(now, 98, 998.0))
                 v3_acked += said != "no puback"
-                outcomes.append((f"v3.1.1 publish to {c}/{d}", "PUBACK, dropped" if said != "no puback" else said, False))  # storage is the judge
+                outcomes.append((f"v3.1.1 publish to {city}/{device}", "PUBACK, dropped" if said != "no puback" else said, False))  # storage judges
         v3.close()
 
         # logging in as someone else, or as no one
@@ -128,7 +128,7 @@ def broker_intruders(root: Path, size: Size) -> Row:
     row.rejected = len(outcomes) - len(let_in)
     row.accepted_bad = len(let_in) + landed_bad + (1 if ingest_kicked else 0)
     row.lost = 2 - min(2, stored.get(a[1], 0))
-    said = Counter(o[1].split(":")[0][:60] for o in outcomes)
+    answers = Counter(o[1].split(":")[0][:60] for o in outcomes)
     row.figures = {
         "let in": str(len(let_in)),
         "landed from intruders": str(landed_bad),
@@ -136,7 +136,7 @@ def broker_intruders(root: Path, size: Size) -> Row:
         "dead letters": str(len(dead)),
         "ingest kicked off": "yes" if ingest_kicked else "no",
         "control (plain, TLS) stored": f"{stored.get(a[1], 0)}/2",
-        "answers": ", ".join(f"{k} {n}" for k, n in said.most_common()),
+        "answers": ", ".join(f"{k} {n}" for k, n in answers.most_common()),
     }
     row.ok = not let_in and landed_bad == 0 and not ingest_kicked and all(c in ("Success", "No matching subscribers") for c in control) and \
         stored.get(a[1], 0) == 2
@@ -409,21 +409,21 @@ def api_intruders(root: Path, size: Size) -> Row:
                                 params = {name: bad}
                             else:
                                 body[name] = [bad] if name == "sensors" else bad
-                            r = a.call(op, admin, path, params, body)
+                            resp = a.call(op, admin, path, params, body)
                             inj_sent += 1
-                            if r is None:
+                            if resp is None:
                                 client_refused += 1
                                 continue
-                            if r.status_code >= 500:
+                            if resp.status_code >= 500:
                                 inj_5xx += 1
-                                inj_examples.append(f"{op.method} {op.path} {kind} {name}: {r.status_code}")
-                            elif r.status_code < 300:
+                                inj_examples.append(f"{op.method} {op.path} {kind} {name}: {resp.status_code}")
+                            elif resp.status_code < 300:
                                 inj_accepted += 1
-                                inj_examples.append(f"{op.method} {op.path} {kind} {name}: {r.status_code}")
-                            text = r.text.lower().replace(json.dumps(bad)[1:-1].lower(), "").replace(bad.lower(), "")
+                                inj_examples.append(f"{op.method} {op.path} {kind} {name}: {resp.status_code}")
+                            text = resp.text.lower().replace(json.dumps(bad)[1:-1].lower(), "").replace(bad.lower(), "")
                             if (OTHER in text and "phuket" not in bad) or "influx" in text or "select " in text:
                                 leaks += 1
-                                inj_examples.append(f"leak {op.method} {op.path} {kind} {name}: {r.text[:100]}")
+                                inj_examples.append(f"leak {op.method} {op.path} {kind} {name}: {resp.text[:100]}")
             changed = _state(stack.db, a.http, admin) != before
 
             # 3. one client floods API B at `flood_rate` a second; three others read at 4 a second each, before and during
