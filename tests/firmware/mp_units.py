@@ -78,7 +78,10 @@ except OSError:
     pass
 
 
-def batch(ring, max_n, max_bytes=8192, buf=bytearray(48)):
+SCRATCH = bytearray(48)
+
+
+def batch(ring, max_n, max_bytes=8192, buf=SCRATCH):
     """peek() and the bytes stream() passes on: (n, nbytes, seg, off, data)."""
     n, nb, seg, off = ring.peek(buf, max_n, max_bytes)
     out = bytearray()

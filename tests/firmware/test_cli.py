@@ -64,3 +64,23 @@ def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -
     assert bad.returncode == 2
     assert "sensors[0] (pms5003) needs a number 'rx'" in bad.stderr
     assert nakhon(*[a if a != "chiang_mai" else "atlantis" for a in args]).returncode == 2
+
+
+def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> None:
+    proc = nakhon("firmware", "bench", "--root", str(tmp_path / "bench"), "--readings", "120")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    text = proc.stdout
+    assert "all .mpy as on a board" in text
+    rows = {}
+    for line in text.splitlines():
+        if line.strip().startswith("peak,"):
+            label = line.split(",", 1)[1].split("  ")[0].strip()
+            kb = float(line.split("KB")[0].split()[-1])
+            ratio = float(line.split("ratio ")[1].split()[0])
+            assert "target 40.0 KB" in line
+            assert abs(ratio - kb / 40.0) < 0.007  # the ratio is the peak over the target (both rounded)
+            rows[label] = kb
+    assert set(rows) == {"read-publish cycle", "120-reading replay (batches of 50)", "status publish", "retained config document",
+                         "reconnect (session, config, status)"}
+    assert rows["read-publish cycle"] < 40.0 and rows["120-reading replay (batches of 50)"] < 40.0
+    assert "published 122, dropped 0" in text  # the replay went out whole (plus the readings taken at boot and in the cycle)

@@ -16,7 +16,7 @@ import sys
 CORE = ("hal", "log", "catalogue", "drivers", "clock", "ring", "mqtt", "app")
 REPLAY = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 CONFIG_DOC = b'{"v":1,"seq":7,"interval_s":60,"sensors":{"pm":true},"thresholds":{"pm25":75.0}}'
-modules = {name: 0 for name in CORE}
+modules = [[name, 0] for name in CORE]  # in load order
 peaks = {"cycle": 0, "replay": 0, "status": 0, "config": 0, "reconnect": 0}
 bases = {"cycle": 0, "replay": 0, "status": 0, "config": 0, "reconnect": 0}
 node = None
@@ -110,11 +110,11 @@ offset = _start + fakes
 
 # Where the heap goes: the modules a running node keeps, in the order they load.
 prev = gc.mem_alloc()
-for name in CORE:
-    __import__(name)
+for row in modules:
+    __import__(row[0])
     gc.collect()
     now = gc.mem_alloc()
-    modules[name] = now - prev
+    row[1] = now - prev
     prev = now
 
 import app  # noqa: E402
