@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     ingest_workers: Annotated[int, Field(ge=1, le=64)] = 1
     ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
     ingest_batch_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    # writes in flight at once per worker: one waits on InfluxDB while the next is sent
+    ingest_writers: Annotated[int, Field(ge=1, le=16)] = 2
     # MQTT 5 Receive Maximum: messages the broker may have un-acked with us.
     ingest_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 20000
     ingest_session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400

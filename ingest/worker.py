@@ -1,8 +1,8 @@
 """One ingest worker: a persistent MQTT 5 session (shared subscription when there are several).
 
 The session's thread reads the broker in large chunks and hands each chunk's
-messages here: they are parsed and queued. The flusher thread makes each
-batch durable (InfluxDB, else spool; rejects to the dead letters) and only
+messages here: they are parsed and queued. The flusher threads (`ingest_writers`) make
+each batch durable (InfluxDB, else spool; rejects to the dead letters) and only
 then acknowledges its messages. The broker holds at most
 `ingest_receive_maximum` messages un-acked with us, which bounds memory.
 """
@@ -253,7 +253,7 @@ class Worker:
             log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
         self.session.start()
         self._threads = [
-            threading.Thread(target=self._flusher, name="flusher", daemon=True),
+            *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
         ]

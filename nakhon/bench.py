@@ -1,6 +1,6 @@
-"""`nakhon bench`: the ingest measured against the broker's and InfluxDB's own limits.
+"""The measurements of `nakhon bench` for the broker, InfluxDB and the ingest.
 
-Everything runs in one go on this machine, with servers the benchmark starts:
+Each starts its own servers on this machine:
   1. broker limit: Mosquitto draining a queue of N QoS 1 messages to one
      minimal subscriber (mosquitto_sub, C), contract-shaped payloads;
   2. database limit: InfluxDB taking line protocol in 5,000-point batches;
@@ -12,7 +12,6 @@ Everything runs in one go on this machine, with servers the benchmark starts:
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import shutil
@@ -218,7 +217,7 @@ def _cpu_seconds(svc: Service) -> float:
     return total
 
 
-def bench_latency(root: Path, rate: float, seconds: float, workers: int) -> Figure:
+def bench_latency(root: Path, rate: float, seconds: float, workers: int) -> tuple[Figure, float]:
     """Publish-to-queryable latency at `rate` readings/s, from probe readings polled in InfluxDB."""
     root = root / "latency"
     shutil.rmtree(root, ignore_errors=True)
@@ -272,34 +271,5 @@ def bench_latency(root: Path, rate: float, seconds: float, workers: int) -> Figu
         raise RuntimeError(f"latency probe: {len(sent) - len(lat)} of {len(sent)} probes never became queryable")
     p50 = statistics.median(lat)
     p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
-    return Figure(f"publish-to-queryable at {rate:,.0f} readings/s", p50 * 1000, "ms p50", f"p99 {p99 * 1000:.0f} ms over {len(lat)} probes")
-
-
-def run_bench(args: argparse.Namespace) -> int:
-    root = Path(args.root).resolve()
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    n = args.messages
-    _say(f"broker limit: {n} queued QoS 1 messages to mosquitto_sub")
-    broker = bench_broker(root, n)
-    _say(f"database limit: {2 * n} points in 5,000-point batches")
-    influx = bench_influx(root, 2 * n)
-    _say(f"ingest with {args.workers} worker(s): {n} queued readings")
-    ingest_rate, ingest_cpu, ingest_mem, rate = bench_ingest(root, n, args.workers)
-    _say("ingest with 1 worker")
-    one_rate, one_cpu, one_mem, _ = bench_ingest(root, n, 1) if args.workers != 1 else (ingest_rate, ingest_cpu, ingest_mem, rate)
-    _say(f"latency at half the sustained rate ({rate / 2:,.0f} readings/s)")
-    latency = bench_latency(root, rate / 2, 20.0, args.workers)
-    limit = min(broker.value, influx.value / 2)  # a reading is two points here (air + weather)
-    rows = [broker, influx, ingest_rate, one_rate, ingest_cpu, one_cpu, ingest_mem, one_mem, latency]
-    lines = ["| measure | value | unit | note |", "| --- | ---: | --- | --- |"]
-    lines += [f"| {f.name} | {f.value:,.0f} | {f.unit} | {f.note} |" for f in rows]
-    lines.append(f"| ingest / min(broker, InfluxDB) limit | {ingest_rate.value / limit:.2f} | ratio | limit = {limit:,.0f} readings/s |")
-    table = "\n".join(lines)
-    sys.stdout.write(table + "\n")
-    if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        cmd = f"nakhon bench --messages {n} --workers {args.workers}"
-        Path(args.report).write_text(f"# Ingest benchmark\n\nMeasured {when} with `{cmd}`.\n\n{table}\n")
-    return 0
+    fig = Figure(f"publish-to-queryable at {rate:,.0f} readings/s", p50 * 1000, "ms p50", f"p99 {p99 * 1000:.0f} ms over {len(lat)} probes")
+    return fig, p99 * 1000

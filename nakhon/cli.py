@@ -163,13 +163,6 @@ def cmd_firmware(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
-# --- bench -------------------------------------------------------------------
-def cmd_bench(args: argparse.Namespace) -> int:
-    from nakhon.bench import run_bench
-
-    return run_bench(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nakhon", description="Nakhon smart-city sensor platform. Settings come from NAKHON_* environment variables.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -211,12 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify_parser(sub)
 
-    bench = sub.add_parser("bench", help="measure the ingest against the broker's and InfluxDB's own limits")
-    bench.add_argument("--messages", type=int, default=200_000, help="messages per measurement (default 200000)")
-    bench.add_argument("--workers", type=int, default=2, help="ingest worker processes (default 2)")
-    bench.add_argument("--root", default="var/bench", help="folder for the benchmark's servers (default var/bench)")
-    bench.add_argument("--report", default=None, help="also write the table to this Markdown file")
-    bench.set_defaults(func=cmd_bench)
+    from nakhon.benchmark import add_parser as bench_parser
+
+    bench_parser(sub)
 
     dash = sub.add_parser("dashboards", help="Grafana dashboards: build the JSON, check it, push it to a Grafana")
     dash_sub = dash.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -148,3 +148,23 @@ def run_simbench(args: argparse.Namespace) -> int:
     finally:
         broker.stop()
     return 0
+
+
+def hold_fleet(root: Path, devices: int, interval_s: float = 10.0, hold_s: float = 20.0, procs: int = 2) -> tuple[list[Any], dict[str, float]]:
+    """For `nakhon bench`: hold one fleet of `devices` connected and report it as figures."""
+    from nakhon.bench import Figure
+
+    nofile = _raise_nofile(devices + 4096)
+    if nofile < devices + 512:
+        raise RuntimeError(f"open-files limit is {nofile}; raise it (ulimit -n {devices + 4096}) for {devices} devices")
+    with Mosquitto(Path(root) / "mosquitto", extra="max_connections -1\nmax_keepalive 65535") as broker:
+        r = _hold(broker, devices, interval_s, hold_s, procs, 1000.0)
+    figs = [
+        Figure("simulated devices held connected", r["max_connected"], "devices",
+               f"{devices:,} offered, connected in {r['connect_s']:.1f}s, held {hold_s:g}s; sustained: {'yes' if r['sustained'] else 'NO'}"),
+        Figure("simulated fleet readings acknowledged by the broker", r["acked_per_s"], "readings/s",
+               f"offered {r['offered_per_s']:,.0f}/s (one reading per {interval_s:g}s each); {r['unacked']} unacknowledged at the end"),
+        Figure("simulator CPU / broker CPU while holding", r["sim_cpu_pct"], "% of a core",
+               f"simulator {r['sim_rss_mb']:.0f} MB; broker {r['broker_cpu_pct']:.0f}% of a core, {r['broker_rss_mb']:.0f} MB"),
+    ]
+    return figs, {"sim_connected": float(r["max_connected"]), "sim_sustained": 1.0 if r["sustained"] else 0.0}

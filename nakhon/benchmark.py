@@ -1,0 +1,217 @@
+"""`nakhon bench`: the whole platform against its physical limits and a peer, in one run.
+
+Every section starts its own servers on this machine and reports figures;
+the targets are ratios of figures from the same run, so a slower or faster
+machine moves both sides together:
+
+  limits    Mosquitto -> one C subscriber at QoS 1; InfluxDB's direct write rate
+  peer      Node-RED doing the ingest's job (installed with npm on first use)
+  ingest    durable rate with 2 workers and 1, CPU per 100k, peak memory,
+            publish-to-queryable latency at half the sustained rate
+  api       latest-per-city and 7-day history against the same InfluxQL sent
+            straight to InfluxDB; requests/s at 32 clients
+  sim       the simulated fleet held connected, readings/s acknowledged
+  firmware  peak heap of a read-publish cycle and of a replay on the unix port
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from contract.influx import Influx
+from nakhon.bench import Figure, bench_broker, bench_influx, bench_ingest, bench_latency
+from nakhon.servers import InfluxDB, Mosquitto
+
+SECTIONS = ("limits", "peer", "ingest", "api", "sim", "firmware")
+
+
+def _say(msg: str) -> None:
+    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
+    sys.stderr.flush()
+
+
+@dataclass
+class Target:
+    what: str
+    measured: str
+    ratio: float | None
+    goal: str
+    met: bool
+
+
+@dataclass
+class Run:
+    """Figures by section, and the named values the targets are computed from."""
+
+    figures: dict[str, list[Figure]]
+    values: dict[str, float]
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    b = sub.add_parser("bench", help="measure the whole platform against the broker's and InfluxDB's limits and a Node-RED peer")
+    b.add_argument("--messages", type=int, default=200_000, help="messages per ingest and peer measurement (default 200000)")
+    b.add_argument("--workers", type=int, default=2, help="ingest worker processes for the shared-subscription run (default 2)")
+    b.add_argument("--peer-burst", type=int, default=200_000, help="messages in the unbatched Node-RED burst; 0 skips it (default 200000)")
+    b.add_argument("--devices", type=int, default=10_000, help="simulated fleet to hold connected (default 10000)")
+    b.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections to run (default all: {','.join(SECTIONS)})")
+    b.add_argument("--root", default="var/bench", help="folder for the benchmark's servers (default var/bench)")
+    b.add_argument("--report", default=None, help="also write the tables to this Markdown file, e.g. docs/bench.md")
+    b.set_defaults(func=run_bench)
+
+
+# --- sections -------------------------------------------------------------------------------------
+def limits(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    n = args.messages
+    _say(f"limits: {n} queued QoS 1 messages to mosquitto_sub")
+    broker = bench_broker(root, n)
+    _say(f"limits: {2 * n} points into InfluxDB in 5,000-point batches")
+    influx = bench_influx(root, 2 * n)
+    v["broker"], v["influx_points"] = broker.value, influx.value
+    return [broker, influx]
+
+
+def peer(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    from nakhon.peer import bench_peer
+
+    with Mosquitto(root / "peer" / "broker") as broker, InfluxDB(root / "peer" / "influxdb") as server, Influx(server.url) as db:
+        db.ensure_schema()
+        figs = bench_peer(broker.port, server.url, n=args.messages, root=root / "peer", burst=args.peer_burst)
+    v["peer"] = figs[0].value
+    return figs
+
+
+def ingest(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    n = args.messages
+    _say(f"ingest: {args.workers} workers on a shared subscription, {n} queued readings")
+    multi = bench_ingest(root, n, args.workers)
+    _say(f"ingest: 1 worker, {n} queued readings")
+    one = bench_ingest(root, n, 1)
+    best = max(multi[3], one[3])
+    workers = args.workers if multi[3] >= one[3] else 1
+    _say(f"ingest: latency at half the sustained rate ({best / 2:,.0f} readings/s, {workers} worker(s))")
+    lat, p99_ms = bench_latency(root, best / 2, 20.0, workers)
+    v["ingest"], v["latency_p99_ms"] = best, p99_ms
+    return [multi[0], one[0], multi[1], one[1], multi[2], one[2], lat]
+
+
+def api(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    from nakhon.apibench import measure
+
+    figs, values = measure(root / "api")
+    v.update(values)
+    return figs
+
+
+def sim(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    from nakhon.simbench import hold_fleet
+
+    figs, values = hold_fleet(root / "sim", args.devices)
+    v.update(values)
+    return figs
+
+
+def firmware(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    from nakhon.firmware_tools import bench_figures
+
+    figs, values = bench_figures(root / "firmware")
+    v.update(values)
+    return figs
+
+
+RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict[str, float]], list[Figure]]] = {
+    "limits": limits,
+    "peer": peer,
+    "ingest": ingest,
+    "api": api,
+    "sim": sim,
+    "firmware": firmware,
+}
+
+
+# --- targets ----------------------------------------------------------------------------------------
+def targets(v: dict[str, float]) -> list[Target]:
+    """The issue's targets, each from figures of this run; a target whose figures were not measured is left out."""
+    out: list[Target] = []
+    if "ingest" in v:
+        out.append(Target("ingest durable rate", f"{v['ingest']:,.0f} readings/s", None, ">= 40,000 readings/s", v["ingest"] >= 40_000))
+        if "broker" in v:
+            r = v["ingest"] / v["broker"]
+            out.append(Target("ingest / broker ceiling", f"{v['ingest']:,.0f} / {v['broker']:,.0f}", r, ">= 0.5 (half the ceiling)", r >= 0.5))
+        if "peer" in v:
+            r = v["ingest"] / v["peer"]
+            out.append(Target("ingest / Node-RED batched", f"{v['ingest']:,.0f} / {v['peer']:,.0f}", r, ">= 2.5", r >= 2.5))
+        out.append(Target("publish-to-queryable p99 at half rate", f"{v['latency_p99_ms']:,.0f} ms", None, "< 2,000 ms", v["latency_p99_ms"] < 2000))
+    for q in ("p50", "p99"):
+        if f"latest_{q}_ms" in v:
+            r = v[f"latest_direct_{q}_ms"] / v[f"latest_{q}_ms"]
+            out.append(Target(f"latest per city, direct / API ({q})", f"{v[f'latest_direct_{q}_ms']:.1f} / {v[f'latest_{q}_ms']:.1f} ms", r, ">= 5", r >= 5))
+    for q in ("p50", "p99"):
+        if f"history_{q}_ms" in v:
+            api_ms, direct_ms = v[f"history_{q}_ms"], v[f"history_direct_{q}_ms"]
+            r = api_ms / direct_ms
+            out.append(Target(f"7-day history, API / direct ({q})", f"{api_ms:.1f} / {direct_ms:.1f} ms", r, "<= 1.3", r <= 1.3))
+    if "sim_connected" in v:
+        ok = v["sim_connected"] >= 10_000 and v.get("sim_sustained") == 1.0
+        out.append(Target("simulated devices held connected", f"{v['sim_connected']:,.0f}", None, ">= 10,000, all readings acknowledged", ok))
+    for what in ("cycle", "replay"):
+        if f"fw_{what}_peak_kb" in v:
+            kb = v[f"fw_{what}_peak_kb"]
+            out.append(Target(f"firmware peak heap, {what}", f"{kb:.1f} KB", kb / 40, "< 40 KB (ratio to 40 KB < 1)", kb < 40))
+    return out
+
+
+# --- output -------------------------------------------------------------------------------------------
+def _value(f: Figure) -> str:
+    return f"{f.value:,.0f}" if abs(f.value) >= 100 or f.value == int(f.value) else f"{f.value:,.2f}"
+
+
+def tables(run: Run) -> str:
+    lines = ["| section | measure | value | unit | note |", "| --- | --- | ---: | --- | --- |"]
+    for section, figs in run.figures.items():
+        lines += [f"| {section} | {f.name} | {_value(f)} | {f.unit} | {f.note.replace('|', '/')} |" for f in figs]
+    lines += ["", "| target | measured | ratio | goal | met |", "| --- | --- | ---: | --- | --- |"]
+    for t in targets(run.values):
+        ratio = "-" if t.ratio is None else f"{t.ratio:.2f}"
+        lines.append(f"| {t.what} | {t.measured} | {ratio} | {t.goal} | {'yes' if t.met else 'NO'} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    wanted = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = [s for s in wanted if s not in RUNNERS]
+    if unknown:
+        sys.stderr.write(f"nakhon bench: unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}\n")
+        return 2
+    root = Path(args.root).resolve()
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    run = Run({}, {})
+    for section in SECTIONS:
+        if section not in wanted:
+            continue
+        t = time.monotonic()
+        _say(f"section {section}")
+        run.figures[section] = RUNNERS[section](root / section, args, run.values)
+        _say(f"section {section} done in {time.monotonic() - t:.0f}s")
+        for f in run.figures[section]:
+            _say(f"  {f.name}: {_value(f)} {f.unit}")
+    text = tables(run)
+    sys.stdout.write(text)
+    if args.report:
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        cmd = f"nakhon bench --messages {args.messages} --workers {args.workers}" + (f" --only {args.only}" if args.only != ",".join(SECTIONS) else "")
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(f"# Benchmark\n\nMeasured {when} with `{cmd}` on this machine ({_machine()}).\n\n{text}")
+    return 0
+
+
+def _machine() -> str:
+    import os
+
+    return f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
