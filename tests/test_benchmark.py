@@ -1,0 +1,53 @@
+"""`nakhon bench`'s targets: pure ratios of one run's figures."""
+
+from __future__ import annotations
+
+from nakhon.bench import Figure
+from nakhon.benchmark import Run, tables, targets
+
+GOOD = {
+    "broker": 80_000.0,
+    "peer": 15_000.0,
+    "ingest": 41_000.0,
+    "latency_p99_ms": 900.0,
+    "latest_p50_ms": 20.0,
+    "latest_direct_p50_ms": 400.0,
+    "latest_p99_ms": 60.0,
+    "latest_direct_p99_ms": 700.0,
+    "history_p50_ms": 12.0,
+    "history_direct_p50_ms": 10.0,
+    "history_p99_ms": 20.0,
+    "history_direct_p99_ms": 18.0,
+    "sim_connected": 10_000.0,
+    "sim_sustained": 1.0,
+    "fw_cycle_peak_kb": 30.0,
+    "fw_replay_peak_kb": 31.0,
+}
+
+
+def test_every_target_is_met_by_a_run_that_meets_the_issue() -> None:
+    got = targets(GOOD)
+    assert len(got) == 11
+    assert all(t.met for t in got), [t.what for t in got if not t.met]
+
+
+def test_each_target_fails_on_its_own_figure() -> None:
+    cases = {
+        "ingest": 39_000.0,  # under 40k, and under half the broker
+        "latency_p99_ms": 2000.0,
+        "latest_p99_ms": 141.0,  # 700 / 141 < 5
+        "history_p50_ms": 13.1,  # 13.1 / 10 > 1.3
+        "sim_sustained": 0.0,
+        "fw_replay_peak_kb": 40.0,
+    }
+    for key, bad in cases.items():
+        failed = [t.what for t in targets({**GOOD, key: bad}) if not t.met]
+        assert failed, key
+
+
+def test_a_section_not_run_leaves_its_targets_out_and_the_tables_render() -> None:
+    only_fw = {"fw_cycle_peak_kb": 41.0, "fw_replay_peak_kb": 39.0}
+    assert [(t.what, t.met) for t in targets(only_fw)] == [("firmware peak heap, cycle", False), ("firmware peak heap, replay", True)]
+    text = tables(Run({"firmware": [Figure("peak heap", 41.0, "KB", "a | b")]}, only_fw))
+    assert "| firmware | peak heap | 41 | KB | a / b |" in text
+    assert "| firmware peak heap, cycle | 41.0 KB | 1.02 | < 40 KB (ratio to 40 KB < 1) | NO |" in text
