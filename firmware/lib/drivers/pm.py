@@ -20,6 +20,7 @@ class _UartFrames:
         self.uart = uart
         self.buf = bytearray(self.SIZE)
         self.mv = memoryview(self.buf)
+        self.body = self.mv[2:]  # the usual read after a header, made once (a slice per frame is heap)
         self.one = bytearray(1)  # header hunting byte by byte, without a new slice each time
         self.n = 0  # bytes of the current frame received so far
         self.good = 0
@@ -51,7 +52,7 @@ class _UartFrames:
                 else:
                     self.n = 1 if b == self.H0 else 0
                 continue
-            k = self.uart.readinto(self.mv[self.n :])
+            k = self.uart.readinto(self.body if self.n == 2 else self.mv[self.n :])
             if not k:
                 return got
             got = True

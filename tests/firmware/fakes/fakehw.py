@@ -56,7 +56,7 @@ def _load():
     _ntp_fails = _world.get("ntp_fail_first", 0)
     _set_real0()
     for uid in _world.get("uart", {}):
-        _fifos[int(uid)] = (bytearray(_UART.RXBUF), bytearray(34))
+        _fifos[int(uid)] = _fifo()
 
 
 def _set_real0() -> None:
@@ -274,7 +274,8 @@ class _UART:
         self.spec = spec
         # The FIFO belongs to the UART driver (ESP-IDF's heap on a board, not MicroPython's):
         # taken from what the fakes set aside at import, so it is not counted as firmware.
-        self.rx, self.f = _fifos.pop(uid, None) or (bytearray(self.RXBUF), bytearray(34))
+        self.rx, self.memo = _fifos.pop(uid, None) or _fifo()
+        self.f = self.memo[0][2]
         self.head = 0
         self.count = 0
         self.t0 = ticks_ms()
@@ -283,12 +284,24 @@ class _UART:
         self.overflow = 0
 
     def _frame(self, k: int) -> int:
-        """Frame k into self.f; returns its length."""
+        """Frame k into self.f; returns its length. A frame is made once per value and
+        kept (memo slot: good frames by k % 5, the corrupt one apart), so the fake
+        allocates nothing per frame."""
         s = self.spec
-        f = self.f
         every = s.get("corrupt_every", 0)
         bad = every and k % every == every - 1
         pm25 = s.get("corrupt_value", 999) if bad else s.get("pm25", 30) + k % 5  # a corrupt one carries a value that must never get out
+        slot = self.memo[5 if bad else k % 5]
+        f = self.f = slot[2]
+        if slot[0] != pm25 or slot[1] != s["type"]:
+            slot[0], slot[1], slot[3] = pm25, s["type"], self._make(f, pm25, bad)
+        if bad:
+            self.corrupt += 1
+            print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, k + 1))
+        return slot[3]
+
+    def _make(self, f, pm25, bad) -> int:
+        s = self.spec
         if s["type"] == "pms5003":
             f[0], f[1], f[2], f[3] = 0x42, 0x4D, 0, 28
             vals = (int(pm25 * 0.7), int(pm25 + 0.5), int(pm25 * 1.4))  # whole µg/m³, as the sensor reports
@@ -308,9 +321,6 @@ class _UART:
             f[8] = ((f[2] + f[3] + f[4] + f[5] + f[6] + f[7]) & 0xFF) ^ (0x5A if bad else 0)
             f[9] = 0xAB
             n = 10
-        if bad:
-            self.corrupt += 1
-            print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, k + 1))
         return n
 
     def _push(self, b: int) -> None:
@@ -353,7 +363,12 @@ class _UART:
         return len(data)
 
 
-_fifos = {}  # uart id -> (receive FIFO, frame scratch), made by _load for the world's UARTs
+def _fifo():
+    # (receive FIFO, frame memo: [value, type, frame, length] for k % 5 and the corrupt frame)
+    return bytearray(_UART.RXBUF), [[None, None, bytearray(34), 0] for _ in range(6)]
+
+
+_fifos = {}  # uart id -> _fifo(), made by _load for the world's UARTs
 
 
 def uart(uid: int, baud: int, rx: int, tx: int):
