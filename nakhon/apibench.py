@@ -2,18 +2,24 @@
 
 Loads a city of N devices with D days of minute data (air: pm25, pm10) into a
 fresh InfluxDB, lets the ingest's own roll-up code build `latest`, `hourly`
-and the AQI, registers the devices, starts the API under uvicorn, then
-times with keep-alive HTTP clients:
+and the AQI, registers the devices, starts the API under uvicorn (as
+`nakhon api` does), then times with keep-alive HTTP clients:
 - latest per city through the API, the same InfluxQL sent straight to
   InfluxDB, and InfluxDB's own newest-point-per-device query over raw (what
   the API would have to run without the `latest` values);
 - a 7-day hourly history of one device through the API, and the same
   InfluxQL sent straight to InfluxDB.
+Fair by construction: the direct requests are byte for byte the ones the
+API's client sends (same target, same uncompressed answer), sent by the same
+kind of client as the API calls; contenders are timed in turns, so a load
+spike from elsewhere on a shared machine falls on both. Then requests/s with
+N concurrent clients, for the API and straight to InfluxDB alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import sys
 import threading
@@ -21,10 +27,12 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlencode
 
 import httpx
 
 from api import history
+from api.ainflux import AsyncInflux
 from api.registry import Device, Registry
 from contract import storage
 from contract.influx import Influx
@@ -90,21 +98,68 @@ def _load(influx: Influx, devices: list[str], days: int) -> None:
     sys.stderr.write(f"  roll-ups and AQI built in {time.monotonic() - t1:.0f}s\n")
 
 
-def _time(fn: Callable[[], httpx.Response], n: int) -> list[float]:
-    for _ in range(3):
-        fn().raise_for_status()
-    out = []
-    for _ in range(n):
-        t = time.perf_counter()
-        r = fn()
-        out.append((time.perf_counter() - t) * 1000)
-        r.raise_for_status()
+Timed = Callable[[], httpx.Response]
+
+
+def _interleaved(contenders: dict[str, tuple[Timed, int]], n: int) -> dict[str, list[float]]:
+    """ms per request of each contender, taken in turns (contender k every `k`-th round), so a load spike
+    from elsewhere on the machine falls on all of them alike rather than on whichever ran then."""
+    for fn, _ in contenders.values():
+        for _ in range(3):
+            fn().raise_for_status()
+    out: dict[str, list[float]] = {name: [] for name in contenders}
+    for i in range(n):
+        for name, (fn, every) in contenders.items():
+            if i % every:
+                continue
+            t = time.perf_counter()
+            r = fn()
+            out[name].append((time.perf_counter() - t) * 1000)
+            r.raise_for_status()
+        if (i + 1) % 100 == 0:
+            sys.stderr.write(f"  {i + 1}/{n} rounds\n")
     return out
 
 
 def _p(values: list[float], q: float) -> float:
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
+
+
+async def _concurrent(urls: dict[str, str], concurrency: int, seconds: float, slices: int = 4) -> dict[str, list[float]]:
+    """Closed-loop load: `concurrency` clients, each on its own keep-alive connection, sending the next request
+    as soon as the last is answered. The targets take turns in `slices` slices each, as in `_interleaved`."""
+    import aiohttp  # the load client only: lighter on the shared CPU than httpx's async client
+
+    out: dict[str, list[float]] = {name: [] for name in urls}
+    headers = {"Accept-Encoding": "identity"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers) as session:
+
+        async def client(url: str, until: float, lat: list[float]) -> None:
+            while (t := time.perf_counter()) < until:
+                async with session.get(url) as r:
+                    await r.read()
+                    if r.status != 200:
+                        raise RuntimeError(f"{url}: HTTP {r.status}")
+                lat.append((time.perf_counter() - t) * 1000)
+
+        for url in urls.values():  # warm every connection
+            await asyncio.gather(*(client(url, time.perf_counter() + 0.3, []) for _ in range(concurrency)))
+        for _ in range(slices):
+            for name, url in urls.items():
+                until = time.perf_counter() + seconds / slices
+                await asyncio.gather(*(client(url, until, out[name]) for _ in range(concurrency)))
+    return out
+
+
+def _row(name: str, v: list[float]) -> str:
+    return f"  {name:<58} p50 {_p(v, 0.5):8.1f}  p99 {_p(v, 0.99):8.1f}  (n={len(v)}, mean {statistics.mean(v):.1f})"
+
+
+def _ratio(label: str, num: list[float], den: list[float], target: str = "", ok: Callable[[float], bool] | None = None) -> str:
+    r50, r99 = _p(num, 0.5) / _p(den, 0.5), _p(num, 0.99) / _p(den, 0.99)
+    verdict = "" if ok is None else f"   target {target} at p50 and p99: {'met' if ok(r50) and ok(r99) else 'MISSED'}"
+    return f"  {label:<52} p50 {r50:6.2f}  p99 {r99:6.2f}{verdict}"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -144,11 +199,13 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"API did not start:\n{api.log_path.read_text()[-2000:]}")
             time.sleep(0.2)
 
-        def influxql(q: str, params: dict[str, str], epoch: str | None = "ms") -> httpx.Response:
-            import orjson
+        # The direct requests are the very ones the API sends (target built by its client, the same headers:
+        # uncompressed JSON), from the same kind of client as the API's callers here (httpx, keep-alive).
+        ainflux = AsyncInflux(db.url, storage.DATABASE, None, None, 60)
+        direct_headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
 
-            args = {"q": q, "db": storage.DATABASE, "params": orjson.dumps(params).decode()}
-            return idb.get("/query", params={**args, "epoch": epoch} if epoch else args)
+        def influxql(q: str, params: dict[str, str], epoch: str | None = "ms") -> httpx.Response:
+            return idb.get(ainflux.target(q, params, epoch), headers=direct_headers)
 
         n = args.requests
         end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)
@@ -156,19 +213,40 @@ def run(args: argparse.Namespace) -> int:
         dev = devices[len(devices) // 2]
         plan = history.aggregate_query("device", dev, "air", ["pm25", "pm10"], start, end, 3600, "mean", "auto")
         hq = plan.query  # what the API sends for this request (RFC 3339 times, passed through)
+        hist_epoch = "ms" if plan.fold else None
         hist_params = {"measurement": "air", "metrics": "pm25,pm10", "every": "1h", "agg": "mean",
                        "start": start.isoformat(), "end": end.isoformat()}
-        check = web.get(f"/v1/devices/{dev}/readings", params=hist_params).json()
-        latest_check = web.get(f"/v1/cities/{CITY}/latest").json()
-        results = {
-            "latest per city: API": _time(lambda: web.get(f"/v1/cities/{CITY}/latest"), n),
-            "latest per city: same InfluxQL direct": _time(lambda: influxql(history.latest_query(), {"city": CITY}), n),
-            "latest per city: InfluxDB newest point per device (raw)": _time(lambda: influxql(
-                f'SELECT last("pm25"), last("pm10") FROM "{storage.RP_RAW}"."air" WHERE "city" = $city GROUP BY "device"',
-                {"city": CITY}), max(5, n // 5)),
-            "7-day hourly history: API": _time(lambda: web.get(f"/v1/devices/{dev}/readings", params=hist_params), n),
-            "7-day hourly history: same InfluxQL direct": _time(lambda: influxql(hq.statement, hq.params, None), n),
-        }
+        hist_path = f"/v1/devices/{dev}/readings?{urlencode(hist_params)}"
+        latest_path = f"/v1/cities/{CITY}/latest"
+        raw_last = f'SELECT last("pm25"), last("pm10") FROM "{storage.RP_RAW}"."air" WHERE "city" = $city GROUP BY "device"'
+
+        # The API answers what InfluxDB answers.
+        check = web.get(hist_path).json()
+        direct = influxql(hq.statement, hq.params, hist_epoch).json()["results"][0]["series"][0]["values"]
+        if [[p["time"], p["values"]["pm25"], p["values"]["pm10"]] for p in check["points"]] != direct:
+            raise SystemExit("api-bench: the API's history differs from InfluxDB's answer")
+        latest_check = web.get(latest_path).json()
+        if len(latest_check["devices"]) != args.devices:
+            raise SystemExit(f"api-bench: latest lists {len(latest_check['devices'])} devices, not {args.devices}")
+
+        sys.stderr.write(f"timing: {n} rounds, API and direct in turns\n")
+        results = _interleaved({
+            "latest per city: API": (lambda: web.get(latest_path), 1),
+            "latest per city: same InfluxQL direct": (lambda: influxql(history.latest_query(), {"city": CITY}), 1),
+            "latest per city: InfluxDB newest point per device (raw)": (lambda: influxql(raw_last, {"city": CITY}), 5),  # slow: every 5th round
+        }, n)
+        results |= _interleaved({
+            "7-day hourly history: API": (lambda: web.get(hist_path), 1),
+            "7-day hourly history: same InfluxQL direct": (lambda: influxql(hq.statement, hq.params, hist_epoch), 1),
+        }, n)
+        conc, secs = args.concurrency, args.seconds
+        sys.stderr.write(f"load: {conc} concurrent clients, {secs:g} s per target\n")
+        loaded = asyncio.run(_concurrent({
+            "7-day hourly history: API": base + hist_path,
+            "7-day hourly history: same InfluxQL direct": db.url + ainflux.target(hq.statement, hq.params, hist_epoch),
+            "latest per city: API": base + latest_path,
+            "latest per city: same InfluxQL direct": db.url + ainflux.target(history.latest_query(), {"city": CITY}),
+        }, conc, secs))
         web.close()
         idb.close()
     finally:
@@ -176,20 +254,20 @@ def run(args: argparse.Namespace) -> int:
         influx.close()
         db.stop()
     out = [f"api-bench: {args.devices} devices x {args.days} days of minute data ({args.devices * args.days * 1440:,} points), "
-           f"{n} timed requests each (p50/p99 ms)",
+           f"{n} rounds, each contender timed in turn (ms)",
            f"  checks: latest lists {len(latest_check['devices'])} devices; history has {len(check['points'])} hourly points "
-           f"from {check['source']}"]
-    for name, v in results.items():
-        out.append(f"  {name:<58} p50 {_p(v, 0.5):8.1f}  p99 {_p(v, 0.99):8.1f}  (n={len(v)}, mean {statistics.mean(v):.1f})")
+           f"from {check['source']}, equal to InfluxDB's answer"]
+    out += [_row(name, v) for name, v in results.items()]
     lat_api, lat_direct, lat_raw = (results[k] for k in list(results)[:3])
     h_api, h_direct = results["7-day hourly history: API"], results["7-day hourly history: same InfluxQL direct"]
     out += [
-        f"  latest: InfluxDB newest-per-device over raw / API      p50 x{_p(lat_raw, .5) / _p(lat_api, .5):.1f} faster "
-        f"(target >= 5x), p99 x{_p(lat_raw, .99) / _p(lat_api, .99):.1f}",
-        f"  latest: API / same InfluxQL direct                      p50 {_p(lat_api, .5) / _p(lat_direct, .5):.2f}, "
-        f"p99 {_p(lat_api, .99) / _p(lat_direct, .99):.2f}",
-        f"  history: API / same InfluxQL direct                     p50 {_p(h_api, .5) / _p(h_direct, .5):.2f}, "
-        f"p99 {_p(h_api, .99) / _p(h_direct, .99):.2f} (target <= 1.30)",
+        "  ratios (same run):",
+        _ratio("latest: InfluxDB newest-per-device over raw / API", lat_raw, lat_api, ">= 5 (API faster)", lambda r: r >= 5),
+        _ratio("latest: API / same InfluxQL direct", lat_api, lat_direct),
+        _ratio("history: API / same InfluxQL direct", h_api, h_direct, "<= 1.30", lambda r: r <= 1.3),
+        f"  under load: {conc} concurrent clients (aiohttp, keep-alive), {secs:g} s each, in turns",
     ]
+    for name, v in loaded.items():
+        out.append(f"  {name:<58} {len(v) / secs:8.0f} req/s  p50 {_p(v, 0.5):7.1f}  p99 {_p(v, 0.99):7.1f}")
     sys.stdout.write("\n".join(out) + "\n")
     return 0
