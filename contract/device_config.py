@@ -14,7 +14,7 @@
   device reads four times as often (at least once a second).
 Anything else is refused; a refused document leaves the device on its previous config
 and shows the fault `config:invalid` in its status. The firmware checks the same rules
-(firmware/lib/app.py, Node._apply).
+(firmware/lib/retained.py, config_ok and apply).
 """
 
 from __future__ import annotations

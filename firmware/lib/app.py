@@ -37,7 +37,10 @@ STATE = "state"
 
 
 class Node:
-    # Built at boot by start.node() (boot-only code, freed once the node runs).
+    # Its fields are set at boot by start.node(), boot-only code that is dropped once the
+    # node runs. The annotations are for the type checker: MicroPython stores nothing.
+    # Code needed once per (re)connect, NTP sync or config document loads on demand
+    # (online.py, retained.py) and is dropped after: see _done().
     t_tel: str
     t_status: str
     t_config: str
