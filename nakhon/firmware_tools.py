@@ -355,3 +355,19 @@ def _config(args: Any) -> int:
         Path(args.out).write_text(text)
         sys.stderr.write(f"wrote {args.out}: copy it to the board as /config.json (nakhon firmware flash --config {args.out})\n")
     return 0
+
+
+def bench_figures(root: Path, readings: int = 500) -> tuple[list[Any], dict[str, float]]:
+    """For `nakhon bench`: the firmware bench as figures, and the peaks the targets use (KB)."""
+    from nakhon.bench import Figure
+
+    r = bench(root, readings)
+    kb = 1024
+    peaks = r["peaks"]
+    figs = [
+        Figure("firmware heap at rest (mpy build, unix port)", r["rest_bytes"] / kb, "KB", "every module, object and buffer the node keeps"),
+        Figure("firmware peak heap, read-publish cycle", peaks["cycle"] / kb, "KB", f"target {r['target_bytes'] / kb:.0f} KB"),
+        Figure(f"firmware peak heap, {r['replay_readings']}-reading replay", peaks["replay"] / kb, "KB", f"batches of {r['batch']}"),
+        Figure("firmware built size (.mpy)", r["built_bytes"] / kb, "KB", f"{r['source_bytes'] / kb:.1f} KB of source"),
+    ]
+    return figs, {"fw_cycle_peak_kb": peaks["cycle"] / kb, "fw_replay_peak_kb": peaks["replay"] / kb}
