@@ -9,9 +9,9 @@ and the AQI, registers the devices, starts the API under uvicorn (as
   the API would have to run without the `latest` values);
 - a 7-day hourly history of one device through the API, and the same
   InfluxQL sent straight to InfluxDB.
-Fair by construction: the direct requests are byte for byte the ones the
-API's client sends (same target, same uncompressed answer), sent by the same
-kind of client as the API calls; contenders are timed in turns, so a load
+Fair by construction: the direct requests are the ones the API's client
+sends (same target, same headers, so the same gzip'd answer), sent by the
+same kind of client as the API calls; contenders are timed in turns, so a load
 spike from elsewhere on a shared machine falls on both. Then requests/s with
 N concurrent clients, for the API and straight to InfluxDB alike.
 """
@@ -32,6 +32,7 @@ from urllib.parse import urlencode
 import httpx
 
 from api import history
+from api.ainflux import HEADERS as ainflux_headers
 from api.ainflux import AsyncInflux
 from api.registry import Device, Registry
 from contract import storage
@@ -132,8 +133,7 @@ async def _concurrent(urls: dict[str, str], concurrency: int, seconds: float, sl
     import aiohttp  # the load client only: lighter on the shared CPU than httpx's async client
 
     out: dict[str, list[float]] = {name: [] for name in urls}
-    headers = {"Accept-Encoding": "identity"}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=headers) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=ainflux_headers) as session:
 
         async def client(url: str, until: float, lat: list[float]) -> None:
             while (t := time.perf_counter()) < until:
@@ -199,10 +199,10 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"API did not start:\n{api.log_path.read_text()[-2000:]}")
             time.sleep(0.2)
 
-        # The direct requests are the very ones the API sends (target built by its client, the same headers:
-        # uncompressed JSON), from the same kind of client as the API's callers here (httpx, keep-alive).
+        # The direct requests are the very ones the API sends (target built by its client, its headers),
+        # from the same kind of client as the API's callers here (httpx, keep-alive).
         ainflux = AsyncInflux(db.url, storage.DATABASE, None, None, 60)
-        direct_headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
+        direct_headers = ainflux_headers
 
         def influxql(q: str, params: dict[str, str], epoch: str | None = "ms") -> httpx.Response:
             return idb.get(ainflux.target(q, params, epoch), headers=direct_headers)
