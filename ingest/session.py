@@ -70,10 +70,14 @@ class Session:
         endpoint: Endpoint,
         on_connect: Callable[[Session, bool], None],
         on_publishes: Callable[[Publishes, int], None],
+        full: Callable[[], bool] = lambda: False,
     ) -> None:
         self.endpoint = endpoint
         self.on_connect = on_connect
         self.on_publishes = on_publishes
+        # True while the receiver holds all it may: we stop reading and TCP holds the broker back.
+        # Mosquitto 2.0 sends a resumed session's queue past our Receive Maximum once acks flow.
+        self.full = full
         self.connected = threading.Event()
         self.reconnects = 0
         self._generation = 0
@@ -214,6 +218,17 @@ class Session:
             if self._stop.is_set():
                 sock.sendall(wire.DISCONNECT)
                 return
+            if self.full():
+                # hold: only acks (which wake us) and keepalive go out until there is room
+                ready, _, _ = select.select([self._wake_r], [], [], 1.0)
+                if self._wake_r in ready:
+                    os.read(self._wake_r, 4096)
+                now = time.monotonic()
+                last_in = now  # the broker is not silent: we are not listening
+                if now - last_out > keepalive / 2:
+                    sock.sendall(wire.PINGREQ)
+                    last_out = now
+                continue
             if not (tls and sock.pending()):
                 ready, _, _ = select.select([sock, self._wake_r], [], [], 1.0)
                 if self._wake_r in ready:

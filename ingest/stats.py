@@ -14,6 +14,8 @@ from contract.lineprotocol import encode_point
 class Stats:
     worker: str
     received: int = 0
+    acked: int = 0  # messages acknowledged to the broker (durable)
+    pending: int = 0  # messages parsed and waiting for their write
     readings_accepted: int = 0
     points_written: int = 0
     messages_rejected: int = 0
@@ -34,6 +36,8 @@ class Stats:
             self.write_ms.clear()
             snap: dict[str, float | int] = {
                 "received": self.received,
+                "acked": self.acked,
+                "pending": self.pending,
                 "readings_accepted": self.readings_accepted,
                 "points_written": self.points_written,
                 "messages_rejected": self.messages_rejected,

@@ -3,8 +3,10 @@
 The session's thread reads the broker in large chunks and hands each chunk's
 messages here: they are parsed and queued. The flusher threads (`ingest_writers`) make
 each batch durable (InfluxDB, else spool; rejects to the dead letters) and only
-then acknowledges its messages. The broker holds at most
-`ingest_receive_maximum` messages un-acked with us, which bounds memory.
+then acknowledges its messages. At most
+`ingest_receive_maximum` messages are held un-acked: it is our MQTT 5 Receive
+Maximum, and the session stops reading while we hold that many (the broker
+does not always keep to it), which bounds memory.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._accepting = True
-        self.session = Session(self._endpoint(), self._on_connect, self._on_publishes)
+        self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full)
         self.connected = self.session.connected
 
     # --- MQTT -------------------------------------------------------------
@@ -117,6 +119,10 @@ class Worker:
         session.unsubscribe(drop)
         session.subscribe([(f, topics.QOS) for f in use] + [(BROKER_DROPPED_TOPIC, 0)])
         log.info("connected", extra=kv(worker=self.name, session_present=session_present, reconnects=session.reconnects))
+
+    def _full(self) -> bool:
+        """The bound on undelivered messages: parsed and not yet acked."""
+        return self.stats.pending >= self.settings.ingest_receive_maximum
 
     def _broker_dropped(self, payload: bytes) -> None:
         try:
@@ -168,6 +174,7 @@ class Worker:
         with self.stats.lock:
             st = self.stats
             st.received += len(pids)
+            st.pending += len(pids)
             st.readings_accepted += accepted
             if rejections:
                 st.readings_rejected += len(rejections)
@@ -199,8 +206,13 @@ class Worker:
         self.dead.append(batch.dead)  # type: ignore[arg-type]
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
+        acked = 0
         for generation, pids in batch.acks.items():
-            self.session.ack(pids, generation)  # refused for a lost connection: redelivered, rewritten
+            if self.session.ack(pids, generation):  # refused for a lost connection: redelivered, rewritten
+                acked += len(pids)
+        with self.stats.lock:
+            self.stats.acked += acked
+            self.stats.pending -= batch.messages
 
     def flush(self) -> int:
         """Make everything pending durable and ack it. Returns messages acked."""
