@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import shutil
 import sys
 import time
@@ -25,6 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     v.add_argument("--list", action="store_true", help="list the scenarios and exit")
     v.add_argument("--root", default="var/verify", help="folder for the scenarios' servers and logs (default var/verify)")
     v.add_argument("--report", default=None, help="also write the table to this Markdown file, e.g. docs/verify.md")
+    v.add_argument("--update", action="store_true", help="with --report: keep the rows of scenarios not run from the existing file")
     v.set_defaults(func=run)
 
 
@@ -63,6 +65,40 @@ def run(args: argparse.Namespace) -> int:
     if args.report:
         when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         cmd = "nakhon verify" + (" --quick" if args.quick else "") + (f" --only {args.only}" if args.only else "")
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(f"# Verification: faults and attacks\n\nMeasured {when} with `{cmd}`.\n\n{table}")
+        path = Path(args.report)
+        kept = _read_report(path) if args.update and path.exists() else ([], [], [])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(_report(rows, kept, f"{when}: `{cmd}`"))
     return 0 if all(r.ok for r in rows) else 1
+
+
+def _read_report(path: Path) -> tuple[list[str], list[str], list[str]]:
+    """(table rows, notes, runs) of an earlier report, as lines."""
+    rows, notes, runs = [], [], []
+    for text in path.read_text().splitlines():
+        if re.match(r"^\| \d+ \|", text):
+            rows.append(text)
+        elif re.match(r"^\d+\. ", text):
+            notes.append(text)
+        elif text.startswith("- ") and "`nakhon verify" in text:
+            runs.append(text[2:])
+    return rows, notes, runs
+
+
+def _report(rows: list[Row], kept: tuple[list[str], list[str], list[str]], run: str) -> str:
+    """The Markdown report: this run's rows, and an earlier report's rows for scenarios not run now."""
+    fresh = markdown(rows).splitlines()
+    header, body = fresh[:2], [ln for ln in fresh[2:] if re.match(r"^\| \d+ \|", ln)]
+    notes = [ln for ln in fresh if re.match(r"^\d+\. ", ln)]
+    done = {r.number for r in rows}
+
+    def number(line: str) -> int:
+        return int(re.findall(r"\d+", line)[0])
+
+    body += [ln for ln in kept[0] if number(ln) not in done]
+    notes += [ln for ln in kept[1] if number(ln) not in done]
+    out = ["# Verification: faults and attacks", "", "Each row comes from a freshly started platform; runs:", ""]
+    out += [f"- {r}" for r in [*kept[2], run]] + ["", *header, *sorted(body, key=number)]
+    if notes:
+        out += ["", "Notes:", "", *sorted(notes, key=number)]
+    return "\n".join(out) + "\n"
