@@ -137,23 +137,29 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
             raise ProtocolError("varint longer than four bytes")
 
 
-def head(buf: bytes) -> tuple[int, bytes, int] | None:
-    """The first whole packet of `buf` as (first byte, body, bytes used), or None if incomplete."""
-    if len(buf) < 2:
-        return None
-    length, i = 0, 1
-    for shift in (0, 7, 14, 21):
+def _remaining(buf: bytes, pos: int) -> tuple[int, int] | None:
+    """(remaining length, index after it) of the packet at `pos`, or None if not all here yet."""
+    i = pos + 1
+    length = shift = 0
+    while True:
         if i >= len(buf):
             return None
         b = buf[i]
         i += 1
         length |= (b & 0x7F) << shift
         if b < 0x80:
-            break
-    else:
-        raise ProtocolError("remaining length longer than four bytes")
-    if i + length > len(buf):
+            return length, i
+        shift += 7
+        if shift > 21:
+            raise ProtocolError("remaining length longer than four bytes")
+
+
+def head(buf: bytes) -> tuple[int, bytes, int] | None:
+    """The first whole packet of `buf` as (first byte, body, bytes used), or None if incomplete."""
+    got = _remaining(buf, 0)
+    if got is None or got[0] + got[1] > len(buf):
         return None
+    length, i = got
     return buf[0], buf[i : i + length], i + length
 
 
@@ -168,19 +174,10 @@ def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tupl
     n = len(buf)
     while n - pos >= 2:
         first = buf[pos]
-        i = pos + 1
-        length = shift = 0
-        while True:
-            if i >= n:
-                return pos
-            b = buf[i]
-            i += 1
-            length |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-            if shift > 21:
-                raise ProtocolError("remaining length longer than four bytes")
+        got = _remaining(buf, pos)
+        if got is None:
+            return pos
+        length, i = got
         end = i + length
         if end > n:
             return pos

@@ -29,6 +29,15 @@ class Receiver:
     def full(self) -> bool:
         return self.hold is not None and len(self.got) >= self.hold
 
+    def ack_until(self, n: int, timeout: float = 20.0) -> int:
+        """Ack what arrives until n are acked (or the time is up); returns how many."""
+        done = 0
+        deadline = time.monotonic() + timeout
+        while done < n and time.monotonic() < deadline:
+            done += self.ack_all()
+            time.sleep(0.05)
+        return done
+
     def ack_all(self) -> int:
         with self.lock:
             taken, self.got = self.got, []
@@ -49,12 +58,7 @@ def test_the_local_bound_stops_reading_even_when_the_broker_would_send_more(work
         assert 1000 <= held < 1000 + 3000, held  # one 1 MB read may overshoot by what it carried
         r.hold = None  # room again: reading resumes
         r.session._wake()
-        acked = 0
-        deadline = time.monotonic() + 20
-        while acked < 5000 and time.monotonic() < deadline:
-            acked += r.ack_all()
-            time.sleep(0.05)
-        assert acked == 5000
+        assert r.ack_until(5000) == 5000
         r.session.stop()
 
 
@@ -77,11 +81,6 @@ def test_a_resumed_session_delivers_what_was_queued_and_unacked_messages_again(w
         r3.session.start()
         wait_until(lambda: len(r3.got) >= 100, 10, what="the redelivered window")
         assert {p for _, p in r3.got[:100]} == {p for _, p in first}
-        total = 0
-        deadline = time.monotonic() + 20
-        while total < 300 and time.monotonic() < deadline:
-            total += r3.ack_all()
-            time.sleep(0.05)
-        assert total == 300
+        assert r3.ack_until(300) == 300
         assert r3.session.ack([1], generation=r3.session.generation - 1) is False  # an ack for a past connection is refused
         r3.session.stop()
