@@ -138,42 +138,44 @@ class Worker:
         """A chunk of messages from the session thread: parse, queue for the flusher."""
         if not self._accepting:
             return  # not acked: the broker redelivers them to us or a peer
-        now = time.time()
         for k in range(0, len(pubs), SEGMENT):
-            self._parse(pubs[k : k + SEGMENT], generation, now)
+            self._parse(pubs[k : k + SEGMENT], generation)
 
-    def _parse(self, pubs: Publishes, generation: int, now: float) -> None:
+    def _parse(self, pubs: Publishes, generation: int) -> None:
         handle = self.pipeline.message
+        clock = time.time  # per message: a status document is stamped with its arrival
         seg = _Batch(started=time.monotonic())
         lines = seg.lines
         pids: list[int] = []
         accepted = rejected_msgs = 0
         rejections = []
+        messages = 0
         for topic_name, payload, pid in pubs:
-            if not pid:
-                if topic_name == BROKER_DROPPED_TOPIC:
-                    self._broker_dropped(payload)
-                continue  # QoS 0 is nothing we store
-            out = handle(topic_name, payload, now)
+            if not pid and topic_name == BROKER_DROPPED_TOPIC:
+                self._broker_dropped(payload)
+                continue
+            out = handle(topic_name, payload, clock())
             lines += out.lines
-            pids.append(pid)
+            messages += 1
+            if pid:  # QoS 0 (a device's last will, say) is stored too, with nothing to ack
+                pids.append(pid)
             accepted += out.accepted
             if out.dead is not None:
                 seg.dead.append(out.dead)
                 rejections += out.rejections
                 if not out.accepted:
                     rejected_msgs += 1
-        if not pids:
+        if not messages:
             return
         seg.acks[generation] = pids
-        seg.messages = len(pids)
+        seg.messages = messages
         with self._lock:
             self._pending.append(seg)
             self._pending_lines += len(lines)
             full = self._pending_lines >= self.settings.ingest_batch_size
         with self.stats.lock:
             st = self.stats
-            st.received += len(pids)
+            st.received += messages
             st.pending += len(pids)
             st.readings_accepted += accepted
             if rejections:
@@ -206,13 +208,14 @@ class Worker:
         self.dead.append(batch.dead)  # type: ignore[arg-type]
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
-        acked = 0
+        acked = held = 0
         for generation, pids in batch.acks.items():
+            held += len(pids)
             if self.session.ack(pids, generation):  # refused for a lost connection: redelivered, rewritten
                 acked += len(pids)
         with self.stats.lock:
             self.stats.acked += acked
-            self.stats.pending -= batch.messages
+            self.stats.pending -= held
 
     def flush(self) -> int:
         """Make everything pending durable and ack it. Returns messages acked."""
