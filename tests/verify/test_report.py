@@ -10,7 +10,8 @@ from nakhon.verify.report import Row
 
 def test_a_partial_run_replaces_its_rows_and_keeps_the_others(tmp_path: Path) -> None:
     path = tmp_path / "verify.md"
-    path.write_text(_report([Row(1, "one", sent=10, stored=10, ok=True, note="first"), Row(3, "three", ok=True)], ([], [], []), "A: `nakhon verify --only 1,3`"))
+    first = [Row(1, "one", sent=10, stored=10, ok=True, note="first"), Row(3, "three", ok=True)]
+    path.write_text(_report(first, ([], [], []), "A: `nakhon verify --only 1,3`"))
     path.write_text(_report([Row(3, "three again", lost=2, ok=False, note="lost two")], _read_report(path), "B: `nakhon verify --only 3`"))
     text = path.read_text()
     rows = [ln for ln in text.splitlines() if ln.startswith("| 1 ") or ln.startswith("| 3 ")]
