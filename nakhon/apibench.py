@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlencode
 
 import httpx
@@ -162,7 +163,8 @@ def _ratio(label: str, num: list[float], den: list[float], target: str = "", ok:
     return f"  {label:<52} p50 {r50:6.2f}  p99 {r99:6.2f}{verdict}"
 
 
-def run(args: argparse.Namespace) -> int:
+def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]], dict[str, Any], dict[str, Any]]:
+    """Load, check and time: (latencies in turns, latencies under load, history check, latest check)."""
     root = Path(args.root)
     devices = [f"bench-{i:04d}" for i in range(args.devices)]
     db = InfluxDB(root / "influxdb")
@@ -253,6 +255,40 @@ def run(args: argparse.Namespace) -> int:
         api.stop()
         influx.close()
         db.stop()
+    return results, loaded, check, latest_check
+
+
+def measure(
+    root: Path, devices: int = 1000, days: int = 7, requests: int = 300, concurrency: int = 32, seconds: float = 6.0
+) -> tuple[list[Any], dict[str, float]]:
+    """For `nakhon bench`: the API section as figures, and the p50/p99 the targets use (ms)."""
+    from nakhon.bench import Figure
+
+    args = argparse.Namespace(root=str(root), devices=devices, days=days, requests=requests, concurrency=concurrency, seconds=seconds, keep=False)
+    results, loaded, check, _ = collect(args)
+    names = list(results)
+    lat_api, lat_direct, lat_raw = (results[k] for k in names[:3])
+    h_api, h_direct = results["7-day hourly history: API"], results["7-day hourly history: same InfluxQL direct"]
+    figs = [
+        Figure(f"{name}", _p(v, 0.5), "ms p50", f"p99 {_p(v, 0.99):.1f} ms, n={len(v)}")
+        for name, v in results.items()
+    ]
+    figs += [Figure(f"{name} at {concurrency} clients", len(v) / seconds, "req/s", f"p50 {_p(v, 0.5):.1f} ms, p99 {_p(v, 0.99):.1f} ms")
+             for name, v in loaded.items()]
+    figs.append(Figure("history check", len(check["points"]), "hourly points", f"from {check['source']}, equal to InfluxDB's answer"))
+    values = {
+        "latest_p50_ms": _p(lat_api, 0.5), "latest_p99_ms": _p(lat_api, 0.99),
+        "latest_direct_p50_ms": _p(lat_raw, 0.5), "latest_direct_p99_ms": _p(lat_raw, 0.99),
+        "latest_same_p50_ms": _p(lat_direct, 0.5),
+        "history_p50_ms": _p(h_api, 0.5), "history_p99_ms": _p(h_api, 0.99),
+        "history_direct_p50_ms": _p(h_direct, 0.5), "history_direct_p99_ms": _p(h_direct, 0.99),
+    }
+    return figs, values
+
+
+def run(args: argparse.Namespace) -> int:
+    results, loaded, check, latest_check = collect(args)
+    n, conc, secs = args.requests, args.concurrency, args.seconds
     out = [f"api-bench: {args.devices} devices x {args.days} days of minute data ({args.devices * args.days * 1440:,} points), "
            f"{n} rounds, each contender timed in turn (ms)",
            f"  checks: latest lists {len(latest_check['devices'])} devices; history has {len(check['points'])} hourly points "

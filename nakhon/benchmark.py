@@ -149,8 +149,9 @@ def targets(v: dict[str, float]) -> list[Target]:
         out.append(Target("publish-to-queryable p99 at half rate", f"{v['latency_p99_ms']:,.0f} ms", None, "< 2,000 ms", v["latency_p99_ms"] < 2000))
     for q in ("p50", "p99"):
         if f"latest_{q}_ms" in v:
-            r = v[f"latest_direct_{q}_ms"] / v[f"latest_{q}_ms"]
-            out.append(Target(f"latest per city, direct / API ({q})", f"{v[f'latest_direct_{q}_ms']:.1f} / {v[f'latest_{q}_ms']:.1f} ms", r, ">= 5", r >= 5))
+            api_ms, direct_ms = v[f"latest_{q}_ms"], v[f"latest_direct_{q}_ms"]
+            r = direct_ms / api_ms
+            out.append(Target(f"latest per city, InfluxQL newest per device / API ({q})", f"{direct_ms:.1f} / {api_ms:.1f} ms", r, ">= 5", r >= 5))
     for q in ("p50", "p99"):
         if f"history_{q}_ms" in v:
             api_ms, direct_ms = v[f"history_{q}_ms"], v[f"history_direct_{q}_ms"]
@@ -197,7 +198,13 @@ def run_bench(args: argparse.Namespace) -> int:
             continue
         t = time.monotonic()
         _say(f"section {section}")
-        run.figures[section] = RUNNERS[section](root / section, args, run.values)
+        try:
+            run.figures[section] = RUNNERS[section](root / section, args, run.values)
+        except Exception as exc:  # one broken section must not cost the others' figures
+            import traceback
+
+            traceback.print_exc()
+            run.figures[section] = [Figure(f"{section} failed: {type(exc).__name__}", 0, "", str(exc)[:300])]
         _say(f"section {section} done in {time.monotonic() - t:.0f}s")
         for f in run.figures[section]:
             _say(f"  {f.name}: {_value(f)} {f.unit}")
