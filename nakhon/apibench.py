@@ -221,6 +221,8 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         hist_path = f"/v1/devices/{dev}/readings?{urlencode(hist_params)}"
         latest_path = f"/v1/cities/{CITY}/latest"
         raw_last = f'SELECT last("pm25"), last("pm10") FROM "{storage.RP_RAW}"."air" WHERE "city" = $city GROUP BY "device"'
+        # the same answer computed straight from the raw points: what a client without the roll-ups sends
+        rq = history.aggregate_query("device", dev, "air", ["pm25", "pm10"], start, end, 3600, "mean", "raw").query
 
         # The API answers what InfluxDB answers.
         check = web.get(hist_path).json()
@@ -240,6 +242,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         results |= _interleaved({
             "7-day hourly history: API": (lambda: web.get(hist_path), 1),
             "7-day hourly history: same InfluxQL direct": (lambda: influxql(hq.statement, hq.params, hist_epoch), 1),
+            "7-day hourly history: InfluxQL mean per hour over raw": (lambda: influxql(rq.statement, rq.params, None), 5),  # slow: every 5th round
         }, n)
         conc, secs = args.concurrency, args.seconds
         sys.stderr.write(f"load: {conc} concurrent clients, {secs:g} s per target\n")
@@ -269,6 +272,7 @@ def measure(
     names = list(results)
     lat_api, lat_direct, lat_raw = (results[k] for k in names[:3])
     h_api, h_direct = results["7-day hourly history: API"], results["7-day hourly history: same InfluxQL direct"]
+    h_raw = results["7-day hourly history: InfluxQL mean per hour over raw"]
     figs = [
         Figure(f"{name}", _p(v, 0.5), "ms p50", f"p99 {_p(v, 0.99):.1f} ms, n={len(v)}")
         for name, v in results.items()
@@ -282,6 +286,7 @@ def measure(
         "latest_same_p50_ms": _p(lat_direct, 0.5),
         "history_p50_ms": _p(h_api, 0.5), "history_p99_ms": _p(h_api, 0.99),
         "history_direct_p50_ms": _p(h_direct, 0.5), "history_direct_p99_ms": _p(h_direct, 0.99),
+        "history_raw_p50_ms": _p(h_raw, 0.5), "history_raw_p99_ms": _p(h_raw, 0.99),
     }
     return figs, values
 
@@ -301,6 +306,8 @@ def run(args: argparse.Namespace) -> int:
         _ratio("latest: InfluxDB newest-per-device over raw / API", lat_raw, lat_api, ">= 5 (API faster)", lambda r: r >= 5),
         _ratio("latest: API / same InfluxQL direct", lat_api, lat_direct),
         _ratio("history: API / same InfluxQL direct", h_api, h_direct, "<= 1.30", lambda r: r <= 1.3),
+        _ratio("history: API / InfluxQL mean per hour over raw", h_api, results["7-day hourly history: InfluxQL mean per hour over raw"],
+               "<= 1.30", lambda r: r <= 1.3),
         f"  under load: {conc} concurrent clients (aiohttp, keep-alive), {secs:g} s each, in turns",
     ]
     for name, v in loaded.items():

@@ -152,11 +152,14 @@ def targets(v: dict[str, float]) -> list[Target]:
             api_ms, direct_ms = v[f"latest_{q}_ms"], v[f"latest_direct_{q}_ms"]
             r = direct_ms / api_ms
             out.append(Target(f"latest per city, InfluxQL newest per device / API ({q})", f"{direct_ms:.1f} / {api_ms:.1f} ms", r, ">= 5", r >= 5))
-    for q in ("p50", "p99"):
-        if f"history_{q}_ms" in v:
-            api_ms, direct_ms = v[f"history_{q}_ms"], v[f"history_direct_{q}_ms"]
-            r = api_ms / direct_ms
-            out.append(Target(f"7-day history, API / direct ({q})", f"{api_ms:.1f} / {direct_ms:.1f} ms", r, "<= 1.3", r <= 1.3))
+    # History has two baselines: the InfluxQL that computes the same answer straight from the raw points
+    # (as latest is compared), and the API's own query over the roll-ups (the API's overhead alone).
+    for base, label in (("raw", "InfluxQL mean per hour over raw"), ("direct", "the API's own InfluxQL over the roll-ups")):
+        for q in ("p50", "p99"):
+            if f"history_{q}_ms" in v and f"history_{base}_{q}_ms" in v:
+                api_ms, direct_ms = v[f"history_{q}_ms"], v[f"history_{base}_{q}_ms"]
+                r = api_ms / direct_ms
+                out.append(Target(f"7-day history, API / {label} ({q})", f"{api_ms:.1f} / {direct_ms:.1f} ms", r, "<= 1.3", r <= 1.3))
     if "sim_connected" in v:
         ok = v["sim_connected"] >= 10_000 and v.get("sim_sustained") == 1.0
         out.append(Target("simulated devices held connected", f"{v['sim_connected']:,.0f}", None, ">= 10,000, all readings acknowledged", ok))
