@@ -52,12 +52,12 @@ class Settings(BaseSettings):
     ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
     ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
     ingest_workers: Annotated[int, Field(ge=1, le=64)] = 1
-    ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
+    ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000  # lines per write; InfluxDB 1.x takes large batches cheapest
     ingest_batch_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     # writes in flight at once per worker: one waits on InfluxDB while the next is sent
     ingest_writers: Annotated[int, Field(ge=1, le=16)] = 2
     # MQTT 5 Receive Maximum: messages the broker may have un-acked with us.
-    ingest_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 20000
+    ingest_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 40_000  # two writes in flight plus the next batch filling
     ingest_session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
     ingest_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     ts_max_age_s: Annotated[float, Field(gt=0)] = 35 * 86400
