@@ -122,11 +122,12 @@ def parse_suback(body: bytes) -> tuple[int, list[int]]:
     return pid, list(body[i + plen :])
 
 
-def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+def _varint(buf: bytes, i: int) -> tuple[int, int] | None:
+    """(value, index after it) of the variable byte integer at `i`, or None if it runs past `buf`."""
     value = shift = 0
     while True:
         if i >= len(buf):
-            raise ProtocolError("truncated varint")
+            return None
         b = buf[i]
         i += 1
         value |= (b & 0x7F) << shift
@@ -134,24 +135,20 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
             return value, i
         shift += 7
         if shift > 21:
-            raise ProtocolError("varint longer than four bytes")
+            raise ProtocolError("variable byte integer longer than four bytes")
+
+
+def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    """A variable byte integer inside a whole packet: running past it is a broken packet."""
+    got = _varint(buf, i)
+    if got is None:
+        raise ProtocolError("truncated varint")
+    return got
 
 
 def _remaining(buf: bytes, pos: int) -> tuple[int, int] | None:
     """(remaining length, index after it) of the packet at `pos`, or None if not all here yet."""
-    i = pos + 1
-    length = shift = 0
-    while True:
-        if i >= len(buf):
-            return None
-        b = buf[i]
-        i += 1
-        length |= (b & 0x7F) << shift
-        if b < 0x80:
-            return length, i
-        shift += 7
-        if shift > 21:
-            raise ProtocolError("remaining length longer than four bytes")
+    return _varint(buf, pos + 1)
 
 
 def head(buf: bytes) -> tuple[int, bytes, int] | None:

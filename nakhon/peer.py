@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -40,7 +39,7 @@ import paho.mqtt.client as mqtt
 from contract import storage
 from contract.influx import Influx
 from nakhon.bench import Figure, publish_bulk
-from nakhon.servers import InfluxDB, Mosquitto, free_port
+from nakhon.servers import InfluxDB, Mosquitto, _Process, free_port
 
 NODE_RED_SPEC = "node-red@4"  # 5.x needs Node.js 22; this machine and CI have 20
 INFLUX_NODES_SPEC = "node-red-contrib-influxdb@0.7"
@@ -354,27 +353,28 @@ module.exports = {{
 # --- running it ------------------------------------------------------------
 
 
-class NodeRed:
-    """Node-RED as a child process with a generated settings.js and flows.json."""
+class NodeRed(_Process):
+    """Node-RED as a child process with a generated settings.js and flows.json (started, stopped as the servers are)."""
+
+    name = "node-red"
 
     def __init__(self, red_js: Path, user_dir: Path, flow: list[dict[str, Any]]) -> None:
+        super().__init__(user_dir)
         self.red_js = red_js
-        self.user_dir = Path(user_dir).resolve()
+        self.user_dir = self.root
         self.flow = flow
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log_path = self.user_dir / "node-red.log"
         self.started_at = 0.0
 
-    def start(self) -> None:
-        self.user_dir.mkdir(parents=True, exist_ok=True)
+    def _write_config(self) -> None:
         (self.user_dir / "flows.json").write_text(json.dumps(self.flow, indent=1) + "\n")
-        settings = self.user_dir / "settings.js"
-        settings.write_text(settings_js(self.user_dir, free_port()))
-        cmd = ["node", str(self.red_js), "--settings", str(settings), "--userDir", str(self.user_dir)]
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
+        (self.user_dir / "settings.js").write_text(settings_js(self.user_dir, free_port()))
+        self.started_at = time.perf_counter()  # the process starts right after this
+
+    def _command(self) -> list[str]:
+        return ["node", str(self.red_js), "--settings", str(self.user_dir / "settings.js"), "--userDir", str(self.user_dir)]
+
+    def _ready(self, timeout: float) -> bool:
+        return self.running  # ready means connected to the broker: wait_connected() times that
 
     def log_text(self) -> str:
         try:
@@ -424,25 +424,6 @@ class NodeRed:
         except OSError:
             return 0.0
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self, timeout: float = 20.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # Node-RED closes its nodes (and MQTT session) on SIGTERM
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def __enter__(self) -> NodeRed:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def _count(db: Influx, rp: str, measurement: str, field: str, t0_ms: int, n: int) -> int:
