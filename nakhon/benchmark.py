@@ -17,6 +17,7 @@ machine moves both sides together:
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -222,6 +223,4 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def _machine() -> str:
-    import os
-
     return f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"

@@ -41,6 +41,23 @@ INJECTIONS = [
     "2024-01-01T00:00:00Z' OR time > 0 --",
 ]
 
+# Two cities' data for the API's access checks (scenario 12, tests/api/test_auth.py):
+# OTHER lives in Phuket, so no answer about Chiang Mai may carry it.
+CITY, DEVICE, OTHER = "chiang_mai", "cm-air-001", "pk-secret-01"
+
+
+def seed_two_cities(db: Influx) -> None:
+    """Two hours of minute readings for DEVICE and OTHER, and their latest values."""
+    now = int(time.time() * 1000)
+    lines = []
+    for i in range(120):
+        t = now - i * 60_000
+        lines.append(f"air,city={CITY},device={DEVICE} pm25={20 + i % 7}.0,pm10=40.0,seq={i}i {t}")
+        lines.append(f"air,city=phuket,device={OTHER} pm25=99.0,pm10=99.0,seq={i}i {t}")
+    db.write(lines)
+    db.write([f"air,city={CITY},device={DEVICE} pm25=21.0,ts={now}i 0", f"air,city=phuket,device={OTHER} pm25=99.0,ts={now}i 0"], rp="latest")
+
+
 T = TypeVar("T")
 
 

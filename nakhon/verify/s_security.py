@@ -29,7 +29,7 @@ from contract.settings import Settings
 from nakhon.procs import Service
 from nakhon.servers import free_port, make_certs
 from nakhon.verify.report import Row, Size
-from nakhon.verify.rig import INJECTIONS, MqttDevice, Stack, say, wait_for
+from nakhon.verify.rig import CITY, DEVICE, INJECTIONS, OTHER, MqttDevice, Stack, say, seed_two_cities, wait_for
 from nakhon.verify.scenarios import register
 
 
@@ -163,20 +163,12 @@ def _with_client_cert(port: int, ca: Path, cert: Path, key: Path, username: str 
 
 # --- scenario 12: the API ----------------------------------------------------------------------------
 
-CITY, DEVICE, OTHER = "chiang_mai", "cm-air-001", "pk-secret-01"  # OTHER lives in Phuket: no answer about Chiang Mai may carry it
 OPEN = ("/healthz", "/readyz", "/openapi.json", "/docs", "/redoc")
 
 
 def _seed(db: Influx) -> None:
     db.execute(rollups.schema_statements(db.database))  # the `latest` policy (the API and ingest create it too)
-    now = int(time.time() * 1000)
-    lines = []
-    for i in range(120):
-        t = now - i * 60_000
-        lines.append(f"air,city={CITY},device={DEVICE} pm25={20 + i % 7}.0,pm10=40.0,seq={i}i {t}")
-        lines.append(f"air,city=phuket,device={OTHER} pm25=99.0,pm10=99.0,seq={i}i {t}")
-    db.write(lines)
-    db.write([f"air,city={CITY},device={DEVICE} pm25=21.0,ts={now}i 0", f"air,city=phuket,device={OTHER} pm25=99.0,ts={now}i 0"], rp="latest")
+    seed_two_cities(db)
 
 
 def _start_api(settings: Settings, logs: Path, name: str, **update: Any) -> tuple[Service, str]:

@@ -5,7 +5,6 @@ which must change nothing in InfluxDB or the registry and leak nothing."""
 from __future__ import annotations
 
 import json
-import time
 from typing import Any
 
 import pytest
@@ -14,22 +13,9 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from contract.influx import Influx
 from contract.settings import Settings
-from nakhon.verify.rig import INJECTIONS
+from nakhon.verify.rig import CITY, DEVICE, INJECTIONS, OTHER
+from nakhon.verify.rig import seed_two_cities as _seed
 from tests.api.conftest import Keys
-
-CITY, DEVICE, OTHER = "chiang_mai", "cm-air-001", "pk-secret-01"  # OTHER lives in Phuket: it must never leak
-
-
-def _seed(influx: Influx) -> None:
-    now = int(time.time() * 1000)
-    lines = []
-    for i in range(120):
-        t = now - i * 60_000
-        lines.append(f"air,city={CITY},device={DEVICE} pm25={20 + i % 7}.0,pm10=40.0,seq={i}i {t}")
-        lines.append(f"air,city=phuket,device={OTHER} pm25=99.0,pm10=99.0,seq={i}i {t}")
-    influx.write(lines)
-    influx.write([f"air,city={CITY},device={DEVICE} pm25=21.0,ts={now}i 0", f"air,city=phuket,device={OTHER} pm25=99.0,ts={now}i 0"],
-                 rp="latest")
 
 
 def _provision(client: TestClient, key: str, device: str, city: str = CITY) -> Any:
