@@ -105,17 +105,28 @@ HEADER = ("| devices | every s | connected | connect s | offered/s | acked/s | s
           "|--------:|--------:|----------:|----------:|----------:|--------:|--------:|-------:|-----------:|----------:|----------:|")
 
 
+def _files_for(devices: int) -> tuple[int, str | None]:
+    """Raise the open-files limit for a fleet; (limit, what to do if it is still too low)."""
+    nofile = _raise_nofile(devices + 4096)
+    problem = f"open-files limit is {nofile}; raise it (ulimit -n {devices + 4096}) for {devices} devices" if nofile < devices + 512 else None
+    return nofile, problem
+
+
+def _fleet_broker(root: Path) -> Mosquitto:
+    """The project's broker, with room for a whole fleet of connections and long keepalives."""
+    return Mosquitto(Path(root) / "mosquitto", extra="max_connections -1\nmax_keepalive 65535")
+
+
 def run_simbench(args: argparse.Namespace) -> int:
     target = args.devices
     procs = args.procs or 2
     interval = args.interval or 10.0
-    nofile = _raise_nofile(target + 4096)
-    if nofile < target + 512:
-        sys.stderr.write(f"nakhon simulate bench: open-files limit is {nofile}; raise it (ulimit -n {target + 4096}) for {target} devices\n")
+    nofile, problem = _files_for(target)
+    if problem:
+        sys.stderr.write(f"nakhon simulate bench: {problem}\n")
         return 2
     sizes = sorted({s for s in (1000, 2500, 5000, target) if s <= target})
-    root = Path(args.root)
-    broker = Mosquitto(root / "mosquitto", extra="max_connections -1\nmax_keepalive 65535")
+    broker = _fleet_broker(Path(args.root))
     broker.start()
     sys.stdout.write(f"Fleet benchmark: {os.cpu_count()} CPUs, {procs} simulator processes, own Mosquitto on port {broker.port}, "
                      f"open files {nofile}, each size held {args.hold:g} s after all connected\n\n{HEADER}\n")
@@ -154,10 +165,10 @@ def hold_fleet(root: Path, devices: int, interval_s: float = 10.0, hold_s: float
     """For `nakhon bench`: hold one fleet of `devices` connected and report it as figures."""
     from nakhon.bench import Figure
 
-    nofile = _raise_nofile(devices + 4096)
-    if nofile < devices + 512:
-        raise RuntimeError(f"open-files limit is {nofile}; raise it (ulimit -n {devices + 4096}) for {devices} devices")
-    with Mosquitto(Path(root) / "mosquitto", extra="max_connections -1\nmax_keepalive 65535") as broker:
+    _, problem = _files_for(devices)
+    if problem:
+        raise RuntimeError(problem)
+    with _fleet_broker(root) as broker:
         r = _hold(broker, devices, interval_s, hold_s, procs, 1000.0)
     figs = [
         Figure("simulated devices held connected", r["max_connected"], "devices",
