@@ -10,6 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api import docs
 from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
@@ -45,7 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Reading is public unless switched off; provisioning and keys need an admin key in `X-API-Key`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by api.docs from installed assets, not from a CDN
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.settings = settings
     # Created here, not in the lifespan, so the app also serves when driven without one (tests, fuzzing).
     app.state.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
