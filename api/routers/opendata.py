@@ -64,8 +64,8 @@ def csv_column(metric: str) -> str:
     """The CSV header of a metric: its name, with its unit once (`pm25_µg/m³`, `rh_%`, but `co2_ppm`, `temp_c`, `laeq_db`)."""
     unit = METRICS[metric].unit
     slug = "".join(ch for ch in unit.lower() if ch.isascii() and ch.isalnum())
-    last = metric.rsplit("_", 1)[-1] if "_" in metric else ""
-    if not unit or (last and slug.startswith(last)):  # the name already ends in its unit (ppm, ppb, c, hpa, ms, db, dbm, v, s)
+    words = metric.split("_") if "_" in metric else []
+    if not unit or any(slug.startswith(w) for w in words if w):  # the name already says it: ppm, ppb, c, hpa, ms, db, dbm, v, s, count
         return metric
     return f"{metric}_{unit}"
 
@@ -111,10 +111,9 @@ def _iso(ms: int) -> str:
 
 def _coverage(influx: InfluxDep, city: str, measurement: str) -> tuple[datetime | None, datetime | None, set[str]]:
     """The first and the end of the last hour of the city's hourly data in `measurement`, and the devices that reported in it."""
-    field = f"count_{history.metric_list(measurement, None)[0]}"
-    src = f'"{storage.RP_HOURLY}"."{measurement}"'
-    first = influx.rows(f'SELECT "{field}" FROM {src} WHERE "city" = $id ORDER BY time ASC LIMIT 1', {"id": city})
-    last = influx.rows(f'SELECT "{field}" FROM {src} WHERE "city" = $id ORDER BY time DESC LIMIT 1', {"id": city})
+    src = f'"{storage.RP_HOURLY}"."{measurement}"'  # every field: a device need not report the first metric
+    first = influx.rows(f'SELECT * FROM {src} WHERE "city" = $id ORDER BY time ASC LIMIT 1', {"id": city})
+    last = influx.rows(f'SELECT * FROM {src} WHERE "city" = $id ORDER BY time DESC LIMIT 1', {"id": city})
     latest = influx.rows(f'SELECT "ts", "device" FROM "{RP_LATEST}"."{measurement}" WHERE "city" = $id', {"id": city})
     start = datetime.fromtimestamp(first[0]["time"] / 1000, UTC) if first else None
     end = datetime.fromtimestamp(last[0]["time"] / 1000, UTC) + timedelta(hours=1) if last else None

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 from playwright.sync_api import Page
@@ -26,6 +27,7 @@ from contract import topics
 from nakhon.local import LocalPlatform
 from nakhon.procs import Service
 from nakhon.servers import free_port
+from tests.api.test_opendata import RFC7946
 from tests.browser.conftest import DESKTOP, PHONE, Tab, base_url
 from tests.helpers import wait_until
 
@@ -229,3 +231,26 @@ def test_unknown_city_and_assets(known: LocalPlatform) -> None:
     r = httpx.get(f"{base_url(known)}/air/chiang_mai", timeout=10)
     assert "script-src 'self'" in r.headers["content-security-policy"]
     assert "เชียงใหม่" in r.text and "https://" not in r.text
+
+
+@pytest.mark.parametrize("city", ["chiang_mai", "phuket", "khon_kaen"])
+def test_open_data_on_up(platform: LocalPlatform, city: str) -> None:
+    """On `nakhon up` the simulated stations are registered with coordinates: the exports describe them."""
+    sims = {d.id: d for d in Registry(platform.settings.registry_path).devices(city=city) if d.id.startswith("sim-")}
+    assert len(sims) == 4
+
+    def features() -> list[dict[str, Any]]:
+        geo = _get(platform, f"/v1/open/cities/{city}/latest.geojson") or {"features": []}
+        return [f for f in geo["features"] if f["properties"]["device"] in sims]
+
+    found = wait_until(lambda: len(features()) == len(sims) and features(), 120, 0.5, what=f"every simulated station of {city} in the GeoJSON")
+    geo = _get(platform, f"/v1/open/cities/{city}/latest.geojson")
+    jsonschema.validate(geo, RFC7946, cls=jsonschema.Draft202012Validator)
+    for f in found:
+        d = sims[f["properties"]["device"]]
+        assert f["geometry"]["coordinates"] == [d.lon, d.lat] and f["properties"]["kind"] == d.kind
+    for measurement in {d.kind for d in sims.values()} & {"air", "water", "noise", "traffic", "weather"}:
+        meta = wait_until(lambda m=measurement: (x := _get(platform, f"/v1/open/cities/{city}/dataset.json?measurement={m}"))
+                          and x["temporal_start"] and x, 60, 0.5, what=f"{city} {measurement} coverage")
+        extras = {e["key"]: e["value"] for e in meta["extras"]}
+        assert int(extras["devices"]) >= 1 and meta["temporal_end"] > meta["temporal_start"]
