@@ -42,23 +42,24 @@ function ago(seconds) {
   return `${Math.round(seconds / 86400)} d`;
 }
 
-// One record per air station: coordinates from the GeoJSON, AQI from /aqi, staleness from /quality.
-function stations(aqi, quality, geo) {
+// One record per air station: coordinates, reading interval and the time of the last reading from the GeoJSON
+// (the latest values: one cheap read), the AQI from /aqi.
+function stations(aqi, geo) {
   const byId = new Map();
-  const get = (id) => byId.get(id) || byId.set(id, { id, lat: null, lon: null, current: null, quality: null, kind: null }).get(id);
+  const get = (id) => byId.get(id) || byId.set(id, { id, lat: null, lon: null, current: null, seen: null, interval: null }).get(id);
   for (const f of geo.features || []) {
     if (f.properties.kind !== "air") continue;
     const s = get(f.properties.device);
     [s.lon, s.lat] = f.geometry.coordinates;
-    s.kind = f.properties.kind;
+    s.seen = f.properties.time ? new Date(f.properties.time) : null;
+    s.interval = f.properties.interval_s || null;
   }
   for (const d of aqi.devices || []) get(d.device).current = d.current;
-  const q = new Map((quality.devices || []).map((d) => [d.device, d]));
   const now = Date.now();
   for (const s of byId.values()) {
-    s.quality = q.get(s.id) || null;
-    const qs = s.quality;
-    const silent = !qs || qs.staleness_s === null || qs.staleness_s > cfg.stale_intervals * qs.interval_s;
+    s.staleness = s.seen ? Math.max(0, (now - s.seen.getTime()) / 1000) : null;
+    // silent for more than three reading intervals, as /quality counts stale devices
+    const silent = s.staleness !== null && s.interval !== null && s.staleness > cfg.stale_intervals * s.interval;
     // the AQI belongs to an hour; one more than two hours old is not "now" either
     const old = s.current && now - (Date.parse(s.current.time) + HOUR) > 2 * HOUR;
     s.stale = Boolean(s.current) && (silent || old);
@@ -195,9 +196,7 @@ function renderTable(list) {
     const bandCell = el("td", {}, s.nodata ? "ไม่มีข้อมูล · no data"
       : s.stale ? `ไม่มีค่าปัจจุบัน · no current value (ค่าล่าสุด · last: ${s.current.label_en})`
         : `${s.current.label_th} · ${s.current.label_en}`);
-    const q = s.quality;
-    const seen = q && q.last_seen ? new Date(q.last_seen) : null;
-    const when = el("td", { "data-time": q?.last_seen ?? "" }, seen ? `${bangkok(seen)} (${ago(q.staleness_s)})` : "–");
+    const when = el("td", { "data-time": s.seen ? s.seen.toISOString() : "" }, s.seen ? `${bangkok(s.seen)} (${ago(s.staleness)})` : "–");
     if (s.stale) when.append(el("br"), el("span", { class: "stale-tag" }, "ไม่เป็นปัจจุบัน · stale"));
     return el("tr", { "data-device": s.id, "data-aqi": s.current ? s.current.aqi : "", "data-stale": String(s.stale) },
       el("td", {}, s.id), aqiCell, bandCell, when);
@@ -208,11 +207,10 @@ async function load() {
   const base = `/v1/cities/${encodeURIComponent(cfg.city)}`;
   const updated = document.getElementById("updated");
   try {
-    const [aqi, quality, geo, hist] = await Promise.all([
-      getJSON(`${base}/aqi`), getJSON(`${base}/quality`),
-      getJSON(`/v1/open/cities/${encodeURIComponent(cfg.city)}/latest.geojson`), getJSON(`${base}/aqi/history`),
+    const [aqi, geo, hist] = await Promise.all([
+      getJSON(`${base}/aqi`), getJSON(`/v1/open/cities/${encodeURIComponent(cfg.city)}/latest.geojson`), getJSON(`${base}/aqi/history`),
     ]);
-    const list = stations(aqi, quality, geo);
+    const list = stations(aqi, geo);
     renderNow(aqi, list);
     renderMap(list);
     renderTrend("trend-24h", hist.hours, 24 * HOUR, 6);

@@ -141,7 +141,7 @@ def latest_geojson(city: CityPath, _key: Reader, influx: InfluxDep, registry: Re
         features.append({
             "type": "Feature",
             "geometry": {"type": "Point", "coordinates": [d.lon, d.lat]},
-            "properties": {**vals, "device": d.id, "kind": d.kind, "state": d.state,
+            "properties": {**vals, "device": d.id, "kind": d.kind, "state": d.state, "interval_s": d.interval_s,
                            "time": _iso(ts) if ts else None},
         })
     return json_response({"type": "FeatureCollection", "features": features}, media_type="application/geo+json")

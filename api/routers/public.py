@@ -6,8 +6,8 @@ the band in Thai and English, reading times in Asia/Bangkok, stale stations
 marked stale, and the 24-hour and 7-day AQI trend. The page is static HTML,
 CSS and JavaScript shipped in the package (`api/public/`), with nothing from
 a CDN and no map tiles; it reads the public API (`/v1/cities/{city}/aqi`,
-`.../aqi/history`, `.../quality`, `/v1/open/cities/{city}/latest.geojson`)
-and refreshes itself. The PCD band colours come from contract.aqi, each with
+`.../aqi/history` and `/v1/open/cities/{city}/latest.geojson`, whose last
+reading times and intervals tell a stale station) and refreshes itself. The PCD band colours come from contract.aqi, each with
 the text colour (black or white) that contrasts with it most (WCAG 2).
 
 The pages are switched off with the public read endpoints
