@@ -9,9 +9,9 @@ const params = new URLSearchParams(location.search);
 const refreshS = Math.max(5, Number(params.get("refresh")) || cfg.refresh_s);
 let loads = 0;
 
-const fmtTime = new Intl.DateTimeFormat("en-GB", { timeZone: cfg.timezone, hour: "2-digit", minute: "2-digit", hour12: false });
+const fmtTime = new Intl.DateTimeFormat("en-GB", { timeZone: cfg.timezone, hour: "2-digit", minute: "2-digit", hourCycle: "h23" });
 const fmtDay = new Intl.DateTimeFormat("en-GB", { timeZone: cfg.timezone, day: "numeric", month: "short" });
-const fmtHour = new Intl.DateTimeFormat("en-GB", { timeZone: cfg.timezone, hour: "2-digit", hour12: false });
+const fmtHour = new Intl.DateTimeFormat("en-GB", { timeZone: cfg.timezone, hour: "2-digit", hourCycle: "h23" });
 
 const POLLUTANT = { pm25: "PM2.5 24 h", pm10: "PM10 24 h", o3: "O₃ 8 h", co: "CO 8 h", no2: "NO₂ 1 h", so2: "SO₂ 1 h" };
 

@@ -97,6 +97,12 @@ def cities(settings: SettingsDep) -> HTMLResponse:
     return HTMLResponse(body, headers=_HEADERS)
 
 
+@router.get("/", response_class=RedirectResponse)
+def root(settings: SettingsDep) -> RedirectResponse:
+    """Someone who types the host name lands on the air-quality pages, or on the API docs when those are off."""
+    return RedirectResponse("/air" if settings.api_public_read else "/docs", status_code=307)
+
+
 @router.get("/air/", response_class=RedirectResponse)
 def cities_slash() -> RedirectResponse:
     return RedirectResponse("/air", status_code=308)

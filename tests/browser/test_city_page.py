@@ -254,3 +254,15 @@ def test_open_data_on_up(platform: LocalPlatform, city: str) -> None:
                           and x["temporal_start"] and x, 60, 0.5, what=f"{city} {measurement} coverage")
         extras = {e["key"]: e["value"] for e in meta["extras"]}
         assert int(extras["devices"]) >= 1 and meta["temporal_end"] > meta["temporal_start"]
+
+
+def test_from_the_host_name_to_a_city(known: LocalPlatform, open_tab: type) -> None:
+    """A citizen who types the API's address lands on the list of cities and reaches a city's page from it."""
+    tab = open_tab(PHONE, is_mobile=True, has_touch=True)
+    tab.page.goto(base_url(known) + "/")
+    assert tab.page.url.endswith("/air")
+    names = tab.page.locator("main li a").all_inner_texts()
+    assert len(names) == 3 and any("เชียงใหม่" in n and "Chiang Mai" in n for n in names)
+    tab.page.get_by_role("link", name="ภูเก็ต · Phuket").click()
+    tab.page.wait_for_selector("body[data-loads='1']", timeout=60_000)
+    assert tab.page.url.endswith("/air/phuket") and tab.page.locator("#city-en").inner_text() == "· Phuket"
