@@ -108,7 +108,8 @@ function renderNow(aqi, list) {
 
 function renderMap(list) {
   const box = document.getElementById("map");
-  const W = 500, C = W / 2, PAD = 34;
+  // drawn at the size it is shown, so text and symbols keep their size on a phone
+  const W = Math.round(Math.min(Math.max(280, box.clientWidth || 500), 520)), C = W / 2, PAD = 34;
   const kmX = 111.32 * Math.cos((cfg.lat * Math.PI) / 180), kmY = 110.57;
   const placed = list.filter((s) => s.lat !== null);
   const far = Math.max(cfg.radius_km, ...placed.map((s) => Math.hypot((s.lon - cfg.lon) * kmX, (s.lat - cfg.lat) * kmY)));
@@ -149,11 +150,11 @@ function renderMap(list) {
 
 function renderTrend(id, hours, span, tick) {
   const box = document.getElementById(id);
-  const W = 600, H = 150, L = 30, B = 20, T = 6;
+  const W = Math.round(Math.max(280, box.clientWidth || 600)), H = 150, L = 30, B = 20, T = 6;
   const now = Date.now();
   const from = now - span;
   const pts = hours.filter((h) => Date.parse(h.time) >= from - HOUR);
-  const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, preserveAspectRatio: "none", "data-hours": pts.length });
+  const svg = el("svg:svg", { viewBox: `0 0 ${W} ${H}`, "data-hours": pts.length });
   if (!pts.length) {
     svg.append(el("svg:text", { class: "empty", x: W / 2, y: H / 2, "text-anchor": "middle" }, "ยังไม่มีข้อมูล · no data yet"));
     box.replaceChildren(svg);
@@ -178,6 +179,7 @@ function renderTrend(id, hours, span, tick) {
   }
   // ticks on Bangkok hours (every `tick` hours; days at midnight for the week)
   const off = 7 * HOUR;
+  while (((W - L - 4) * tick * HOUR) / span < 56) tick *= 2;  // labels at least 56 px apart on a narrow screen
   for (let t = Math.ceil((from + off) / (tick * HOUR)) * tick * HOUR - off; t <= now; t += tick * HOUR) {
     const label = tick >= 24 ? fmtDay.format(new Date(t)) : `${fmtHour.format(new Date(t))}:00`;
     svg.append(el("svg:text", { class: "axis-text", x: xt(t), y: H - 5, "text-anchor": "middle" }, label));
@@ -203,6 +205,17 @@ function renderTable(list) {
   }));
 }
 
+let last = null;
+
+function draw() {
+  if (!last) return;
+  renderNow(last.aqi, last.list);
+  renderMap(last.list);
+  renderTrend("trend-24h", last.hours, 24 * HOUR, 6);
+  renderTrend("trend-7d", last.hours, 7 * 24 * HOUR, 24);
+  renderTable(last.list);
+}
+
 async function load() {
   const base = `/v1/cities/${encodeURIComponent(cfg.city)}`;
   const updated = document.getElementById("updated");
@@ -210,12 +223,8 @@ async function load() {
     const [aqi, geo, hist] = await Promise.all([
       getJSON(`${base}/aqi`), getJSON(`/v1/open/cities/${encodeURIComponent(cfg.city)}/latest.geojson`), getJSON(`${base}/aqi/history`),
     ]);
-    const list = stations(aqi, geo);
-    renderNow(aqi, list);
-    renderMap(list);
-    renderTrend("trend-24h", hist.hours, 24 * HOUR, 6);
-    renderTrend("trend-7d", hist.hours, 7 * 24 * HOUR, 24);
-    renderTable(list);
+    last = { aqi, list: stations(aqi, geo), hours: hist.hours };
+    draw();
     loads += 1;
     updated.className = "updated";
     updated.textContent = `อัปเดต · Updated ${bangkok(new Date())} (Bangkok) · ทุก ${refreshS} วินาที · every ${refreshS} s`;
@@ -230,4 +239,6 @@ async function load() {
 document.getElementById("city-th").textContent = cfg.name_th;
 document.getElementById("city-en").textContent = `· ${cfg.name_en}`;
 document.getElementById("open-data").href = `/v1/open/cities/${encodeURIComponent(cfg.city)}/dataset.json`;
+let resizing = null;
+window.addEventListener("resize", () => { clearTimeout(resizing); resizing = setTimeout(draw, 150); });
 load();
