@@ -209,7 +209,7 @@ class Worker:
 
     def _write_batch(self, batch: _Batch) -> None:
         """Make one batch durable, then ack its messages."""
-        self.dead.append(batch.dead)  # type: ignore[arg-type]
+        self.dead.append(batch.dead)
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
         acked = held = 0
