@@ -70,6 +70,7 @@ class Tab:
     page: Page
     guard: Guard
     context: BrowserContext
+    errors: list[str] = field(default_factory=list)  # script errors and console errors (a CSP violation is one)
 
     def shot(self, name: str) -> Path:
         SHOTS.mkdir(parents=True, exist_ok=True)
@@ -87,7 +88,12 @@ def open_tab(browser: Browser) -> Iterator[type]:
         ctx = browser.new_context(viewport=viewport, service_workers="block", locale="th-TH", timezone_id="UTC", **kw)  # type: ignore[arg-type]
         guard = Guard()
         ctx.route("**/*", guard.route)
-        tab = Tab(ctx.new_page(), guard, ctx)
+        page = ctx.new_page()
+        # WebSockets do not pass the route: any that is opened to another host counts as a request out
+        page.on("websocket", lambda ws: None if urlsplit(ws.url).hostname == "127.0.0.1" else guard.outside.append(ws.url))
+        tab = Tab(page, guard, ctx)
+        page.on("console", lambda m: tab.errors.append(f"console: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: tab.errors.append(f"page error: {e}"))
         tabs.append(tab)
         return tab
 

@@ -87,6 +87,7 @@ def _open_city(tab: Tab, p: LocalPlatform, city: str, query: str = "") -> dict[s
         tab.page.goto(f"{base_url(p)}/air/{city}{query}")
     body: dict[str, Any] = answer.value.json()
     tab.page.wait_for_selector("body[data-loads='1']", timeout=60_000)
+    assert not tab.errors  # no script error, nothing the page's CSP had to refuse
     return body
 
 
