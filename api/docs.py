@@ -13,6 +13,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
@@ -38,7 +39,8 @@ def assets_dir() -> Path:
 
 def install(app: FastAPI, docs_url: str = "/docs", redoc_url: str = "/redoc") -> None:
     """Serve the docs pages on `app` (created with docs_url=None and redoc_url=None)."""
-    app.mount(ASSETS_URL, StaticFiles(directory=assets_dir()), name="docs-assets")
+    # gzip here only (the API's own answers are left alone): 2.8 MB of scripts become about 0.8 MB on a slow field link
+    app.mount(ASSETS_URL, GZipMiddleware(StaticFiles(directory=assets_dir()), minimum_size=1024), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
     oauth2_redirect = app.swagger_ui_oauth2_redirect_url or "/docs/oauth2-redirect"
 

@@ -61,3 +61,12 @@ def test_docs_pages_forbid_other_hosts(platform: LocalPlatform) -> None:
         csp = r.headers["content-security-policy"]
         assert "default-src 'self'" in csp and "img-src 'self' data:" in csp
         assert "cdn" not in r.text.lower() and "https://" not in r.text.replace("https://fastapi", "")
+
+
+def test_docs_assets_travel_compressed(platform: LocalPlatform) -> None:
+    for name in ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js"):
+        with httpx.stream("GET", f"{base_url(platform)}/docs-assets/{name}", headers={"Accept-Encoding": "gzip"}, timeout=30) as r:
+            raw = sum(len(chunk) for chunk in r.iter_raw())
+            assert r.status_code == 200 and r.headers["content-encoding"] == "gzip"
+        plain = httpx.get(f"{base_url(platform)}/docs-assets/{name}", headers={"Accept-Encoding": "identity"}, timeout=30)
+        assert "content-encoding" not in plain.headers and raw < len(plain.content) / 2, (name, raw, len(plain.content))
