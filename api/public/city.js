@@ -198,10 +198,11 @@ function renderTable(list) {
     const bandCell = el("td", {}, s.nodata ? "ไม่มีข้อมูล · no data"
       : s.stale ? `ไม่มีค่าปัจจุบัน · no current value (ค่าล่าสุด · last: ${s.current.label_en})`
         : `${s.current.label_th} · ${s.current.label_en}`);
+    const pm25 = s.current?.concentrations?.pm25_24h;
     const when = el("td", { "data-time": s.seen ? s.seen.toISOString() : "" }, s.seen ? `${bangkok(s.seen)} (${ago(s.staleness)})` : "–");
     if (s.stale) when.append(el("br"), el("span", { class: "stale-tag" }, "ไม่เป็นปัจจุบัน · stale"));
     return el("tr", { "data-device": s.id, "data-aqi": s.current ? s.current.aqi : "", "data-stale": String(s.stale) },
-      el("td", {}, s.id), aqiCell, bandCell, when);
+      el("td", {}, s.id), aqiCell, bandCell, el("td", { class: "pm25" }, pm25 === undefined ? "–" : pm25.toFixed(1)), when);
   }));
 }
 

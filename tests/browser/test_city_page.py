@@ -140,6 +140,8 @@ def test_known_and_stale_stations(known: LocalPlatform, open_tab: type) -> None:
     assert (on_map[FRESH]["aqi"], on_map[FRESH]["band"], on_map[FRESH]["stale"]) == ("70", "3", "false")
     assert (on_map[STALE]["aqi"], on_map[STALE]["stale"]) == ("17", "true")
     assert in_table[STALE]["stale"] == "true" and in_table[FRESH]["stale"] == "false"
+    pm = {d: tab.page.locator(f"#stations tbody tr[data-device='{d}'] td.pm25").inner_text() for d in (FRESH, STALE)}
+    assert pm == {FRESH: "30.0", STALE: "10.0"}  # the 24-hour PM2.5 behind each AQI
     # stale is grey, not PCD's blue of very good air; the fresh station wears PCD's yellow with dark text
     fill = tab.page.eval_on_selector(f"#map .station[data-device='{STALE}'] circle", "e => getComputedStyle(e).fill")
     assert fill == "rgb(212, 212, 212)"
