@@ -41,7 +41,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         s = platform.settings
         sys.stderr.write(
             "\nNakhon is running locally. Ctrl-C stops everything.\n"
-            f"  API docs     http://{s.api_host}:{s.api_port}/docs\n"
+            f"  API docs     http://{s.api_host}:{s.api_port}/docs  (and /redoc)\n"
+            f"  Air quality  http://{s.api_host}:{s.api_port}/air  (public page per city)\n"
             f"  Latest       http://{s.api_host}:{s.api_port}/v1/cities/chiang_mai/latest\n"
             f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
             f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
