@@ -28,15 +28,20 @@ def _settings(**overrides: object) -> Settings:
 # --- up ---------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
     from nakhon.local import LocalPlatform
+    from nakhon.supervisor import Policy
 
     settings = _settings()
     setup_logging(settings.log_level)
+    policy = Policy(backoff_base_s=args.backoff_min, backoff_cap_s=args.backoff_max, give_up_after=args.restart_limit, stable_s=args.stable)
     platform = LocalPlatform(Path(args.root), settings, fleet_per_city=args.per_city, interval_s=args.interval, with_fleet=not args.no_fleet)
-    stop = threading.Event()
+    stop, show, retry = threading.Event(), threading.Event(), threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: show.set())
+    signal.signal(signal.SIGHUP, lambda *_: retry.set())
     try:
         platform.start()
+        platform.supervise(policy)
         s = platform.settings
         sys.stderr.write(
             "\nNakhon is running locally. Ctrl-C stops everything.\n"
@@ -45,13 +50,31 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
             f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
             f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}\n"
-            f"  Logs         {platform.root / 'logs'}\n\n"
+            f"  Logs         {platform.root / 'logs'}\n"
+            f"  Status       nakhon status --root {args.root}   (or kill -USR1 {os.getpid()}; kill -HUP retries a service given up on)\n\n"
         )
-        platform.watch(stop)
+        platform.watch(stop, show, retry)
     finally:
         log.info("stopping")
         platform.stop()
     return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from nakhon.status import read_file
+
+    path = Path(args.root) / "status.json"
+    if not path.exists():
+        sys.stderr.write(f"nakhon status: no {path}: is `nakhon up --root {args.root}` running?\n")
+        return 3
+    lines, alive = read_file(path)
+    if not alive:
+        sys.stdout.write(f"nakhon up is not running; its last status ({path}):\n")
+    for text in lines:
+        sys.stdout.write(text + "\n")
+    if not alive:
+        return 3
+    return 0 if all(" running " in t and (" health " not in t or " health ok" in t) for t in lines) else 1
 
 
 # --- ingest / api -----------------------------------------------------------
@@ -172,7 +195,15 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
     up.add_argument("--no-fleet", action="store_true", help="do not start the simulated fleet")
+    up.add_argument("--restart-limit", type=int, default=10, help="deaths in a row after which a service is given up on (default 10)")
+    up.add_argument("--backoff-min", type=float, default=1.0, help="seconds before the first restart; doubles with each quick death (default 1)")
+    up.add_argument("--backoff-max", type=float, default=30.0, help="longest wait between restarts in seconds (default 30)")
+    up.add_argument("--stable", type=float, default=30.0, help="seconds a service must stay up to reset its backoff (default 30)")
     up.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="one line per service of a running `nakhon up`: state, restarts, health (exit 0 when all are well)")
+    st.add_argument("--root", default="var/local", help="the --root of that `nakhon up` (default var/local)")
+    st.set_defaults(func=cmd_status)
 
     ing = sub.add_parser("ingest", help="run the ingest service (MQTT -> InfluxDB)")
     ing.add_argument("--workers", type=int, default=None, help="worker processes on the shared subscription (default NAKHON_INGEST_WORKERS)")
