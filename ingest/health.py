@@ -47,7 +47,7 @@ class Health:
         self._acked = -1
         self._acked_at = 0.0
         self._received = -1
-        self._received_at = 0.0
+        self._received_at: float | None = None
         self._connected_since: float | None = None
 
     def update(self, now: float, connected: bool, snap: Mapping[str, float | int]) -> dict[str, Any]:
@@ -55,7 +55,7 @@ class Health:
         depth = int(snap.get("spool_depth", 0))
         if acked != self._acked:
             self._acked, self._acked_at = acked, now
-        if received != self._received:
+        if received != self._received and received > 0:
             self._received, self._received_at = received, now
         if connected and self._connected_since is None:
             self._connected_since = now
@@ -89,7 +89,7 @@ class Health:
             "pending": pending,
             "received": received,
             "acked": acked,
-            "last_message_age_s": round(now - self._received_at, 1) if self._received_at else None,
+            "last_message_age_s": round(now - self._received_at, 1) if self._received_at is not None else None,
             "influx_errors": int(snap.get("influx_errors", 0)),
             "broker_dropped": int(snap.get("broker_dropped", 0)),
             "problems": problems,
