@@ -89,7 +89,7 @@ def readyz(settings: SettingsDep, influx: InfluxDep) -> JSONResponse:
     except OSError:
         broker = False
     db = influx.ping()
-    window = int(max(30.0, 3.5 * settings.ingest_stats_interval_s))
+    window = max(3, round(3.5 * settings.ingest_stats_interval_s))  # three reports or more
     rows: list[dict[str, Any]] = []
     if db:
         try:
