@@ -79,9 +79,18 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # --- ingest / api -----------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ingest.service import run
+    from ingest.service import run, run_worker
 
     settings = _settings(ingest_workers=args.workers)
+    if args.worker is not None:  # one worker of NAKHON_INGEST_WORKERS, its process managed from outside (systemd)
+        if not 0 <= args.worker < settings.ingest_workers:
+            sys.stderr.write(
+                f"nakhon ingest: --worker {args.worker} is outside 0..{settings.ingest_workers - 1}: "
+                "set NAKHON_INGEST_WORKERS to the number of workers\n"
+            )
+            return 2
+        run_worker(settings, args.worker)
+        return 0
     run(settings)
     return 0
 
@@ -94,6 +103,43 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(api_host=args.host, api_port=args.port)
     setup_logging(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    return 0
+
+
+# --- systemd -----------------------------------------------------------------
+def cmd_systemd(args: argparse.Namespace) -> int:
+    from nakhon import systemd
+
+    settings = _settings(api_host=args.api_host, api_port=args.api_port)
+    layout = systemd.Layout(
+        nakhon_bin=Path(args.nakhon_bin).absolute() if args.nakhon_bin else systemd.nakhon_bin(),
+        workers=args.workers,
+        user=args.user,
+        mqtt_port=args.mqtt_port,
+        influx_port=args.influx_port,
+        systemd_version=systemd.systemd_version(),
+    )
+    root = Path(args.root) if args.action == "write" else Path("/")
+    if args.action == "install" and args.dry_run:
+        for path, (_, mode) in systemd.files(settings, layout).items():
+            sys.stdout.write(f"write {path} (mode {mode:o})\n")
+        for cmd in systemd.install_commands(layout):
+            sys.stdout.write(" ".join(cmd) + "\n")
+        return 0
+    if args.action == "install" and os.geteuid() != 0:
+        sys.stderr.write("nakhon systemd install: run as root (sudo), or `nakhon systemd write --root DIR` to see the files\n")
+        return 2
+    for path in systemd.write(root, settings, layout):
+        sys.stdout.write(f"wrote {path}\n")
+    if args.action == "install":
+        import subprocess
+
+        for cmd in systemd.install_commands(layout):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0 and not (cmd[0] == "useradd" and done.returncode == 9):  # 9: the user exists already
+                sys.stderr.write(f"nakhon systemd install: {' '.join(cmd)} failed: {done.stderr.strip()}\n")
+                return 1
+        sys.stdout.write(systemd.NEXT_STEPS.format(workers=layout.workers, api=f"{settings.api_host}:{settings.api_port}"))
     return 0
 
 
@@ -207,12 +253,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     ing = sub.add_parser("ingest", help="run the ingest service (MQTT -> InfluxDB)")
     ing.add_argument("--workers", type=int, default=None, help="worker processes on the shared subscription (default NAKHON_INGEST_WORKERS)")
+    ing.add_argument("--worker", type=int, default=None, metavar="INDEX",
+                     help="run only worker INDEX of NAKHON_INGEST_WORKERS in this process (one systemd unit per worker)")
     ing.set_defaults(func=cmd_ingest)
 
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host", default=None, help="bind address (default NAKHON_API_HOST)")
     api.add_argument("--port", type=int, default=None, help="port (default NAKHON_API_PORT)")
     api.set_defaults(func=cmd_api)
+
+    sd = sub.add_parser("systemd", help="systemd units for a Debian server without Docker (ingest workers, API; Debian's mosquitto and influxdb)")
+    sd_sub = sd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sdw = sd_sub.add_parser("write", help="write the units and configuration under a folder laid out like / (to read or package them)")
+    sdw.add_argument("--root", required=True, help="folder standing for / (e.g. build/systemd)")
+    sdi = sd_sub.add_parser("install", help="install them on this server (root): files, the nakhon user, systemctl daemon-reload")
+    sdi.add_argument("--dry-run", action="store_true", help="print what would be written and run")
+    for p_ in (sdw, sdi):
+        p_.add_argument("--workers", type=int, default=1, help="ingest workers, one unit each (default 1)")
+        p_.add_argument("--user", default="nakhon", help="the dedicated system user the units run as (default nakhon)")
+        p_.add_argument("--mqtt-port", type=int, default=1883, help="port of Debian's mosquitto on 127.0.0.1 (default 1883)")
+        p_.add_argument("--influx-port", type=int, default=8086, help="port of Debian's influxdb on 127.0.0.1 (default 8086)")
+        p_.add_argument("--api-host", default=None, help="address the API binds (default NAKHON_API_HOST)")
+        p_.add_argument("--api-port", type=int, default=None, help="port of the API (default NAKHON_API_PORT)")
+        p_.add_argument("--nakhon-bin", default=None, help="the nakhon command the units run (default: the one of this installation)")
+    sd.set_defaults(func=cmd_systemd)
 
     sim = sub.add_parser("simulate", help="run a simulated fleet against the broker (or `simulate bench`)")
     from simulators.arguments import add_arguments as simulate_arguments
