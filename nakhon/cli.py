@@ -9,6 +9,7 @@ import signal
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from contract.logs import setup_logging
@@ -23,6 +24,19 @@ def _settings(**overrides: object) -> Settings:
     except ConfigError as exc:
         sys.stderr.write(f"nakhon: {exc}\n")
         raise SystemExit(2) from None
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        return value
+
+    return parse
 
 
 # --- up ---------------------------------------------------------------------
@@ -241,10 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
     up.add_argument("--no-fleet", action="store_true", help="do not start the simulated fleet")
-    up.add_argument("--restart-limit", type=int, default=10, help="deaths in a row after which a service is given up on (default 10)")
-    up.add_argument("--backoff-min", type=float, default=1.0, help="seconds before the first restart; doubles with each quick death (default 1)")
-    up.add_argument("--backoff-max", type=float, default=30.0, help="longest wait between restarts in seconds (default 30)")
-    up.add_argument("--stable", type=float, default=30.0, help="seconds a service must stay up to reset its backoff (default 30)")
+    up.add_argument("--restart-limit", type=_positive(int), default=10, help="deaths in a row after which a service is given up on (default 10)")
+    up.add_argument("--backoff-min", type=_positive(float), default=1.0, help="seconds before the first restart; doubles with each quick death (default 1)")
+    up.add_argument("--backoff-max", type=_positive(float), default=30.0, help="longest wait between restarts in seconds (default 30)")
+    up.add_argument("--stable", type=_positive(float), default=30.0, help="seconds a service must stay up to reset its backoff (default 30)")
     up.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", help="one line per service of a running `nakhon up`: state, restarts, health (exit 0 when all are well)")
@@ -269,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     sdi = sd_sub.add_parser("install", help="install them on this server (root): files, the nakhon user, systemctl daemon-reload")
     sdi.add_argument("--dry-run", action="store_true", help="print what would be written and run")
     for p_ in (sdw, sdi):
-        p_.add_argument("--workers", type=int, default=1, help="ingest workers, one unit each (default 1)")
+        p_.add_argument("--workers", type=_positive(int), default=1, help="ingest workers, one unit each (default 1)")
         p_.add_argument("--user", default="nakhon", help="the dedicated system user the units run as (default nakhon)")
         p_.add_argument("--mqtt-port", type=int, default=1883, help="port of Debian's mosquitto on 127.0.0.1 (default 1883)")
         p_.add_argument("--influx-port", type=int, default=8086, help="port of Debian's influxdb on 127.0.0.1 (default 8086)")
