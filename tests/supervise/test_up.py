@@ -17,8 +17,8 @@ import orjson
 import pytest
 
 from contract.influx import Influx
+from harness.verify.stream import Stream, tally, wait_stored
 from nakhon.servers import free_port
-from nakhon.verify.stream import Stream, tally, wait_stored
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
