@@ -13,6 +13,9 @@ per service:
   up is reported loudly (`"service keeps dying; not restarting"`, with its
   last error) and left stopped: the others go on, nothing spins.
   `retry_failed()` (SIGHUP to `nakhon up`) tries such a service again;
+- a service may name exit codes that no restart can fix (`fatal_exit_codes`:
+  the `nakhon` commands exit 2 on a configuration error): it is given up on
+  at once, with that error;
 - a service whose `proc` is None was stopped on purpose and is left alone;
 - `stop()` ends the watching; stopping the services themselves stays with
   their owner, so Ctrl-C stops everything in its own order.
@@ -221,6 +224,8 @@ class Supervisor:
         ran = time.monotonic() - unit.started
         tail = log_tail(svc.log_path, self._offsets[svc.name], self.policy.tail_lines)
         failures = unit.failures + 1 if ran < self.policy.stable_s else 1
+        if proc.returncode in getattr(svc, "fatal_exit_codes", ()):
+            failures = max(failures, self.policy.give_up_after)  # a restart cannot fix it
         how = describe_exit(proc.returncode)
         with self._lock:
             unit.failures = failures

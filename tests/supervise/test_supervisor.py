@@ -162,3 +162,18 @@ def test_a_server_that_never_becomes_ready_counts_as_a_death(tmp_path: Path, cap
     finally:
         sup.stop()
         svc.stop()
+
+
+def test_a_configuration_error_is_given_up_on_at_once(children, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="nakhon.supervisor")
+    bad = children("bad", "import sys; sys.stderr.write('nakhon: invalid configuration: NAKHON_MQTT_PORT must be 1-65535\\n'); sys.exit(2)")
+    bad.fatal_exit_codes = (2,)  # type: ignore[attr-defined]
+    sup = Supervisor([bad], FAST)
+    sup.start()
+    try:
+        wait_until(lambda: sup.units["bad"].state == "failed", 20, what="giving up")
+        assert len(bad.starts) == 1
+        [gave_up] = records(caplog, "service keeps dying; not restarting", "bad")
+        assert gave_up["how"] == "exit code 2" and "NAKHON_MQTT_PORT" in str(gave_up["last_error"])
+    finally:
+        sup.stop()
