@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+from datetime import datetime
+from itertools import pairwise
 from pathlib import Path
 
 import orjson
@@ -36,6 +38,9 @@ def test_a_worker_dying_at_start_up_is_restarted_with_growing_pauses(tmp_path: P
         assert [r["restart_in_s"] for r in rows[:4]] == [1.0, 2.0, 4.0, 8.0]
         assert [r["deaths_in_a_row"] for r in rows[:4]] == [1, 2, 3, 4]
         assert all(r["exitcode"] == 1 for r in rows)
+        at = [datetime.fromisoformat(str(r["ts"]).replace("Z", "+00:00")).timestamp() for r in rows[:4]]
+        gaps = [b - a for a, b in pairwise(at)]
+        assert all(g >= 0.9 * w for g, w in zip(gaps, (1.0, 2.0, 4.0), strict=True)), gaps  # it waited as it said
         assert b"FileExistsError" in log.read_bytes()
         assert proc.poll() is None  # the ingest itself stays up for the other workers
     finally:
