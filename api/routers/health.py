@@ -89,7 +89,7 @@ def readyz(settings: SettingsDep, influx: InfluxDep) -> JSONResponse:
     except OSError:
         broker = False
     db = influx.ping()
-    window = max(3, round(3.5 * settings.ingest_stats_interval_s))  # three reports or more
+    window = max(10, round(3.5 * settings.ingest_stats_interval_s))  # three reports or more, and a loaded machine's pause
     rows: list[dict[str, Any]] = []
     if db:
         try:
