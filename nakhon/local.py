@@ -80,6 +80,7 @@ class LocalPlatform:
         self.influxdb.stop()
         self.broker.stop()
         if self.supervisor is not None:
+            self.supervisor.all_stopped()
             self.report(log_changes=False)
 
     # --- status ---------------------------------------------------------------

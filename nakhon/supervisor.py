@@ -152,6 +152,12 @@ class Supervisor:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
 
+    def all_stopped(self) -> None:
+        """Record that the owner has stopped every service (after `stop()` and its own shutdown)."""
+        for unit in self.units.values():
+            if unit.state != "stopped":
+                self._set(unit, "stopped", pid=None)
+
     def retry_failed(self) -> list[str]:
         """Give every service that was given up on a fresh start; returns their names."""
         names = [n for n, u in self.units.items() if u.state == "failed"]

@@ -147,6 +147,9 @@ def test_every_service_killed_comes_back_and_every_reading_is_stored_once(up: An
     assert u.interrupt() == 0
     wait_until(lambda: all(gone(p) for p in pids), 30, what="every process nakhon up started to be gone")
     assert not any(listening(p) for p in (u.mqtt_port, u.influx_port, u.api_port))
+    assert {e["state"] for e in u.status().values()} == {"stopped"}
+    out = subprocess.run([sys.executable, "-m", "nakhon", "status", "--root", str(u.root / "up")], env=u.env, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 3 and out.stdout.startswith("nakhon up is not running")
 
 
 def test_a_service_that_crashes_at_start_up_is_reported_and_does_not_stop_the_rest(up: Any) -> None:
