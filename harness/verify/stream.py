@@ -90,7 +90,7 @@ def rejected(p: LocalPlatform) -> int:
 
 def log_records(svc: Service, msg: str | None = None) -> list[dict[str, Any]]:
     """A service's JSON log lines (all of its runs), optionally only those with this `msg`."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not svc.log_path.exists():
         return out
     for raw in svc.log_path.read_bytes().splitlines():
@@ -185,7 +185,7 @@ class Stream:
             c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"verify-{prefix}-{i}")
             c.max_inflight_messages_set(1000)
             c.max_queued_messages_set(0)  # while the broker is away, keep everything
-            c.reconnect_delay_set(0.2, 2)  # come back quickly after a broker restart
+            c.reconnect_delay_set(0.2, 2)  # type: ignore[arg-type]  # paho takes a float, its hints say int  # come back quickly after a broker restart
             c.on_connect = self._on_connect
             c.connect("127.0.0.1", port)
             c.loop_start()
