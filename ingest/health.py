@@ -8,9 +8,9 @@ every few seconds and says:
   (messages held without ever becoming durable mean a stalled write path);
 - `spool_growing`: the spool (what InfluxDB has not taken yet) has only grown
   over the last `spool_window_s` seconds;
-- `status`: `ok`; `degraded` while readings go to the spool instead of
-  InfluxDB (nothing is lost, but the dashboards lag); `down` when not
-  connected or stalled (readings are not flowing).
+- `status`: `ok`; `degraded` while the spool holds readings InfluxDB has
+  not taken yet (nothing is lost, but the dashboards lag); `down` when not
+  connected, stalled, or the spool only grows (readings are not flowing).
 
 `write_file()` puts it where an operator and `nakhon up` can read it (one JSON
 file per worker, replaced atomically; its `ts` shows a dead worker as stale).
@@ -68,7 +68,8 @@ class Health:
         full_window = now - t0 >= self.spool_window_s * 0.9
         spool_growing = full_window and depth > d0 and all(b[1] >= a[1] for a, b in zip(self._spool, list(self._spool)[1:], strict=False))
         writing = pending == 0 or now - self._acked_at < self.stall_s
-        status = "down" if not connected or not writing else ("degraded" if depth > 0 else "ok")
+        # a spool that only grows: readings reach no storage but the disk, until it is full
+        status = "down" if not connected or not writing or spool_growing else ("degraded" if depth > 0 else "ok")
         problems = []
         if not connected:
             problems.append("not connected to the broker")

@@ -96,6 +96,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from ingest.service import run, run_worker
 
     settings = _settings(ingest_workers=args.workers)
+    if args.health:
+        from nakhon.status import ingest_health
+
+        state, detail = ingest_health(settings.data_dir / "health")
+        sys.stdout.write(f"ingest {state}: {detail}\n")
+        return 1 if state == "down" else 0
     if args.worker is not None:  # one worker of NAKHON_INGEST_WORKERS, its process managed from outside (systemd)
         if not 0 <= args.worker < settings.ingest_workers:
             sys.stderr.write(
@@ -269,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     ing.add_argument("--workers", type=int, default=None, help="worker processes on the shared subscription (default NAKHON_INGEST_WORKERS)")
     ing.add_argument("--worker", type=int, default=None, metavar="INDEX",
                      help="run only worker INDEX of NAKHON_INGEST_WORKERS in this process (one systemd unit per worker)")
+    ing.add_argument("--health", action="store_true",
+                     help="print whether readings flow through the running workers (their NAKHON_DATA_DIR/health files): exit 1 when they do not")
     ing.set_defaults(func=cmd_ingest)
 
     api = sub.add_parser("api", help="run the HTTP API")
