@@ -30,6 +30,8 @@ class LocalPlatform:
         self.root = Path(root).resolve()
         self.broker = Mosquitto(self.root / "mosquitto", pick_port(settings.mqtt_port))
         self.influxdb = InfluxDB(self.root / "influxdb", pick_port(settings.influx_url_port()), pick_port(18088))
+        # after a crash InfluxDB replays its write-ahead log before it answers: minutes with a big one
+        self.influxdb.ready_timeout_s = 300.0
         api_port = pick_port(settings.api_port)
         self.settings = settings.model_copy(
             update={"mqtt_port": self.broker.port, "influx_url": self.influxdb.url, "api_port": api_port, "data_dir": self.root / "data"}
