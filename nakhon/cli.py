@@ -41,6 +41,7 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 # --- up ---------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    from nakhon.leftovers import AlreadyRunning
     from nakhon.local import LocalPlatform
     from nakhon.supervisor import Policy
 
@@ -54,7 +55,11 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGUSR1, lambda *_: show.set())
     signal.signal(signal.SIGHUP, lambda *_: retry.set())
     try:
-        platform.start()
+        try:
+            platform.start()
+        except AlreadyRunning as exc:
+            sys.stderr.write(f"nakhon up: {exc}\n")
+            return 2
         platform.supervise(policy)
         s = platform.settings
         sys.stderr.write(

@@ -17,7 +17,7 @@ from typing import Any
 from contract.influx import Influx
 from contract.logs import kv
 from contract.settings import Settings
-from nakhon import status
+from nakhon import leftovers, status
 from nakhon.procs import Service
 from nakhon.servers import InfluxDB, Mosquitto, pick_port
 from nakhon.supervisor import Policy, Supervisor, UnitState
@@ -49,6 +49,10 @@ class LocalPlatform:
         self._lines: dict[str, str] = {}
 
     def start(self) -> None:
+        left = leftovers.find(self.status_path, self.root)  # AlreadyRunning when another nakhon up runs here
+        if left:
+            log.warning("stopping what a previous nakhon up left running", extra=kv(services=[f"{n} (pid {p})" for n, p in left]))
+            leftovers.stop(left)
         self.broker.start()
         log.info("broker started", extra=kv(port=self.broker.port, config=str(self.broker.config_path)))
         self.influxdb.start()

@@ -49,10 +49,14 @@ class Up:
         self.pids: set[int] = set()
 
     def status(self) -> dict[str, dict[str, Any]]:
+        """The services as this `nakhon up` last wrote them (nothing while the file is another's)."""
         path = self.root / "up" / "status.json"
         if not path.exists():
             return {}
-        entries = {e["name"]: e for e in orjson.loads(path.read_bytes())["services"]}
+        doc = orjson.loads(path.read_bytes())
+        if doc["pid"] != self.proc.pid:
+            return {}
+        entries = {e["name"]: e for e in doc["services"]}
         self.pids |= {int(e["pid"]) for e in entries.values() if e.get("pid")}
         return entries
 
@@ -173,3 +177,26 @@ def test_a_service_that_crashes_at_start_up_is_reported_and_does_not_stop_the_re
     assert "api        failed" in out.stdout and "last error:" in out.stdout and "ingest     running" in out.stdout
     assert len([d for d in u.records("service died") if d["service"] == "api"]) == 10
     assert u.interrupt() == 0
+
+
+def test_a_nakhon_up_killed_outright_leaves_nothing_behind_for_the_next(up: Any) -> None:
+    first = up()
+    wait_until(lambda: all(first.well(s) for s in SERVICES), 120, what="the first nakhon up healthy")
+    left = {name: int(e["pid"]) for name, e in first.status().items()}
+    first.proc.kill()  # a closed terminal, an OOM kill: no Ctrl-C, no clean-up
+    first.proc.wait(30)
+    assert not any(gone(p) for p in left.values())  # its services outlive it: they run in sessions of their own
+
+    second = up()
+    wait_until(lambda: all(second.well(s) for s in SERVICES), 120, what="the second nakhon up healthy")
+    wait_until(lambda: all(gone(p) for p in left.values()), 30, what="the first one's services to be gone")
+    [note] = second.records("stopping what a previous nakhon up left running")
+    assert sorted(note["services"]) == sorted(f"{n} (pid {p})" for n, p in left.items())
+
+    # a third on the same root while the second runs is refused, saying why
+    out = subprocess.run([sys.executable, "-m", "nakhon", "up", "--root", str(second.root / "up"), "--no-fleet"], env=second.env,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert f"nakhon up already runs on {(second.root / 'up').resolve()} (pid {second.proc.pid})" in out.stderr
+    assert all(second.well(s) for s in SERVICES)
+    assert second.interrupt() == 0
