@@ -11,13 +11,9 @@ import traceback
 from pathlib import Path
 from typing import cast
 
+from harness.progress import say as _say
 from harness.verify.report import Row, Size, line, markdown
 from harness.verify.scenarios import load_all
-
-
-def _say(msg: str) -> None:
-    sys.stderr.write(f"[verify {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
