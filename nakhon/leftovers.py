@@ -22,7 +22,8 @@ class AlreadyRunning(RuntimeError):
     pass
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
@@ -58,12 +59,12 @@ def find(status_path: Path, root: Path) -> list[tuple[str, int]]:
     except (OSError, orjson.JSONDecodeError):
         return []
     up = int(doc.get("pid", 0))
-    if up and up != os.getpid() and _alive(up) and _is_up(up):
+    if up and up != os.getpid() and alive(up) and _is_up(up):
         raise AlreadyRunning(f"nakhon up already runs on {root} (pid {up}): stop it (Ctrl-C or kill {up}) or use another --root")
     left = []
     for e in doc.get("services", []):
         pid = e.get("pid")
-        if pid and _alive(int(pid)) and _belongs(int(pid), root):
+        if pid and alive(int(pid)) and _belongs(int(pid), root):
             left.append((str(e["name"]), int(pid)))
     return left
 
@@ -76,10 +77,10 @@ def stop(left: list[tuple[str, int]], timeout: float = 30.0) -> None:
         except OSError:
             continue
     deadline = time.monotonic() + timeout
-    while any(_alive(pid) for _, pid in left) and time.monotonic() < deadline:
+    while any(alive(pid) for _, pid in left) and time.monotonic() < deadline:
         time.sleep(0.1)
     for _, pid in left:
-        if _alive(pid):
+        if alive(pid):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except OSError:

@@ -18,6 +18,7 @@ import pytest
 
 from contract.influx import Influx
 from harness.verify.stream import Stream, tally, wait_stored
+from nakhon.leftovers import alive
 from nakhon.servers import free_port
 from tests.helpers import wait_until
 
@@ -102,12 +103,7 @@ def up(workdir: Path) -> Iterator[Any]:
 
 
 def gone(pid: int) -> bool:
-    """No such process any more (a zombie is reaped once its parent exits)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
+    return not alive(pid)
 
 
 def listening(port: int) -> bool:
