@@ -5,6 +5,7 @@ on loudly while the rest runs on; Ctrl-C leaves nothing behind."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -172,6 +173,15 @@ def test_a_service_that_crashes_at_start_up_is_reported_and_does_not_stop_the_re
     assert out.returncode == 1, out.stdout + out.stderr
     assert "api        failed" in out.stdout and "last error:" in out.stdout and "ingest     running" in out.stdout
     assert len([d for d in u.records("service died") if d["service"] == "api"]) == 10
+    # on request: every line printed (SIGUSR1), and a service given up on tried again (SIGHUP)
+    os.kill(u.proc.pid, signal.SIGUSR1)
+    wait_until(lambda: re.search(rb"^  api +failed .*last error: .*cannot assign requested address", u.log_path.read_bytes(), re.M), 30,
+               what="the status lines on SIGUSR1")
+    assert re.search(rb"^  ingest +running +pid \d+ .*health ok", u.log_path.read_bytes(), re.M)
+    os.kill(u.proc.pid, signal.SIGHUP)
+    wait_until(lambda: len(u.records("service keeps dying; not restarting")) == 2, 60, what="the retried API to be given up on again")
+    assert [r["services"] for r in u.records("retrying failed services")] == [["api"]]
+    assert len([d for d in u.records("service died") if d["service"] == "api"]) == 20
     assert u.interrupt() == 0
 
 
