@@ -113,11 +113,15 @@ class LocalPlatform:
             return set()
         pids = {proc.pid}
         try:
-            for entry in Path("/proc").iterdir():
-                if entry.name.isdigit() and os.getpgid(int(entry.name)) == proc.pid:
-                    pids.add(int(entry.name))
+            entries = [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()]
         except OSError:
-            return None
+            return None  # no /proc: take every fresh health file
+        for pid in entries:
+            try:
+                if os.getpgid(pid) == proc.pid:
+                    pids.add(pid)
+            except OSError:  # gone meanwhile
+                continue
         return pids
 
     def report(self, log_changes: bool = True) -> list[str]:
