@@ -62,11 +62,14 @@ class AsyncInflux:
             data["params"] = orjson.dumps(params).decode()
         return data
 
-    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms") -> list[dict[str, Any]]:
-        """The series of a single-statement query (empty list when none); epoch=None: times as RFC 3339 text."""
+    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms",
+                     timeout: float | None = None) -> list[dict[str, Any]]:
+        """The series of a single-statement query (empty list when none); epoch=None: times as RFC 3339 text;
+        `timeout`: seconds for this query instead of the client's."""
         data = self._query(q, params, epoch)
         try:
-            async with self._session().get("/query", params=data) as resp:
+            extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout is not None else {}
+            async with self._session().get("/query", params=data, **extra) as resp:
                 status, content = resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise InfluxUnavailable(f"query failed: {type(exc).__name__}: {exc}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -11,13 +13,17 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from api import docs
-from api.ainflux import AsyncInflux
 from api.broker import DynSec
+from api.current import CitySnapshot, city_loader
+from api.guard import Breaker, GuardedAsyncInflux, GuardedInflux
+from api.httpcache import HttpCache
+from api.live import LiveCache
+from api.ratelimit import SharedRateLimiter
 from api.registry import Registry
 from api.routers import apikeys, aqi, devices, health, opendata, public, quality, readings
-from api.security import RateLimiter
+from api.throttle import Throttle
 from contract import rollups
-from contract.influx import Influx, InfluxError, InfluxRejected, InfluxUnavailable
+from contract.influx import InfluxError, InfluxRejected
 from contract.logs import kv
 from contract.settings import Settings, load_settings
 
@@ -34,7 +40,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # now and then for tens of milliseconds (the p99).
         gc.collect()
         gc.freeze()
+        keeper = asyncio.get_running_loop().create_task(_keep_current(app))
         yield
+        keeper.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await keeper
         await app.state.ainflux.aclose()
         app.state.influx.close()
 
@@ -52,27 +62,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     docs.install(app)
     app.state.settings = settings
     # Created here, not in the lifespan, so the app also serves when driven without one (tests, fuzzing).
-    app.state.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
-                              settings.influx_timeout_s)
+    # Reads go through the guard (api.guard): a bound on concurrent queries, a time limit, and a breaker shared by both clients.
+    breaker = Breaker(settings.api_influx_retry_s)
+    app.state.breaker = breaker
+    app.state.influx = GuardedInflux(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
+                                     settings.api_query_timeout_s, breaker, settings.api_influx_concurrency, settings.api_query_wait_s)
     try:  # the ingest creates these too; whichever starts first
         app.state.influx.ensure_schema(settings.raw_retention, settings.hourly_retention)
         app.state.influx.execute(rollups.schema_statements(settings.influx_db))
     except InfluxError as exc:
         log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))
-    app.state.ainflux = AsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
-                                    settings.influx_timeout_s)
+    app.state.ainflux = GuardedAsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username,
+                                           settings.influx_password, settings.api_query_timeout_s, breaker,
+                                           settings.api_influx_concurrency, settings.api_query_wait_s)
     app.state.registry = Registry(settings.registry_path)
-    app.state.limiter = RateLimiter()
+    app.state.live = LiveCache[CitySnapshot](settings.api_live_refresh_s, settings.api_live_max_age_s, settings.api_live_timeout_s)
+    # One table of buckets for every process of this API (api.ratelimit): the limits hold whichever process answers.
+    app.state.limiter = SharedRateLimiter(settings.path("api") / "ratelimit.buckets")
     app.state.dynsec = (
         DynSec(settings.mqtt_host, settings.mqtt_port, settings.broker_admin_username, settings.broker_admin_password,
                settings.mqtt_tls, str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None)
         if settings.broker_admin_username and settings.broker_admin_password else None
     )
 
-    @app.exception_handler(InfluxUnavailable)
-    async def _influx_down(request: Request, exc: InfluxUnavailable) -> JSONResponse:
+    @app.exception_handler(InfluxError)
+    async def _influx_down(request: Request, exc: InfluxError) -> JSONResponse:
+        if isinstance(exc, InfluxRejected):
+            return await _influx_refused(request, exc)
         log.warning("influxdb unavailable", extra=kv(path=request.url.path, error=str(exc)[:200]))
-        return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503)
+        retry = max(1, round(breaker.retry_after()) or round(settings.api_influx_retry_s))
+        return JSONResponse({"detail": "the database is unavailable; try again shortly"}, status_code=503,
+                            headers={"Retry-After": str(retry)})
 
     @app.exception_handler(InfluxRejected)
     async def _influx_refused(request: Request, exc: InfluxRejected) -> JSONResponse:
@@ -82,4 +102,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for r in (health, readings, aqi, quality, opendata, public, devices, apikeys):
         app.include_router(r.router)
+    # Outermost last: the rate limit answers before anything else runs, even the proxy-cache layer.
+    app.add_middleware(HttpCache, recent_s=settings.api_cache_recent_s, history_s=settings.api_cache_history_s)
+    app.add_middleware(Throttle, limiter=app.state.limiter, per_key=settings.api_rate_per_key,
+                       per_address=settings.api_rate_per_address)
     return app
+
+
+async def _keep_current(app: FastAPI) -> None:
+    """Reload every city's current values every `api_live_refresh_s`, requested or not (api.live)."""
+    s: Settings = app.state.settings
+    live: LiveCache[CitySnapshot] = app.state.live
+    while True:
+        for city in s.cities:
+            live.refresh(city, city_loader(app.state, city))
+        await asyncio.sleep(s.api_live_refresh_s)

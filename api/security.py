@@ -6,58 +6,25 @@
 - Reading needs no key while `api_public_read` is on; with it off, a read
   or admin key. Writing (provisioning, keys) needs the `admin` scope; an
   admin key bound to a city manages only that city's devices (403).
-- Rate limits: a token bucket per key and, for calls without a valid key,
-  per client address (429 with Retry-After).
+- Rate limits: a token bucket per key and, for calls without a key, per
+  client address (429 with Retry-After), taken before anything else by the
+  ASGI middleware in api.throttle, shared by all the API's processes.
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security
 from fastapi.security import APIKeyHeader
 
-from api.registry import ApiKey, Registry
+from api.ratelimit import Limiter, RateLimiter
+from api.registry import ApiKey, Registry, split_key
+
+__all__ = ["Admin", "RateLimiter", "Reader", "caller", "check_city"]
 
 _header = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key: nk_<id>_<secret>")
-
-
-@dataclass(slots=True)
-class _Bucket:
-    tokens: float
-    stamp: float
-
-
-class RateLimiter:
-    """Token buckets: `per_minute` calls a minute, bursts up to the same number."""
-
-    def __init__(self, max_buckets: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._clock = clock
-        self._buckets: dict[str, _Bucket] = {}
-        self._lock = threading.Lock()
-        self._max = max_buckets
-
-    def take(self, who: str, per_minute: int) -> float:
-        """0 if the call may go ahead, else the seconds to wait."""
-        now = self._clock()
-        rate = per_minute / 60.0
-        with self._lock:
-            b = self._buckets.get(who)
-            if b is None:
-                if len(self._buckets) >= self._max:
-                    self._buckets.clear()  # bounded memory beats exact accounting under a flood
-                b = self._buckets[who] = _Bucket(float(per_minute), now)
-            b.tokens = min(float(per_minute), b.tokens + (now - b.stamp) * rate)
-            b.stamp = now
-            if b.tokens >= 1:
-                b.tokens -= 1
-                return 0.0
-            return (1 - b.tokens) / rate
 
 
 def _registry(request: Request) -> Registry:
@@ -74,19 +41,19 @@ async def caller(request: Request, token: Annotated[str | None, Security(_header
 
 
 def _caller(request: Request, token: str | None) -> ApiKey | None:
-    settings = request.app.state.settings
-    limiter: RateLimiter = request.app.state.limiter
-    key = None
-    if token is not None:
-        key = _registry(request).authenticate(token)
-    if key is not None:
-        wait = limiter.take(f"key:{key.id}", settings.api_rate_per_key)
-    else:
+    """The key behind the call. The rate limit was taken before routing (api.throttle); a presented key that is
+    invalid or revoked also costs its address a call from the `fail:` bucket, so made-up keys cannot dodge it."""
+    if token is None:
+        return None
+    key = _registry(request).authenticate(token)
+    if key is None and split_key(token) is not None:  # a malformed one took from `fail:` in the middleware already
+        settings = request.app.state.settings
+        limiter: Limiter = request.app.state.limiter
         address = request.client.host if request.client else "unknown"
-        wait = limiter.take(f"addr:{address}", settings.api_rate_per_address)
-    if wait > 0:
-        raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": str(math.ceil(wait))})
-    if token is not None and key is None:
+        wait = limiter.take(f"fail:{address}", settings.api_rate_per_address)
+        if wait > 0:
+            raise HTTPException(429, "rate limit exceeded", headers={"Retry-After": str(max(1, math.ceil(wait)))})
+    if key is None:
         raise HTTPException(401, "invalid or revoked API key", headers={"WWW-Authenticate": "X-API-Key"})
     return key
 

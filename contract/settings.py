@@ -7,6 +7,7 @@ variable and says what to fix.
 
 from __future__ import annotations
 
+import os
 import re
 from functools import cached_property
 from pathlib import Path
@@ -74,6 +75,17 @@ class Settings(BaseSettings):
     api_rate_per_address: Annotated[int, Field(ge=1, le=1_000_000)] = 120  # per minute per client address, keyless
     api_default_interval_s: Annotated[int, Field(ge=1, le=86400)] = 60  # expected reading interval when a device states none
     api_raw_max_days: Annotated[int, Field(ge=1, le=400)] = 7  # longest range served from raw points unaggregated
+    # API under public load (issue 20): processes, the current-values cache, InfluxDB's protection, proxy caching.
+    api_workers: Annotated[int, Field(ge=0, le=32)] = 0  # API processes behind the one port; 0 = one per core, at most 4
+    api_live_refresh_s: Annotated[float, Field(gt=0, le=60)] = 2.0  # current values reloaded this often
+    api_live_max_age_s: Annotated[float, Field(gt=0, le=3600)] = 10.0  # older current values are answered marked stale
+    api_live_timeout_s: Annotated[float, Field(gt=0, le=60)] = 2.0  # a reload of current values waits this long for InfluxDB
+    api_influx_concurrency: Annotated[int, Field(ge=1, le=256)] = 8  # queries a process has at InfluxDB at once (per pool)
+    api_query_wait_s: Annotated[float, Field(ge=0, le=60)] = 0.5  # wait for a free query slot, then 503
+    api_query_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0  # a read query's limit, then 503
+    api_influx_retry_s: Annotated[float, Field(gt=0, le=300)] = 2.0  # after InfluxDB failed to answer, 503 at once for this long
+    api_cache_recent_s: Annotated[int, Field(ge=0, le=86400)] = 60  # proxy max-age of answers whose range reaches the last hour
+    api_cache_history_s: Annotated[int, Field(ge=0, le=31_536_000)] = 3600  # proxy max-age of answers about the past
     open_data_license: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,40}$")] = "cc-by-4.0"
     open_data_publisher: str = "Nakhon smart-city pilots"
     # Provisioning speaks to Mosquitto's dynamic-security plugin with these admin credentials.
@@ -112,6 +124,9 @@ class Settings(BaseSettings):
             raise ValueError("NAKHON_MQTT_CA_FILE is set but NAKHON_MQTT_TLS is off: set NAKHON_MQTT_TLS=true")
         if (self.mqtt_username is None) != (self.mqtt_password is None):
             raise ValueError("set both NAKHON_MQTT_USERNAME and NAKHON_MQTT_PASSWORD, or neither")
+        if self.api_live_refresh_s > self.api_live_max_age_s:
+            raise ValueError("NAKHON_API_LIVE_REFRESH_S must not exceed NAKHON_API_LIVE_MAX_AGE_S (values are reloaded "
+                             "before they may be answered stale)")
         if (self.broker_admin_username is None) != (self.broker_admin_password is None):
             raise ValueError("set both NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD, or neither")
         return self
@@ -123,6 +138,11 @@ class Settings(BaseSettings):
     @cached_property
     def cities(self) -> dict[str, City]:
         return load_cities(self.cities_file)
+
+    @property
+    def api_processes(self) -> int:
+        """API worker processes: as set, or one per core (at most 4) when 0."""
+        return self.api_workers or max(1, min(4, os.cpu_count() or 1))
 
     def influx_url_port(self) -> int:
         tail = self.influx_url.split("://", 1)[1].split("/", 1)[0]

@@ -123,13 +123,17 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def cmd_api(args: argparse.Namespace) -> int:
-    import uvicorn
+    from api.serve import serve
 
-    from api.app import create_app
-
-    settings = _settings(api_host=args.host, api_port=args.port)
+    settings = _settings(api_host=args.host, api_port=args.port, api_workers=args.workers)
     setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    if args.workers is not None:  # the worker processes read the environment
+        os.environ["NAKHON_API_WORKERS"] = str(args.workers)
+    if args.host is not None:
+        os.environ["NAKHON_API_HOST"] = args.host
+    if args.port is not None:
+        os.environ["NAKHON_API_PORT"] = str(args.port)
+    serve(settings)
     return 0
 
 
@@ -289,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host", default=None, help="bind address (default NAKHON_API_HOST)")
     api.add_argument("--port", type=int, default=None, help="port (default NAKHON_API_PORT)")
+    api.add_argument("--workers", type=int, default=None,
+                     help="processes behind the one port (default NAKHON_API_WORKERS; 0 = one per core, at most 4)")
     api.set_defaults(func=cmd_api)
 
     sd = sub.add_parser("systemd", help="systemd units for a Debian server without Docker (ingest workers, API; Debian's mosquitto and influxdb)")

@@ -8,22 +8,22 @@ force in that hour.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel
 
 from api import history
-from api.deps import READ_ERRORS, InfluxDep, SettingsDep
+from api.current import AVG_FIELDS, answer, aqi_fields, aqi_value, city_now
+from api.deps import READ_ERRORS, InfluxDep, SettingsDep, json_response
 from api.params import CityPath, DevicePath, End, Start
 from api.routers.readings import known_city
 from api.security import Reader
-from contract import aqi, storage
-from contract.rollups import AQI_AVG_FIELDS
+from contract import storage
 
 router = APIRouter(prefix="/v1", tags=["aqi"], responses=READ_ERRORS)
-_AVG = list(AQI_AVG_FIELDS.values())  # pm25_24h, pm10_24h, o3_8h, co_8h, no2_1h, so2_1h
+_AVG = AVG_FIELDS
 
 
 class AqiValue(BaseModel):
@@ -40,6 +40,7 @@ class AqiValue(BaseModel):
 class DeviceAqi(BaseModel):
     device: str
     current: AqiValue | None
+    stale: bool | None = None  # in /devices/{device}/aqi: whether the values are older than the stated bound
 
 
 class AqiHistory(BaseModel):
@@ -53,22 +54,17 @@ class CityAqi(BaseModel):
     city: str
     current: AqiValue | None
     devices: list[DeviceAqi]
+    as_of: datetime  # when these values were read from storage
+    stale: bool  # older than the stated bound
 
 
 def _value(t_ms: int, row: dict[str, Any]) -> AqiValue | None:
-    """From stored or averaged concentrations: the AQI with its band (recomputed, so one rule for all)."""
-    when = datetime.fromtimestamp(t_ms / 1000, UTC)
-    conc = {p: row.get(f) for p, f in AQI_AVG_FIELDS.items()}
-    result = aqi.thai_aqi(conc, when)
-    if result is None:
-        return None
-    b = result.band
-    return AqiValue(time=when, aqi=result.aqi, band=b.level, colour=b.colour, label_en=b.en, label_th=b.th,
-                    pollutant=result.pollutant, concentrations={AQI_AVG_FIELDS[p]: float(v) for p, v in conc.items() if v is not None})
+    v = aqi_value(t_ms, row)
+    return None if v is None else AqiValue(**v)
 
 
 def _fields() -> str:
-    return ", ".join(f'"{f}"' for f in _AVG)
+    return aqi_fields()
 
 
 def _range(start: Any, end: Any, days: int) -> tuple[datetime, datetime]:
@@ -79,12 +75,19 @@ def _range(start: Any, end: Any, days: int) -> tuple[datetime, datetime]:
 
 
 @router.get("/devices/{device}/aqi", response_model=DeviceAqi)
-def device_aqi(device: DevicePath, _key: Reader, influx: InfluxDep) -> DeviceAqi:
-    """The device's AQI for its latest hour with data (within two days)."""
-    since = history.iso(datetime.now(UTC) - timedelta(days=2))
-    rows = influx.rows(f'SELECT {_fields()} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
-                       'WHERE "device" = $id AND time >= $since ORDER BY time DESC LIMIT 1', {"id": device, "since": since})
-    return DeviceAqi(device=device, current=_value(rows[0]["time"], rows[0]) if rows else None)
+async def device_aqi(device: DevicePath, _key: Reader, request: Request, settings: SettingsDep) -> Response:
+    """The device's AQI for its latest hour with data (within two days), from the current values in memory."""
+    city = request.app.state.registry.device(device)  # one indexed SQLite read
+    cities = [city.city] if city is not None and city.city in settings.cities else list(settings.cities)
+    found: dict[str, Any] | None = None
+    stale = False
+    for c in cities:
+        now = await city_now(request, c)
+        stale = stale or now.stale
+        if device in now.value.device_aqi:
+            found = now.value.device_aqi[device]
+            break
+    return json_response({"device": device, "current": found, "stale": stale})
 
 
 @router.get("/devices/{device}/aqi/history", response_model=AqiHistory)
@@ -98,25 +101,11 @@ def device_aqi_history(device: DevicePath, _key: Reader, influx: InfluxDep, star
 
 
 @router.get("/cities/{city}/aqi", response_model=CityAqi)
-def city_aqi(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep) -> CityAqi:
-    """Every device's current AQI and the city's (from the mean concentrations of the latest hour)."""
+async def city_aqi(city: CityPath, _key: Reader, request: Request, settings: SettingsDep) -> Response:
+    """Every device's current AQI and the city's (from the mean concentrations of the latest hour), from memory:
+    `as_of`, `stale` and the `Age` header as for the latest values."""
     known_city(settings, city)
-    since = history.iso(datetime.now(UTC) - timedelta(days=2))
-    series = influx.series(f'SELECT {_fields()} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
-                           'WHERE "city" = $id AND time >= $since GROUP BY "device" ORDER BY time DESC LIMIT 1',
-                           {"id": city, "since": since})
-    devices = []
-    newest = 0
-    for s in series:
-        row = dict(zip(s["columns"], s["values"][0], strict=True))
-        newest = max(newest, int(row["time"]))
-        devices.append((s["tags"]["device"], int(row["time"]), row))
-    # the city's value: devices reporting in the newest hour, concentrations averaged
-    current_rows = [r for _, t, r in devices if t == newest]
-    mean = {f: sum(vals) / len(vals) for f in _AVG if (vals := [r[f] for r in current_rows if r.get(f) is not None])}
-    current = _value(newest, mean) if current_rows else None
-    return CityAqi(city=city, current=current,
-                   devices=sorted((DeviceAqi(device=d, current=_value(t, r)) for d, t, r in devices), key=lambda x: x.device))
+    return answer(request, await city_now(request, city), "aqi")
 
 
 @router.get("/cities/{city}/aqi/history", response_model=AqiHistory)

@@ -20,7 +20,8 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from api import history
-from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep, json_response
+from api.current import answer, city_now
+from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep
 from api.params import CityPath, End, Measurement, Start
 from api.routers.readings import known_city
 from api.security import Reader
@@ -129,22 +130,12 @@ _GEOJSON: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/cities/{city}/latest.geojson", responses=_GEOJSON)
-def latest_geojson(city: CityPath, _key: Reader, influx: InfluxDep, registry: RegistryDep, settings: SettingsDep) -> Response:
-    """The latest reading of every registered station that has reported, as GeoJSON points (RFC 7946: lon, lat; WGS 84)."""
+async def latest_geojson(city: CityPath, _key: Reader, request: Request, settings: SettingsDep) -> Response:
+    """The latest reading of every registered station that has reported, as GeoJSON points (RFC 7946: lon, lat; WGS 84).
+
+    From memory, as `/v1/cities/{city}/latest`: `metadata.as_of` and `metadata.stale`, and the `Age` header."""
     known_city(settings, city)
-    values = history.latest(influx, city)
-    features = []
-    for d in registry.devices(city=city):
-        if d.id not in values:  # registered but never reported: nothing to publish yet
-            continue
-        ts, vals = values[d.id]
-        features.append({
-            "type": "Feature",
-            "geometry": {"type": "Point", "coordinates": [d.lon, d.lat]},
-            "properties": {**vals, "device": d.id, "kind": d.kind, "state": d.state, "interval_s": d.interval_s,
-                           "time": _iso(ts) if ts else None},
-        })
-    return json_response({"type": "FeatureCollection", "features": features}, media_type="application/geo+json")
+    return answer(request, await city_now(request, city), "geojson", media_type="application/geo+json")
 
 
 @router.get("/cities/{city}/dataset.json", response_model=CkanPackage)

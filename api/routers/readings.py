@@ -5,11 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Response
+from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
 from api import history
-from api.deps import READ_ERRORS, AsyncInfluxDep, RegistryDep, SettingsDep, json_response
+from api.current import answer, city_now
+from api.deps import READ_ERRORS, AsyncInfluxDep, SettingsDep, json_response
 from api.params import Agg, CityPath, DevicePath, End, Every, Measurement, Metrics, Source, Start
 from api.security import Reader
 
@@ -43,6 +44,8 @@ class LatestDevice(BaseModel):
 class CityLatest(BaseModel):
     city: str
     devices: list[LatestDevice]
+    as_of: datetime  # when these values were read from storage
+    stale: bool  # older than the stated bound (api_live_max_age_s)
 
 
 def known_city(settings: SettingsDep, city: str) -> None:
@@ -109,17 +112,11 @@ async def city_readings(city: CityPath, _key: Reader, influx: AsyncInfluxDep, se
 
 
 @router.get("/cities/{city}/latest", response_model=CityLatest)
-async def city_latest(city: CityPath, _key: Reader, influx: AsyncInfluxDep, settings: SettingsDep,
-                      registry: RegistryDep) -> Response:
+async def city_latest(city: CityPath, _key: Reader, request: Request, settings: SettingsDep) -> Response:
     """The latest value of every metric of every device in a city, with coordinates.
 
-    Served from the `latest` values the ingest keeps (one point per device), not by scanning history."""
+    Served from memory (refreshed every few seconds from the `latest` values the ingest keeps): `as_of` says when
+    the data was read, the `Age` header how many seconds ago, and `stale` is true when that is beyond the bound
+    (InfluxDB not answering: the last values known are served)."""
     known_city(settings, city)
-    values = history.latest_values(await influx.series(history.latest_query(), {"city": city}))
-    coords = registry.coordinates(city)
-    devices = []
-    for device in sorted(set(values) | set(coords)):
-        ts, vals = values.get(device, (0, {}))
-        lat, lon = coords.get(device, (None, None))
-        devices.append({"device": device, "time": _utc_ms(ts) if ts else None, "lat": lat, "lon": lon, "values": vals})
-    return json_response({"city": city, "devices": devices})
+    return answer(request, await city_now(request, city), "latest")

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import FastAPI
@@ -16,6 +18,7 @@ from api.broker import mosquitto_config, write_bootstrap
 from contract.influx import Influx
 from contract.settings import Settings, load_settings
 from nakhon.servers import InfluxDB, Mosquitto
+from tests.helpers import wait_until
 
 ADMIN = ("nakhon-admin", "admin-secret-for-tests")
 INGEST = ("nakhon-ingest", "ingest-secret-for-tests")
@@ -77,3 +80,16 @@ def keys(app: FastAPI) -> Keys:
     reg.revoke_key(gone.id)
     _, city_admin = reg.create_key("cm-tech", "admin", "chiang_mai")
     return Keys(admin, read, revoked, city_admin)
+
+
+def current(client: TestClient, path: str, since: datetime) -> Any:
+    """The JSON of a current-values answer once it was read from storage after `since` (api.live reloads it
+    within `api_live_refresh_s`): a test that has just written data waits for the answer that includes it."""
+    def body() -> Any:
+        r = client.get(path)
+        assert r.status_code == 200, r.text
+        doc = r.json()
+        as_of = doc.get("as_of") or doc["metadata"]["as_of"]
+        return doc if datetime.fromisoformat(as_of.replace("Z", "+00:00")) > since else None
+
+    return wait_until(body, timeout=30, what=f"{path} read after {since.isoformat()}")

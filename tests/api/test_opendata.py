@@ -23,6 +23,7 @@ from contract.influx import Influx
 from contract.settings import load_settings
 from ingest.rollups import Rollups
 from nakhon.servers import InfluxDB
+from tests.api.conftest import current
 
 pytestmark = pytest.mark.integration
 
@@ -87,9 +88,10 @@ def _iso(ms: int) -> str:
 
 def test_geojson_is_rfc7946_with_every_registered_station_that_reported(client: TestClient, influx: Influx) -> None:
     _seed(influx)
+    seeded = datetime.now(UTC)
+    geo = current(client, "/v1/open/cities/chiang_mai/latest.geojson", seeded)
     r = client.get("/v1/open/cities/chiang_mai/latest.geojson")
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/geo+json")
-    geo = r.json()
     jsonschema.validate(geo, RFC7946, cls=jsonschema.Draft202012Validator)
     got = {f["properties"]["device"]: f["geometry"]["coordinates"] for f in geo["features"]}
     assert got == {d: [lon, lat] for d, (lat, lon) in REPORTING.items()}  # longitude first; no silent or unplaced station

@@ -8,6 +8,7 @@ import csv
 import io
 import math
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from contract.influx import Influx
 from ingest.rollups import Rollups
-from tests.api.conftest import Keys
+from tests.api.conftest import Keys, current
 
 HOUR_MS = 3_600_000
 DEVICES = ("cm-air-001", "cm-air-002")
@@ -99,11 +100,12 @@ def test_raw_points_and_bad_requests(client: TestClient, influx: Influx) -> None
 def test_latest_aqi_quality_and_open_data(client: TestClient, keys: Keys, influx: Influx) -> None:
     h0, sent = _seed(influx)
     _provision(client, keys)
-    latest = _get(client, "/v1/cities/chiang_mai/latest")["devices"]
+    seeded = datetime.now(UTC)
+    latest = current(client, "/v1/cities/chiang_mai/latest", seeded)["devices"]
     assert [d["device"] for d in latest] == list(DEVICES)
     assert latest[1]["lat"] == pytest.approx(18.71) and latest[1]["values"]["pm25"] == sent[DEVICES[1]][-1][1]
 
-    aqi = _get(client, "/v1/cities/chiang_mai/aqi")
+    aqi = current(client, "/v1/cities/chiang_mai/aqi", seeded)
     assert {d["device"] for d in aqi["devices"]} == set(DEVICES)
     cur = aqi["current"]
     assert cur["colour"] in ("blue", "green", "yellow", "orange", "red") and cur["label_th"] and cur["label_en"]
@@ -123,7 +125,7 @@ def test_latest_aqi_quality_and_open_data(client: TestClient, keys: Keys, influx
     text = _get(client, "/v1/open/cities/chiang_mai/readings.csv", start=_iso(h0), end=_iso(h0 + 6 * HOUR_MS))
     rows = list(csv.DictReader(io.StringIO(text)))
     assert len(rows) == 12 and rows[0]["time_bangkok"].endswith("+07:00") and rows[0]["lat"]
-    geo = _get(client, "/v1/open/cities/chiang_mai/latest.geojson")
+    geo = current(client, "/v1/open/cities/chiang_mai/latest.geojson", seeded)
     assert geo["type"] == "FeatureCollection" and len(geo["features"]) == 2
     assert geo["features"][0]["geometry"]["coordinates"] == [98.9, 18.7]
     meta = _get(client, "/v1/open/cities/chiang_mai/dataset.json")
