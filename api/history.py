@@ -50,8 +50,15 @@ def every_seconds(every: str) -> int:
     return seconds
 
 
+def open_end(now: datetime) -> datetime:
+    """The end of a range asked "up to now": the next whole minute, so the same question within a minute is the
+    same question (one answer, one ETag a proxy can keep for its max-age), and nothing received so far is left out."""
+    floor = now.replace(second=0, microsecond=0)
+    return floor if floor == now else floor + timedelta(minutes=1)
+
+
 def time_range(start: datetime | None, end: datetime | None, default: timedelta) -> tuple[datetime, datetime]:
-    end = _aware(end) if end else datetime.now(UTC)
+    end = _aware(end) if end else open_end(datetime.now(UTC))
     start = _aware(start) if start else end - default
     for t in (start, end):
         if not _EARLIEST <= t <= _LATEST:

@@ -5,7 +5,8 @@ started. A request gets the snapshot at once while it is younger than
 `refresh_s`; past that, the same request starts one reload in the
 background (one at a time per key, however many requests see it due) and
 still gets the snapshot it has; past `max_age_s` (the stated bound) it waits
-up to `wait_s` for the reload. A snapshot is never dropped for a failed
+up to `wait_s` for the reload (not while the last load failed: then the
+answer is the stale snapshot, at once). A snapshot is never dropped for a failed
 load: when InfluxDB does not answer, requests keep getting the last one,
 marked stale (older than the bound) with its age; only a key never loaded
 answers 503. The app also reloads every city every `refresh_s` in the
@@ -68,8 +69,8 @@ class LiveCache(Generic[T]):
             task = self.refresh(key, load)
             if e is None:
                 await asyncio.shield(task)  # the first load: nothing to serve without it (raises its error)
-            elif age is not None and age > self.max_age_s:
-                await asyncio.wait([task], timeout=self.wait_s)  # beyond the bound: a moment for a fresh one
+            elif age is not None and age > self.max_age_s and key not in self._failing:
+                await asyncio.wait([task], timeout=self.wait_s)  # beyond the bound: a moment for a fresh one, unless loads fail
         e = self._entries.get(key)
         if e is None:
             raise InfluxError("no current values yet")

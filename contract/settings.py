@@ -83,7 +83,9 @@ class Settings(BaseSettings):
     api_influx_concurrency: Annotated[int, Field(ge=1, le=256)] = 8  # queries a process has at InfluxDB at once (per pool)
     api_query_wait_s: Annotated[float, Field(ge=0, le=60)] = 0.5  # wait for a free query slot, then 503
     api_query_timeout_s: Annotated[float, Field(gt=0, le=300)] = 5.0  # a read query's limit, then 503
-    api_influx_retry_s: Annotated[float, Field(gt=0, le=300)] = 2.0  # after InfluxDB failed to answer, 503 at once for this long
+    # after InfluxDB failed to answer, 503 at once for this long; longer than a refresh and its timeout, so that while
+    # InfluxDB stays away the cache's reloads keep it open and only their first success closes it
+    api_influx_retry_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     api_cache_recent_s: Annotated[int, Field(ge=0, le=86400)] = 60  # proxy max-age of answers whose range reaches the last hour
     api_cache_history_s: Annotated[int, Field(ge=0, le=31_536_000)] = 3600  # proxy max-age of answers about the past
     open_data_license: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,40}$")] = "cc-by-4.0"

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from api.guard import Breaker
-from api.httpcache import cacheable, max_age, matches
+from api.history import open_end
+from api.httpcache import cacheable, matches, max_age
 from api.live import LiveCache
 from api.ratelimit import RateLimiter, SharedRateLimiter
 from api.throttle import Throttle
@@ -91,7 +92,9 @@ def test_live_cache_serves_the_last_values_marked_stale_while_loads_fail_then_re
         assert (late.value, late.stale, late.age_s) == (1, True, pytest.approx(11))
         load.down = False
         clock.t += 1
-        await cache.get("cm", load)
+        again = await cache.get("cm", load)  # the last load failed: no waiting, the stale values at once, a reload started
+        assert (again.value, again.stale) == (1, True)
+        await asyncio.sleep(0)
         back = await cache.get("cm", load)
         assert (back.value, back.stale, back.age_s) == (load.calls, False, 0)
 
@@ -226,3 +229,9 @@ def test_proxy_cache_rules() -> None:
     assert cacheable("/v1/cities/phuket/readings") and cacheable("/v1/open/cities/phuket/readings.csv")
     assert cacheable("/v1/devices/cm-air-001/readings") and cacheable("/v1/devices/cm-air-001/aqi/history")
     assert not cacheable("/v1/devices") and not cacheable("/v1/devices/cm-air-001") and not cacheable("/v1/keys")
+
+
+def test_a_range_up_to_now_ends_at_the_next_whole_minute() -> None:
+    assert open_end(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)) == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    assert open_end(datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC)) == datetime(2026, 3, 1, 12, 1, tzinfo=UTC)
+    assert open_end(datetime(2026, 3, 1, 12, 59, 59, tzinfo=UTC)) == datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
