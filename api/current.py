@@ -137,7 +137,10 @@ async def load_city(influx: GuardedAsyncInflux, registry: Registry, city: str, t
 def city_loader(state: Any, city: str) -> Callable[[], Awaitable[CitySnapshot]]:
     """The loader of `city`'s snapshot for the app whose `app.state` is `state`."""
     settings: Settings = state.settings
-    return lambda: load_city(state.ainflux, state.registry, city, settings.api_live_timeout_s)
+    live: LiveCache[CitySnapshot] = state.live
+    # a reload has a snapshot to fall back on and gives up soon; the first load has none: it waits as a query would
+    timeout = settings.api_live_timeout_s if live.age(city) is not None else settings.api_query_timeout_s
+    return lambda: load_city(state.ainflux, state.registry, city, timeout)
 
 
 async def city_now(request: Request, city: str) -> Current[CitySnapshot]:
