@@ -449,10 +449,13 @@ def api_intruders(root: Path, size: Size) -> Row:
         "flood": f"{flood_total:,} requests at {flood_rate_got:.0f}/s, 429 {flood.get(429, 0):,}, 200 {flood.get(200, 0):,}, errors {flood.get(0, 0)}",
         "others p50/p99": f"{_pct(base_lat, 0.5):.0f}/{_pct(base_lat, 0.99):.0f} ms before, {_pct(lat, 0.5):.0f}/{_pct(lat, 0.99):.0f} ms during",
         "others 429": str(others_429),
+        "others p99 during / before": f"{_pct(lat, 0.99) / _pct(base_lat, 0.99):.2f} (target: p99 during under 100 ms)",
     }
     row.ok = (not breaches and inj_accepted == 0 and inj_5xx == 0 and leaks == 0 and not changed and flood.get(429, 0) > 0
-              and others_bad == 0 and alive)
+              and others_bad == 0 and alive and _pct(lat, 0.99) < 100)
     row.note = (f"{len(ops)} operations from the app's OpenAPI document; {len(INJECTIONS)} injection strings through every path and query "
-                "parameter and top-level body field; the flood hits a second API process with public reading off and the default limits. "
+                "parameter and top-level body field; the flood hits a second API (as `nakhon api` starts it: its processes, the rate "
+                "limit answered before any other work) with public reading off and the default limits; the others' p99 during it "
+                "must stay under 100 ms. "
                 + ("Breaches: " + "; ".join((breaches + inj_examples)[:10]) if breaches or inj_examples else "No breach."))
     return row
