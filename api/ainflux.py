@@ -68,8 +68,8 @@ class AsyncInflux:
         `timeout`: seconds for this query instead of the client's."""
         data = self._query(q, params, epoch)
         try:
-            extra = {"timeout": aiohttp.ClientTimeout(total=timeout)} if timeout is not None else {}
-            async with self._session().get("/query", params=data, **extra) as resp:
+            limit = aiohttp.ClientTimeout(total=timeout) if timeout is not None else self._timeout
+            async with self._session().get("/query", params=data, timeout=limit) as resp:
                 status, content = resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise InfluxUnavailable(f"query failed: {type(exc).__name__}: {exc}") from exc

@@ -72,8 +72,8 @@ class GuardedAsyncInflux(AsyncInflux):
             sem = self._slots[loop] = asyncio.Semaphore(self.limit)
         return sem
 
-    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms", *, probe: bool = False,
-                     timeout: float | None = None) -> list[dict[str, Any]]:
+    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms", timeout: float | None = None,
+                     *, probe: bool = False) -> list[dict[str, Any]]:
         """As AsyncInflux.series; `probe` passes an open breaker (the cache's refreshes, which close it again)."""
         if not probe and not self.breaker.allow():
             raise _refuse(self.breaker)
