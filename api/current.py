@@ -4,13 +4,15 @@ One load asks InfluxDB two cheap questions (the `latest` point of every
 device, and every device's newest hourly AQI within two days) and the
 registry one, and builds from them the answers of `/v1/cities/{city}/latest`,
 `/v1/cities/{city}/aqi`, `/v1/open/cities/{city}/latest.geojson` and each
-station's `/v1/devices/{device}/aqi`. Answers are serialized once per
-snapshot (and once more if it turns stale), so serving one costs a lookup.
+station's `/v1/devices/{device}/aqi`. Answers are serialized (and gzip'd,
+for clients that accept it) once per snapshot, and once more if it turns
+stale, so serving one costs a lookup.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
 import math
 from collections.abc import Awaitable, Callable
@@ -105,16 +107,22 @@ class CitySnapshot:
     as_of: datetime  # when the load that built it started
     answers: dict[str, dict[str, Any]]  # latest, aqi, geojson
     device_aqi: dict[str, dict[str, Any] | None]
-    _bytes: dict[tuple[str, bool], tuple[bytes, str]] = field(default_factory=dict)
+    _bytes: dict[tuple[str, bool, bool], tuple[bytes, str]] = field(default_factory=dict)
 
-    def body(self, answer: Answer, stale: bool) -> tuple[bytes, str]:
-        """The answer serialized with `as_of` and `stale`, and its ETag (built once per snapshot and flag)."""
-        hit = self._bytes.get((answer, stale))
+    def body(self, answer: Answer, stale: bool, gz: bool = False) -> tuple[bytes, str]:
+        """The answer serialized with `as_of` and `stale` (gzip'd when `gz`), and its ETag; built once per
+        snapshot, flag and encoding (a city's latest values are ~100 KB of JSON, ~10 KB gzip'd)."""
+        hit = self._bytes.get((answer, stale, gz))
         if hit is None:
-            doc = self.answers[answer]
-            meta = {"as_of": self.as_of, "stale": stale}
-            data = orjson.dumps({**doc, **meta} if answer != "geojson" else {**doc, "metadata": meta}, option=orjson.OPT_UTC_Z)
-            hit = self._bytes[(answer, stale)] = (data, f'"{hashlib.blake2b(data, digest_size=12).hexdigest()}"')
+            if gz:
+                plain, tag = self.body(answer, stale)
+                hit = (gzip.compress(plain, compresslevel=6, mtime=0), tag[:-1] + '-gzip"')
+            else:
+                doc = self.answers[answer]
+                meta = {"as_of": self.as_of, "stale": stale}
+                data = orjson.dumps({**doc, **meta} if answer != "geojson" else {**doc, "metadata": meta}, option=orjson.OPT_UTC_Z)
+                hit = (data, f'"{hashlib.blake2b(data, digest_size=12).hexdigest()}"')
+            self._bytes[(answer, stale, gz)] = hit
         return hit
 
 
@@ -152,8 +160,11 @@ async def city_now(request: Request, city: str) -> Current[CitySnapshot]:
 def answer(request: Request, now: Current[CitySnapshot], name: Answer, media_type: str = "application/json") -> Response:
     """A current answer with its age: `Age` (seconds since the data was read), `as_of` and `stale` in the body,
     an ETag, and a proxy max-age of the refresh period (304 when the client has it: api.httpcache)."""
-    body, etag = now.value.body(name, now.stale)
+    gz = "gzip" in request.headers.get("accept-encoding", "")
+    body, etag = now.value.body(name, now.stale, gz)
     settings: Settings = request.app.state.settings
     headers = {"ETag": etag, "Age": str(int(now.age_s)),
                "Cache-Control": f"public, max-age={max(1, math.ceil(settings.api_live_refresh_s))}"}
+    if gz:
+        headers["Content-Encoding"] = "gzip"
     return Response(body, media_type=media_type, headers=headers)

@@ -4,11 +4,14 @@ choice of bucket, the breaker and the proxy-cache rules; clocks injected."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import orjson
 import pytest
 
+from api.current import CitySnapshot
 from api.guard import Breaker
 from api.history import open_end
 from api.httpcache import cacheable, matches, max_age
@@ -235,3 +238,14 @@ def test_a_range_up_to_now_ends_at_the_next_whole_minute() -> None:
     assert open_end(datetime(2026, 3, 1, 12, 0, 0, tzinfo=UTC)) == datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
     assert open_end(datetime(2026, 3, 1, 12, 0, 0, 1, tzinfo=UTC)) == datetime(2026, 3, 1, 12, 1, tzinfo=UTC)
     assert open_end(datetime(2026, 3, 1, 12, 59, 59, tzinfo=UTC)) == datetime(2026, 3, 1, 13, 0, tzinfo=UTC)
+
+
+def test_a_snapshot_serializes_each_answer_once_per_flag_and_encoding() -> None:
+    snap = CitySnapshot("chiang_mai", datetime(2026, 3, 1, tzinfo=UTC), {"latest": {"city": "chiang_mai", "devices": []}}, {})
+    plain, tag = snap.body("latest", False)
+    assert orjson.loads(plain) == {"city": "chiang_mai", "devices": [], "as_of": "2026-03-01T00:00:00Z", "stale": False}
+    packed, gz_tag = snap.body("latest", False, gz=True)
+    assert gzip.decompress(packed) == plain and gz_tag != tag  # a representation of its own, its own strong tag
+    stale, stale_tag = snap.body("latest", True)
+    assert orjson.loads(stale)["stale"] is True and stale_tag not in (tag, gz_tag)
+    assert snap.body("latest", False) == (plain, tag) and snap.body("latest", False)[0] is plain  # built once
