@@ -103,7 +103,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for r in (health, readings, aqi, quality, opendata, public, devices, apikeys):
         app.include_router(r.router)
     # Outermost last: the rate limit answers before anything else runs, even the proxy-cache layer.
-    app.add_middleware(HttpCache, recent_s=settings.api_cache_recent_s, history_s=settings.api_cache_history_s)
+    app.add_middleware(HttpCache, recent_s=settings.api_cache_recent_s, history_s=settings.api_cache_history_s,
+                       memory_s=settings.api_cache_memory_s, public=settings.api_public_read)
     app.add_middleware(Throttle, limiter=app.state.limiter, per_key=settings.api_rate_per_key,
                        per_address=settings.api_rate_per_address)
     return app

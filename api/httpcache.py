@@ -11,12 +11,24 @@ GET that carries no `Cache-Control` of its own gets
   body when `If-None-Match` names it.
 The current values (api.current) set their own, shorter, `max-age` with
 `Age`, and their ETag; the 304 rule here applies to them too.
+
+It is also a small cache in the process, as a proxy in front would be:
+while public reading is on, a 200 answer to a call without a key is kept
+for `api_cache_memory_s` (2 s; at most 512 answers of up to 2 MB, least
+recently used out first) and the same question within that time is answered
+from it, with `Age`. On a haze day everyone asks the same few questions:
+InfluxDB then sees each of them once every two seconds per process, not once
+per visitor. Calls with a key always reach the app (their key is checked).
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import parse_qs
@@ -59,11 +71,55 @@ def matches(if_none_match: str | None, etag: str) -> bool:
     return etag in tags
 
 
+@dataclass(frozen=True, slots=True)
+class Kept:
+    stored: float
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    etag: str
+
+
+class Memory:
+    """Answers kept for `ttl_s`, least recently used out first beyond `entries`."""
+
+    def __init__(self, ttl_s: float, entries: int = 512, max_body: int = 2 << 20, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl_s = ttl_s
+        self.entries = entries
+        self.max_body = max_body
+        self._clock = clock
+        self._kept: OrderedDict[str, Kept] = OrderedDict()
+
+    def get(self, key: str) -> tuple[Kept, float] | None:
+        """The answer kept under `key` and its age, while younger than the time to live."""
+        kept = self._kept.get(key)
+        if kept is None:
+            return None
+        age = self._clock() - kept.stored
+        if age >= self.ttl_s:
+            del self._kept[key]
+            return None
+        self._kept.move_to_end(key)
+        return kept, age
+
+    def put(self, key: str, headers: list[tuple[bytes, bytes]], body: bytes, etag: str) -> None:
+        if self.ttl_s <= 0 or len(body) > self.max_body:
+            return
+        self._kept[key] = Kept(self._clock(), headers, body, etag)
+        self._kept.move_to_end(key)
+        while len(self._kept) > self.entries:
+            self._kept.popitem(last=False)
+
+
+_KEEP_304 = {b"etag", b"cache-control", b"vary", b"age", b"date", b"last-modified", b"expires"}
+
+
 class HttpCache:
-    def __init__(self, app: Any, recent_s: int, history_s: int) -> None:
+    def __init__(self, app: Any, recent_s: int, history_s: int, memory_s: float = 0.0, public: bool = True) -> None:
         self.app = app
         self.recent_s = recent_s
         self.history_s = history_s
+        self.memory = Memory(memory_s)
+        self.public = public
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or not cacheable(scope["path"]):
@@ -72,6 +128,21 @@ class HttpCache:
         headers = dict(scope.get("headers", ()))
         inm = headers.get(b"if-none-match")
         keyed = b"x-api-key" in headers
+        key = None
+        if self.public and not keyed and b"gzip" not in headers.get(b"accept-encoding", b""):
+            key = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
+        elif self.public and not keyed:
+            key = "gz:" + scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
+        if key is not None and (hit := self.memory.get(key)) is not None:
+            kept, age = hit
+            hdrs = [*kept.headers, (b"age", str(int(age)).encode())]
+            if matches(inm.decode("latin-1") if inm else None, kept.etag):
+                await send({"type": "http.response.start", "status": 304, "headers": [(k, v) for k, v in hdrs if k in _KEEP_304]})
+                await send({"type": "http.response.body", "body": b""})
+            else:
+                await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+                await send({"type": "http.response.body", "body": kept.body})
+            return
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -85,11 +156,12 @@ class HttpCache:
             chunks.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            await self._finish(scope, start, b"".join(chunks), inm.decode("latin-1") if inm else None, keyed, send)
+            await self._finish(scope, start, b"".join(chunks), inm.decode("latin-1") if inm else None, keyed, send, key)
 
         await self.app(scope, receive, capture)
 
-    async def _finish(self, scope: Scope, start: dict[str, Any], body: bytes, inm: str | None, keyed: bool, send: Any) -> None:
+    async def _finish(self, scope: Scope, start: dict[str, Any], body: bytes, inm: str | None, keyed: bool, send: Any,
+                      key: str | None) -> None:
         hdrs: list[tuple[bytes, bytes]] = list(start.get("headers", []))
         if start.get("status") != 200:
             await send(start)
@@ -106,9 +178,10 @@ class HttpCache:
         elif keyed:
             hdrs = [(k, v.replace(b"public", b"private") if k.lower() == b"cache-control" else v) for k, v in hdrs]
         hdrs.append((b"vary", b"X-API-Key, Accept-Encoding"))
+        if key is not None and not any(k.lower() == b"age" for k, _ in hdrs):  # current values: their own cache (api.live)
+            self.memory.put(key, [(k.lower(), v) for k, v in hdrs if k.lower() not in (b"date", b"server")], body, etag)
         if matches(inm, etag):
-            keep = {b"etag", b"cache-control", b"vary", b"age", b"date", b"last-modified", b"expires"}
-            await send({"type": "http.response.start", "status": 304, "headers": [(k, v) for k, v in hdrs if k.lower() in keep]})
+            await send({"type": "http.response.start", "status": 304, "headers": [(k, v) for k, v in hdrs if k.lower() in _KEEP_304]})
             await send({"type": "http.response.body", "body": b""})
             return
         await send({**start, "headers": hdrs})

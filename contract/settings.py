@@ -88,6 +88,7 @@ class Settings(BaseSettings):
     api_influx_retry_s: Annotated[float, Field(gt=0, le=300)] = 5.0
     api_cache_recent_s: Annotated[int, Field(ge=0, le=86400)] = 60  # proxy max-age of answers whose range reaches the last hour
     api_cache_history_s: Annotated[int, Field(ge=0, le=31_536_000)] = 3600  # proxy max-age of answers about the past
+    api_cache_memory_s: Annotated[float, Field(ge=0, le=3600)] = 2.0  # keyless public answers kept in the process; 0 = off
     open_data_license: Annotated[str, Field(pattern=r"^[A-Za-z0-9.-]{1,40}$")] = "cc-by-4.0"
     open_data_publisher: str = "Nakhon smart-city pilots"
     # Provisioning speaks to Mosquitto's dynamic-security plugin with these admin credentials.

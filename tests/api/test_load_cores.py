@@ -14,7 +14,7 @@ import pytest
 from api.current import CitySnapshot
 from api.guard import Breaker
 from api.history import open_end
-from api.httpcache import cacheable, matches, max_age
+from api.httpcache import Memory, cacheable, matches, max_age
 from api.live import LiveCache
 from api.ratelimit import RateLimiter, SharedRateLimiter
 from api.throttle import Throttle
@@ -249,3 +249,22 @@ def test_a_snapshot_serializes_each_answer_once_per_flag_and_encoding() -> None:
     stale, stale_tag = snap.body("latest", True)
     assert orjson.loads(stale)["stale"] is True and stale_tag not in (tag, gz_tag)
     assert snap.body("latest", False) == (plain, tag) and snap.body("latest", False)[0] is plain  # built once
+
+
+def test_answers_kept_in_the_process_expire_and_stay_bounded() -> None:
+    clock = Clock()
+    mem = Memory(2.0, entries=3, max_body=100, clock=clock)
+    mem.put("a", [(b"etag", b'"1"')], b"x" * 10, '"1"')
+    clock.t += 1.5
+    hit = mem.get("a")
+    assert hit is not None and hit[0].body == b"x" * 10 and hit[1] == pytest.approx(1.5)
+    clock.t += 0.5
+    assert mem.get("a") is None  # two seconds old: asked again
+    mem.put("big", [], b"x" * 101, '"2"')
+    assert mem.get("big") is None  # too big to keep
+    for k in "bcd":
+        mem.put(k, [], b"", '"3"')
+    mem.get("b")  # used: kept ahead of c
+    mem.put("e", [], b"", '"4"')
+    assert mem.get("c") is None and mem.get("b") is not None and mem.get("e") is not None
+    assert Memory(0.0).get("a") is None
