@@ -97,6 +97,25 @@ def connections_per_process(pids: list[int], port: int) -> dict[int, int]:
     return {pid: n for pid in pids if (n := len(_sockets(pid) & inodes))}
 
 
+def spread(svc: Service, base: str, n: int = 8) -> list[httpx.Client]:
+    """`n` keep-alive connections to the API held by both of its worker processes (once both accept)."""
+    assert svc.proc is not None
+    pid, port = svc.proc.pid, int(base.rsplit(":", 1)[1])
+
+    def attempt() -> list[httpx.Client] | None:
+        clients = [httpx.Client(base_url=base, timeout=30) for _ in range(n)]
+        for c in clients:
+            c.get("/healthz")  # not limited: opens the connection; the kernel hands it to a worker
+        served = connections_per_process(_pids(pid), port)
+        if len(served) == 2 and sum(served.values()) == n:
+            return clients
+        for c in clients:
+            c.close()
+        return None
+
+    return wait_until(attempt, 60, interval=0.5, what="connections held by both worker processes")
+
+
 @pytest.fixture
 def start_api(workdir: Path, influxdb: InfluxDB) -> Iterator[Callable[..., tuple[Service, str]]]:
     services: list[Service] = []
@@ -140,7 +159,13 @@ def test_frozen_influxdb_current_values_stay_marked_stale_history_503_fast_no_pi
     svc, base = start_api()
     assert svc.proc is not None
     web = httpx.Client(base_url=base, timeout=30)
-    fresh = wait_until(lambda: (d := _latest(web))["as_of"] > seeded.isoformat() and d, 30, what="current values")
+    # every process has read the city since the seed (eight connections: the kernel spreads them over both)
+    conns = spread(svc, base)
+    since = seeded.isoformat().replace("+00:00", "Z")
+    wait_until(lambda: all(_latest(c)["as_of"] > since for c in conns), 30, what="current values in both processes")
+    for c in conns:
+        c.close()
+    fresh = _latest(web)
     assert not fresh["stale"] and fresh["_age"] <= 2 and len(fresh["devices"]) == 3
     end = datetime.now(UTC)
     hist = {"measurement": "air", "every": "10m", "start": (end - timedelta(hours=3)).isoformat(), "end": end.isoformat()}
@@ -245,11 +270,7 @@ def test_one_rate_limit_across_the_processes(start_api: Callable[..., tuple[Serv
     _seed(influx)
     svc, base = start_api(api_rate_per_address=40)
     assert svc.proc is not None
-    clients = [httpx.Client(base_url=base, timeout=30) for _ in range(8)]
-    for c in clients:
-        c.get("/healthz")  # not limited: opens the connection, spread over the workers by the kernel
-    served = connections_per_process(_pids(svc.proc.pid), int(base.rsplit(":", 1)[1]))
-    assert len(served) == 2 and sum(served.values()) == 8, served  # both worker processes hold some connections
+    clients = spread(svc, base)  # both worker processes hold some of the eight connections
     t0 = time.monotonic()
     codes = Counter(clients[i % 8].get("/v1/cities/chiang_mai/aqi/history").status_code for i in range(120))
     refill = (time.monotonic() - t0) * 40 / 60
