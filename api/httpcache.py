@@ -16,13 +16,18 @@ It is also a small cache in the process, as a proxy in front would be:
 while public reading is on, a 200 answer to a call without a key is kept
 for `api_cache_memory_s` (2 s; at most 512 answers of up to 2 MB, least
 recently used out first) and the same question within that time is answered
-from it, with `Age`. On a haze day everyone asks the same few questions:
-InfluxDB then sees each of them once every two seconds per process, not once
-per visitor. Calls with a key always reach the app (their key is checked).
+from it, with `Age` (a current answer's own age plus its time here, so the
+bound stays visible); while one call asks a question, others asking the same
+wait for its answer instead of sending their own. On a haze day everyone
+asks the same few questions: InfluxDB then sees each of them once every two
+seconds per process, not once per visitor, and FastAPI runs for them as
+often. Calls with a key always reach the app (their key is checked).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -77,6 +82,7 @@ class Kept:
     headers: list[tuple[bytes, bytes]]
     body: bytes
     etag: str
+    base_age: int  # the answer's own Age when kept (current values)
 
 
 class Memory:
@@ -101,10 +107,10 @@ class Memory:
         self._kept.move_to_end(key)
         return kept, age
 
-    def put(self, key: str, headers: list[tuple[bytes, bytes]], body: bytes, etag: str) -> None:
+    def put(self, key: str, headers: list[tuple[bytes, bytes]], body: bytes, etag: str, base_age: int = 0) -> None:
         if self.ttl_s <= 0 or len(body) > self.max_body:
             return
-        self._kept[key] = Kept(self._clock(), headers, body, etag)
+        self._kept[key] = Kept(self._clock(), headers, body, etag, base_age)
         self._kept.move_to_end(key)
         while len(self._kept) > self.entries:
             self._kept.popitem(last=False)
@@ -120,6 +126,8 @@ class HttpCache:
         self.history_s = history_s
         self.memory = Memory(memory_s)
         self.public = public
+        self._pending: dict[str, asyncio.Event] = {}
+        self.follow_s = 10.0  # how long a request waits for the same question's answer before asking itself
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or not cacheable(scope["path"]):
@@ -133,16 +141,40 @@ class HttpCache:
             key = scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
         elif self.public and not keyed:
             key = "gz:" + scope["path"] + "?" + scope.get("query_string", b"").decode("latin-1")
-        if key is not None and (hit := self.memory.get(key)) is not None:
-            kept, age = hit
-            hdrs = [*kept.headers, (b"age", str(int(age)).encode())]
-            if matches(inm.decode("latin-1") if inm else None, kept.etag):
-                await send({"type": "http.response.start", "status": 304, "headers": [(k, v) for k, v in hdrs if k in _KEEP_304]})
-                await send({"type": "http.response.body", "body": b""})
+        if key is not None:
+            if await self._from_memory(key, inm, send):
+                return
+            pending = self._pending.get(key)
+            if pending is not None:  # the same question is being answered: wait for that answer, not a query of our own
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(pending.wait(), self.follow_s)
+                if await self._from_memory(key, inm, send):
+                    return
             else:
-                await send({"type": "http.response.start", "status": 200, "headers": hdrs})
-                await send({"type": "http.response.body", "body": kept.body})
-            return
+                done = self._pending[key] = asyncio.Event()
+                try:
+                    await self._ask(scope, receive, send, inm, keyed, key)
+                finally:
+                    del self._pending[key]
+                    done.set()
+                return
+        await self._ask(scope, receive, send, inm, keyed, key)
+
+    async def _from_memory(self, key: str, inm: bytes | None, send: Any) -> bool:
+        hit = self.memory.get(key)
+        if hit is None:
+            return False
+        kept, age = hit
+        hdrs = [*kept.headers, (b"age", str(kept.base_age + int(age)).encode())]
+        if matches(inm.decode("latin-1") if inm else None, kept.etag):
+            await send({"type": "http.response.start", "status": 304, "headers": [(k, v) for k, v in hdrs if k in _KEEP_304]})
+            await send({"type": "http.response.body", "body": b""})
+        else:
+            await send({"type": "http.response.start", "status": 200, "headers": hdrs})
+            await send({"type": "http.response.body", "body": kept.body})
+        return True
+
+    async def _ask(self, scope: Scope, receive: Any, send: Any, inm: bytes | None, keyed: bool, key: str | None) -> None:
         start: dict[str, Any] = {}
         chunks: list[bytes] = []
 
@@ -178,8 +210,10 @@ class HttpCache:
         elif keyed:
             hdrs = [(k, v.replace(b"public", b"private") if k.lower() == b"cache-control" else v) for k, v in hdrs]
         hdrs.append((b"vary", b"X-API-Key, Accept-Encoding"))
-        if key is not None and not any(k.lower() == b"age" for k, _ in hdrs):  # current values: their own cache (api.live)
-            self.memory.put(key, [(k.lower(), v) for k, v in hdrs if k.lower() not in (b"date", b"server")], body, etag)
+        if key is not None:  # current values come with their Age (api.live): kept, it grows on
+            base_age = next((int(v) for k, v in hdrs if k.lower() == b"age"), 0)
+            self.memory.put(key, [(k.lower(), v) for k, v in hdrs if k.lower() not in (b"date", b"server", b"age")], body, etag,
+                            base_age)
         if matches(inm, etag):
             await send({"type": "http.response.start", "status": 304, "headers": [(k, v) for k, v in hdrs if k.lower() in _KEEP_304]})
             await send({"type": "http.response.body", "body": b""})

@@ -14,7 +14,7 @@ import pytest
 from api.current import CitySnapshot
 from api.guard import Breaker
 from api.history import open_end
-from api.httpcache import Memory, cacheable, matches, max_age
+from api.httpcache import HttpCache, Memory, cacheable, matches, max_age
 from api.live import LiveCache
 from api.ratelimit import RateLimiter, SharedRateLimiter
 from api.throttle import Throttle
@@ -268,3 +268,30 @@ def test_answers_kept_in_the_process_expire_and_stay_bounded() -> None:
     mem.put("e", [], b"", '"4"')
     assert mem.get("c") is None and mem.get("b") is not None and mem.get("e") is not None
     assert Memory(0.0).get("a") is None
+
+
+def test_one_question_asked_by_many_at_once_reaches_the_app_once() -> None:
+    calls = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        calls.append(scope["path"])
+        await asyncio.sleep(0.05)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b'{"n": 1}'})  # type: ignore[operator]
+
+    async def run() -> list[int]:
+        cache = HttpCache(app, recent_s=60, history_s=3600, memory_s=2.0)
+        statuses: list[int] = []
+
+        async def one() -> None:
+            async def send(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    statuses.append(message["status"])
+
+            scope = {"type": "http", "method": "GET", "path": "/v1/cities/phuket/readings", "query_string": b"every=1h", "headers": []}
+            await cache(scope, None, send)
+
+        await asyncio.gather(*(one() for _ in range(50)))
+        return statuses
+
+    assert asyncio.run(run()) == [200] * 50 and calls == ["/v1/cities/phuket/readings"]

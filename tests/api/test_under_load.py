@@ -166,7 +166,7 @@ def test_frozen_influxdb_current_values_stay_marked_stale_history_503_fast_no_pi
     for c in conns:
         c.close()
     fresh = _latest(web)
-    assert not fresh["stale"] and fresh["_age"] <= 2 and len(fresh["devices"]) == 3
+    assert not fresh["stale"] and fresh["_age"] <= 2 + 2 and len(fresh["devices"]) == 3  # refresh, then kept 2 s at most
     end = datetime.now(UTC)
     hist = {"measurement": "air", "every": "10m", "start": (end - timedelta(hours=3)).isoformat(), "end": end.isoformat()}
     assert web.get("/v1/devices/cm-air-201/readings", params=hist).status_code == 200
@@ -222,7 +222,7 @@ def test_frozen_influxdb_current_values_stay_marked_stale_history_503_fast_no_pi
         os.kill(influxdb.pid, signal.SIGCONT)
 
     # recovers by itself: fresh current values, history served again
-    back = wait_until(lambda: not (d := _latest(web))["stale"] and d["_age"] <= 2 and d, 60, interval=0.5, what="fresh again")
+    back = wait_until(lambda: not (d := _latest(web))["stale"] and d["_age"] <= 4 and d, 60, interval=0.5, what="fresh again")
     assert back["as_of"] > frozen_at
     wait_until(lambda: web.get("/v1/devices/cm-air-201/readings", params=hist).status_code == 200, 30, what="history again")
 
@@ -235,7 +235,7 @@ def test_new_data_reaches_the_current_values_within_the_refresh(start_api: Calla
     _seed(influx, 70.0)
     written = time.monotonic()
     wait_until(lambda: all(d["values"]["pm25"] >= 70 for d in _latest(web)["devices"]), 15, interval=0.1, what="the new values")
-    assert time.monotonic() - written < 2.0 + 2.0  # the refresh period, and a loaded machine's slack
+    assert time.monotonic() - written < 2.0 + 2.0 + 2.0  # the refresh period, an answer kept 2 s, a loaded machine's slack
 
 
 def test_history_and_current_answers_carry_etags_and_answer_304(start_api: Callable[..., tuple[Service, str]], influx: Influx) -> None:
