@@ -278,3 +278,31 @@ def test_one_rate_limit_across_the_processes(start_api: Callable[..., tuple[Serv
     assert 40 <= codes[200] <= 40 + refill + 1 and codes[200] + codes[429] == 120, (codes, refill)
     r = clients[0].get("/v1/cities/chiang_mai/aqi/history")
     assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_workers_die_with_their_supervisor_and_a_restart_binds_the_port(start_api: Callable[..., tuple[Service, str]]) -> None:
+    svc, base = start_api()
+    assert svc.proc is not None
+    spread(svc, base)  # both workers up
+    workers = [p for p in _pids(svc.proc.pid) if p != svc.proc.pid]
+    assert len(workers) >= 2
+    os.kill(svc.proc.pid, signal.SIGKILL)  # the supervisor crashes: `kill -9`, as `nakhon up`'s tests do
+    svc.proc.wait()
+    wait_until(lambda: all(_gone(p) for p in workers), 10, what="the workers gone with their supervisor")
+    svc.start()  # what `nakhon up` does next: the port must be free to bind
+
+    def answers() -> bool:
+        assert svc.running, svc.log_path.read_text()[-2000:]  # a worker left behind would make it die: address in use
+        try:
+            return httpx.get(base + "/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_until(answers, 60, what="the restarted API answering")
