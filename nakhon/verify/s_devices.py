@@ -28,7 +28,7 @@ from contract.cities import BUILTIN_CITIES
 from contract.influx import Influx
 from contract.settings import load_settings
 from contract.storage import DATA_MEASUREMENTS, INGEST_MEASUREMENT
-from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
+from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
 from nakhon.local import LocalPlatform
 from nakhon.simbench import _raise_nofile
 from nakhon.verify.report import Row, Size
@@ -95,7 +95,7 @@ def devices_offline(root: Path, size: Size) -> Row:
         # The same path as `nakhon simulate --firmware N --speed 60 --fault offline:...`.
         sc = Scenario(seed=5, mode="accelerated", speed=scale, since=behind_s, interval_s=interval_s, firmware=n_devices,
                       faults=[Fault("offline", at_s=before_s, for_s=offline_s, devices=0)])
-        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
+        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON, firmware_mpy())
         fw: FirmwareFleet = firmware_fleet(sc, list(BUILTIN_CITIES), run_config(sc, settings), paths, root / "firmware")
         _say(f"{n_devices} firmware devices at {scale}x: {before_s // 60} min online, {offline_s // 60} min without Wi-Fi, "
              f"{after_s // 60} min back (about {(before_s + offline_s + after_s) / scale:.0f} s real)")

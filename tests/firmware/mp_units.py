@@ -23,6 +23,7 @@ fakehw.configure({
 })
 
 import hal  # noqa: E402
+import app  # noqa: E402, F401  (loaded first, as main.py does: the boot code compiles beside it)
 from drivers import SensorError  # noqa: E402
 from start import make, open_ring  # noqa: E402  (the boot code: drivers' factory, ring recovery)
 

@@ -12,13 +12,13 @@ import pytest
 
 from contract.catalogue import METRICS
 from nakhon.firmware_tools import typecheck
-from tests.firmware.device import FIRMWARE, HEAPSIZE, MICROPYTHON, compiled_fakes
+from tests.firmware.device import HEAPSIZE, MICROPYTHON, compiled_fakes, compiled_lib
 
 HERE = Path(__file__).resolve().parent
 
 
 def run_mp(script: Path, cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, MICROPYPATH=f"{FIRMWARE / 'lib'}:{compiled_fakes()}:.frozen")
+    env = dict(os.environ, MICROPYPATH=f"{compiled_lib()}:{compiled_fakes()}:.frozen")
     return subprocess.run([MICROPYTHON, "-X", f"heapsize={HEAPSIZE}", str(script), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=120)
 
