@@ -92,6 +92,9 @@ def check(cfg) -> list:
                 errors.append("mqtt.%s must be a string or null" % k)
         if mq.get("password") and not mq.get("username"):
             errors.append("mqtt.password is set but mqtt.username is not")
+        if mq.get("tls") is True and mq.get("tls_verify") is not False and not mq.get("ca_file"):
+            # The ESP32 has no system CA store: verification without a CA can never connect.
+            errors.append("mqtt.tls_verify needs mqtt.ca_file (the broker's CA, PEM or DER, copied to the board)")
     _int(cfg, "interval_s", 1, 86400, errors)
     _int(cfg, "status_interval_s", 10, 86400, errors)
     _int(cfg, "batch", 1, 1000, errors)

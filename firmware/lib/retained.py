@@ -6,7 +6,7 @@ import json
 
 import hal
 import log
-from app import STATE
+from store import STATE, save
 from catalogue import NAMES
 
 try:
@@ -76,5 +76,11 @@ def apply(node: Any, payload: Any, persist: bool) -> None:
     node.status_due = True
     log.info("config: applied seq=%d interval_s=%d disabled=%s" % (node.config_seq, iv, node.disabled))
     if persist:
-        with open(STATE + "/applied.json", "w") as f:
-            json.dump(doc, f)
+        # The state this leaves, not the document: a document that omits a key keeps what
+        # an earlier one set, and the next boot must come back to exactly this.
+        merged = {"v": 1, "seq": node.config_seq, "interval_s": node.interval_s,
+                  "sensors": {k: False for k in node.disabled}, "thresholds": node.thresholds}
+        try:
+            save(STATE + "/applied.json", json.dumps(merged))
+        except OSError as e:
+            node.flash_error(e)

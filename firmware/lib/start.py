@@ -7,7 +7,8 @@ import os
 
 import hal
 import log
-from app import BUF_BYTES, FW, STATE, Node
+from app import BUF_BYTES, FW, Node
+from store import STATE, load, save
 from clock import Clock
 from drivers import SensorError
 from mqtt import Client
@@ -19,6 +20,7 @@ except ImportError:
     pass
 
 _HANG_SKIP = 30  # readings a sensor that hung (watchdog reset) sits out
+_SAFE_AFTER = 3  # crashes in a row before the node boots in safe mode
 
 
 def node(buf: Any = None):
@@ -39,6 +41,10 @@ def node(buf: Any = None):
     n.t_config = base + "config"
     n.reset = hal.reset_cause()
     n.boot = hal.ticks_ms()
+    n.ticks = n.boot
+    n.uptime_ms = 0
+    n.last_ack = n.boot
+    n.link_resets = 0
     n.interval_s = cfg["interval_s"]
     n.interval_ms = n.interval_s * 1000
     n.status_ms = cfg["status_interval_s"] * 1000
@@ -68,9 +74,19 @@ def node(buf: Any = None):
     n.ring = open_ring(STATE + "/ring", rc["segments"], rc["segment_bytes"])
     n.chunk = rc["chunk"]
     n.staging = []
-    n.pretime = []
-    n.clock = Clock(cfg["ntp_host"])
     hung = _restore(n)
+    floor = load(STATE + "/floor")
+    try:
+        n.clock = Clock(cfg["ntp_host"], int(floor) if floor else 0)
+    except ValueError:
+        n.clock = Clock(cfg["ntp_host"])
+    _epoch(n)
+    if n.why != "-":
+        n.faults["reset"] = n.why  # the node reset itself, and says why: crash, nolink
+    n.why = "-"
+    if n.safe:
+        n.faults["boot"] = "safe_mode"
+        log.warn("safe mode after %d crashes in a row: platform config and pretime dating off" % n.boots)
     n.sensors = []
     for spec in cfg["sensors"]:
         try:
@@ -91,17 +107,21 @@ def node(buf: Any = None):
 
         import retained
 
-        with open(STATE + "/applied.json") as f:
-            doc = json.load(f)
-        retained.apply(n, doc, False)  # the platform's last config, before the broker answers
-    except (OSError, ValueError):
+        text = load(STATE + "/applied.json")
+        if text and not n.safe:
+            retained.apply(n, json.loads(text), False)  # the platform's last config, before the broker answers
+    except ValueError:
         pass
     n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], mq["password"])
     n.client.on_message = n._on_message
     n.client.on_ack = n._on_ack
     n.cadata = None
     if mq["tls"] and mq["ca_file"]:
-        n.cadata = _der(mq["ca_file"])
+        try:
+            n.cadata = _ca(mq["ca_file"])
+        except (OSError, ValueError) as e:
+            log.error("tls: CA file %s unreadable: %r" % (mq["ca_file"], e))
+            n.faults["tls"] = "ca_file"
     n.online = False
     n.inflight = None
     n.attempt = 0
@@ -110,33 +130,67 @@ def node(buf: Any = None):
     n.part = {}
     n.published = 0
     n.wdt = hal.WDT(cfg["watchdog_ms"])
-    log.info("boot fw=%s reset=%s seq=%d pending=%d dropped=%d" % (FW, n.reset, n.seq, n.ring.pending, n.ring.dropped))
+    n._mark("")
+    log.info("boot fw=%s reset=%s seq=%d pending=%d dropped=%d pretime=%d epoch=%d" % (
+        FW, n.reset, n.seq, n.ring.pending, n.ring.dropped, n.pretime, n.epoch))
     del cfg
     gc.collect()
     return n
 
 
 def _restore(n: Node):
-    """Sets n.seq (next seq, from RTC memory and flash); returns the sensor that was being
-    read when the last reset came."""
+    """Sets n.seq (next seq, from RTC memory and flash), the crash count, safe mode and the
+    reason for the last reset; returns the sensor that was being read when it came.
+    RTC memory ("nk1 <seq> <sensor> <crashes> <why>") survives every reset but a power
+    cut; the ESP32 reports a brownout as a power-on, told apart here by RTC memory that
+    is still there."""
     ceiling = 0
     try:
-        with open(STATE + "/seq") as f:
-            ceiling = int(f.read())
-    except (OSError, ValueError):
+        ceiling = int(load(STATE + "/seq") or 0)
+    except ValueError:
         pass
     seq, hung = ceiling, None
-    if n.reset != "power_on":
-        try:
-            parts = hal.rtc_memory().decode().split(" ")
-            seq = max(int(parts[0]), 0)
-            hung = parts[1] or None
-        except (ValueError, IndexError, UnicodeError):
-            pass
+    n.boots, n.why = 0, "-"
+    try:
+        parts = hal.rtc_memory().decode().split(" ")
+        if parts[0] != "nk1" or len(parts) != 5:
+            raise ValueError
+        if n.reset == "power_on":
+            n.reset = "brownout"
+        s = int(parts[1])
+        seq = s if s >= 0 else ceiling
+        hung = parts[2] if parts[2] != "-" else None
+        n.boots = int(parts[3])
+        n.why = parts[4]
+    except (ValueError, IndexError, UnicodeError):
+        pass
+    n.safe = n.boots >= _SAFE_AFTER
     n.ceiling = ceiling
     n.seq = seq
     n._reserve(seq)
     return hung
+
+
+def _epoch(n: Node) -> None:
+    """The power-up count (the RTC's own count restarts at each) and the readings waiting
+    in flash for the time."""
+    try:
+        n.epoch = int(load(STATE + "/epoch") or 0)
+    except ValueError:
+        n.epoch = 0
+    if n.reset == "power_on" and not n.clock.synced:
+        n.epoch += 1
+        try:
+            save(STATE + "/epoch", str(n.epoch))
+        except OSError as e:
+            n.flash_error(e)
+    n.pretime = 0
+    try:
+        with open(STATE + "/pretime") as f:
+            for ln in f:
+                n.pretime += 1
+    except OSError:
+        pass
 
 
 def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
@@ -147,15 +201,20 @@ def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
         os.mkdir(folder)
     except OSError:
         pass
-    nums = sorted(int(n[1:]) for n in os.listdir(folder) if n[0] == "s")
+    nums = []
+    for name in os.listdir(folder):
+        if len(name) == 9 and name[0] == "s" and name[1:].isdigit():
+            nums.append(int(name[1:]))
+        elif name.endswith(".tmp") or name.endswith(".new"):
+            os.remove(folder + "/" + name)  # left by a power cut; the file it was for is whole
+    nums.sort()
     r.first = nums[0] if nums else 0
     r.last = nums[-1] if nums else 0
     r.hseg, r.hoff, r.dropped = r.first, 0, 0
     try:
-        with open(folder + "/head") as f:
-            parts = f.read().split()
+        parts = (load(folder + "/head") or "").split()
         r.hseg, r.hoff, r.dropped = int(parts[0]), int(parts[1]), int(parts[2])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         pass
     if r.hseg < r.first or r.hseg > r.last:
         r.hseg, r.hoff = r.first, 0
@@ -197,16 +256,32 @@ def _repair(r: Ring, n: int) -> None:
     os.rename(tmp, path)
 
 
-def _der(path: str) -> bytes:
-    """A CA certificate file as DER (MicroPython's TLS wants DER for cadata)."""
+def _ca(path: str) -> list:
+    """Every certificate of the CA file, each as DER (MicroPython's TLS takes DER, one
+    certificate per load_verify_locations call): a bundle is trusted whole, so a CA
+    rotation (old and new CA side by side) does not cut the device off. A DER file is
+    one certificate."""
     with open(path, "rb") as f:
         data = f.read()
-    if not data.startswith(b"-----"):
-        return data
+    if not data.startswith(b"-----") and b"-----BEGIN" not in data:
+        return [data]
     import binascii
 
-    body = b"".join(line for line in data.split(b"\n") if line and not line.startswith(b"-----"))
-    return binascii.a2b_base64(body)
+    certs = []
+    body = None
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"-----BEGIN"):
+            body = []
+        elif line.startswith(b"-----END"):
+            if body:
+                certs.append(binascii.a2b_base64(b"".join(body)))
+            body = None
+        elif body is not None and line:
+            body.append(line)
+    if not certs:
+        raise ValueError("no certificate in %s" % path)
+    return certs
 
 
 def make(spec: dict):

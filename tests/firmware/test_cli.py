@@ -52,7 +52,7 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
 def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -> None:
     out = tmp_path / "config.json"
     args = ["firmware", "config", "--device-id", "cm-air-007", "--city", "chiang_mai", "--kind", "air", "--lat", "18.79", "--lon", "98.98",
-            "--wifi-ssid", "cm-field", "--wifi-password", "pw", "--mqtt-host", "mqtt.example.org", "--tls", "--password", "s3cret"]
+            "--wifi-ssid", "cm-field", "--wifi-password", "pw", "--mqtt-host", "mqtt.example.org", "--tls", "--ca-file", "ca.pem", "--password", "s3cret"]
     proc = nakhon(*args, "--out", str(out))
     assert proc.returncode == 0, proc.stderr
     cfg = json.loads(out.read_text())
@@ -64,6 +64,10 @@ def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -
     assert bad.returncode == 2
     assert "sensors[0] (pms5003) needs a number 'rx'" in bad.stderr
     assert nakhon(*[a if a != "chiang_mai" else "atlantis" for a in args]).returncode == 2
+    # Verified TLS without a CA could never connect (the ESP32 has no CA store): refused.
+    no_ca = nakhon(*[a for a in args if a not in ("--ca-file", "ca.pem")], "--out", "-")
+    assert no_ca.returncode == 2
+    assert "mqtt.tls_verify needs mqtt.ca_file" in no_ca.stderr
 
 
 def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> None:

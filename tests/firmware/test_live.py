@@ -324,7 +324,8 @@ TLS_HEAP = 110_000 + 48_000
 
 
 def test_tls_with_verification_and_device_credentials(workdir: Path) -> None:
-    """Per-device credentials over TLS (8883-style listener), the CA checked by the device."""
+    """Per-device credentials over TLS (8883-style listener), the CA checked by the device
+    against every certificate of its CA bundle."""
     ca, cert, key = make_certs(workdir / "certs")
     passwd = workdir / "passwd"
     passwd.write_text("")
@@ -338,11 +339,14 @@ def test_tls_with_verification_and_device_credentials(workdir: Path) -> None:
     mqtt_cfg = {"host": "localhost", "port": tls_port, "tls": True, "tls_verify": True, "ca_file": "ca.pem",
                 "username": dev_id, "password": "dev-secret", "keepalive_s": 30}
     dev = Device(workdir / "dev", device_config(dev_id, broker.port, mqtt=mqtt_cfg), world(scale=30), heapsize=TLS_HEAP)
-    shutil.copy(ca, dev.folder / "ca.pem")
+    # A CA bundle in the middle of a rotation: another CA first, the broker's second. Every
+    # certificate of the bundle is trusted (keeping only the first would cut the device off).
+    other_ca = make_certs(workdir / "other-ca")[0]
+    (dev.folder / "ca.pem").write_bytes(other_ca.read_bytes() + ca.read_bytes())
     wrong = Device(workdir / "wrong", device_config("cm-fw-tls-02", broker.port, mqtt={**mqtt_cfg, "password": "guess"}), world(scale=30), heapsize=TLS_HEAP)
     shutil.copy(ca, wrong.folder / "ca.pem")
     spoofed = Device(workdir / "spoofed", device_config("cm-fw-tls-03", broker.port, mqtt=mqtt_cfg), world(scale=30), heapsize=TLS_HEAP)
-    shutil.copy(make_certs(workdir / "other-ca")[0], spoofed.folder / "ca.pem")  # trusts another CA: must not connect
+    shutil.copy(other_ca, spoofed.folder / "ca.pem")  # trusts another CA only: must not connect
     try:
         dev.start()
         wrong.start()
