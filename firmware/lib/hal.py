@@ -123,7 +123,7 @@ if ESP32:
         try:
             s.settimeout(timeout_ms / 1000)
             try:  # a packet is written in pieces: do not hold them back (Nagle)
-                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # type: ignore[attr-defined]
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except (AttributeError, OSError):
                 pass
             s.connect(addr)

@@ -268,7 +268,7 @@ def _ca(path: str) -> list:
     import binascii
 
     certs = []
-    body = None
+    body: Any = None
     for line in data.split(b"\n"):
         line = line.strip()
         if line.startswith(b"-----BEGIN"):

@@ -13,7 +13,7 @@ import gc
 import json
 import sys
 
-CORE = ("hal", "log", "catalogue", "drivers", "clock", "ring", "mqtt", "app")
+CORE = ("hal", "log", "catalogue", "drivers", "clock", "store", "ring", "mqtt", "app")
 REPLAY = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 CONFIG_DOC = b'{"v":1,"seq":7,"interval_s":60,"sensors":{"pm":true},"thresholds":{"pm25":75.0}}'
 modules = [[name, 0] for name in CORE]  # in load order
