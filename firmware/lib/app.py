@@ -107,11 +107,13 @@ class Node:
     def _reserve(self, seq: int) -> None:
         # Flash holds a ceiling above every seq used, written once per _SEQ_BLOCK readings;
         # after a power cut counting resumes from it (a gap, never a repeat). A flash that
-        # refuses the write is reported and tried again at the next reading.
-        if seq >= self.ceiling:
+        # refuses the write is reported and tried again at the next reading; a write that
+        # succeeds clears the fault.
+        if seq >= self.ceiling or "flash" in self.faults:  # while flash fails, each reading tries it again
             try:
                 save(STATE + "/seq", str(seq + _SEQ_BLOCK))
                 self.ceiling = seq + _SEQ_BLOCK
+                self.fault("flash", None)
             except OSError as e:
                 self.flash_error(e)
 
@@ -199,13 +201,9 @@ class Node:
                 f.write(line)
             self.pretime += 1
             log.info("reading seq=%d ts=unknown" % seq)
-        except OSError as e:
+        except OSError as e:  # no time and no flash: the one reading that is lost, counted
             self.flash_error(e)
-            self.dropped_pretime(seq)
-
-    def dropped_pretime(self, seq: int) -> None:
-        self.ring.dropped += 1
-        log.warn("reading seq=%d lost: no time and no flash" % seq)
+            self.ring.dropped += 1
 
     def _check_thresholds(self, m: dict) -> None:
         # Above a platform threshold the node reads four times as often until it falls back.
@@ -291,6 +289,9 @@ class Node:
             return
         self.inflight = None
         self.last_ack = hal.ticks_ms()
+        if self.link_resets:  # the link carries again
+            self.link_resets = 0
+            self.fault("link", None)
         if f[1] == "r":
             try:
                 self.ring.commit(f[2], f[3], f[4], f[5])

@@ -8,7 +8,7 @@ import sys
 
 ESP32 = sys.platform == "esp32"
 
-# Reset causes, named as in the status contract.
+# Reset causes, named as in the status contract (start.py maps machine.reset_cause() to them).
 RESET_NAMES = ("power_on", "hard", "watchdog", "deepsleep", "soft", "brownout", "unknown")
 
 if ESP32:
@@ -142,34 +142,6 @@ if ESP32:
 
 else:
     from fakehw import *  # type: ignore  # noqa: F403  (the unix-port stand-ins, same names)
-
-
-def ntp_time_ms(host: str) -> int:
-    """NTP's time in ms since 1970. The 32-bit seconds field rolls over on 2036-02-07
-    (era 1): a value without its top bit is read as era 1 (RFC 4330, section 3)."""
-    msg = ntp_exchange(host)
-    secs = msg[40] << 24 | msg[41] << 16 | msg[42] << 8 | msg[43]
-    frac = msg[44] << 24 | msg[45] << 16 | msg[46] << 8 | msg[47]
-    if not secs & 0x80000000:
-        secs += 0x100000000
-    return (secs - 2208988800) * 1000 + (frac * 1000 >> 32)
-
-
-def reset_cause() -> str:
-    # The ESP32 port reports a brownout as PWRON_RESET: start.py tells them apart by the
-    # RTC memory, which a brownout keeps and a power cut loses.
-    c = machine_reset_cause()
-    if c == PWRON_RESET:
-        return "power_on"
-    if c == HARD_RESET:
-        return "hard"
-    if c == WDT_RESET:
-        return "watchdog"
-    if c == DEEPSLEEP_RESET:
-        return "deepsleep"
-    if c == SOFT_RESET:
-        return "soft"
-    return "unknown"
 
 
 def wifi_connect(ssid: str, password: str) -> None:

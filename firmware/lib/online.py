@@ -108,7 +108,7 @@ def sync(node: Any) -> bool:
     clock.tries += 1
     try:
         before = hal.rtc_time_ms()
-        t = hal.ntp_time_ms(clock.host)
+        t = ntp_time_ms(clock.host)
         if t < clock.floor:
             raise ValueError("implausible time %d" % t)
     except Exception as e:
@@ -132,6 +132,17 @@ def sync(node: Any) -> bool:
         node.flash_error(e)
     log.info("ntp: time set %d (RTC was off by %d ms)" % (t, step))
     return True
+
+
+def ntp_time_ms(host: str) -> int:
+    """NTP's time in ms since 1970. The 32-bit seconds field rolls over on 2036-02-07
+    (era 1): a value without its top bit is read as era 1 (RFC 4330, section 3)."""
+    msg = hal.ntp_exchange(host)
+    secs = msg[40] << 24 | msg[41] << 16 | msg[42] << 8 | msg[43]
+    frac = msg[44] << 24 | msg[45] << 16 | msg[46] << 8 | msg[47]
+    if not secs & 0x80000000:
+        secs += 0x100000000
+    return (secs - 2208988800) * 1000 + (frac * 1000 >> 32)
 
 
 def _offsets(node: Any, offset: int) -> None:

@@ -39,7 +39,7 @@ def node(buf: Any = None):
     n.t_tel = base + "telemetry"
     n.t_status = base + "status"
     n.t_config = base + "config"
-    n.reset = hal.reset_cause()
+    n.reset = reset_cause()
     n.boot = hal.ticks_ms()
     n.ticks = n.boot
     n.uptime_ms = 0
@@ -136,6 +136,24 @@ def node(buf: Any = None):
     del cfg
     gc.collect()
     return n
+
+
+def reset_cause() -> str:
+    """machine.reset_cause() by its status name. The ESP32 port reports a brownout as
+    PWRON_RESET: _restore tells them apart by the RTC memory, which a brownout keeps and
+    a power cut loses."""
+    c = hal.machine_reset_cause()
+    if c == hal.PWRON_RESET:
+        return "power_on"
+    if c == hal.HARD_RESET:
+        return "hard"
+    if c == hal.WDT_RESET:
+        return "watchdog"
+    if c == hal.DEEPSLEEP_RESET:
+        return "deepsleep"
+    if c == hal.SOFT_RESET:
+        return "soft"
+    return "unknown"
 
 
 def _restore(n: Node):

@@ -35,7 +35,7 @@ _real_open = builtins.open  # the fakes' own files; the firmware's go through _f
 
 _world = {}
 _ctl = {}
-_ctl_checked = 0
+_ctl_checked = -1000  # read control.json at the first call
 _state = {}
 _boot_ns = time.time_ns()
 # Real time since boot in microseconds, accumulated from ticks_us: time.time_ns() is a
