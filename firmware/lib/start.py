@@ -27,9 +27,14 @@ def node(buf: Any = None):
     """The node for this board's config.json, or None (after logging every mistake)."""
     if buf is None or len(buf) < BUF_BYTES:
         buf = bytearray(BUF_BYTES)
+    import sys
+
     import config
 
     cfg = config.load()
+    del config
+    sys.modules.pop("config", None)  # the check's code is needed no more
+    gc.collect()  # boot's peak: give back what the check and the JSON parser left
     if cfg is None:
         log.error("not starting: fix config.json")
         return None
@@ -75,6 +80,7 @@ def node(buf: Any = None):
     n.chunk = rc["chunk"]
     n.staging = []
     hung = _restore(n)
+    gc.collect()
     floor = load(STATE + "/floor")
     try:
         n.clock = Clock(cfg["ntp_host"], int(floor) if floor else 0)
