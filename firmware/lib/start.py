@@ -229,8 +229,8 @@ def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
     for name in os.listdir(folder):
         if len(name) == 9 and name[0] == "s" and name[1:].isdigit():
             nums.append(int(name[1:]))
-        elif name.endswith(".tmp") or name.endswith(".new"):
-            os.remove(folder + "/" + name)  # left by a power cut; the file it was for is whole
+        elif name.endswith(".tmp"):
+            os.remove(folder + "/" + name)  # left by a power cut in _repair; the segment it was for is whole
     nums.sort()
     r.first = nums[0] if nums else 0
     r.last = nums[-1] if nums else 0

@@ -762,13 +762,72 @@ def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: i
 
 
 # --- flash ----------------------------------------------------------------------------------------
+class PowerCut(BaseException):
+    """The power went at a write step (BaseException: no `except Exception` stops it)."""
+
+
+_cut = [0, 0]  # [write steps so far, the step at which the power goes (0: never)]
+
+
+def cut_at(step: int) -> None:
+    """Power cut injection for in-VM tests: count the firmware's write steps (opening a
+    file for writing, each write, each close) from now, and cut the power at `step`.
+    The harsh model (FAT-like, harsher than LittleFS, which keeps a file's old content
+    until it is closed): what was written before the cut is on flash, a write cut in the
+    middle leaves its first half, a file opened with "w" is already empty."""
+    _cut[0] = 0
+    _cut[1] = step
+
+
+def write_steps() -> int:
+    return _cut[0]
+
+
+def _step() -> bool:
+    _cut[0] += 1
+    return _cut[1] > 0 and _cut[0] == _cut[1]
+
+
+class _CutFile:
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, data):
+        if _step():
+            self.f.write(data[: len(data) // 2])
+            self.f.close()
+            raise PowerCut()
+        return self.f.write(data)
+
+    def close(self) -> None:
+        if _step():
+            self.f.close()
+            raise PowerCut()
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is PowerCut:
+            return
+        self.close()
+
+
 def _flash_open(path, mode="r", *args):
     """The firmware's open(): {"flash": "full"} makes every write fail with ENOSPC,
-    {"flash": "eio"} with EIO (a worn or failing flash), as LittleFS reports them."""
+    {"flash": "eio"} with EIO (a worn or failing flash), as LittleFS reports them; with
+    cut_at() armed, writes are counted steps where the power can go."""
     if "w" in mode or "a" in mode or "+" in mode:
         e = ctl("flash")
         if e:
             raise OSError(28 if e == "full" else 5)
+        if _cut[1]:
+            f = _CutFile(_real_open(path, mode, *args))
+            if _step():
+                f.f.close()
+                raise PowerCut()
+            return f
     return _real_open(path, mode, *args)
 
 
