@@ -38,20 +38,32 @@ def checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]
 
 
 @pytest.mark.parametrize("kind", ["pms5003", "sds011"])
-def test_pm_frames_checked_and_corrupt_ones_counted(checks: dict[str, dict[str, Any]], kind: str) -> None:
+def test_pm_readings_are_fresh_and_never_corrupt(checks: dict[str, dict[str, Any]], kind: str) -> None:
     c = checks[kind]
-    assert c["err"] is None
-    assert c["bad"] == c["injected"] > 0  # every corrupt frame seen was rejected and counted
-    assert c["good"] + c["bad"] == c["frames"]  # every frame sent was parsed, none lost in framing
-    assert 999 not in c["m"].values()  # the corrupt frames' value never comes out
-    # The newest good frame wins: the fake sends pm2.5 = base + k % 5 in frame k.
     every, base = (3, 40) if kind == "pms5003" else (2, 55)
-    k = max(i for i in range(c["frames"]) if i % every != every - 1)
-    pm25 = base + k % 5
+
+    def value(k: int) -> dict[str, float]:  # the fake sends pm2.5 = base + k % 5 in frame k
+        pm25 = base + k % 5
+        if kind == "pms5003":
+            return {"pm1": int(pm25 * 0.7), "pm25": pm25, "pm10": int(pm25 * 1.4)}
+        return {"pm25": float(pm25), "pm10": int(pm25 * 14) / 10}
+
     if kind == "pms5003":
-        assert c["m"] == {"pm1": int(pm25 * 0.7), "pm25": pm25, "pm10": int(pm25 * 1.4)}
-    else:
-        assert c["m"] == {"pm25": float(pm25), "pm10": int(pm25 * 14) / 10}
+        assert c["overflow"] > 0  # a minute of PMS5003 frames (32 B each) does not fit in the UART's 1 KB
+    start = c["before"]
+    for m, err, frames in c["reads"]:
+        assert err is None
+        # The newest good frame, and one that arrived after the reading began: not one of
+        # the oldest frames a full buffer kept (most of a minute old).
+        # (One of the last good frames: on a loaded machine the fake's real-time UART can
+        # overflow during the reading too, at 1000x device time.)
+        newest = [i for i in range(max(start, frames - 4), frames) if i % every != every - 1]
+        assert any(m == value(k) for k in newest), f"frame value {m} not among the newest {newest}"
+        start = frames
+
+
+def test_pm_corrupt_frames_are_seen(checks: dict[str, dict[str, Any]]) -> None:
+    assert checks["pms5003"]["bad"] + checks["sds011"]["bad"] > 0  # the corrupt frames above were met, and rejected
 
 
 def test_sht3x_crc(checks: dict[str, dict[str, Any]]) -> None:
