@@ -8,7 +8,7 @@ import os
 import fakehw
 
 fakehw.configure({
-    "scale": 1000,
+    "scale": 50,  # device time 50x: a PM reading waits up to 3 device-s (60 ms real) for a fresh frame
     "uart": {
         "1": {"type": "pms5003", "pm25": 40, "corrupt_every": 3, "corrupt_value": 999},
         "2": {"type": "sds011", "pm25": 55, "corrupt_every": 2, "corrupt_value": 999, "noise": True},
