@@ -34,7 +34,7 @@ DEFAULTS = {
     "interval_s": 60,
     "status_interval_s": 600,
     "battery": None,
-    "ring": {"segments": 16, "segment_bytes": 4096, "chunk": 1},
+    "ring": {"segments": 0, "segment_bytes": 4096, "chunk": 1},  # segments 0: sized from the free flash at boot
     "batch": 50,
     "watchdog_ms": 60000,
     "deep_sleep": False,
@@ -100,7 +100,9 @@ def check(cfg) -> list:
     _int(cfg, "batch", 1, 1000, errors)
     _int(cfg, "watchdog_ms", 5000, 600000, errors)
     ring = cfg["ring"]
-    _int(ring, "segments", 2, 1000, errors, "ring.")
+    _int(ring, "segments", 0, 1000, errors, "ring.")
+    if ring.get("segments") == 1:
+        errors.append("ring.segments must be 0 (sized from free flash) or 2..1000")
     _int(ring, "segment_bytes", 512, 1 << 20, errors, "ring.")
     _int(ring, "chunk", 1, 100, errors, "ring.")
     sensors = cfg.get("sensors")

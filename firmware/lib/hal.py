@@ -85,6 +85,13 @@ if ESP32:
     def unique_id() -> bytes:
         return machine.unique_id()
 
+    def fs_free() -> int:
+        # Free bytes of the board's file system (LittleFS: block size x free blocks).
+        import os
+
+        st = os.statvfs("/")
+        return st[0] * st[4]
+
     def uart(uid: int, baud: int, rx: int, tx: int):
         return machine.UART(uid, baudrate=baud, rx=rx, tx=tx, rxbuf=1024, timeout=0)
 

@@ -219,7 +219,9 @@ def _epoch(n: Node) -> None:
 
 def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
     """The flash ring as the last boot left it: segments, read position, dropped count;
-    a line torn by a power cut is cut off, and what is pending is counted."""
+    a line torn by a power cut is cut off, and what is pending is counted. `segments`
+    0: as many as three quarters of the free flash hold (what the ring already holds
+    counted as free), 16..1000: days of readings, not hours."""
     r = Ring(folder, segments, seg_bytes)
     try:
         os.mkdir(folder)
@@ -232,6 +234,15 @@ def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
         elif name.endswith(".tmp"):
             os.remove(folder + "/" + name)  # left by a power cut in _repair; the segment it was for is whole
     nums.sort()
+    if not segments:
+        try:
+            free = hal.fs_free()
+        except (OSError, AttributeError):
+            free = 0
+        for n in nums:
+            free += r._size(n)
+        r.segments = max(16, min(1000, free * 3 // 4 // seg_bytes))
+        log.info("ring: %d segments of %d B, from %d KB of flash" % (r.segments, seg_bytes, free // 1024))
     r.first = nums[0] if nums else 0
     r.last = nums[-1] if nums else 0
     r.hseg, r.hoff, r.dropped = r.first, 0, 0

@@ -122,4 +122,11 @@ for step in range(1, total + 1):
             or (log["seq"] == "2000" and seq != "2000") or (log["applied"] == 2 and applied != 2) \
             or len(got) != len(set(got)) or [s for s in got if not 0 <= s < 12]:
         bad.append({"step": step, "cut": cut, "lost": lost, "dropped": ring.dropped, "seq": seq, "applied": applied, "got": got})
-print(json.dumps({"steps": total, "runs": runs, "bad": bad}))
+# A ring sized from the free flash (segments 0), counting what it already holds as free.
+rmtree("state")
+os.mkdir("state")
+auto = open_ring("state/auto", 0, 4096)
+for _ in range(12):  # a segment and a bit
+    auto.append(LINES[:10])
+again = open_ring("state/auto", 0, 4096)
+print(json.dumps({"steps": total, "runs": runs, "bad": bad, "auto": [auto.segments, again.segments, fakehw.fs_free()]}))

@@ -51,6 +51,7 @@ _ntp_fails = 0
 _mem = None  # RTC memory written since boot (bytes)
 _ticks0 = 0  # the tick count at boot (a world can start it just before the wrap)
 _ppm = 0  # RTC drift, parts per million (fast if positive)
+_used_at_start = 0  # bytes the device's files took when it started
 
 
 def _load():
@@ -67,6 +68,8 @@ def _load():
         _state = {}
     _ntp_fails = _world.get("ntp_fail_first", 0)
     _set_real0()
+    global _used_at_start
+    _used_at_start = _used(".")
     for uid in _world.get("uart", {}):
         _fifos[int(uid)] = _fifo()
 
@@ -295,6 +298,31 @@ def rtc_memory(data=None) -> bytes:
 
 def unique_id() -> bytes:
     return b"\x24\x0a\xc4\x00\x00\x01"
+
+
+_HOST_FILES = ("console.log", "world.json", "control.json", "control.json.tmp", "control.ack", "fakestate.json", "feed.json")
+
+
+def _used(path: str) -> int:
+    import os
+
+    n = 0
+    for name in os.listdir(path):
+        if path == "." and name in _HOST_FILES:
+            continue  # the test runner's files, not the board's flash
+        p = path + "/" + name
+        st = os.stat(p)
+        n += _used(p) if st[0] & 0x4000 else st[6]
+    return n
+
+
+def fs_free() -> int:
+    """Free bytes of the board's file system: a plain 4 MB ESP32 leaves about 2 MB to
+    LittleFS, of which the firmware itself takes a few hundred KB (`flash_free` at
+    the start), less what the device has written since."""
+    if not _world.get("control", True):  # the benchmark's world: the fakes allocate nothing while measured
+        return int(_world.get("flash_free", 1500000)) - _used_at_start
+    return int(_world.get("flash_free", 1500000)) - _used(".")
 
 
 class _WDT:
