@@ -26,6 +26,7 @@ from contract.payload import Window
 from contract.settings import Settings
 from ingest import mqttwire
 from ingest.deadletter import DeadLetterStore
+from ingest.health import Health, counters, write_file
 from ingest.pipeline import Pipeline
 from ingest.rollups import Rollups
 from ingest.session import Endpoint, Publishes, Session
@@ -38,6 +39,7 @@ log = logging.getLogger("nakhon.ingest")
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 
+HEALTH_INTERVAL_S = 2.0
 SEGMENT = 500  # messages parsed together; a write takes whole segments, up to ingest_batch_size lines
 
 
@@ -71,6 +73,10 @@ class Worker:
         self.dead = DeadLetterStore(settings.path("deadletter"), self.name)
         self.spool = Spool(settings.path("spool", self.name))
         self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats)
+        # self-metrics have a client of their own with a short timeout: a hanging InfluxDB must
+        # not silence the reports that show it hanging
+        self._stats_influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
+                                    min(2.0, settings.influx_timeout_s))
         # hourly roll-ups, AQI and latest values for what each batch touched (own client: own thread)
         self.rollups = Rollups(
             Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s),
@@ -89,6 +95,8 @@ class Worker:
         self._accepting = True
         self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full)
         self.connected = self.session.connected
+        self.health = Health(self.name)
+        self.health_dir = settings.path("health")
 
     # --- MQTT -------------------------------------------------------------
     def _endpoint(self) -> Endpoint:
@@ -209,7 +217,7 @@ class Worker:
 
     def _write_batch(self, batch: _Batch) -> None:
         """Make one batch durable, then ack its messages."""
-        self.dead.append(batch.dead)  # type: ignore[arg-type]
+        self.dead.append(batch.dead)
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
         acked = held = 0
@@ -257,11 +265,25 @@ class Worker:
         while not self._stopping.wait(interval):
             self.report()
 
+    def _health(self) -> None:
+        while not self._stopping.wait(HEALTH_INTERVAL_S):
+            self.write_health()
+
+    def write_health(self, status: str | None = None) -> dict[str, object]:
+        """The worker's health file (`<data_dir>/health/<worker>.json`), for `nakhon up`/`nakhon status` and operators."""
+        doc = self.health.update(time.monotonic(), self.connected.is_set(), counters(self.stats))
+        if status:
+            doc["status"] = status
+        with contextlib.suppress(OSError):  # a full disk must not stop the data path; the spool reports it
+            write_file(self.health_dir, doc)
+        return doc
+
     def report(self) -> None:
         snap = self.stats.snapshot()
+        snap["connected"] = int(self.connected.is_set())
         log.info("stats", extra=kv(worker=self.name, **snap))
         with contextlib.suppress(InfluxError):  # self-metrics are best effort; the data path has its own spool
-            self.influx.write([self.stats.line(int(time.time() * 1000), snap)])
+            self._stats_influx.write([self.stats.line(int(time.time() * 1000), snap)])
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -275,6 +297,7 @@ class Worker:
             *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
+            threading.Thread(target=self._health, name="health", daemon=True),
         ]
         self.rollups.start(s.influx_db)
         for t in self._threads:
@@ -296,6 +319,8 @@ class Worker:
         self.session.stop()  # sends the queued PUBACKs, then DISCONNECT
         self.rollups.stop()
         self.report()
+        self.write_health("stopped")
         self.dead.close()
         self.influx.close()
+        self._stats_influx.close()
         log.info("ingest worker stopped", extra=kv(worker=self.name, acked_on_stop=acked))
