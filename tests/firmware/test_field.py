@@ -143,7 +143,11 @@ def test_flash_errors_degrade_to_ram_and_are_reported(workdir: Path, broker: Mos
         watch.close()
     no_crash(dev)
     assert dev.exit_codes == [] and dev.boots == 1
-    assert_each_once(watch, taken_seqs(dev))
+    # Every reading out; only a message in flight when the Wi-Fi went can come twice
+    # (QoS 1: its PUBACK was lost), and the platform's idempotent write stores it once.
+    got = seqs_of(watch)
+    assert set(got) >= taken_seqs(dev)
+    assert len(got) - len(set(got)) <= 1
 
 
 def test_a_battery_adc_that_raises_is_a_fault_not_a_dead_link(workdir: Path, broker: Mosquitto) -> None:
