@@ -386,6 +386,10 @@ class Node:
         if self.boots and self.uptime_ms > 600000:  # ten healthy minutes: the crash count starts over
             self.boots = 0
             self._mark("")
+            if self.safe:  # and safe mode ends: what waits for the time is dated at the next NTP answer, now
+                self.safe = False
+                self.fault("boot", None)
+                self.clock._next = now
         if not (self.ring.pending or self.staging) or not hal.wifi_connected():
             self.last_ack = now  # nothing to carry, or no Wi-Fi (its own reconnects handle that)
             return

@@ -311,3 +311,34 @@ def test_a_link_that_carries_nothing_is_reassociated(workdir: Path, broker: Mosq
     got = seqs_of(watch)
     assert set(got) >= taken_seqs(dev)
     assert len(got) - len(set(got)) <= 50  # at most one batch
+
+
+def test_repeated_crashes_back_off_and_end_in_safe_mode(workdir: Path, broker: Mosquitto) -> None:
+    """An exception nothing expects (here from the Wi-Fi driver) resets the board after a
+    delay that doubles with each crash in a row; from the third the node boots in safe
+    mode (the persisted platform config and the dating of readings taken without the
+    time left alone), and once the fault is gone it runs, says why it reset and, ten
+    healthy minutes later, leaves safe mode and dates what waited."""
+    dev_id = "cm-fw-crash-01"
+    watch = Watch(broker.port, CITY, dev_id)
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port, sensors=WEATHER, kind="weather"), world(scale=30))
+    dev.control({"wifi_crash": True})
+    try:
+        dev.start()
+        dev.wait_log(r"safe mode after 3 crashes in a row", 60)
+        dev.wait_log(r"FAKE reset", 60, count=4)
+        dev.control({})
+        wait_until(lambda: len(watch.readings()) >= 3, 60, what="readings once the fault is gone")
+        wait_until(lambda: {"boot:safe_mode", "reset:crash"} <= faults_seen(watch), 30, what="safe mode and the crash in status")
+        # Ten healthy minutes end safe mode; the readings taken meanwhile without the time are dated.
+        dev.wait_log(r"pretime: \d+ readings dated", 60)
+        wait_until(lambda: set(seqs_of(watch)) >= taken_seqs(dev), 60, what="every reading published")
+    finally:
+        dev.stop()
+        watch.close()
+    log = dev.log()
+    assert set(dev.exit_codes) == {75}  # every exit a reset, none a hang or a dead process
+    assert log.count("RuntimeError: wifi driver bug") >= 4
+    assert re.findall(r"boot fw=\S+ reset=(\w+)", log)[:4] == ["power_on", "hard", "hard", "hard"]
+    assert_each_once(watch, taken_seqs(dev))
+

@@ -742,6 +742,8 @@ class _WLAN:
             self.zombie_rev = _ctl.get("rev")  # a fresh association gets a working link
 
     def isconnected(self) -> bool:
+        if ctl("wifi_crash"):  # a driver bug the firmware does not expect: an exception it does not catch
+            raise RuntimeError("wifi driver bug")
         if not self.requested or not self.good or ctl("wifi_down"):
             self.at = None
             return False
