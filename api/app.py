@@ -53,6 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     try:  # the ingest creates these too; whichever starts first
         app.state.influx.ensure_schema(settings.raw_retention, settings.hourly_retention)
         app.state.influx.execute(rollups.schema_statements(settings.influx_db))
+    except InfluxRejected as exc:  # a read-only user (as it should be): the schema is made at set-up
+        log.info("storage schema left to the database administrator", extra=kv(status=exc.status, error=exc.message[:200]))
     except InfluxError as exc:
         log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))
     app.state.ainflux = AsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,

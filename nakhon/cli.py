@@ -37,16 +37,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         platform.start()
-        s = platform.settings
-        sys.stderr.write(
-            "\nNakhon is running locally. Ctrl-C stops everything.\n"
-            f"  API docs     http://{s.api_host}:{s.api_port}/docs\n"
-            f"  Latest       http://{s.api_host}:{s.api_port}/v1/cities/chiang_mai/latest\n"
-            f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
-            f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
-            f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}\n"
-            f"  Logs         {platform.root / 'logs'}\n\n"
-        )
+        sys.stderr.write(platform.where())
         platform.watch(stop)
     finally:
         log.info("stopping")

@@ -1,50 +1,179 @@
-"""The local platform: broker, database, ingest, API and a simulated fleet.
+"""The local platform: broker, database, ingest, API and a simulated fleet, secured.
 
-`nakhon up` runs it in the foreground until Ctrl-C; tests and benchmarks use
-the same pieces.
+`nakhon up` runs it in the foreground until Ctrl-C; tests and `nakhon verify`
+attack what this code starts. On the first run under its folder it makes:
+
+- a throw-away CA and a broker certificate for `localhost`/127.0.0.1
+  (`certs/ca.pem` is what devices trust);
+- the platform's secrets (`secrets.json`, mode 600): broker accounts for the
+  API (provisioning), the ingest and a read-only observer; InfluxDB's admin
+  and one user per service;
+- the broker's dynamic-security file (default deny, the platform accounts),
+  which the broker then keeps up to date as devices are provisioned;
+- the first admin API key (in `secrets.json` too: a local, throw-away setup).
+
+The broker has no anonymous access: devices (and the simulated fleet, each
+device with its own provisioned credentials) use the TLS listener; platform
+services use a plain listener bound to 127.0.0.1. InfluxDB runs with
+authentication on and every service logs in with its own least-privileged
+user; the admin is used only here, at start-up, to create them.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
-from contract.influx import Influx
+from api.broker import DynSec, write_bootstrap
+from api.registry import Device, Registry
 from contract.logs import kv
 from contract.settings import Settings
+from nakhon import accounts
 from nakhon.procs import Service
-from nakhon.servers import InfluxDB, Mosquitto, pick_port
+from nakhon.servers import InfluxDB, Mosquitto, make_certs, pick_port
 
 log = logging.getLogger("nakhon.up")
 
+TLS_PORT = 18883  # the device listener (8883 in compose), moved up when taken
+CERT_DAYS = 825
+
 
 class LocalPlatform:
-    def __init__(self, root: Path, settings: Settings, *, fleet_per_city: int = 20, interval_s: float = 10.0, with_fleet: bool = True) -> None:
+    def __init__(self, root: Path, settings: Settings, *, fleet_per_city: int = 20, interval_s: float = 10.0, with_fleet: bool = True,
+                 secure: bool = True) -> None:
         self.root = Path(root).resolve()
-        self.broker = Mosquitto(self.root / "mosquitto", pick_port(settings.mqtt_port))
-        self.influxdb = InfluxDB(self.root / "influxdb", pick_port(settings.influx_url_port()), pick_port(18088))
+        self.secure = secure
+        self.fleet_per_city = fleet_per_city
+        self.interval_s = interval_s
+        self.certs = self.root / "certs"
+        self.secrets_path = self.root / "secrets.json"
+        self.dynsec_file = self.root / "mosquitto" / "dynamic-security.json"
+        self.credentials_path = self.root / "fleet" / "credentials.json"
+        self.ca: Path | None = None
+        self.admin_key: str | None = None
+        tls_port = pick_port(TLS_PORT) if secure else None
+        if secure:
+            self.ca, cert, key = self._certs()
+            self.secrets = accounts.load_or_create(self.secrets_path)
+            if not self.dynsec_file.exists():  # afterwards the broker owns it (provisioned devices live there)
+                write_bootstrap(self.dynsec_file, (accounts.BROKER_ADMIN, self.secrets["broker_admin"]),
+                                (accounts.BROKER_INGEST, self.secrets["broker_ingest"]),
+                                (accounts.BROKER_OBSERVER, self.secrets["broker_observer"]))
+            self.broker = Mosquitto(self.root / "mosquitto", pick_port(settings.mqtt_port), allow_anonymous=False, tls_port=tls_port,
+                                    tls_files=(self.ca, cert, key), dynsec_file=self.dynsec_file)
+        else:  # a bare rig for fault scenarios that publish without accounts (nakhon verify's stream checks)
+            self.secrets = {}
+            self.broker = Mosquitto(self.root / "mosquitto", pick_port(settings.mqtt_port))
+        self.influxdb = InfluxDB(self.root / "influxdb", pick_port(settings.influx_url_port()), pick_port(18088), auth=secure)
         api_port = pick_port(settings.api_port)
         self.settings = settings.model_copy(
             update={"mqtt_port": self.broker.port, "influx_url": self.influxdb.url, "api_port": api_port, "data_dir": self.root / "data"}
         )
+        s = self.secrets
+        if secure:
+            assert self.ca is not None and tls_port is not None
+            self.device_endpoint = ("localhost", tls_port)
+            ingest_settings = self.settings.model_copy(update={
+                "mqtt_username": accounts.BROKER_INGEST, "mqtt_password": s["broker_ingest"],
+                "influx_username": accounts.INFLUX_INGEST, "influx_password": s["influx_ingest"]})
+            api_settings = self.settings.model_copy(update={
+                "broker_admin_username": accounts.BROKER_ADMIN, "broker_admin_password": s["broker_admin"],
+                "influx_username": accounts.INFLUX_API, "influx_password": s["influx_api"],
+                "device_mqtt_host": "localhost", "device_mqtt_port": tls_port, "device_mqtt_tls": True, "device_ca_file": self.ca})
+            # the fleet dials what a device dials: the TLS listener, by the name in the certificate
+            fleet_settings = self.settings.model_copy(update={"mqtt_host": "localhost", "mqtt_port": tls_port, "mqtt_tls": True,
+                                                              "mqtt_ca_file": self.ca})
+            fleet_args = ["--credentials", str(self.credentials_path)]
+        else:
+            self.device_endpoint = ("127.0.0.1", self.broker.port)
+            ingest_settings = api_settings = fleet_settings = self.settings
+            fleet_args = []
+        self.api_settings = api_settings
         logs = self.root / "logs"
-        self.ingest = Service("ingest", ["ingest"], self.settings, logs)
-        self.api = Service("api", ["api"], self.settings, logs)
+        self.ingest = Service("ingest", ["ingest"], ingest_settings, logs)
+        self.api = Service("api", ["api"], api_settings, logs)
         self.fleet = (
-            Service("simulate", ["simulate", "--per-city", str(fleet_per_city), "--interval", str(interval_s), "--realtime"], self.settings, logs)
+            Service("simulate", ["simulate", "--per-city", str(fleet_per_city), "--interval", str(interval_s), "--realtime", *fleet_args],
+                    fleet_settings, logs)
             if with_fleet
             else None
         )
 
+    # --- first run ---------------------------------------------------------------
+    def _certs(self) -> tuple[Path, Path, Path]:
+        ca, cert, key = self.certs / "ca.pem", self.certs / "server.pem", self.certs / "server.key"
+        if not (ca.exists() and cert.exists() and key.exists()):
+            make_certs(self.certs, "localhost", days=CERT_DAYS, names=("127.0.0.1",))
+            log.info("made a local CA and broker certificate", extra=kv(ca=str(ca)))
+        return ca, cert, key
+
+    def _first_admin_key(self, registry: Registry) -> str:
+        token = self.secrets.get("admin_api_key")
+        if token and registry.authenticate(token) is not None:
+            return token
+        _key, token = registry.create_key("nakhon up (local admin)", "admin")
+        self.secrets["admin_api_key"] = token
+        fd = os.open(self.secrets_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.secrets, fh, indent=2)
+        return token
+
+    def _provision_fleet(self, registry: Registry) -> None:
+        """Each simulated device gets its own account and exact ACL, as `nakhon device provision` gives a real one."""
+        from api.broker import new_password
+        from simulators.devices import make_fleet
+
+        have: dict[str, str] = json.loads(self.credentials_path.read_text()) if self.credentials_path.exists() else {}
+        fleet = make_fleet(list(self.settings.cities.values()), self.fleet_per_city)
+        dynsec = DynSec("127.0.0.1", self.broker.port, accounts.BROKER_ADMIN, self.secrets["broker_admin"])
+        new = [d for d in fleet if d.device_id not in have]
+        if not new:
+            return
+        passwords = {d.device_id: new_password() for d in new}
+        fresh = [d for d in new if registry.device(d.device_id) is None]
+        for d in fresh:
+            registry.add_device(Device(id=d.device_id, city=d.city, kind=d.kind, sensors=list(d.metrics), lat=d.lat, lon=d.lon,
+                                       installed=date.today(), fw="sim-1.0.0",
+                                       interval_s=max(1, round(self.interval_s))), passwords[d.device_id])
+        dynsec.create_devices([(d.city, d.device_id, passwords[d.device_id]) for d in fresh])
+        for d in new:
+            if d not in fresh:  # registered before, its password lost with the credentials file: give it a new one
+                dynsec.set_password(d.device_id, passwords[d.device_id])
+                registry.set_password(d.device_id, passwords[d.device_id])
+        have.update(passwords)
+        self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(have, fh)
+        log.info("simulated fleet provisioned", extra=kv(devices=len(new), credentials=str(self.credentials_path)))
+
+    # --- running -----------------------------------------------------------------
     def start(self) -> None:
         self.broker.start()
-        log.info("broker started", extra=kv(port=self.broker.port, config=str(self.broker.config_path)))
+        log.info("broker started", extra=kv(port=self.broker.port, tls_port=self.broker.tls_port, config=str(self.broker.config_path)))
         self.influxdb.start()
-        with Influx(self.influxdb.url) as db:
-            db.ensure_schema(self.settings.raw_retention, self.settings.hourly_retention)
-        log.info("influxdb started", extra=kv(url=self.influxdb.url, config=str(self.influxdb.config_path)))
+        s = self.settings
+        if self.secure:
+            accounts.init_influx(self.influxdb.url, s.influx_db, self.secrets["influx_admin"],
+                                 {u: self.secrets[f"influx_{u.removeprefix('nakhon_')}"] for u in accounts.INFLUX_USERS},
+                                 s.raw_retention, s.hourly_retention)
+            registry = Registry(s.registry_path)
+            self.admin_key = self._first_admin_key(registry)
+            if self.fleet is not None:
+                self._provision_fleet(registry)
+        else:
+            from contract import rollups
+            from contract.influx import Influx
+
+            with Influx(self.influxdb.url) as db:
+                db.ensure_schema(s.raw_retention, s.hourly_retention)
+                db.execute(rollups.schema_statements(s.influx_db))
+        log.info("influxdb started", extra=kv(url=self.influxdb.url, auth=self.secure, config=str(self.influxdb.config_path)))
         self.ingest.start()
         if not self.ingest.wait_log('"msg":"connected"', 30):
             raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
@@ -67,3 +196,32 @@ class LocalPlatform:
                     log.error("service exited", extra=kv(service=svc.name, log=str(svc.log_path)))
                     svc.proc = None
             time.sleep(0)
+
+    def where(self) -> str:
+        """What to print for the user: where everything is and how to use it."""
+        s = self.settings
+        base = f"http://{s.api_host}:{s.api_port}"
+        lines = [
+            "",
+            "Nakhon is running locally. Ctrl-C stops everything.",
+            f"  API docs     {base}/docs",
+            f"  Latest       {base}/v1/cities/chiang_mai/latest",
+            f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, authentication on)",
+            f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}",
+            f"  Logs         {self.root / 'logs'}",
+        ]
+        if self.secure:
+            host, port = self.device_endpoint
+            lines += [
+                f"  Devices      mqtts://{host}:{port}  (TLS, per-device accounts; CA {self.ca})",
+                f"  Services     mqtt://127.0.0.1:{s.mqtt_port}  (loopback only, platform accounts; no anonymous access)",
+                f"  Secrets      {self.secrets_path}  (mode 600: broker and InfluxDB accounts, the first admin key)",
+                f"  Admin key    export NAKHON_API_KEY=$(python3 -c 'import json;print(json.load(open(\"{self.secrets_path}\"))[\"admin_api_key\"])')",
+                f"  Provision    NAKHON_API_PORT={s.api_port} nakhon device provision --id cm-air-901 --city chiang_mai --kind air "
+                "--sensors pm25,pm10 --lat 18.79 --lon 98.98",
+                f"  Observe      mosquitto_sub -h {host} -p {port} --cafile {self.ca} -u {accounts.BROKER_OBSERVER} "
+                f"-P \"$(python3 -c 'import json;print(json.load(open(\"{self.secrets_path}\"))[\"broker_observer\"])')\" -t 'nakhon/v1/#' -v",
+            ]
+        else:
+            lines.append(f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (open test rig)")
+        return "\n".join(lines) + "\n\n"

@@ -59,6 +59,7 @@ def run_config(sc: Scenario, settings: Settings, **extra: Any) -> RunConfig:
         host=settings.mqtt_host, port=settings.mqtt_port, mode=sc.mode, interval_s=sc.interval_s, speed=sc.speed,
         since_s=sc.since, duration_s=sc.duration, count=sc.count, backfill_days=sc.backfill_days, batch=sc.batch,
         connect_rate=sc.connect_rate, passwords=load_credentials(sc.credentials) if sc.credentials else {}, seed=sc.seed,
+        tls_ca=(str(settings.mqtt_ca_file) if settings.mqtt_ca_file else "") if settings.mqtt_tls else None,
         max_payload_bytes=settings.max_payload_bytes, ts_max_age_s=settings.ts_max_age_s, ts_max_future_s=settings.ts_max_future_s,
         **extra,
     )

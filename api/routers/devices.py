@@ -70,6 +70,8 @@ class MqttConfig(BaseModel):
     host: str
     port: int
     tls: bool
+    tls_verify: bool = True
+    ca: str | None = Field(None, description="PEM CA bundle the device verifies the broker with (TLS)")
     username: str
     password: str
     client_id: str
@@ -104,8 +106,9 @@ def _out(d: Device, last_seen: datetime | None = None) -> dict[str, Any]:
 
 
 def _config(settings: Settings, d: Device, password: str) -> DeviceConfig:
+    ca = settings.device_ca_file.read_text() if settings.device_tls and settings.device_ca_file else None
     mqtt = MqttConfig(host=settings.device_mqtt_host or settings.mqtt_host, port=settings.device_mqtt_port or settings.mqtt_port,
-                      tls=settings.mqtt_tls, username=d.id, password=password, client_id=d.id, keepalive_s=60)
+                      tls=settings.device_tls, ca=ca, username=d.id, password=password, client_id=d.id, keepalive_s=60)
     return DeviceConfig(v=1, device_id=d.id, city=d.city, kind=d.kind, metrics=d.sensors, sensors=d.hardware, interval_s=d.interval_s, lat=d.lat,
                         lon=d.lon, mqtt=mqtt, topics={ch: topics.topic(d.city, d.id, ch) for ch in topics.CHANNELS})
 
@@ -130,6 +133,8 @@ def last_seen(influx: InfluxDep, device: str) -> datetime | None:
 def provision(body: DeviceIn, key: Admin, registry: RegistryDep, dynsec: DynSecDep, settings: SettingsDep) -> Provisioned:
     """Register a device and create its broker credentials and ACL; returns its config.json once."""
     check_city(key, body.city)
+    if topics.reserved_device_id(body.id):
+        raise HTTPException(400, f"device id {body.id!r} is reserved (ids starting with {', '.join(topics.RESERVED_PREFIXES)} look like the platform)")
     if body.city not in settings.cities:
         raise HTTPException(400, f"unknown city {body.city!r}")
     unknown = [s for s in body.sensors if s not in METRICS]
@@ -152,17 +157,24 @@ def provision(body: DeviceIn, key: Admin, registry: RegistryDep, dynsec: DynSecD
 
 
 @router.get("", response_model=list[DeviceOut], responses=READ_ERRORS)
-def list_devices(_key: Reader, registry: RegistryDep,
+def list_devices(key: Reader, registry: RegistryDep,
                  city: Annotated[str | None, Query(pattern=CITY_SLUG_PATTERN)] = None,
                  state: Annotated[Literal["active", "retired"] | None, Query()] = None) -> list[dict[str, Any]]:
-    """Registered devices, optionally of one city or state."""
+    """Registered devices, optionally of one city or state (a city-bound key sees its city only)."""
+    if key is not None and key.city is not None:
+        if city is not None and city != key.city:
+            raise HTTPException(403, f"this key manages {key.city} only")
+        city = key.city
     return [_out(d) for d in registry.devices(city=city, state=state)]
 
 
 @router.get("/{device}", response_model=DeviceOut, responses=READ_ERRORS)
-def get_device(device: DevicePath, _key: Reader, registry: RegistryDep, influx: InfluxDep) -> dict[str, Any]:
+def get_device(device: DevicePath, key: Reader, registry: RegistryDep, influx: InfluxDep) -> dict[str, Any]:
     """One device, with when it was last heard from."""
-    return _out(_get(registry, device), last_seen(influx, device))
+    d = _get(registry, device)
+    if key is not None and key.city is not None and key.city != d.city:
+        raise HTTPException(404, f"unknown device {device!r}")  # another city's device does not exist for this key
+    return _out(d, last_seen(influx, device))
 
 
 @router.post("/{device}/rotate", response_model=Provisioned, responses=WRITE_ERRORS)

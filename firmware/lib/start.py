@@ -100,7 +100,9 @@ def node(buf: Any = None):
     n.client.on_message = n._on_message
     n.client.on_ack = n._on_ack
     n.cadata = None
-    if mq["tls"] and mq["ca_file"]:
+    if mq["tls"] and mq.get("ca"):  # the CA bundle that provisioning put into config.json
+        n.cadata = _pem_der(mq["ca"].encode())
+    elif mq["tls"] and mq["ca_file"]:
         n.cadata = _der(mq["ca_file"])
     n.online = False
     n.inflight = None
@@ -203,9 +205,15 @@ def _der(path: str) -> bytes:
         data = f.read()
     if not data.startswith(b"-----"):
         return data
+    return _pem_der(data)
+
+
+def _pem_der(data: bytes) -> bytes:
+    """The first certificate of a PEM text as DER."""
     import binascii
 
-    body = b"".join(line for line in data.split(b"\n") if line and not line.startswith(b"-----"))
+    data = data.split(b"-----END", 1)[0]
+    body = b"".join(line.strip() for line in data.split(b"\n") if line.strip() and not line.startswith(b"-----"))
     return binascii.a2b_base64(body)
 
 

@@ -68,7 +68,7 @@ def platform(root: Path, **overrides: Any) -> Iterator[LocalPlatform]:
         ingest_stats_interval_s=1.0,
         **overrides,
     )
-    p = LocalPlatform(root, settings, with_fleet=False)
+    p = LocalPlatform(root, settings, with_fleet=False, secure=False)  # its publishers stand in for many devices at once
     try:
         p.start()
         yield p
