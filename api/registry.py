@@ -46,6 +46,14 @@ CREATE TABLE IF NOT EXISTS devices (
     hardware TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS devices_city ON devices (city);
+CREATE TABLE IF NOT EXISTS device_configs (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    created TEXT NOT NULL,
+    by_key TEXT,
+    PRIMARY KEY (device, seq)
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -225,6 +233,24 @@ class Registry:
         with self._db() as db:
             rows = db.execute(q + " ORDER BY id", args).fetchall()
         return [_device(r) for r in rows]
+
+    # --- retained configs ----------------------------------------------------------
+    def next_config_seq(self, device_id: str) -> int:
+        with self._db() as db:
+            row = db.execute("SELECT MAX(seq) AS m FROM device_configs WHERE device = ?", (device_id,)).fetchone()
+        return 1 if row is None or row["m"] is None else int(row["m"]) + 1
+
+    def record_config(self, device_id: str, seq: int, doc: dict[str, Any], by_key: str | None) -> None:
+        """Keep what was published to a device (every version, with the key that sent it)."""
+        with self._db() as db:
+            db.execute("INSERT INTO device_configs VALUES (?,?,?,?,?)",
+                       (device_id, seq, json.dumps(doc, sort_keys=True), datetime.now(UTC).isoformat(), by_key))
+
+    def configs(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's published configs, newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM device_configs WHERE device = ? ORDER BY seq DESC", (device_id,)).fetchall()
+        return [{"seq": r["seq"], "doc": json.loads(r["doc"]), "created": r["created"], "by_key": r["by_key"]} for r in rows]
 
     # --- API keys --------------------------------------------------------------
     def create_key(self, name: str, scope: str, city: str | None = None) -> tuple[ApiKey, str]:

@@ -79,6 +79,12 @@ def cmd_device(args: argparse.Namespace) -> int:
     elif args.action == "rotate":
         out = _call("POST", f"{url}/v1/devices/{args.id}/rotate", headers)
         _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
+    elif args.action == "config":
+        body: dict[str, Any] = {"sensors": dict(_onoff(s) for s in args.sensor), "thresholds": dict(_threshold(t) for t in args.threshold)}
+        if args.interval is not None:
+            body["interval_s"] = args.interval
+        out = _call("PUT", f"{url}/v1/devices/{args.id}/config", headers, json=body)
+        sys.stdout.write(f"{out['device']}: config seq {out['seq']} published retained on {out['topic']}: {json.dumps(out['doc'])}\n")
     elif args.action == "revoke":
         out = _call("POST", f"{url}/v1/devices/{args.id}/revoke", headers)
         sys.stdout.write(f"{out['id']}: {out['state']} (broker credentials deleted)\n")
@@ -87,6 +93,21 @@ def cmd_device(args: argparse.Namespace) -> int:
         for d in _call("GET", f"{url}/v1/devices", headers, params=params):
             sys.stdout.write(f"{d['id']:<32} {d['city']:<12} {d['kind']:<8} {d['state']:<8} {d['lat']:.5f},{d['lon']:.5f} {','.join(d['sensors'])}\n")
     return 0
+
+
+def _onoff(spec: str) -> tuple[str, bool]:
+    name, _, value = spec.partition("=")
+    if value not in ("on", "off"):
+        raise SystemExit(f"nakhon device config: --sensor wants NAME=on or NAME=off (got {spec!r})")
+    return name, value == "on"
+
+
+def _threshold(spec: str) -> tuple[str, float]:
+    name, _, value = spec.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise SystemExit(f"nakhon device config: --threshold wants METRIC=NUMBER (got {spec!r})") from None
 
 
 # --- apikey (on the registry file) ---------------------------------------------
@@ -140,7 +161,7 @@ def cmd_api_bench(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: Any) -> None:
-    dev = sub.add_parser("device", help="provision, rotate, revoke or list devices through the API (admin key)")
+    dev = sub.add_parser("device", help="provision, configure, rotate, revoke or list devices through the API (admin key)")
     dev.add_argument("--api", default=None, help="API base URL (default http://NAKHON_API_HOST:NAKHON_API_PORT)")
     dev.add_argument("--key", default=None, help="admin API key (default NAKHON_API_KEY)")
     dsub = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -157,6 +178,11 @@ def add_parsers(sub: Any) -> None:
     r = dsub.add_parser("rotate", help="new broker credentials (the old stop working); writes the new config.json")
     r.add_argument("--id", required=True, help="device id")
     r.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
+    cf = dsub.add_parser("config", help="publish a retained config change (interval, sensors on/off, thresholds); recorded")
+    cf.add_argument("--id", required=True, help="device id")
+    cf.add_argument("--interval", type=int, default=None, help="seconds between readings")
+    cf.add_argument("--sensor", action="append", default=[], help="NAME=on or NAME=off, by the sensor's name in config.json (repeat)")
+    cf.add_argument("--threshold", action="append", default=[], help="METRIC=VALUE: read faster while at or above it (repeat)")
     v = dsub.add_parser("revoke", help="retire a device: delete its credentials, disconnect it now")
     v.add_argument("--id", required=True, help="device id")
     lst = dsub.add_parser("list", help="list registered devices")
@@ -178,8 +204,8 @@ def add_parsers(sub: Any) -> None:
 
     bi = sub.add_parser("broker-init", help="write the broker's dynamic-security file with the provisioning and ingest accounts")
     bi.add_argument("--file", required=True, help="path of the dynamic-security JSON the broker will load")
-    bi.add_argument("--admin-user", default="nakhon-admin", help="provisioning account (default nakhon-admin)")
-    bi.add_argument("--ingest-user", default="nakhon-ingest", help="ingest account (default nakhon-ingest)")
+    bi.add_argument("--admin-user", default="nakhon_api", help="provisioning account (default nakhon_api)")
+    bi.add_argument("--ingest-user", default="nakhon_ingest", help="ingest account (default nakhon_ingest)")
     bi.add_argument("--force", action="store_true", help="replace an existing file (every device account in it is lost)")
     bi.set_defaults(func=cmd_broker_init)
 

@@ -45,7 +45,7 @@ CERT_DAYS = 825
 
 class LocalPlatform:
     def __init__(self, root: Path, settings: Settings, *, fleet_per_city: int = 20, interval_s: float = 10.0, with_fleet: bool = True,
-                 secure: bool = True) -> None:
+                 secure: bool = True, tls_port: int | None = None) -> None:
         self.root = Path(root).resolve()
         self.secure = secure
         self.fleet_per_city = fleet_per_city
@@ -56,7 +56,7 @@ class LocalPlatform:
         self.credentials_path = self.root / "fleet" / "credentials.json"
         self.ca: Path | None = None
         self.admin_key: str | None = None
-        tls_port = pick_port(TLS_PORT) if secure else None
+        tls_port = pick_port(tls_port or TLS_PORT) if secure else None
         if secure:
             self.ca, cert, key = self._certs()
             self.secrets = accounts.load_or_create(self.secrets_path)
@@ -178,6 +178,8 @@ class LocalPlatform:
         if not self.ingest.wait_log('"msg":"connected"', 30):
             raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
         self.api.start()
+        if not self.api.wait_log("Uvicorn running", 60):
+            raise RuntimeError(f"the API did not start; see {self.api.log_path}")
         if self.fleet:
             self.fleet.start()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
@@ -17,6 +18,7 @@ from api.security import Admin, Reader, check_city
 from contract import topics
 from contract.catalogue import FW_PATTERN, METRICS
 from contract.cities import CITY_SLUG_PATTERN
+from contract.device_config import SENSOR_NAME_PATTERN, DeviceConfigError, encode_device_config
 from contract.settings import Settings
 from contract.status import DEVICE_KINDS
 
@@ -206,3 +208,49 @@ def revoke(device: DevicePath, key: Admin, registry: RegistryDep, dynsec: DynSec
     return _out(registry.device(d.id) or d)
 
 
+
+
+class ConfigIn(BaseModel):
+    """A change of the device's retained config (contract/device_config.py); fields left out keep the device's value."""
+
+    interval_s: Annotated[int | None, Field(ge=1, le=86400)] = None
+    sensors: Annotated[dict[Annotated[str, Field(pattern=SENSOR_NAME_PATTERN)], bool], Field(max_length=16)] = {}
+    thresholds: Annotated[dict[str, float], Field(max_length=32)] = {}
+
+
+class ConfigOut(BaseModel):
+    device: str
+    topic: str
+    seq: int
+    doc: dict[str, Any]
+
+
+@router.put("/{device}/config", response_model=ConfigOut, responses=WRITE_ERRORS)
+def push_config(device: DevicePath, body: ConfigIn, key: Admin, registry: RegistryDep, dynsec: DynSecDep) -> ConfigOut:
+    """Publish a new retained config to the device (it applies it and reports `config_seq` in its status); recorded."""
+    d = _get(registry, device)
+    check_city(key, d.city)
+    if d.state != "active":
+        raise HTTPException(409, "a retired device takes no config")
+    seq = registry.next_config_seq(d.id)
+    try:
+        raw = encode_device_config(seq, body.interval_s, body.sensors, body.thresholds)
+    except DeviceConfigError as exc:
+        raise HTTPException(400, f"config: {exc}") from None
+    topic = topics.topic(d.city, d.id, "config")
+    try:
+        dynsec.publish_config(topic, raw)
+    except BrokerError as exc:
+        raise HTTPException(503, f"broker: {exc}") from None
+    doc = orjson.loads(raw)
+    registry.record_config(d.id, seq, doc, key.id)
+    return ConfigOut(device=d.id, topic=topic, seq=seq, doc=doc)
+
+
+@router.get("/{device}/config", response_model=list[ConfigOut], responses=READ_ERRORS)
+def config_history(device: DevicePath, key: Admin, registry: RegistryDep) -> list[ConfigOut]:
+    """Every config published to the device, newest first."""
+    d = _get(registry, device)
+    check_city(key, d.city)
+    topic = topics.topic(d.city, d.id, "config")
+    return [ConfigOut(device=d.id, topic=topic, seq=c["seq"], doc=c["doc"]) for c in registry.configs(d.id)]

@@ -83,8 +83,8 @@ class Stack:
     def __init__(self, root: Path, *, secure: bool = False, ingest: bool = True, **overrides: Any) -> None:
         self.root = Path(root).resolve()
         self.secure = secure
-        self.admin = ("nakhon-admin", secrets.token_urlsafe(16))
-        self.ingest_account = ("nakhon-ingest", secrets.token_urlsafe(16))
+        self.admin = ("nakhon_api", secrets.token_urlsafe(16))
+        self.ingest_account = ("nakhon_ingest", secrets.token_urlsafe(16))
         self.tls_port: int | None = None
         self.ca: Path | None = None
         if secure:

@@ -84,14 +84,14 @@ def broker_intruders(root: Path, size: Size) -> Row:
         # logging in as someone else, or as no one
         logins = [
             ("another device's client id", dict(client_id=b[1], username=a[1], password=pw[a[1]])),
-            ("the ingest's client id (would kick the ingest off)", dict(client_id="nakhon-ingest-0", username=a[1], password=pw[a[1]])),
-            ("the ingest's client id, anonymous", dict(client_id="nakhon-ingest-0")),
+            ("the ingest's client id (would kick the ingest off)", dict(client_id="nakhon_ingest_0", username=a[1], password=pw[a[1]])),
+            ("the ingest's client id, anonymous", dict(client_id="nakhon_ingest_0")),
             ("anonymous", dict(client_id="stranger-01")),
             ("anonymous with an empty username", dict(client_id="stranger-02", username="", password="")),
             ("wrong password", dict(client_id=a[1], username=a[1], password=pw[a[1]][:-2] + "xx")),
             ("another device's password", dict(client_id=a[1], username=a[1], password=pw[b[1]])),
             ("no password", dict(client_id=a[1], username=a[1])),
-            ("the admin account, guessed password", dict(client_id="nakhon-admin-x", username="nakhon-admin", password="admin")),
+            ("the admin account, guessed password", dict(client_id="nakhon_api_x", username="nakhon_api", password="admin")),
             ("revoked device", dict(client_id="cm-sec-009", username="cm-sec-009", password=gone)),
         ]
         for what, kw in logins:
