@@ -136,20 +136,42 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 
 # --- broker-init ------------------------------------------------------------------
+# With --from-env the platform accounts' passwords come from these variables (compose's secrets).
+BROKER_SECRET_ENV = {"admin": "NAKHON_BROKER_ADMIN_PASSWORD", "ingest": "NAKHON_INGEST_MQTT_PASSWORD", "observer": "NAKHON_OBSERVER_MQTT_PASSWORD"}
+
+
 def cmd_broker_init(args: argparse.Namespace) -> int:
     from api.broker import mosquitto_config, new_password, write_bootstrap
 
     path = Path(args.file)
+    if path.exists() and args.keep:
+        sys.stderr.write(f"nakhon broker-init: {path} exists; the broker's accounts in it are kept\n")
+        return 0
     if path.exists() and not args.force:
         sys.stderr.write(f"nakhon broker-init: {path} exists (the broker keeps its accounts there); --force replaces it\n")
         return 2
-    admin = (args.admin_user, new_password())
-    ingest = (args.ingest_user, new_password())
-    write_bootstrap(path, admin, ingest)
+    if args.from_env:
+        missing = [v for v in BROKER_SECRET_ENV.values() if not os.environ.get(v)]
+        if missing:
+            sys.stderr.write(f"nakhon broker-init: set {', '.join(missing)} (the platform accounts' passwords)\n")
+            return 2
+        pw = {k: os.environ[v] for k, v in BROKER_SECRET_ENV.items()}
+    else:
+        pw = {k: new_password() for k in BROKER_SECRET_ENV}
+    admin, ingest, observer = (args.admin_user, pw["admin"]), (args.ingest_user, pw["ingest"]), (args.observer_user, pw["observer"])
+    try:
+        write_bootstrap(path, admin, ingest, observer)
+    except ValueError as exc:
+        sys.stderr.write(f"nakhon broker-init: {exc}\n")
+        return 2
+    if args.from_env:
+        sys.stderr.write(f"nakhon broker-init: wrote {path} with the accounts {admin[0]}, {ingest[0]}, {observer[0]}\n")
+        return 0
     sys.stdout.write(
         f"# mosquitto.conf (and allow_anonymous false):\n{mosquitto_config(path)}\n"
         f"# API (provisioning):\nNAKHON_BROKER_ADMIN_USERNAME={admin[0]}\nNAKHON_BROKER_ADMIN_PASSWORD={admin[1]}\n"
         f"# ingest:\nNAKHON_MQTT_USERNAME={ingest[0]}\nNAKHON_MQTT_PASSWORD={ingest[1]}\n"
+        f"# read-only observer (subscribe to nakhon/v1/#):\nusername {observer[0]} password {observer[1]}\n"
     )
     return 0
 
@@ -206,7 +228,11 @@ def add_parsers(sub: Any) -> None:
     bi.add_argument("--file", required=True, help="path of the dynamic-security JSON the broker will load")
     bi.add_argument("--admin-user", default="nakhon_api", help="provisioning account (default nakhon_api)")
     bi.add_argument("--ingest-user", default="nakhon_ingest", help="ingest account (default nakhon_ingest)")
+    bi.add_argument("--observer-user", default="nakhon_observer", help="read-only observer account (default nakhon_observer)")
     bi.add_argument("--force", action="store_true", help="replace an existing file (every device account in it is lost)")
+    bi.add_argument("--keep", action="store_true", help="leave an existing file as it is and succeed (a start-up step)")
+    bi.add_argument("--from-env", action="store_true",
+                    help="passwords from " + ", ".join(BROKER_SECRET_ENV.values()) + " instead of new random ones (nothing printed)")
     bi.set_defaults(func=cmd_broker_init)
 
     ab = sub.add_parser("api-bench", help="API latency (latest per city, 7-day hourly history) next to the same InfluxQL sent to InfluxDB")

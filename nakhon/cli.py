@@ -191,6 +191,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     api_parsers(sub)
 
+    from nakhon.opscli import add_parsers as ops_parsers  # broker-config, certs, db-init, backup, restore
+
+    ops_parsers(sub)
+
     from nakhon.verify.cli import add_parser as verify_parser
 
     verify_parser(sub)

@@ -174,6 +174,8 @@ class LocalPlatform:
                 db.ensure_schema(s.raw_retention, s.hourly_retention)
                 db.execute(rollups.schema_statements(s.influx_db))
         log.info("influxdb started", extra=kv(url=self.influxdb.url, auth=self.secure, config=str(self.influxdb.config_path)))
+        # where `nakhon backup` finds this running platform's database
+        (self.root / "run.json").write_text(json.dumps({"pid": os.getpid(), "influx_rpc": self.influxdb.rpc_port, "database": s.influx_db}))
         self.ingest.start()
         if not self.ingest.wait_log('"msg":"connected"', 30):
             raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
@@ -184,6 +186,7 @@ class LocalPlatform:
             self.fleet.start()
 
     def stop(self) -> None:
+        (self.root / "run.json").unlink(missing_ok=True)
         for svc in (self.fleet, self.api, self.ingest):
             if svc is not None:
                 svc.stop()

@@ -232,6 +232,8 @@ class Caller:
             body = {"id": f"{city[:2]}-new-{self.n:04d}", "city": city, "kind": "air", "sensors": ["pm25"], "lat": 18.8, "lon": 98.9}
         elif op.path == "/v1/apikeys":
             body = {"name": f"k{self.n}", "scope": "read"}
+        elif op.path == "/v1/devices/{device}/config":
+            body = {"interval_s": 60}
         return {p: path.get(p, "x") for p in op.path_params}, body
 
     def call(self, op: Operation, key: str | None, path: dict[str, str], params: dict[str, str] | None = None,
@@ -241,7 +243,7 @@ class Caller:
             url = url.replace("{" + k + "}", quote(v, safe=""))
         headers = {"X-API-Key": key} if key is not None else {}
         try:
-            return self.http.request(op.method.upper(), url, params=params, json=body if op.method == "post" else None, headers=headers)
+            return self.http.request(op.method.upper(), url, params=params, json=body if op.method in ("post", "put") else None, headers=headers)
         except (httpx.InvalidURL, httpx.LocalProtocolError):  # the client itself refuses (a newline in a header or URL)
             return None
 
