@@ -68,6 +68,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: Port = 18080
+    # HTTPS: the API serves TLS itself with these (PEM); both or neither
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
 
     # API (issue 5): device registry, keys, limits, open data.
     registry_file: Path | None = None  # SQLite file; default <data_dir>/registry.sqlite3
@@ -119,6 +122,11 @@ class Settings(BaseSettings):
             raise ValueError("set both NAKHON_MQTT_USERNAME and NAKHON_MQTT_PASSWORD, or neither")
         if (self.broker_admin_username is None) != (self.broker_admin_password is None):
             raise ValueError("set both NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD, or neither")
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("set both NAKHON_API_TLS_CERT_FILE and NAKHON_API_TLS_KEY_FILE (PEM), or neither")
+        for var, f in (("NAKHON_API_TLS_CERT_FILE", self.api_tls_cert_file), ("NAKHON_API_TLS_KEY_FILE", self.api_tls_key_file)):
+            if f is not None and not f.is_file():
+                raise ValueError(f"{var}={f} is not a file")
         if (self.influx_username is None) != (self.influx_password is None):
             raise ValueError("set both NAKHON_INFLUX_USERNAME and NAKHON_INFLUX_PASSWORD, or neither")
         for var, value in (("NAKHON_INGEST_CLIENT_ID", self.ingest_client_id), ("NAKHON_MQTT_USERNAME", self.mqtt_username),

@@ -61,7 +61,8 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = _settings(api_host=args.host, api_port=args.port)
     setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    tls = {"ssl_certfile": str(settings.api_tls_cert_file), "ssl_keyfile": str(settings.api_tls_key_file)} if settings.api_tls_cert_file else {}
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False, **tls)
     return 0
 
 

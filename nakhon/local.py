@@ -10,7 +10,9 @@ attack what this code starts. On the first run under its folder it makes:
   and one user per service;
 - the broker's dynamic-security file (default deny, the platform accounts),
   which the broker then keeps up to date as devices are provisioned;
-- the first admin API key (in `secrets.json` too: a local, throw-away setup).
+- the first admin API key (in `secrets.json` too: a local, throw-away setup), with
+  which the simulated fleet registers its devices through the API, as a technician
+  would (`nakhon simulate --provision`).
 
 The broker has no anonymous access: devices (and the simulated fleet, each
 device with its own provisioned credentials) use the TLS listener; platform
@@ -26,11 +28,10 @@ import logging
 import os
 import threading
 import time
-from datetime import date
 from pathlib import Path
 
-from api.broker import DynSec, write_bootstrap
-from api.registry import Device, Registry
+from api.broker import write_bootstrap
+from api.registry import Registry
 from contract.logs import kv
 from contract.settings import Settings
 from nakhon import accounts
@@ -88,7 +89,7 @@ class LocalPlatform:
             # the fleet dials what a device dials: the TLS listener, by the name in the certificate
             fleet_settings = self.settings.model_copy(update={"mqtt_host": "localhost", "mqtt_port": tls_port, "mqtt_tls": True,
                                                               "mqtt_ca_file": self.ca})
-            fleet_args = ["--credentials", str(self.credentials_path)]
+            fleet_args = ["--credentials", str(self.credentials_path), "--provision", f"http://127.0.0.1:{api_port}"]
         else:
             self.device_endpoint = ("127.0.0.1", self.broker.port)
             ingest_settings = api_settings = fleet_settings = self.settings
@@ -123,35 +124,6 @@ class LocalPlatform:
             json.dump(self.secrets, fh, indent=2)
         return token
 
-    def _provision_fleet(self, registry: Registry) -> None:
-        """Each simulated device gets its own account and exact ACL, as `nakhon device provision` gives a real one."""
-        from api.broker import new_password
-        from simulators.devices import make_fleet
-
-        have: dict[str, str] = json.loads(self.credentials_path.read_text()) if self.credentials_path.exists() else {}
-        fleet = make_fleet(list(self.settings.cities.values()), self.fleet_per_city)
-        dynsec = DynSec("127.0.0.1", self.broker.port, accounts.BROKER_ADMIN, self.secrets["broker_admin"])
-        new = [d for d in fleet if d.device_id not in have]
-        if not new:
-            return
-        passwords = {d.device_id: new_password() for d in new}
-        fresh = [d for d in new if registry.device(d.device_id) is None]
-        for d in fresh:
-            registry.add_device(Device(id=d.device_id, city=d.city, kind=d.kind, sensors=list(d.metrics), lat=d.lat, lon=d.lon,
-                                       installed=date.today(), fw="sim-1.0.0",
-                                       interval_s=max(1, round(self.interval_s))), passwords[d.device_id])
-        dynsec.create_devices([(d.city, d.device_id, passwords[d.device_id]) for d in fresh])
-        for d in new:
-            if d not in fresh:  # registered before, its password lost with the credentials file: give it a new one
-                dynsec.set_password(d.device_id, passwords[d.device_id])
-                registry.set_password(d.device_id, passwords[d.device_id])
-        have.update(passwords)
-        self.credentials_path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.credentials_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(have, fh)
-        log.info("simulated fleet provisioned", extra=kv(devices=len(new), credentials=str(self.credentials_path)))
-
     # --- running -----------------------------------------------------------------
     def start(self) -> None:
         self.broker.start()
@@ -162,10 +134,7 @@ class LocalPlatform:
             accounts.init_influx(self.influxdb.url, s.influx_db, self.secrets["influx_admin"],
                                  {u: self.secrets[f"influx_{u.removeprefix('nakhon_')}"] for u in accounts.INFLUX_USERS},
                                  s.raw_retention, s.hourly_retention)
-            registry = Registry(s.registry_path)
-            self.admin_key = self._first_admin_key(registry)
-            if self.fleet is not None:
-                self._provision_fleet(registry)
+            self.admin_key = self._first_admin_key(Registry(s.registry_path))
         else:
             from contract import rollups
             from contract.influx import Influx
@@ -183,6 +152,8 @@ class LocalPlatform:
         if not self.api.wait_log("Uvicorn running", 60):
             raise RuntimeError(f"the API did not start; see {self.api.log_path}")
         if self.fleet:
+            if self.admin_key:  # the fleet registers its devices through the API, as a technician does
+                self.fleet.env["NAKHON_API_KEY"] = self.admin_key
             self.fleet.start()
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import itertools
 import logging
+import os
 import resource
 import signal
 import sys
@@ -22,6 +23,7 @@ from simulators.fil import KINDS as FIL_KINDS
 from simulators.fil import FirmwareFleet, FirmwarePaths
 from simulators.fleet import run_fleet
 from simulators.progress import Progress, summary
+from simulators.provision import ProvisionError, provision_fleet
 from simulators.runconfig import RunConfig
 from simulators.scenario import Scenario, ScenarioError, duration, load, load_credentials, presets
 
@@ -81,6 +83,17 @@ def firmware_fleet(sc: Scenario, cities: list[City], cfg: RunConfig, paths: Firm
                          behind_s=behind, passwords=cfg.passwords, faults=sc.faults)
 
 
+def _provision(api_url: str, sc: Scenario, cities: list[City], settings: Settings) -> None:
+    key = os.environ.get("NAKHON_API_KEY")
+    if not key:
+        raise ProvisionError("--provision needs an admin API key in NAKHON_API_KEY (`nakhon apikey create --scope admin`)")
+    if not sc.credentials:
+        raise ProvisionError("--provision needs --credentials FILE to keep the devices' passwords in")
+    ca = str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None  # the API's certificate is signed by the same CA
+    provision_fleet(make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix), api_url, key, Path(sc.credentials), ca,
+                    interval_s=round(sc.interval_s))
+
+
 def _raise_open_files(need: int) -> None:
     """Every device is a socket: lift the soft open-files limit towards the hard one, or say what to do."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -100,11 +113,13 @@ def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths |
     try:
         sc = scenario_from_args(args)
         cities = [settings.cities[c] for c in (sc.cities or sorted(settings.cities))]
+        if args.provision:
+            _provision(args.provision, sc, cities, settings)
         cfg = run_config(sc, settings)
     except KeyError as exc:
         sys.stderr.write(f"nakhon simulate: unknown city {exc}; registered: {', '.join(sorted(settings.cities))}\n")
         return 2
-    except (ScenarioError, FaultError, ValueError) as exc:
+    except (ScenarioError, FaultError, ValueError, ProvisionError) as exc:
         sys.stderr.write(f"nakhon simulate: {exc}\n")
         return 2
     devices = make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix)

@@ -103,8 +103,11 @@ def test_the_broker_runs_the_generated_configuration_with_no_anonymous_listener(
 
 
 def test_the_simulated_fleet_connects_over_tls_with_its_own_accounts(platform: LocalPlatform) -> None:
-    creds = json.loads(platform.credentials_path.read_text())
-    assert len(creds) == 3 and oct(platform.credentials_path.stat().st_mode & 0o777) == "0o600"
+    path = platform.credentials_path
+    creds = wait_until(lambda: path.exists() and len(c := json.loads(path.read_text())) == 3 and c, 60, what="the fleet provisioned through the API")
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    api = httpx.get(f"{_api(platform)}/v1/devices", headers={"X-API-Key": platform.admin_key or ""}).json()
+    assert set(creds) <= {d["id"] for d in api}  # registered in the registry like any device
     clients = {c["username"]: c for c in json.loads(platform.dynsec_file.read_text())["clients"]}
     for device in creds:
         assert clients[device]["clientid"] == device  # pinned
