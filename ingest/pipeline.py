@@ -13,6 +13,7 @@ from contract.topics import Topic, TopicError, TopicIdError, parse_topic
 from ingest import deadletter
 
 _TOPIC_CACHE_MAX = 200_000
+_STATUS_STAMPS_MAX = 200_000
 
 
 @dataclass(slots=True)
@@ -29,6 +30,9 @@ class Pipeline:
         self.window = window
         self.max_bytes = max_bytes
         self._topics: dict[str, tuple[Topic, str] | TopicError] = {}
+        # status points are stamped with their arrival (ms): two documents of one device
+        # within a millisecond (online, then its will) must not overwrite each other
+        self._status_ms: dict[str, int] = {}
 
     def _lookup(self, name: str) -> tuple[Topic, str] | TopicError:
         """A topic parsed once, with its series tags: devices repeat their topic forever."""
@@ -67,11 +71,21 @@ class Pipeline:
             except StatusError as exc:
                 out.rejections = [Rejection(Reason.BAD_STATUS, str(exc)[:200])]
             else:
-                out.lines.append(encode_point(storage.STATUS_MEASUREMENT, {"city": t.city, "device": t.device}, fields, int(now * 1000)))
+                stamp = self._status_stamp(topic_name, int(now * 1000))
+                out.lines.append(encode_point(storage.STATUS_MEASUREMENT, {"city": t.city, "device": t.device}, fields, stamp))
                 out.accepted = 1
         if out.rejections:
             out.dead = deadletter.record(topic_name, payload, out.rejections, now)
         return out
+
+    def _status_stamp(self, topic_name: str, now_ms: int) -> int:
+        """The arrival time, moved on past the device's previous status so each one keeps its own point."""
+        last = self._status_ms.get(topic_name, -1)
+        stamp = now_ms if now_ms > last else last + 1
+        if len(self._status_ms) >= _STATUS_STAMPS_MAX:
+            self._status_ms.clear()  # only a burst within one millisecond needs the memory
+        self._status_ms[topic_name] = stamp
+        return stamp
 
     def telemetry(self, topic_name: str, payload: bytes, now: float) -> Outcome:
         out = Outcome()

@@ -24,6 +24,7 @@ from contract.influx import Influx, InfluxError, InfluxRejected
 from contract.logs import kv
 from contract.payload import Window
 from contract.settings import Settings
+from ingest import mqttwire
 from ingest.deadletter import DeadLetterStore
 from ingest.pipeline import Pipeline
 from ingest.rollups import Rollups
@@ -76,6 +77,7 @@ class Worker:
             settings.ingest_rollup_interval_s,
             ready=lambda: not len(self.spool),
             shared=settings.ingest_workers > 1,
+            state_file=settings.path("rollups") / f"{self.name}.json",
         )
         # parsed segments waiting to be made durable, oldest first; bounded by the
         # broker's Receive Maximum (un-acked messages are all that can be here)
@@ -117,7 +119,9 @@ class Worker:
         # dropped so a change of worker count never delivers a message twice.
         use, drop = (shared, plain) if self.settings.ingest_workers > 1 else (plain, shared)
         session.unsubscribe(drop)
-        session.subscribe([(f, topics.QOS) for f in use] + [(BROKER_DROPPED_TOPIC, 0)])
+        # A retained status is sent once, when the subscription is made, not at every reconnect
+        # of the persistent session: each document is stored once.
+        session.subscribe([(f, topics.QOS | mqttwire.RETAIN_IF_NEW) for f in use] + [(BROKER_DROPPED_TOPIC, 0)])
         log.info("connected", extra=kv(worker=self.name, session_present=session_present, reconnects=session.reconnects))
 
     def _full(self) -> bool:

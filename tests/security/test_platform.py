@@ -22,11 +22,11 @@ import pytest
 
 from contract.influx import Influx
 from contract.settings import load_settings
+from harness.verify.rig import MqttDevice
 from nakhon import accounts
 from nakhon.brokerconf import Listener, config_text
 from nakhon.local import LocalPlatform
 from nakhon.servers import dynsec_plugin, free_port
-from nakhon.verify.rig import MqttDevice
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
