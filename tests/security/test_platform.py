@@ -8,19 +8,13 @@ Every attempt is made from outside, as an intruder or a technician would: MQTT, 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
-import time
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import paho.mqtt.client as mqtt
 import pytest
 
-from contract.influx import Influx
 from contract.settings import load_settings
 from harness.verify.rig import MqttDevice
 from nakhon import accounts
@@ -28,6 +22,7 @@ from nakhon.brokerconf import Listener, config_text
 from nakhon.local import LocalPlatform
 from nakhon.servers import dynsec_plugin, free_port
 from tests.helpers import wait_until
+from tests.security.platform import admin_db, api_url, cli, device_from, provision, reading, stored
 
 pytestmark = pytest.mark.e2e
 
@@ -42,50 +37,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform
         yield p
     finally:
         p.stop()
-
-
-def _admin_db(p: LocalPlatform) -> Influx:
-    return Influx(p.influxdb.url, p.settings.influx_db, accounts.INFLUX_ADMIN, p.secrets["influx_admin"])
-
-
-def _api(p: LocalPlatform) -> str:
-    return f"http://127.0.0.1:{p.settings.api_port}"
-
-
-def _cli(p: LocalPlatform, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NAKHON_")}
-    env["NAKHON_API_KEY"] = key or p.admin_key or ""
-    return subprocess.run([sys.executable, "-m", "nakhon", "device", "--api", _api(p), *args], env=env, capture_output=True, text=True,
-                          timeout=60, cwd=p.root)
-
-
-def _provision(p: LocalPlatform, device: str, city: str = "chiang_mai") -> dict[str, Any]:
-    out = p.root / f"{device}.config.json"
-    r = _cli(p, "provision", "--id", device, "--city", city, "--kind", "air", "--sensors", "pm25,pm10", "--lat", "18.79",
-             "--lon", "98.98", "--out", str(out))
-    assert r.returncode == 0, r.stderr
-    assert oct(out.stat().st_mode & 0o777) == "0o600"
-    cfg: dict[str, Any] = json.loads(out.read_text())
-    return cfg
-
-
-def _device(p: LocalPlatform, cfg: dict[str, Any], password: str | None = None, client_id: str | None = None) -> MqttDevice:
-    """A device dialling what its config.json says, trusting the CA it carries."""
-    m = cfg["mqtt"]
-    ca = p.root / f"{cfg['device_id']}.ca.pem"
-    ca.write_text(m["ca"])
-    assert m["host"] == "localhost"
-    return MqttDevice(m["port"], client_id or m["client_id"], m["username"], password or m["password"], tls_ca=ca)
-
-
-def _reading(seq: int, pm25: float) -> bytes:
-    return json.dumps({"v": 1, "ts": time.time() - 1, "seq": seq, "m": {"pm25": pm25}}).encode()
-
-
-def _stored(p: LocalPlatform, device: str) -> int:
-    with _admin_db(p) as db:
-        rows = db.rows('SELECT count("pm25") FROM "raw"."air" WHERE "device" = $d', {"d": device})
-    return int(rows[0]["count"]) if rows else 0
 
 
 def test_the_broker_runs_the_generated_configuration_with_no_anonymous_listener(platform: LocalPlatform) -> None:
@@ -106,13 +57,13 @@ def test_the_simulated_fleet_connects_over_tls_with_its_own_accounts(platform: L
     path = platform.credentials_path
     creds = wait_until(lambda: path.exists() and len(c := json.loads(path.read_text())) == 3 and c, 60, what="the fleet provisioned through the API")
     assert oct(path.stat().st_mode & 0o777) == "0o600"
-    api = httpx.get(f"{_api(platform)}/v1/devices", headers={"X-API-Key": platform.admin_key or ""}).json()
+    api = httpx.get(f"{api_url(platform)}/v1/devices", headers={"X-API-Key": platform.admin_key or ""}).json()
     assert set(creds) <= {d["id"] for d in api}  # registered in the registry like any device
     clients = {c["username"]: c for c in json.loads(platform.dynsec_file.read_text())["clients"]}
     for device in creds:
         assert clients[device]["clientid"] == device  # pinned
     assert "admin_api_key" in platform.secrets
-    with _admin_db(platform) as db:
+    with admin_db(platform) as db:
         def devices() -> set[str]:
             return {r["device"] for r in db.rows('SELECT count("battery_v") FROM "raw"./.*/ WHERE time > now() - 5m GROUP BY "device"')}
         wait_until(lambda: set(creds) <= devices(), 60, what="readings from every simulated device")
@@ -128,14 +79,14 @@ def test_the_simulated_fleet_connects_over_tls_with_its_own_accounts(platform: L
 def test_strangers_and_wrong_credentials_are_refused(platform: LocalPlatform) -> None:
     b, ca = platform.broker, platform.ca
     assert b.tls_port is not None and ca is not None
-    cfg = _provision(platform, "cm-sec-101")
+    cfg = provision(platform, "cm-sec-101")
     attempts = {
         "anonymous, services port": MqttDevice(b.port, "stranger-01"),
         "anonymous, device port": MqttDevice(b.tls_port, "stranger-02", tls_ca=ca),
         "empty username": MqttDevice(b.tls_port, "stranger-03", "", "", tls_ca=ca),
-        "wrong password": _device(platform, cfg, password=cfg["mqtt"]["password"][:-2] + "xx"),
-        "the ingest's client id": _device(platform, cfg, client_id="nakhon_ingest_0"),
-        "another device's client id": _device(platform, cfg, client_id="cm-sec-102"),
+        "wrong password": device_from(platform, cfg, password=cfg["mqtt"]["password"][:-2] + "xx"),
+        "the ingest's client id": device_from(platform, cfg, client_id="nakhon_ingest_0"),
+        "another device's client id": device_from(platform, cfg, client_id="cm-sec-102"),
         "the API's account, guessed": MqttDevice(b.port, "nakhon_api_x", accounts.BROKER_ADMIN, "admin"),
         "plain MQTT to the device port": MqttDevice(b.tls_port, "cm-sec-101", "cm-sec-101", cfg["mqtt"]["password"]),
     }
@@ -145,7 +96,7 @@ def test_strangers_and_wrong_credentials_are_refused(platform: LocalPlatform) ->
         for d in attempts.values():
             d.close()
     assert let_in == []
-    ok = _device(platform, cfg)  # the control: the device itself is let in
+    ok = device_from(platform, cfg)  # the control: the device itself is let in
     try:
         assert ok.accepted()
     finally:
@@ -153,23 +104,23 @@ def test_strangers_and_wrong_credentials_are_refused(platform: LocalPlatform) ->
 
 
 def test_a_device_cannot_write_for_another_device_or_city_and_nothing_lands(platform: LocalPlatform) -> None:
-    cfg = _provision(platform, "cm-sec-201")
-    other = _provision(platform, "cm-sec-202")
-    d = _device(platform, cfg)
+    cfg = provision(platform, "cm-sec-201")
+    other = provision(platform, "cm-sec-202")
+    d = device_from(platform, cfg)
     try:
         assert d.accepted()
         for topic in ("nakhon/v1/chiang_mai/cm-sec-202/telemetry", "nakhon/v1/phuket/cm-sec-201/telemetry",
                       "nakhon/v1/phuket/pk-sec-201/telemetry", "nakhon/v1/chiang_mai/cm-sec-202/config", "nakhon/v1/chiang_mai/cm-sec-201/config",
                       "nakhon/v1/chiang_mai/cm-sec-202/stored", "$CONTROL/dynamic-security/v1"):
-            assert d.publish(topic, _reading(1, 999.0)) == "Not authorized", topic
+            assert d.publish(topic, reading(1, 999.0)) == "Not authorized", topic
         for topic in ("#", "nakhon/v1/+/+/telemetry", "nakhon/v1/chiang_mai/cm-sec-202/config", "$SYS/#"):
             assert not d.subscribe(topic)[0].startswith("Granted"), topic
-        assert d.publish(cfg["topics"]["telemetry"], _reading(2, 12.0)) in ("Success", "No matching subscribers")
+        assert d.publish(cfg["topics"]["telemetry"], reading(2, 12.0)) in ("Success", "No matching subscribers")
     finally:
         d.close()
-    wait_until(lambda: _stored(platform, "cm-sec-201") == 1, 30, what="the device's own reading")
-    assert _stored(platform, "cm-sec-202") == 0 and _stored(platform, other["device_id"]) == 0
-    with _admin_db(platform) as db:
+    wait_until(lambda: stored(platform, "cm-sec-201") == 1, 30, what="the device's own reading")
+    assert stored(platform, "cm-sec-202") == 0 and stored(platform, other["device_id"]) == 0
+    with admin_db(platform) as db:
         assert db.rows('SELECT count("pm25") FROM "raw"."air" WHERE "pm25" = 999.0') == []
 
 
@@ -177,7 +128,7 @@ def test_a_device_cannot_write_for_another_device_or_city_and_nothing_lands(plat
                                               ("nakhon_api", 422), ("admin-01", 400), ("mosquitto-01", 400)])
 def test_provisioning_refuses_platform_identities(platform: LocalPlatform, device_id: str, status: int) -> None:
     body = {"id": device_id, "city": "chiang_mai", "kind": "air", "sensors": ["pm25"], "lat": 18.8, "lon": 98.9}
-    r = httpx.post(f"{_api(platform)}/v1/devices", json=body, headers={"X-API-Key": platform.admin_key or ""})
+    r = httpx.post(f"{api_url(platform)}/v1/devices", json=body, headers={"X-API-Key": platform.admin_key or ""})
     assert r.status_code == status, r.text
     dynsec = json.loads(platform.dynsec_file.read_text())
     assert f"device-{device_id}" not in {r["rolename"] for r in dynsec["roles"]}
@@ -196,7 +147,7 @@ def test_influxdb_refuses_strangers_and_services_hold_only_their_rights(platform
         assert c.post("/write", params={"db": "nakhon"}, content=line).status_code == 403, user
         assert c.get("/query", params={"q": 'SELECT count("pm25") FROM "raw"."air"', "db": "nakhon"}).status_code == 200, user
         assert c.post("/query", data={"q": "DROP DATABASE nakhon"}).status_code == 403, user
-    with _admin_db(platform) as db:
+    with admin_db(platform) as db:
         db.query('CREATE DATABASE "elsewhere"', method="POST")
         users = {r["user"]: r["admin"] for r in db.rows("SHOW USERS")}
     assert users == {accounts.INFLUX_ADMIN: True, accounts.INFLUX_INGEST: False, accounts.INFLUX_API: False, accounts.INFLUX_GRAFANA: False}
@@ -211,7 +162,7 @@ def test_influxdb_refuses_strangers_and_services_hold_only_their_rights(platform
 
 
 def test_a_city_bound_key_sees_nothing_of_another_city(platform: LocalPlatform) -> None:
-    api, admin = _api(platform), {"X-API-Key": platform.admin_key or ""}
+    api, admin = api_url(platform), {"X-API-Key": platform.admin_key or ""}
     made = [httpx.post(f"{api}/v1/apikeys", json={"name": f"{c} ops", "scope": "admin", "city": c}, headers=admin).json()
             for c in ("phuket", "chiang_mai")]
     phuket = {"X-API-Key": made[0]["key"]}
@@ -222,7 +173,7 @@ def test_a_city_bound_key_sees_nothing_of_another_city(platform: LocalPlatform) 
     assert httpx.get(f"{api}/v1/devices", params={"city": "chiang_mai"}, headers=phuket).status_code == 403
     cm = next(d["id"] for d in httpx.get(f"{api}/v1/devices", params={"city": "chiang_mai"}, headers=admin).json())
     assert httpx.get(f"{api}/v1/devices/{cm}", headers=phuket).status_code == 404
-    assert _cli(platform, "config", "--id", cm, "--interval", "30", key=made[0]["key"]).returncode == 1
+    assert cli(platform, "config", "--id", cm, "--interval", "30", key=made[0]["key"]).returncode == 1
     body = {"id": "cm-sec-301", "city": "chiang_mai", "kind": "air", "sensors": ["pm25"], "lat": 18.8, "lon": 98.9}
     assert httpx.post(f"{api}/v1/devices", json=body, headers=phuket).status_code == 403
 
@@ -242,45 +193,45 @@ class _Listener:
 
 
 def test_device_lifecycle_provision_config_rotate_revoke_keeps_its_data(platform: LocalPlatform) -> None:
-    cfg = _provision(platform, "cm-life-001")
+    cfg = provision(platform, "cm-life-001")
     assert cfg["mqtt"]["tls"] is True and cfg["mqtt"]["port"] == platform.broker.tls_port
     assert cfg["mqtt"]["ca"].startswith("-----BEGIN CERTIFICATE-----")
-    d = _device(platform, cfg)
+    d = device_from(platform, cfg)
     assert d.accepted()
     listener = _Listener(d, cfg["topics"]["config"])
     for seq in (1, 2, 3):
-        assert d.publish(cfg["topics"]["telemetry"], _reading(seq, 10.0 + seq)) in ("Success", "No matching subscribers")
-    wait_until(lambda: _stored(platform, "cm-life-001") == 3, 30, what="three readings")
-    got = httpx.get(f"{_api(platform)}/v1/devices/cm-life-001/readings", params={"metrics": "pm25"})
+        assert d.publish(cfg["topics"]["telemetry"], reading(seq, 10.0 + seq)) in ("Success", "No matching subscribers")
+    wait_until(lambda: stored(platform, "cm-life-001") == 3, 30, what="three readings")
+    got = httpx.get(f"{api_url(platform)}/v1/devices/cm-life-001/readings", params={"metrics": "pm25"})
     assert got.status_code == 200, got.text
     assert [p["values"]["pm25"] for p in got.json()["points"]] == [11.0, 12.0, 13.0]
 
-    r = _cli(platform, "config", "--id", "cm-life-001", "--interval", "30", "--sensor", "pm=off")
+    r = cli(platform, "config", "--id", "cm-life-001", "--interval", "30", "--sensor", "pm=off")
     assert r.returncode == 0, r.stderr
     assert listener.event.wait(10)
     assert json.loads(listener.got[-1]) == {"v": 1, "seq": 1, "interval_s": 30, "sensors": {"pm": False}}
-    history = httpx.get(f"{_api(platform)}/v1/devices/cm-life-001/config", headers={"X-API-Key": platform.admin_key or ""}).json()
+    history = httpx.get(f"{api_url(platform)}/v1/devices/cm-life-001/config", headers={"X-API-Key": platform.admin_key or ""}).json()
     assert [h["seq"] for h in history] == [1]
 
     rot = platform.root / "cm-life-001.rotated.json"
-    r = _cli(platform, "rotate", "--id", "cm-life-001", "--out", str(rot))
+    r = cli(platform, "rotate", "--id", "cm-life-001", "--out", str(rot))
     assert r.returncode == 0, r.stderr
     new = json.loads(rot.read_text())
     assert d.disconnected.wait(10)  # the live session with the old secret is cut at once
     d.close()
-    old = _device(platform, cfg)
+    old = device_from(platform, cfg)
     assert not old.accepted(5)
     old.close()
-    fresh = _device(platform, new)
+    fresh = device_from(platform, new)
     assert fresh.accepted()
-    assert fresh.publish(new["topics"]["telemetry"], _reading(4, 14.0)) in ("Success", "No matching subscribers")
-    wait_until(lambda: _stored(platform, "cm-life-001") == 4, 30, what="the reading sent with the new credentials")
+    assert fresh.publish(new["topics"]["telemetry"], reading(4, 14.0)) in ("Success", "No matching subscribers")
+    wait_until(lambda: stored(platform, "cm-life-001") == 4, 30, what="the reading sent with the new credentials")
 
-    r = _cli(platform, "revoke", "--id", "cm-life-001")
+    r = cli(platform, "revoke", "--id", "cm-life-001")
     assert r.returncode == 0, r.stderr
     assert fresh.disconnected.wait(10)
     fresh.close()
-    again = _device(platform, new)
+    again = device_from(platform, new)
     assert not again.accepted(5)
     again.close()
-    assert _stored(platform, "cm-life-001") == 4  # its data stays
+    assert stored(platform, "cm-life-001") == 4  # its data stays
