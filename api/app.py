@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
+from api.rotation import Rotator
 from api.routers import apikeys, aqi, devices, health, opendata, quality, readings
 from api.security import RateLimiter
 from contract import rollups
@@ -33,7 +34,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # now and then for tens of milliseconds (the p99).
         gc.collect()
         gc.freeze()
+        rotator = None
+        if app.state.dynsec is not None:  # rotations with a grace period complete in the background
+            rotator = Rotator(app.state.registry, app.state.dynsec,
+                              Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password))
+            rotator.start()
         yield
+        if rotator is not None:
+            rotator.stop()
         await app.state.ainflux.aclose()
         app.state.influx.close()
 

@@ -54,6 +54,13 @@ CREATE TABLE IF NOT EXISTS device_configs (
     by_key TEXT,
     PRIMARY KEY (device, seq)
 );
+CREATE TABLE IF NOT EXISTS rotations (
+    device TEXT PRIMARY KEY,
+    password TEXT NOT NULL,  -- the new one, until the broker is switched to it (then the row goes)
+    seq INTEGER NOT NULL,    -- the config document that carried it
+    deadline TEXT NOT NULL,
+    created TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -251,6 +258,26 @@ class Registry:
         with self._db() as db:
             rows = db.execute("SELECT * FROM device_configs WHERE device = ? ORDER BY seq DESC", (device_id,)).fetchall()
         return [{"seq": r["seq"], "doc": json.loads(r["doc"]), "created": r["created"], "by_key": r["by_key"]} for r in rows]
+
+    # --- credential rotations in the field ----------------------------------------------
+    def start_rotation(self, device_id: str, password: str, seq: int, deadline: datetime) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO rotations VALUES (?,?,?,?,?)",
+                       (device_id, password, seq, deadline.isoformat(), datetime.now(UTC).isoformat()))
+
+    def rotations(self) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM rotations ORDER BY deadline").fetchall()
+        return [{"device": r["device"], "password": r["password"], "seq": r["seq"], "deadline": datetime.fromisoformat(r["deadline"])}
+                for r in rows]
+
+    def finish_rotation(self, device_id: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM rotations WHERE device = ?", (device_id,))
+
+    def last_config(self, device_id: str) -> dict[str, Any] | None:
+        got = self.configs(device_id)
+        return got[0]["doc"] if got else None
 
     # --- API keys --------------------------------------------------------------
     def create_key(self, name: str, scope: str, city: str | None = None) -> tuple[ApiKey, str]:

@@ -77,8 +77,13 @@ def cmd_device(args: argparse.Namespace) -> int:
         out = _call("POST", f"{url}/v1/devices", headers, json=body)
         _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
     elif args.action == "rotate":
-        out = _call("POST", f"{url}/v1/devices/{args.id}/rotate", headers)
+        out = _call("POST", f"{url}/v1/devices/{args.id}/rotate", headers, params={"grace_s": _seconds(args.grace)})
         _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
+        if out.get("pending_until"):
+            sys.stdout.write(f"{args.id}: new credentials sent over its config topic; the broker switches once the device confirms, "
+                             f"at the latest {out['pending_until']}\n")
+        else:
+            sys.stdout.write(f"{args.id}: new credentials in force now; the device needs the new config.json\n")
     elif args.action == "config":
         body: dict[str, Any] = {"sensors": dict(_onoff(s) for s in args.sensor), "thresholds": dict(_threshold(t) for t in args.threshold)}
         if args.interval is not None:
@@ -93,6 +98,15 @@ def cmd_device(args: argparse.Namespace) -> int:
         for d in _call("GET", f"{url}/v1/devices", headers, params=params):
             sys.stdout.write(f"{d['id']:<32} {d['city']:<12} {d['kind']:<8} {d['state']:<8} {d['lat']:.5f},{d['lon']:.5f} {','.join(d['sensors'])}\n")
     return 0
+
+
+def _seconds(text: str) -> int:
+    """'0', '90s', '30m', '2h', '7d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except (ValueError, KeyError):
+        raise SystemExit(f"nakhon device rotate: --grace wants a duration like 0, 90s, 30m, 2h or 7d (got {text!r})") from None
 
 
 def _onoff(spec: str) -> tuple[str, bool]:
@@ -191,8 +205,11 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--interval", type=int, default=60, help="seconds between readings (default 60)")
     p.add_argument("--fw", default=None, help="firmware version")
     p.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
-    r = dsub.add_parser("rotate", help="new broker credentials (the old stop working); writes the new config.json")
+    r = dsub.add_parser("rotate", help="new broker credentials, in the field (--grace) or at once; writes the new config.json")
     r.add_argument("--id", required=True, help="device id")
+    r.add_argument("--grace", default="0",
+                   help="deliver the new password over the device's config topic and keep the old one until the device confirms, "
+                        "at most this long (e.g. 1h, 7d); 0 (default): the old one stops now and the device needs the new config.json")
     r.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
     cf = dsub.add_parser("config", help="publish a retained config change (interval, sensors on/off, thresholds); recorded")
     cf.add_argument("--id", required=True, help="device id")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import Annotated, Any, Literal
 
-import orjson
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
+from api import rotation
 from api.broker import BrokerError, new_password
 from api.deps import READ_ERRORS, WRITE_ERRORS, DynSecDep, InfluxDep, RegistryDep, SettingsDep
 from api.history import latest_device_query
@@ -16,9 +16,10 @@ from api.params import DevicePath
 from api.registry import Conflict, Device
 from api.security import Admin, Reader, check_city
 from contract import topics
+from contract.boards import SENSORS as BOARD_SENSORS
 from contract.catalogue import FW_PATTERN, METRICS
 from contract.cities import CITY_SLUG_PATTERN
-from contract.device_config import SENSOR_NAME_PATTERN, DeviceConfigError, encode_device_config
+from contract.device_config import SENSOR_NAME_PATTERN, DeviceConfigError
 from contract.settings import Settings
 from contract.status import DEVICE_KINDS
 
@@ -144,7 +145,8 @@ def provision(body: DeviceIn, key: Admin, registry: RegistryDep, dynsec: DynSecD
         raise HTTPException(400, f"unknown sensors {unknown}")
     d = Device(id=body.id, city=body.city, kind=body.kind, sensors=list(dict.fromkeys(body.sensors)), lat=body.lat, lon=body.lon,
                installed=body.installed or datetime.now(UTC).date(), fw=body.fw, interval_s=body.interval_s,
-               hardware=[h.model_dump() for h in body.hardware])
+               # no entries given: the pilot board's pin map for the kind, so the config.json can be flashed as it is
+               hardware=[h.model_dump() for h in body.hardware] or [dict(e) for e in BOARD_SENSORS.get(body.kind, [])])
     password = new_password()
     try:
         registry.add_device(d, password)
@@ -179,20 +181,37 @@ def get_device(device: DevicePath, key: Reader, registry: RegistryDep, influx: I
     return _out(d, last_seen(influx, device))
 
 
-@router.post("/{device}/rotate", response_model=Provisioned, responses=WRITE_ERRORS)
-def rotate(device: DevicePath, key: Admin, registry: RegistryDep, dynsec: DynSecDep, settings: SettingsDep) -> Provisioned:
-    """New broker credentials (the old ones stop working at once); returns the new config.json once."""
+class Rotated(Provisioned):
+    pending_until: datetime | None = Field(None, description="with a grace period: the broker switches to the new password "
+                                                             "once the device confirms it received it, at the latest then")
+
+
+@router.post("/{device}/rotate", response_model=Rotated, responses=WRITE_ERRORS)
+def rotate(device: DevicePath, key: Admin, registry: RegistryDep, dynsec: DynSecDep, settings: SettingsDep,
+           grace_s: Annotated[int, Query(ge=0, le=90 * 86400, description="0: switch now (the device needs its new config.json); "
+                                         "N: deliver the password over the device's config topic, switch once it confirms or after N s")] = 0,
+           ) -> Rotated:
+    """New broker credentials; returns the new config.json once.
+
+    Without a grace period the old password stops working at once. With one, the device receives the new
+    password in its retained config and keeps its session; the broker switches when it confirms (or at the deadline)."""
     d = _get(registry, device)
     check_city(key, d.city)
     if d.state != "active":
         raise HTTPException(409, "a retired device cannot be given credentials")
     password = new_password()
+    pending_until = None
     try:
-        dynsec.set_password(d.id, password)
+        if grace_s:
+            seq, _ = rotation.publish(registry, dynsec, d.id, d.city, rotation.config_fields(registry.last_config(d.id)), key.id, password)
+            pending_until = datetime.now(UTC) + timedelta(seconds=grace_s)
+            registry.start_rotation(d.id, password, seq, pending_until)
+        else:
+            dynsec.set_password(d.id, password)
+            registry.set_password(d.id, password)
     except BrokerError as exc:
         raise HTTPException(503, f"broker: {exc}") from None
-    registry.set_password(d.id, password)
-    return Provisioned(device=DeviceOut(**_out(registry.device(d.id) or d)), config=_config(settings, d, password))
+    return Rotated(device=DeviceOut(**_out(registry.device(d.id) or d)), config=_config(settings, d, password), pending_until=pending_until)
 
 
 @router.post("/{device}/revoke", response_model=DeviceOut, responses=WRITE_ERRORS)
@@ -232,18 +251,15 @@ def push_config(device: DevicePath, body: ConfigIn, key: Admin, registry: Regist
     check_city(key, d.city)
     if d.state != "active":
         raise HTTPException(409, "a retired device takes no config")
-    seq = registry.next_config_seq(d.id)
-    try:
-        raw = encode_device_config(seq, body.interval_s, body.sensors, body.thresholds)
-    except DeviceConfigError as exc:
-        raise HTTPException(400, f"config: {exc}") from None
+    fields = {k: v for k, v in (("interval_s", body.interval_s), ("sensors", body.sensors), ("thresholds", body.thresholds)) if v}
+    pending = next((r for r in registry.rotations() if r["device"] == d.id), None)  # keep a rotation under way in the retained document
     topic = topics.topic(d.city, d.id, "config")
     try:
-        dynsec.publish_config(topic, raw)
+        seq, doc = rotation.publish(registry, dynsec, d.id, d.city, fields, key.id, pending["password"] if pending else None)
+    except DeviceConfigError as exc:
+        raise HTTPException(400, f"config: {exc}") from None
     except BrokerError as exc:
         raise HTTPException(503, f"broker: {exc}") from None
-    doc = orjson.loads(raw)
-    registry.record_config(d.id, seq, doc, key.id)
     return ConfigOut(device=d.id, topic=topic, seq=seq, doc=doc)
 
 

@@ -55,6 +55,13 @@ def node(buf: Any = None):
     bat = cfg["battery"]
     n.battery = (hal.adc(bat["adc"]), bat.get("divider", 2.0)) if bat else None
     n.config_seq = -1
+    n.password = None  # rotated MQTT password from the platform's config, once one came
+    try:
+        with open(STATE + "/mqtt_password") as f:
+            n.password = f.read().strip() or None
+    except OSError:
+        pass
+    n.client = None
     n.disabled = []
     n.thresholds = {}
     n.faults = {}
@@ -96,7 +103,7 @@ def node(buf: Any = None):
         retained.apply(n, doc, False)  # the platform's last config, before the broker answers
     except (OSError, ValueError):
         pass
-    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], mq["password"])
+    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], n.password or mq["password"])
     n.client.on_message = n._on_message
     n.client.on_ack = n._on_ack
     n.cadata = None
