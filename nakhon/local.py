@@ -189,14 +189,17 @@ class LocalPlatform:
         if self.secure:
             host, port = self.device_endpoint
             lines += [
-                f"  Devices      mqtts://{host}:{port}  (TLS, per-device accounts; CA {self.ca})",
-                f"  Services     mqtt://127.0.0.1:{s.mqtt_port}  (loopback only, platform accounts; no anonymous access)",
+                f"  Devices      mqtts://{host}:{port}  (TLS; each device its own account; CA {self.ca})",
+                f"  Services     mqtt://127.0.0.1:{s.mqtt_port}  (loopback only, platform accounts; no anonymous access anywhere)",
                 f"  Secrets      {self.secrets_path}  (mode 600: broker and InfluxDB accounts, the first admin key)",
-                f"  Admin key    export NAKHON_API_KEY=$(python3 -c 'import json;print(json.load(open(\"{self.secrets_path}\"))[\"admin_api_key\"])')",
-                f"  Provision    NAKHON_API_PORT={s.api_port} nakhon device provision --id cm-air-901 --city chiang_mai --kind air "
-                "--sensors pm25,pm10 --lat 18.79 --lon 98.98",
-                f"  Observe      mosquitto_sub -h {host} -p {port} --cafile {self.ca} -u {accounts.BROKER_OBSERVER} "
-                f"-P \"$(python3 -c 'import json;print(json.load(open(\"{self.secrets_path}\"))[\"broker_observer\"])')\" -t 'nakhon/v1/#' -v",
+                "",
+                "  Admin key (local, throw-away; make more with `nakhon apikey create`):",
+                f"    export NAKHON_API_KEY={self.admin_key} NAKHON_API_PORT={s.api_port}",
+                "  Provision a device (writes its config.json, CA and TLS port inside):",
+                "    nakhon device provision --id cm-air-901 --city chiang_mai --kind air --sensors pm25,pm10,temp_c,rh --lat 18.79 --lon 98.98",
+                "  Watch the stream as the read-only observer:",
+                f"    mosquitto_sub -h {host} -p {port} --cafile {self.ca} -u {accounts.BROKER_OBSERVER} "
+                f"-P {self.secrets['broker_observer']} -t 'nakhon/v1/#' -v",
             ]
         else:
             lines.append(f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (open test rig)")

@@ -77,22 +77,19 @@ def apply(node: Any, payload: Any, persist: bool) -> None:
             node.disabled.append(k)
             node.faults.pop(k, None)  # switched off: its faults are no longer news
     node.thresholds = doc.get("thresholds", {})
-    if "password" in doc:  # rotated credentials: used from the next connection on, and after any reboot
+    fresh = "password" in doc
+    if fresh:  # rotated credentials: used from the next connection on
         node.password = doc["password"]
         if node.client is not None:
             node.client.password = doc["password"]
-        if persist:
-            with open(STATE + "/mqtt_password.tmp", "w") as f:
-                f.write(doc["password"])
-            import os
-
-            os.rename(STATE + "/mqtt_password.tmp", STATE + "/mqtt_password")
+    elif node.password:
+        doc["password"] = node.password  # kept in flash with the next documents, so a reboot logs in with it
     nxt = hal.ticks_add(hal.ticks_ms(), node.interval_ms)
     if hal.ticks_diff(node.next_read, nxt) > 0:
         node.next_read = nxt
     node.status_due = True
     log.info("config: applied seq=%d interval_s=%d disabled=%s%s" % (node.config_seq, iv, node.disabled,
-                                                                    " new credentials" if "password" in doc else ""))
+                                                                    " new credentials" if fresh else ""))
     if persist:
         with open(STATE + "/applied.json", "w") as f:
             json.dump(doc, f)

@@ -55,12 +55,7 @@ def node(buf: Any = None):
     bat = cfg["battery"]
     n.battery = (hal.adc(bat["adc"]), bat.get("divider", 2.0)) if bat else None
     n.config_seq = -1
-    n.password = None  # rotated MQTT password from the platform's config, once one came
-    try:
-        with open(STATE + "/mqtt_password") as f:
-            n.password = f.read().strip() or None
-    except OSError:
-        pass
+    n.password = None  # rotated MQTT password from the platform's config (kept in applied.json)
     n.client = None
     n.disabled = []
     n.thresholds = {}
@@ -107,10 +102,8 @@ def node(buf: Any = None):
     n.client.on_message = n._on_message
     n.client.on_ack = n._on_ack
     n.cadata = None
-    if mq["tls"] and mq.get("ca"):  # the CA bundle that provisioning put into config.json
-        n.cadata = _pem_der(mq["ca"].encode())
-    elif mq["tls"] and mq["ca_file"]:
-        n.cadata = _der(mq["ca_file"])
+    if mq["tls"] and (mq["ca"] or mq["ca_file"]):  # the CA provisioning put into config.json, or a file on the board
+        n.cadata = _der(mq["ca"].encode() if mq["ca"] else open(mq["ca_file"], "rb").read())
     n.online = False
     n.inflight = None
     n.attempt = 0
@@ -206,21 +199,13 @@ def _repair(r: Ring, n: int) -> None:
     os.rename(tmp, path)
 
 
-def _der(path: str) -> bytes:
-    """A CA certificate file as DER (MicroPython's TLS wants DER for cadata)."""
-    with open(path, "rb") as f:
-        data = f.read()
+def _der(data: bytes) -> bytes:
+    """A CA certificate, PEM (its first certificate) or DER, as DER (MicroPython's TLS wants DER for cadata)."""
     if not data.startswith(b"-----"):
         return data
-    return _pem_der(data)
-
-
-def _pem_der(data: bytes) -> bytes:
-    """The first certificate of a PEM text as DER."""
     import binascii
 
-    data = data.split(b"-----END", 1)[0]
-    body = b"".join(line.strip() for line in data.split(b"\n") if line.strip() and not line.startswith(b"-----"))
+    body = b"".join(x.strip() for x in data.split(b"-----END")[0].split(b"\n") if x.strip() and not x.startswith(b"-----"))
     return binascii.a2b_base64(body)
 
 
