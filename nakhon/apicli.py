@@ -75,6 +75,8 @@ def cmd_device(args: argparse.Namespace) -> int:
         if args.fw:
             body["fw"] = args.fw
         out = _call("POST", f"{url}/v1/devices", headers, json=body)
+        if args.wifi_ssid:  # what the technician would add on site: the board can be flashed with the file as it is
+            out["config"]["wifi"] = {"ssid": args.wifi_ssid, "password": args.wifi_password or ""}
         _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
     elif args.action == "rotate":
         out = _call("POST", f"{url}/v1/devices/{args.id}/rotate", headers, params={"grace_s": _seconds(args.grace)})
@@ -205,6 +207,8 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--interval", type=int, default=60, help="seconds between readings (default 60)")
     p.add_argument("--fw", default=None, help="firmware version")
     p.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
+    p.add_argument("--wifi-ssid", default=None, help="the site's Wi-Fi, written into config.json (or add it on site)")
+    p.add_argument("--wifi-password", default=None, help="the site's Wi-Fi password")
     r = dsub.add_parser("rotate", help="new broker credentials, in the field (--grace) or at once; writes the new config.json")
     r.add_argument("--id", required=True, help="device id")
     r.add_argument("--grace", default="0",
