@@ -3,7 +3,7 @@
 `nakhon up` runs it in the foreground until Ctrl-C; tests and `nakhon verify`
 attack what this code starts. On the first run under its folder it makes:
 
-- a throw-away CA and a broker certificate for `localhost`/127.0.0.1
+- a throw-away CA and a broker certificate for `localhost`
   (`certs/ca.pem` is what devices trust);
 - the platform's secrets (`secrets.json`, mode 600): broker accounts for the
   API (provisioning), the ingest and a read-only observer; InfluxDB's admin
@@ -109,7 +109,7 @@ class LocalPlatform:
     def _certs(self) -> tuple[Path, Path, Path]:
         ca, cert, key = self.certs / "ca.pem", self.certs / "server.pem", self.certs / "server.key"
         if not (ca.exists() and cert.exists() and key.exists()):
-            make_certs(self.certs, "localhost", days=CERT_DAYS, names=("127.0.0.1",))
+            make_certs(self.certs, "localhost", days=CERT_DAYS)  # devices dial the name; an address is not in it
             log.info("made a local CA and broker certificate", extra=kv(ca=str(ca)))
         return ca, cert, key
 
