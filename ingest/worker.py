@@ -71,6 +71,10 @@ class Worker:
         self.dead = DeadLetterStore(settings.path("deadletter"), self.name)
         self.spool = Spool(settings.path("spool", self.name))
         self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats)
+        # self-metrics have a client of their own with a short timeout: a hanging InfluxDB must
+        # not silence the reports that show it hanging
+        self._stats_influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
+                                    min(2.0, settings.influx_timeout_s))
         # hourly roll-ups, AQI and latest values for what each batch touched (own client: own thread)
         self.rollups = Rollups(
             Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s),
@@ -209,7 +213,7 @@ class Worker:
 
     def _write_batch(self, batch: _Batch) -> None:
         """Make one batch durable, then ack its messages."""
-        self.dead.append(batch.dead)  # type: ignore[arg-type]
+        self.dead.append(batch.dead)
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
         acked = held = 0
@@ -261,7 +265,7 @@ class Worker:
         snap = self.stats.snapshot()
         log.info("stats", extra=kv(worker=self.name, **snap))
         with contextlib.suppress(InfluxError):  # self-metrics are best effort; the data path has its own spool
-            self.influx.write([self.stats.line(int(time.time() * 1000), snap)])
+            self._stats_influx.write([self.stats.line(int(time.time() * 1000), snap)])
 
     # --- lifecycle ----------------------------------------------------------
     def start(self) -> None:
@@ -301,4 +305,5 @@ class Worker:
         self.report()
         self.dead.close()
         self.influx.close()
+        self._stats_influx.close()
         log.info("ingest worker stopped", extra=kv(worker=self.name, acked_on_stop=acked))

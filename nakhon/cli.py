@@ -13,6 +13,7 @@ from pathlib import Path
 
 from contract.logs import setup_logging
 from contract.settings import ConfigError, Settings, load_settings
+from contract.status import DEVICE_KINDS
 
 log = logging.getLogger("nakhon")
 
@@ -237,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     fwc = fw_sub.add_parser("config", help="write a device's config.json, checked by the firmware's own boot check")
     fwc.add_argument("--device-id", required=True, help="device id, e.g. cm-air-001")
     fwc.add_argument("--city", required=True, help="city slug from the registry, e.g. chiang_mai")
-    fwc.add_argument("--kind", required=True, choices=["air", "weather", "water", "noise", "traffic"], help="device kind (picks the sensor preset)")
+    fwc.add_argument("--kind", required=True, choices=DEVICE_KINDS, help="device kind (picks the sensor preset)")
     fwc.add_argument("--lat", type=float, required=True, help="site latitude")
     fwc.add_argument("--lon", type=float, required=True, help="site longitude")
     fwc.add_argument("--wifi-ssid", required=True, help="Wi-Fi network name")

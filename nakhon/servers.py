@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -154,7 +155,7 @@ class _Process:
         self.stop()
         self.start()
 
-    def __enter__(self) -> _Process:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

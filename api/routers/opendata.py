@@ -64,7 +64,7 @@ def _rows(influx: InfluxDep, city: str, measurement: str, t0: datetime, t1: date
     cols = ", ".join(f'"mean_{m}"' for m in metrics)
     q = (f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE "city" = $id AND time >= $start AND time < $end '
          'GROUP BY "device"')
-    rows = influx.rows(q, {"id": city, "start": history._iso(t0), "end": history._iso(t1)})
+    rows = influx.rows(q, {"id": city, "start": history.iso(t0), "end": history.iso(t1)})
     return metrics, rows
 
 

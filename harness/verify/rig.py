@@ -9,7 +9,6 @@ dead-letter store.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,8 @@ import paho.mqtt.client as mqtt
 from api.broker import DynSec, new_password
 from contract.influx import Influx
 from contract.settings import Settings, load_settings
+from harness.procstat import memory_kb
+from harness.progress import say as say_line
 from ingest.deadletter import read_all
 from nakhon import accounts
 from nakhon.local import LocalPlatform
@@ -63,9 +64,7 @@ T = TypeVar("T")
 
 
 def say(msg: str) -> None:
-    """Progress on stderr (long scenarios)."""
-    sys.stderr.write(f"[verify {time.strftime('%H:%M:%S')}]   {msg}\n")
-    sys.stderr.flush()
+    say_line(msg, indent=2)
 
 
 def wait_for(fn: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
@@ -200,12 +199,7 @@ class Stack:
 
 def mem_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in kB."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(rest.split()[0])
-    return out
+    return memory_kb(pid)
 
 
 class MqttDevice:
