@@ -88,10 +88,10 @@ def cmd_device(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(f"{args.id}: new credentials in force now; the device needs the new config.json\n")
     elif args.action == "config":
-        body: dict[str, Any] = {"sensors": dict(_onoff(s) for s in args.sensor), "thresholds": dict(_threshold(t) for t in args.threshold)}
+        change: dict[str, Any] = {"sensors": dict(_onoff(s) for s in args.sensor), "thresholds": dict(_threshold(t) for t in args.threshold)}
         if args.interval is not None:
-            body["interval_s"] = args.interval
-        out = _call("PUT", f"{url}/v1/devices/{args.id}/config", headers, json=body)
+            change["interval_s"] = args.interval
+        out = _call("PUT", f"{url}/v1/devices/{args.id}/config", headers, json=change)
         sys.stdout.write(f"{out['device']}: config seq {out['seq']} published retained on {out['topic']}: {json.dumps(out['doc'])}\n")
     elif args.action == "revoke":
         out = _call("POST", f"{url}/v1/devices/{args.id}/revoke", headers)

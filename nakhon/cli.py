@@ -62,8 +62,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = _settings(api_host=args.host, api_port=args.port)
     setup_logging(settings.log_level)
-    tls = {"ssl_certfile": str(settings.api_tls_cert_file), "ssl_keyfile": str(settings.api_tls_key_file)} if settings.api_tls_cert_file else {}
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False, **tls)
+    cert, key = settings.api_tls_cert_file, settings.api_tls_key_file  # HTTPS when both are set (Settings checks the pair)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
+                ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
     return 0
 
 
