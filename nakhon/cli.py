@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nakhon", description="Nakhon smart-city sensor platform. Settings come from NAKHON_* environment variables.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the whole platform locally (broker, database, ingest, API, simulated fleet)")
+    up = sub.add_parser("up", help="run the whole platform locally, secured (TLS broker with per-device accounts, InfluxDB with authentication, "
+                                           "ingest, API, a simulated fleet provisioned like real devices)")
     up.add_argument("--root", default="var/local", help="folder for the local servers' config, data and logs (default var/local)")
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")

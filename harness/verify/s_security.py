@@ -1,10 +1,12 @@
 """Scenarios 11-12: intruders at the broker and at the API.
 
-11 runs the secured broker (dynamic-security plugin, no anonymous access, a TLS
-listener with a CA made here) with provisioned devices and a real ingest, and
-tries every way in that a device or a stranger has. 12 runs the API as a real
-uvicorn process and tries keys, scopes, injection through every parameter of
-the OpenAPI document, and a flood from one client.
+Both run on the platform exactly as `nakhon up` starts it (nakhon/local.py: the
+generated broker configuration with dynamic security, no anonymous access and a
+TLS listener signed by its local CA; InfluxDB with authentication; the ingest and
+the API as real processes). 11 provisions devices and tries every way in that a
+device or a stranger has. 12 runs the API as real uvicorn processes with the
+platform's read-only InfluxDB user and tries keys, scopes, injection through
+every parameter of the OpenAPI document, and a flood from one client.
 """
 
 from __future__ import annotations
