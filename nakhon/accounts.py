@@ -80,7 +80,9 @@ def init_influx(url: str, database: str, admin_password: str, passwords: dict[st
                 try:
                     anon.query(f"CREATE USER \"{admin}\" WITH PASSWORD '{admin_password}' WITH ALL PRIVILEGES", method="POST")
                 except InfluxRejected:
-                    raise AccountError(f"InfluxDB at {url} has users, and {admin!r} cannot log in with the configured admin password") from None
+                    raise AccountError(f"InfluxDB at {url} has users, and {admin!r} cannot log in with the configured admin password: "
+                                       "give the password it was set up with (nakhon up: secrets.json from that run or a backup; "
+                                       "compose: NAKHON_INFLUX_ADMIN_PASSWORD)") from None
         db.ensure_schema(raw_retention, hourly_retention)
         db.execute(rollups.schema_statements(database))
         existing = {r["user"] for r in db.rows("SHOW USERS")}

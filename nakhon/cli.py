@@ -28,7 +28,10 @@ def _settings(**overrides: object) -> Settings:
 
 # --- up ---------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    from api.broker import BrokerError
+    from nakhon.accounts import AccountError
     from nakhon.local import LocalPlatform
+    from nakhon.servers import ServerError
 
     settings = _settings()
     setup_logging(settings.log_level)
@@ -40,6 +43,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         platform.start()
         sys.stderr.write(platform.where())
         platform.watch(stop)
+    except (AccountError, BrokerError, ServerError, RuntimeError) as exc:  # a part that cannot start: say which and why
+        sys.stderr.write(f"nakhon up: {exc}\n")
+        return 1
     finally:
         log.info("stopping")
         platform.stop()
