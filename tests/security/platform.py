@@ -61,7 +61,7 @@ def stored(p: LocalPlatform, device: str) -> int:
 
 
 
-def run_nakhon(*args: str, cwd: Any = None) -> subprocess.CompletedProcess[str]:
-    """`nakhon ARGS` as an operator types it (no NAKHON_* from the test's environment)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("NAKHON_")}
-    return subprocess.run([sys.executable, "-m", "nakhon", *args], env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
+def run_nakhon(*args: str, cwd: Any = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """`nakhon ARGS` as an operator types it (no NAKHON_* from the test's environment; `env` added)."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("NAKHON_")} | (env or {})
+    return subprocess.run([sys.executable, "-m", "nakhon", *args], env=full, capture_output=True, text=True, timeout=300, cwd=cwd)
