@@ -28,15 +28,17 @@ import logging
 import os
 import threading
 import time
+from datetime import date
 from pathlib import Path
 
 from api.broker import write_bootstrap
-from api.registry import Registry
+from api.registry import Device, Registry
 from contract.logs import kv
 from contract.settings import Settings
 from nakhon import accounts
 from nakhon.procs import Service
 from nakhon.servers import InfluxDB, Mosquitto, make_certs, pick_port
+from simulators.devices import KIND_METRICS, make_fleet
 
 log = logging.getLogger("nakhon.up")
 
@@ -46,7 +48,7 @@ CERT_DAYS = 825
 
 class LocalPlatform:
     def __init__(self, root: Path, settings: Settings, *, fleet_per_city: int = 20, interval_s: float = 10.0, with_fleet: bool = True,
-                 secure: bool = True, tls_port: int | None = None) -> None:
+                 seed: int = 1, prefix: str = "sim", secure: bool = True, tls_port: int | None = None) -> None:
         self.root = Path(root).resolve()
         self.secure = secure
         self.fleet_per_city = fleet_per_city
@@ -98,9 +100,10 @@ class LocalPlatform:
         logs = self.root / "logs"
         self.ingest = Service("ingest", ["ingest"], ingest_settings, logs)
         self.api = Service("api", ["api"], api_settings, logs)
+        self.fleet_spec = (fleet_per_city, interval_s, seed, prefix)
         self.fleet = (
-            Service("simulate", ["simulate", "--per-city", str(fleet_per_city), "--interval", str(interval_s), "--realtime", *fleet_args],
-                    fleet_settings, logs)
+            Service("simulate", ["simulate", "--per-city", str(fleet_per_city), "--interval", str(interval_s), "--realtime",
+                                 "--seed", str(seed), "--prefix", prefix, *fleet_args], fleet_settings, logs)
             if with_fleet
             else None
         )
@@ -148,6 +151,9 @@ class LocalPlatform:
         self.ingest.start()
         if not self.ingest.wait_log('"msg":"connected"', 30):
             raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
+        if self.fleet and not self.secure:  # the open rig: registered directly (secured, they are provisioned below)
+            n = register_fleet(self.settings, *self.fleet_spec)
+            log.info("simulated fleet registered", extra=kv(devices=n, registry=str(self.settings.registry_path)))
         self.api.start()
         if not self.api.wait_log("Uvicorn running", 60):
             raise RuntimeError(f"the API did not start; see {self.api.log_path}")
@@ -155,6 +161,9 @@ class LocalPlatform:
             if self.admin_key:  # the fleet registers its devices through the API, as a technician does
                 self.fleet.env["NAKHON_API_KEY"] = self.admin_key
             self.fleet.start()
+            # provisioned (registered with coordinates, credentials kept) before the fleet starts: wait for that
+            if not self.fleet.wait_log('"msg":"fleet starting"', 300):
+                raise RuntimeError(f"the simulated fleet did not start; see {self.fleet.log_path}")
 
     def stop(self) -> None:
         (self.root / "run.json").unlink(missing_ok=True)
@@ -180,7 +189,8 @@ class LocalPlatform:
         lines = [
             "",
             "Nakhon is running locally. Ctrl-C stops everything.",
-            f"  API docs     {base}/docs",
+            f"  API docs     {base}/docs  (and /redoc)",
+            f"  Air quality  {base}/air  (public page per city)",
             f"  Latest       {base}/v1/cities/chiang_mai/latest",
             f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, authentication on)",
             f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}",
@@ -204,3 +214,17 @@ class LocalPlatform:
         else:
             lines.append(f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (open test rig)")
         return "\n".join(lines) + "\n\n"
+
+
+def register_fleet(settings: Settings, per_city: int, interval_s: float, seed: int, prefix: str) -> int:
+    """Put the simulated devices in the API's registry with their coordinates (the open rig, whose broker has no
+    accounts), so the city maps, the GeoJSON and the open-data metadata know them."""
+    cities = [settings.cities[c] for c in sorted(settings.cities)]
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    devices = [
+        Device(id=d.device_id, city=d.city, kind=d.kind, sensors=list(KIND_METRICS[d.kind]), lat=d.lat, lon=d.lon,
+               installed=date.fromisoformat(today), fw="simulator", interval_s=max(1, round(interval_s)))
+        for d in make_fleet(cities, per_city, seed=seed, prefix=prefix)
+    ]
+    Registry(settings.registry_path).import_devices(devices)
+    return len(devices)

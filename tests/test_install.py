@@ -44,6 +44,11 @@ def test_installed_without_dev_extras_every_command_runs(workdir: Path) -> None:
         assert subprocess.run([py, "-c", f"import {name}"], **run).returncode != 0, f"{name} came with the product"
     where = subprocess.run([py, "-c", "import nakhon, harness, simulators; print(nakhon.__file__)"], **run)
     assert where.returncode == 0 and str(venv) in where.stdout, where.stderr
+    # the docs' Swagger UI and ReDoc, and the public city page, come with the installed package (no CDN to fall back on)
+    page = ("from importlib.resources import files; from api.docs import assets_dir; print(assets_dir()); "
+            "print(all((files('api') / 'public' / f).is_file() for f in ('city.html', 'city.js', 'city.css', 'index.html')))")
+    assets = subprocess.run([py, "-c", page], **run)
+    assert assets.returncode == 0 and str(venv) in assets.stdout and assets.stdout.strip().endswith("True"), assets.stderr[-2000:]
 
     commands = json.loads(subprocess.run([py, "-c", _LIST_COMMANDS], **run).stdout)
     assert len(commands) > 20
