@@ -26,6 +26,7 @@ from contract.payload import Window
 from contract.settings import Settings
 from ingest import mqttwire
 from ingest.deadletter import DeadLetterStore
+from ingest.health import Health, counters, write_file
 from ingest.pipeline import Pipeline
 from ingest.rollups import Rollups
 from ingest.session import Endpoint, Publishes, Session
@@ -38,6 +39,7 @@ log = logging.getLogger("nakhon.ingest")
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 
+HEALTH_INTERVAL_S = 2.0
 SEGMENT = 500  # messages parsed together; a write takes whole segments, up to ingest_batch_size lines
 
 
@@ -93,6 +95,8 @@ class Worker:
         self._accepting = True
         self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full)
         self.connected = self.session.connected
+        self.health = Health(self.name)
+        self.health_dir = settings.path("health")
 
     # --- MQTT -------------------------------------------------------------
     def _endpoint(self) -> Endpoint:
@@ -261,8 +265,22 @@ class Worker:
         while not self._stopping.wait(interval):
             self.report()
 
+    def _health(self) -> None:
+        while not self._stopping.wait(HEALTH_INTERVAL_S):
+            self.write_health()
+
+    def write_health(self, status: str | None = None) -> dict[str, object]:
+        """The worker's health file (`<data_dir>/health/<worker>.json`), for `nakhon up`/`nakhon status` and operators."""
+        doc = self.health.update(time.monotonic(), self.connected.is_set(), counters(self.stats))
+        if status:
+            doc["status"] = status
+        with contextlib.suppress(OSError):  # a full disk must not stop the data path; the spool reports it
+            write_file(self.health_dir, doc)
+        return doc
+
     def report(self) -> None:
         snap = self.stats.snapshot()
+        snap["connected"] = int(self.connected.is_set())
         log.info("stats", extra=kv(worker=self.name, **snap))
         with contextlib.suppress(InfluxError):  # self-metrics are best effort; the data path has its own spool
             self._stats_influx.write([self.stats.line(int(time.time() * 1000), snap)])
@@ -282,6 +300,7 @@ class Worker:
             *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
+            threading.Thread(target=self._health, name="health", daemon=True),
         ]
         self.rollups.start(s.influx_db)
         for t in self._threads:
@@ -303,6 +322,7 @@ class Worker:
         self.session.stop()  # sends the queued PUBACKs, then DISCONNECT
         self.rollups.stop()
         self.report()
+        self.write_health("stopped")
         self.dead.close()
         self.influx.close()
         self._stats_influx.close()

@@ -108,7 +108,10 @@ class _Process:
     def _ready(self, timeout: float) -> bool:
         raise NotImplementedError
 
-    def start(self, timeout: float = 30.0) -> None:
+    ready_timeout_s = 30.0  # how long start() waits for the server to answer, unless told
+
+    def start(self, timeout: float | None = None) -> None:
+        timeout = self.ready_timeout_s if timeout is None else timeout
         if self.running:
             return
         self._write_config()
