@@ -23,7 +23,11 @@ log = logging.getLogger("nakhon.simulate")
 
 
 class ProvisionError(RuntimeError):
-    """The API refused or could not be reached; the message says which device and why."""
+    """The API refused or could not be reached; the message says which device and why (worth a retry)."""
+
+
+class ProvisionConfigError(ProvisionError):
+    """Provisioning cannot work as configured (no key, no credentials file): a retry will not help."""
 
 
 def _save(path: Path, creds: dict[str, str]) -> None:
@@ -41,7 +45,7 @@ def _call(http: httpx.Client, path: str, body: dict[str, object] | None) -> http
         try:
             r = http.post(path, json=body)
         except httpx.HTTPError as exc:
-            raise ProvisionError(f"cannot reach the API at {http.base_url}: {exc}") from None
+            raise ProvisionError(f"cannot reach the API at {http.base_url}: {exc}") from None  # e.g. still starting
         if r.status_code != 429:
             return r
         time.sleep(min(60.0, float(r.headers.get("Retry-After", "1"))))

@@ -23,7 +23,7 @@ from simulators.fil import KINDS as FIL_KINDS
 from simulators.fil import FirmwareFleet, FirmwarePaths
 from simulators.fleet import run_fleet
 from simulators.progress import Progress, summary
-from simulators.provision import ProvisionError, provision_fleet
+from simulators.provision import ProvisionConfigError, ProvisionError, provision_fleet
 from simulators.runconfig import RunConfig
 from simulators.scenario import Scenario, ScenarioError, duration, load, load_credentials, presets
 
@@ -86,9 +86,9 @@ def firmware_fleet(sc: Scenario, cities: list[City], cfg: RunConfig, paths: Firm
 def _provision(api_url: str, sc: Scenario, cities: list[City], settings: Settings) -> None:
     key = os.environ.get("NAKHON_API_KEY")
     if not key:
-        raise ProvisionError("--provision needs an admin API key in NAKHON_API_KEY (`nakhon apikey create --scope admin`)")
+        raise ProvisionConfigError("--provision needs an admin API key in NAKHON_API_KEY (`nakhon apikey create --scope admin`)")
     if not sc.credentials:
-        raise ProvisionError("--provision needs --credentials FILE to keep the devices' passwords in")
+        raise ProvisionConfigError("--provision needs --credentials FILE to keep the devices' passwords in")
     ca = str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None  # the API's certificate is signed by the same CA
     provision_fleet(make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix), api_url, key, Path(sc.credentials), ca,
                     interval_s=round(sc.interval_s))
@@ -119,9 +119,12 @@ def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths |
     except KeyError as exc:
         sys.stderr.write(f"nakhon simulate: unknown city {exc}; registered: {', '.join(sorted(settings.cities))}\n")
         return 2
-    except (ScenarioError, FaultError, ValueError, ProvisionError) as exc:
+    except (ScenarioError, FaultError, ValueError, ProvisionConfigError) as exc:
         sys.stderr.write(f"nakhon simulate: {exc}\n")
         return 2
+    except ProvisionError as exc:  # the API not there yet, or refusing: a supervisor retries
+        sys.stderr.write(f"nakhon simulate: {exc}\n")
+        return 1
     devices = make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix)
     _raise_open_files(len(devices) // sc.procs + 1024)
     stop = threading.Event()
