@@ -29,7 +29,7 @@ _NEEDS = {
 }
 
 DEFAULTS = {
-    "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "username": None, "password": None, "keepalive_s": 60},
+    "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "ca": None, "username": None, "password": None, "keepalive_s": 60},
     "ntp_host": "pool.ntp.org",
     "interval_s": 60,
     "status_interval_s": 600,
@@ -87,14 +87,14 @@ def check(cfg) -> list:
     else:
         _int(mq, "port", 1, 65535, errors, "mqtt.")
         _int(mq, "keepalive_s", 10, 3600, errors, "mqtt.")
-        for k in ("username", "password", "ca_file"):
+        for k in ("username", "password", "ca_file", "ca"):
             if mq.get(k) is not None and type(mq[k]) is not str:
                 errors.append("mqtt.%s must be a string or null" % k)
         if mq.get("password") and not mq.get("username"):
             errors.append("mqtt.password is set but mqtt.username is not")
-        if mq.get("tls") is True and mq.get("tls_verify") is not False and not mq.get("ca_file"):
+        if mq.get("tls") is True and mq.get("tls_verify") is not False and not (mq.get("ca_file") or mq.get("ca")):
             # The ESP32 has no system CA store: verification without a CA can never connect.
-            errors.append("mqtt.tls_verify needs mqtt.ca_file (the broker's CA, PEM or DER, copied to the board)")
+            errors.append("mqtt.tls_verify needs mqtt.ca (PEM text) or mqtt.ca_file (the broker's CA, PEM or DER, on the board)")
     _int(cfg, "interval_s", 1, 86400, errors)
     _int(cfg, "status_interval_s", 10, 86400, errors)
     _int(cfg, "batch", 1, 1000, errors)

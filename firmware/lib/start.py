@@ -66,6 +66,8 @@ def node(buf: Any = None):
     bat = cfg["battery"]
     n.battery = (hal.adc(bat["adc"]), bat.get("divider", 2.0)) if bat else None
     n.config_seq = -1
+    n.password = None  # rotated MQTT password from the platform's config (kept in applied.json)
+    n.client = None
     n.disabled = []
     n.thresholds = {}
     n.faults = {}
@@ -118,16 +120,20 @@ def node(buf: Any = None):
             retained.apply(n, json.loads(text), False)  # the platform's last config, before the broker answers
     except ValueError:
         pass
-    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], mq["password"])
+    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], n.password or mq["password"])
     n.client.on_message = n._on_message
     n.client.on_ack = n._on_ack
     n.cadata = None
-    if mq["tls"] and mq["ca_file"]:
+    if mq["tls"] and (mq["ca"] or mq["ca_file"]):  # the CA provisioning put into config.json, or a file on the board
         try:
-            n.cadata = _ca(mq["ca_file"])
+            if mq["ca"]:
+                n.cadata = _ca(mq["ca"].encode())
+            else:
+                with open(mq["ca_file"], "rb") as f:
+                    n.cadata = _ca(f.read())
         except (OSError, ValueError) as e:
-            log.error("tls: CA file %s unreadable: %r" % (mq["ca_file"], e))
-            n.faults["tls"] = "ca_file"
+            log.error("tls: CA unreadable: %r" % (e,))
+            n.faults["tls"] = "ca"
     n.online = False
     n.inflight = None
     n.attempt = 0
@@ -291,13 +297,11 @@ def _repair(r: Ring, n: int) -> None:
     os.rename(tmp, path)
 
 
-def _ca(path: str) -> list:
-    """Every certificate of the CA file, each as DER (MicroPython's TLS takes DER, one
-    certificate per load_verify_locations call): a bundle is trusted whole, so a CA
-    rotation (old and new CA side by side) does not cut the device off. A DER file is
-    one certificate."""
-    with open(path, "rb") as f:
-        data = f.read()
+def _ca(data: bytes) -> list:
+    """Every certificate of a CA (PEM bundle or one DER certificate), each as DER
+    (MicroPython's TLS takes DER, one certificate per load_verify_locations call): a
+    bundle is trusted whole, so a CA rotation (old and new CA side by side) does not
+    cut the device off."""
     if not data.startswith(b"-----") and b"-----BEGIN" not in data:
         return [data]
     import binascii
@@ -315,7 +319,7 @@ def _ca(path: str) -> list:
         elif body is not None and line:
             body.append(line)
     if not certs:
-        raise ValueError("no certificate in %s" % path)
+        raise ValueError("no certificate in the CA")
     return certs
 
 

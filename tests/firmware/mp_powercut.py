@@ -52,6 +52,7 @@ def node():
     n.faults, n.disabled, n.thresholds = {}, [], {}
     n.ceiling, n.config_seq, n.interval_s, n.interval_ms = 1000, 1, 60, 60000
     n.next_read, n.status_due = hal.ticks_ms(), False
+    n.password, n.client = None, None
     return n
 
 

@@ -71,7 +71,7 @@ def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -
     # Verified TLS without a CA could never connect (the ESP32 has no CA store): refused.
     no_ca = nakhon(*[a for a in args if a not in ("--ca-file", "ca.pem")], "--out", "-")
     assert no_ca.returncode == 2
-    assert "mqtt.tls_verify needs mqtt.ca_file" in no_ca.stderr
+    assert "mqtt.tls_verify needs mqtt.ca" in no_ca.stderr
 
 
 def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> None:
