@@ -91,6 +91,10 @@ class Rollups:
             if due:
                 last = time.monotonic()
 
+    def schema_lost(self) -> None:
+        """The database was missing and has been created again: create the roll-ups' schema again too."""
+        self._schema_ok = False
+
     def _ensure_schema(self) -> None:
         try:
             self.influx.execute(rollups.schema_statements(self.database))
