@@ -30,6 +30,7 @@ class State:
     max_body: int = 0  # bytes; 0 = no limit (InfluxDB's max-body-size)
     hang_s: float = 0.0  # answer nothing for this long
     fail_5xx: int = 0  # answer this many requests with 500 first
+    answer_next: list[int] = field(default_factory=list)  # statuses to answer the next requests with (429, 503...)
     points: list[str] = field(default_factory=list)  # every line stored, in order
     writes: int = 0  # /write requests seen
     queries: list[str] = field(default_factory=list)
@@ -91,6 +92,10 @@ class InfluxStub:
                     if s.fail_5xx:
                         s.fail_5xx -= 1
                         self._answer(500, error="timeout")
+                        return None
+                    if s.answer_next:
+                        status = s.answer_next.pop(0)
+                        self._answer(status, error="too many requests" if status == 429 else f"status {status}")
                         return None
                 if self.headers.get("Content-Type") == "application/x-www-form-urlencoded":
                     query.update(parse_qs(body.decode()))
