@@ -8,7 +8,10 @@ COPY api ./api
 COPY simulators ./simulators
 COPY dashboards ./dashboards
 COPY nakhon ./nakhon
+COPY harness ./harness
+# MicroPython sources for firmware in the loop and `nakhon firmware build`
+COPY firmware ./firmware
 RUN pip install --no-cache-dir . && useradd --system --home /data nakhon && mkdir -p /data && chown nakhon /data
 USER nakhon
-ENV NAKHON_DATA_DIR=/data
+ENV NAKHON_DATA_DIR=/data NAKHON_FIRMWARE_DIR=/app/firmware
 ENTRYPOINT ["nakhon"]

@@ -1,4 +1,4 @@
-"""`nakhon device`, `nakhon apikey`, `nakhon broker-init` and `nakhon api-bench`.
+"""`nakhon device`, `nakhon apikey`, and `nakhon broker-init`.
 
 - `device` is for a technician with a laptop: it talks to the platform's API
   with an admin key (NAKHON_API_KEY or --key) and writes the device's
@@ -133,12 +133,6 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_api_bench(args: argparse.Namespace) -> int:
-    from nakhon.apibench import run
-
-    return run(args)
-
-
 def add_parsers(sub: Any) -> None:
     dev = sub.add_parser("device", help="provision, rotate, revoke or list devices through the API (admin key)")
     dev.add_argument("--api", default=None, help="API base URL (default http://NAKHON_API_HOST:NAKHON_API_PORT)")
@@ -183,12 +177,3 @@ def add_parsers(sub: Any) -> None:
     bi.add_argument("--force", action="store_true", help="replace an existing file (every device account in it is lost)")
     bi.set_defaults(func=cmd_broker_init)
 
-    ab = sub.add_parser("api-bench", help="API latency (latest per city, 7-day hourly history) next to the same InfluxQL sent to InfluxDB")
-    ab.add_argument("--devices", type=int, default=1000, help="devices in the city (default 1000)")
-    ab.add_argument("--days", type=int, default=7, help="days of minute data per device (default 7)")
-    ab.add_argument("--requests", type=int, default=300, help="timed rounds, each contender once per round (default 300: a p99 needs a few hundred)")
-    ab.add_argument("--concurrency", type=int, default=32, help="concurrent clients for the requests/s part (default 32)")
-    ab.add_argument("--seconds", type=float, default=6.0, help="seconds of load per target in the requests/s part (default 6)")
-    ab.add_argument("--root", default="var/api-bench", help="folder for the benchmark's servers (default var/api-bench)")
-    ab.add_argument("--keep", action="store_true", help="reuse data loaded by an earlier run in --root")
-    ab.set_defaults(func=cmd_api_bench)

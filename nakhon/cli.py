@@ -77,7 +77,7 @@ def cmd_api(args: argparse.Namespace) -> int:
 # --- simulate ---------------------------------------------------------------
 def cmd_simulate(args: argparse.Namespace) -> int:
     if args.what == "bench":
-        from nakhon.simbench import run_simbench
+        from harness.bench.sim import run_simbench
 
         return run_simbench(args)
     from simulators.run import main as simulate
@@ -196,15 +196,20 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--summary", action="store_true", help="count by reason instead of printing records")
     dl.set_defaults(func=cmd_deadletter)
 
-    from nakhon.apicli import add_parsers as api_parsers  # device, apikey, broker-init, api-bench
+    from nakhon.apicli import add_parsers as api_parsers  # device, apikey, broker-init
 
     api_parsers(sub)
 
-    from nakhon.verify.cli import add_parser as verify_parser
+    # the measuring harness: api-bench, verify, bench
+    from harness.bench.api import add_parser as api_bench_parser
+
+    api_bench_parser(sub)
+
+    from harness.verify.cli import add_parser as verify_parser
 
     verify_parser(sub)
 
-    from nakhon.benchmark import add_parser as bench_parser
+    from harness.bench.run import add_parser as bench_parser
 
     bench_parser(sub)
 

@@ -18,11 +18,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import simulators
 from contract.boards import SENSORS as BOARD_SENSORS
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE = ROOT / "firmware"
-FAKES = ROOT / "tests" / "firmware" / "fakes"
+# firmware/ is MicroPython, not a Python package: a checkout has it beside the packages,
+# an installed copy (the Docker image) is told where it is.
+FIRMWARE = Path(os.environ.get("NAKHON_FIRMWARE_DIR") or ROOT / "firmware")
+# the unix port's stand-ins for the ESP32's hardware ship with the simulators (firmware in the loop)
+FAKES = Path(simulators.__file__).resolve().parent / "mpy" / "hw"
 MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
 HEAPSIZE = 110_000
 PEAK_TARGET = 40 * 1024  # peak heap of a read-publish cycle and of a replay, on a plain ESP32 (no PSRAM)
@@ -137,10 +141,17 @@ def check_config(cfg: dict[str, Any]) -> list[str]:
     return errors
 
 
+def _cache() -> Path:
+    """var/ in a checkout; the user's cache folder for an installed copy."""
+    if (ROOT / "pyproject.toml").exists():
+        return ROOT / "var"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nakhon"
+
+
 def fakes_mpy() -> Path:
     """The unix-port hardware fakes compiled once to .mpy (kept out of the device heap's
     compiler, as `machine` is in ROM on a board)."""
-    out = ROOT / "var" / "fakes-mpy"
+    out = _cache() / "fakes-mpy"
     out.mkdir(parents=True, exist_ok=True)
     for src in FAKES.glob("*.py"):
         dst = out / (src.stem + ".mpy")
@@ -355,19 +366,3 @@ def _config(args: Any) -> int:
         Path(args.out).write_text(text)
         sys.stderr.write(f"wrote {args.out}: copy it to the board as /config.json (nakhon firmware flash --config {args.out})\n")
     return 0
-
-
-def bench_figures(root: Path, readings: int = 500) -> tuple[list[Any], dict[str, float]]:
-    """For `nakhon bench`: the firmware bench as figures, and the peaks the targets use (KB)."""
-    from nakhon.bench import Figure
-
-    r = bench(root, readings)
-    kb = 1024
-    peaks = r["peaks"]
-    figs = [
-        Figure("firmware heap at rest (mpy build, unix port)", r["rest_bytes"] / kb, "KB", "every module, object and buffer the node keeps"),
-        Figure("firmware peak heap, read-publish cycle", peaks["cycle"] / kb, "KB", f"target {r['target_bytes'] / kb:.0f} KB"),
-        Figure(f"firmware peak heap, {r['replay_readings']}-reading replay", peaks["replay"] / kb, "KB", f"batches of {r['batch']}"),
-        Figure("firmware built size (.mpy)", r["built_bytes"] / kb, "KB", f"{r['source_bytes'] / kb:.1f} KB of source"),
-    ]
-    return figs, {"fw_cycle_peak_kb": peaks["cycle"] / kb, "fw_replay_peak_kb": peaks["replay"] / kb}

@@ -2,7 +2,7 @@
 
 Each `FirmwareDevice` is one `micropython firmware/main.py` process in a folder
 that plays the board's flash (config.json, ring, seq). Its HAL takes the
-project's hardware fakes (tests/firmware/fakes, compiled to .mpy), wrapped by
+project's hardware fakes (simulators/mpy/hw, compiled to .mpy), wrapped by
 simulators/mpy/fakehw.py so that the values behind the UART, I2C, echo pin,
 rain-gauge interrupt and ADCs come from feed.json - which this runner rewrites
 from the same `Signals` models as the fleet, at the fake world's own time. A

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from nakhon.bench import Figure
-from nakhon.benchmark import Run, tables, targets
+from harness.bench.ingest import Figure
+from harness.bench.run import Run, tables, targets
 
 GOOD = {
     "broker": 80_000.0,

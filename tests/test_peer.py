@@ -14,7 +14,7 @@ from pathlib import Path
 
 from contract import storage, topics
 from contract.payload import encode_reading
-from nakhon import peer
+from harness.bench import peer
 
 CONFIG_TYPES = {"tab", "mqtt-broker", "influxdb"}
 

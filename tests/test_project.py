@@ -4,6 +4,7 @@ the compose file names what the code expects, imports run the way DESIGN.md says
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -91,13 +92,32 @@ def _imports(folder: Path) -> set[tuple[Path, str]]:
     return out
 
 
+SHIPPED = ("contract", *COMPONENTS, "nakhon", "harness")
+
+
 def test_contract_imports_no_component() -> None:
-    bad = [(str(p), m) for p, m in _imports(ROOT / "contract") if m in (*COMPONENTS, "nakhon")]
+    bad = [(str(p), m) for p, m in _imports(ROOT / "contract") if m in (*COMPONENTS, "nakhon", "harness")]
+    assert not bad
+
+
+@pytest.mark.parametrize("package", SHIPPED)
+def test_shipped_code_never_reaches_into_tests(package: str) -> None:
+    """Neither by import nor by path: an installed copy has no tests/ folder."""
+    bad = [(str(p.relative_to(ROOT)), m) for p, m in _imports(ROOT / package) if m == "tests"]
+    by_path = [str(p.relative_to(ROOT)) for p in (ROOT / package).rglob("*.py")
+               if re.search(r"""["']tests["']|["'/]tests/""", p.read_text())]
+    assert not bad and not by_path, (bad, by_path)
+
+
+def test_only_the_cli_dispatches_to_the_harness() -> None:
+    """The product's commands stand apart from the measuring harness (benchmarks, peers, scenarios)."""
+    bad = [(str(p.relative_to(ROOT)), m) for pkg in ("contract", *COMPONENTS, "nakhon") for p, m in _imports(ROOT / pkg)
+           if m == "harness" and p != ROOT / "nakhon" / "cli.py"]
     assert not bad
 
 
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_components_do_not_import_each_other(component: str) -> None:
-    others = {*COMPONENTS, "nakhon"} - {component}
+    others = {*COMPONENTS, "nakhon", "harness"} - {component}
     bad = [(str(p.relative_to(ROOT)), m) for p, m in _imports(ROOT / component) if m in others]
     assert not bad

@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from api.app import create_app
 from contract.influx import Influx
 from contract.settings import Settings
-from nakhon.verify.rig import CITY, DEVICE, INJECTIONS, OTHER
-from nakhon.verify.rig import seed_two_cities as _seed
+from harness.verify.rig import CITY, DEVICE, INJECTIONS, OTHER
+from harness.verify.rig import seed_two_cities as _seed
 from tests.api.conftest import Keys
 
 

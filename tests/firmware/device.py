@@ -22,7 +22,6 @@ from nakhon.firmware_tools import fakes_mpy
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
-FAKES = Path(__file__).resolve().parent / "fakes"
 MICROPYTHON = str(ROOT / ".venv" / "bin" / "micropython")
 HEAPSIZE = 110_000  # a plain ESP32 without PSRAM leaves about this much to MicroPython
 RESET_EXIT = 75

@@ -6,8 +6,8 @@ import threading
 import time
 from pathlib import Path
 
+from harness.bench.ingest import publish_bulk
 from ingest.session import Endpoint, Publishes, Session
-from nakhon.bench import publish_bulk
 from nakhon.servers import Mosquitto
 from tests.helpers import wait_until
 

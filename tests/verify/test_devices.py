@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nakhon.verify.s_devices import devices_offline, reconnect_storm
-from nakhon.verify.scenarios import load_all
+from harness.verify.s_devices import devices_offline, reconnect_storm
+from harness.verify.scenarios import load_all
 
 
 def test_scenarios_are_registered() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nakhon.verify.s_faults import broker_faults, influxdb_killed, ingest_down, ingest_killed
-from nakhon.verify.scenarios import load_all
+from harness.verify.s_faults import broker_faults, influxdb_killed, ingest_down, ingest_killed
+from harness.verify.scenarios import load_all
 
 
 def n(text: str) -> int:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from nakhon.verify.rig import Stack
-from nakhon.verify.s_inputs import fuzzed_payloads, hostile_names, outside_schema, padded_batch, payload_sizes, timestamps
+from harness.verify.rig import Stack
+from harness.verify.s_inputs import fuzzed_payloads, hostile_names, outside_schema, padded_batch, payload_sizes, timestamps
 
 
 def test_fuzzed_payloads_are_refused_with_a_reason_or_stored(workdir: Path) -> None:

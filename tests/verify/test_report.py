@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nakhon.verify.cli import _read_report, _report
-from nakhon.verify.report import Row
+from harness.verify.cli import _read_report, _report
+from harness.verify.report import Row
 
 
 def test_a_partial_run_replaces_its_rows_and_keeps_the_others(tmp_path: Path) -> None:

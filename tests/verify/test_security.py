@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nakhon.verify.s_security import api_intruders, broker_intruders
+from harness.verify.s_security import api_intruders, broker_intruders
 
 
 def test_nobody_gets_into_the_broker_who_should_not(workdir: Path) -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from nakhon.verify.s_soak import soak
-from nakhon.verify.scenarios import load_all
+from harness.verify.s_soak import soak
+from harness.verify.scenarios import load_all
 
 
 def test_soak_is_registered() -> None:

@@ -18,9 +18,9 @@ from pathlib import Path
 import httpx
 
 from contract.influx import Influx
-from nakhon.verify.report import Row, Size
-from nakhon.verify.scenarios import register
-from nakhon.verify.stream import CITIES, Stream, log_records, platform, rejected, rss_mb, say, service_pid, stored_until, tally, wait_stored
+from harness.verify.report import Row, Size
+from harness.verify.scenarios import register
+from harness.verify.stream import CITIES, Stream, log_records, platform, rejected, rss_mb, say, service_pid, stored_until, tally, wait_stored
 
 T13 = "soak at city scale with the API read meanwhile"
 # Growth beyond this (after warm-up) fails the soak: steady state should not grow.

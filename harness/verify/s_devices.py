@@ -28,11 +28,11 @@ from contract.cities import BUILTIN_CITIES
 from contract.influx import Influx
 from contract.settings import load_settings
 from contract.storage import DATA_MEASUREMENTS, INGEST_MEASUREMENT
+from harness.bench.sim import _raise_nofile
+from harness.verify.report import Row, Size
+from harness.verify.scenarios import register
 from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
 from nakhon.local import LocalPlatform
-from nakhon.simbench import _raise_nofile
-from nakhon.verify.report import Row, Size
-from nakhon.verify.scenarios import register
 from simulators.devices import make_fleet
 from simulators.faults import Fault
 from simulators.fil import FirmwareFleet, FirmwarePaths

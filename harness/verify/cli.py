@@ -10,8 +10,8 @@ import time
 import traceback
 from pathlib import Path
 
-from nakhon.verify.report import Row, line, markdown
-from nakhon.verify.scenarios import load_all
+from harness.verify.report import Row, line, markdown
+from harness.verify.scenarios import load_all
 
 
 def _say(msg: str) -> None:

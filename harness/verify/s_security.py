@@ -26,11 +26,11 @@ from api.registry import Registry
 from contract import rollups
 from contract.influx import Influx
 from contract.settings import Settings
+from harness.verify.report import Row, Size
+from harness.verify.rig import CITY, DEVICE, INJECTIONS, OTHER, MqttDevice, Stack, say, seed_two_cities, wait_for
+from harness.verify.scenarios import register
 from nakhon.procs import Service
 from nakhon.servers import free_port, make_certs
-from nakhon.verify.report import Row, Size
-from nakhon.verify.rig import CITY, DEVICE, INJECTIONS, OTHER, MqttDevice, Stack, say, seed_two_cities, wait_for
-from nakhon.verify.scenarios import register
 
 
 def _reading(ts: float, seq: int, pm25: float) -> bytes:

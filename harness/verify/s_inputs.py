@@ -2,7 +2,7 @@
 
 7 fuzzed payloads, 8 ids and names that would forge line protocol, 9 timestamps
 outside the window, 10 payload sizes up to and past the broker's limit. Each
-starts its own broker, InfluxDB and `nakhon ingest` (nakhon.verify.rig.Stack).
+starts its own broker, InfluxDB and `nakhon ingest` (harness.verify.rig.Stack).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from contract import storage
 from contract.catalogue import FW_PATTERN, MEASUREMENTS, METRICS
 from contract.payload import MAX_BATCH, MAX_SEQ
 from contract.topics import DEVICE_ID_PATTERN
-from nakhon.verify.report import Row, Size
-from nakhon.verify.rig import MqttDevice, Publisher, Stack, mem_kb, say, wait_for
-from nakhon.verify.scenarios import register
+from harness.verify.report import Row, Size
+from harness.verify.rig import MqttDevice, Publisher, Stack, mem_kb, say, wait_for
+from harness.verify.scenarios import register
 
 TS = "__TS__"  # placeholder for a fresh, unique, in-window timestamp, filled in when a case is rendered
 _NUMERIC = [m for m in METRICS.values() if m.kind != "string"]

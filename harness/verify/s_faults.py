@@ -3,7 +3,7 @@
 Each runs the real platform (broker, InfluxDB, ingest, API as processes),
 streams contract readings at a fixed rate, breaks one piece, and afterwards
 compares what was sent with what InfluxDB holds, reading by reading
-(`nakhon.verify.stream`).
+(`harness.verify.stream`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,9 @@ import paho.mqtt.client as mqtt
 from contract import topics
 from contract.influx import Influx
 from contract.payload import encode_reading
-from nakhon.local import LocalPlatform
-from nakhon.servers import Mosquitto
-from nakhon.verify.report import Row, Size
-from nakhon.verify.scenarios import register
-from nakhon.verify.stream import (
+from harness.verify.report import Row, Size
+from harness.verify.scenarios import register
+from harness.verify.stream import (
     Stream,
     Tally,
     broker_sys,
@@ -36,6 +34,8 @@ from nakhon.verify.stream import (
     tally,
     wait_stored,
 )
+from nakhon.local import LocalPlatform
+from nakhon.servers import Mosquitto
 
 T1 = "InfluxDB killed (SIGKILL) during a stream"
 T2 = "ingest killed (SIGKILL) three times during a stream"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from nakhon.verify.report import Row, Size
+from harness.verify.report import Row, Size
 
 Scenario = Callable[[Path, Size], Row]
 
@@ -26,9 +26,9 @@ def load_all() -> dict[int, tuple[str, Scenario]]:
     import importlib
     import pkgutil
 
-    import nakhon.verify as pkg
+    import harness.verify as pkg
 
     for mod in pkgutil.iter_modules(pkg.__path__):
         if mod.name.startswith("s_"):
-            importlib.import_module(f"nakhon.verify.{mod.name}")
+            importlib.import_module(f"harness.verify.{mod.name}")
     return dict(sorted(SCENARIOS.items()))

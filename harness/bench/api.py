@@ -265,7 +265,7 @@ def measure(
     root: Path, devices: int = 1000, days: int = 7, requests: int = 300, concurrency: int = 32, seconds: float = 6.0
 ) -> tuple[list[Any], dict[str, float]]:
     """For `nakhon bench`: the API section as figures, and the p50/p99 the targets use (ms)."""
-    from nakhon.bench import Figure
+    from harness.bench.ingest import Figure
 
     args = argparse.Namespace(root=str(root), devices=devices, days=days, requests=requests, concurrency=concurrency, seconds=seconds, keep=False)
     results, loaded, check, _ = collect(args)
@@ -314,3 +314,15 @@ def run(args: argparse.Namespace) -> int:
         out.append(f"  {name:<58} {len(v) / secs:8.0f} req/s  p50 {_p(v, 0.5):7.1f}  p99 {_p(v, 0.99):7.1f}")
     sys.stdout.write("\n".join(out) + "\n")
     return 0
+
+
+def add_parser(sub: Any) -> None:
+    ab = sub.add_parser("api-bench", help="API latency (latest per city, 7-day hourly history) next to the same InfluxQL sent to InfluxDB")
+    ab.add_argument("--devices", type=int, default=1000, help="devices in the city (default 1000)")
+    ab.add_argument("--days", type=int, default=7, help="days of minute data per device (default 7)")
+    ab.add_argument("--requests", type=int, default=300, help="timed rounds, each contender once per round (default 300: a p99 needs a few hundred)")
+    ab.add_argument("--concurrency", type=int, default=32, help="concurrent clients for the requests/s part (default 32)")
+    ab.add_argument("--seconds", type=float, default=6.0, help="seconds of load per target in the requests/s part (default 6)")
+    ab.add_argument("--root", default="var/api-bench", help="folder for the benchmark's servers (default var/api-bench)")
+    ab.add_argument("--keep", action="store_true", help="reuse data loaded by an earlier run in --root")
+    ab.set_defaults(func=run)

@@ -163,7 +163,7 @@ def run_simbench(args: argparse.Namespace) -> int:
 
 def hold_fleet(root: Path, devices: int, interval_s: float = 10.0, hold_s: float = 20.0, procs: int = 2) -> tuple[list[Any], dict[str, float]]:
     """For `nakhon bench`: hold one fleet of `devices` connected and report it as figures."""
-    from nakhon.bench import Figure
+    from harness.bench.ingest import Figure
 
     _, problem = _files_for(devices)
     if problem:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.influx import Influx
-from nakhon.bench import Figure, bench_broker, bench_influx, bench_ingest, bench_latency
+from harness.bench.ingest import Figure, bench_broker, bench_influx, bench_ingest, bench_latency
 from nakhon.servers import InfluxDB, Mosquitto
 
 SECTIONS = ("limits", "peer", "ingest", "api", "sim", "firmware")
@@ -78,7 +78,7 @@ def limits(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Fi
 
 
 def peer(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
-    from nakhon.peer import bench_peer
+    from harness.bench.peer import bench_peer
 
     with Mosquitto(root / "peer" / "broker") as broker, InfluxDB(root / "peer" / "influxdb") as server, Influx(server.url) as db:
         db.ensure_schema()
@@ -102,7 +102,7 @@ def ingest(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Fi
 
 
 def api(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
-    from nakhon.apibench import measure
+    from harness.bench.api import measure
 
     figs, values = measure(root / "api")
     v.update(values)
@@ -110,7 +110,7 @@ def api(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figur
 
 
 def sim(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
-    from nakhon.simbench import hold_fleet
+    from harness.bench.sim import hold_fleet
 
     figs, values = hold_fleet(root / "sim", args.devices)
     v.update(values)
@@ -118,7 +118,6 @@ def sim(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figur
 
 
 def firmware(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
-    from nakhon.firmware_tools import bench_figures
 
     figs, values = bench_figures(root / "firmware")
     v.update(values)
@@ -224,3 +223,19 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def _machine() -> str:
     return f"{os.cpu_count()} CPUs, {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+
+
+def bench_figures(root: Path, readings: int = 500) -> tuple[list[Figure], dict[str, float]]:
+    """For `nakhon bench`: the firmware bench as figures, and the peaks the targets use (KB)."""
+    from nakhon.firmware_tools import bench
+
+    r = bench(root, readings)
+    kb = 1024
+    peaks = r["peaks"]
+    figs = [
+        Figure("firmware heap at rest (mpy build, unix port)", r["rest_bytes"] / kb, "KB", "every module, object and buffer the node keeps"),
+        Figure("firmware peak heap, read-publish cycle", peaks["cycle"] / kb, "KB", f"target {r['target_bytes'] / kb:.0f} KB"),
+        Figure(f"firmware peak heap, {r['replay_readings']}-reading replay", peaks["replay"] / kb, "KB", f"batches of {r['batch']}"),
+        Figure("firmware built size (.mpy)", r["built_bytes"] / kb, "KB", f"{r['source_bytes'] / kb:.1f} KB of source"),
+    ]
+    return figs, {"fw_cycle_peak_kb": peaks["cycle"] / kb, "fw_replay_peak_kb": peaks["replay"] / kb}
