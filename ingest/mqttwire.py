@@ -211,12 +211,6 @@ def parse_disconnect(body: bytes) -> int:
     return body[0] if body else 0
 
 
-def remaining_of(buf: bytes) -> int | None:
-    """The remaining length the packet at the head of `buf` declares, once its header is here."""
-    got = _remaining(buf, 0) if len(buf) >= 2 else None
-    return got[0] if got else None
-
-
 def parse_suback(body: bytes) -> tuple[int, list[int]]:
     """(packet id, reason code per filter); codes >= 0x80 are refusals."""
     if len(body) < 3:
@@ -264,12 +258,13 @@ def head(buf: bytes) -> tuple[int, bytes, int] | None:
     return buf[0], buf[i : i + length], i + length
 
 
-def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tuple[int, bytes]]) -> int:
+def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tuple[int, bytes]], limit: int = MAX_REMAINING) -> int:
     """Cut whole packets off the front of `buf`; returns the bytes consumed.
 
     PUBLISH packets go to `publishes` as (topic, payload, packet id; 0 at
     QoS 0), every other packet to `others` as (first byte, body). A packet
-    not yet complete stays in the buffer for the next call.
+    not yet complete stays in the buffer for the next call. A packet whose
+    remaining length exceeds `limit` (our Maximum Packet Size) is a protocol error.
     """
     pos = 0
     n = len(buf)
@@ -279,6 +274,8 @@ def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tupl
         if got is None:
             return pos
         length, i = got
+        if length > limit:
+            raise ProtocolError(f"packet of {length} bytes, above our Maximum Packet Size", PACKET_TOO_LARGE)
         end = i + length
         if end > n:
             return pos

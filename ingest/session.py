@@ -349,16 +349,13 @@ class Session:
         """Handle every whole packet in `buf`; return the incomplete rest."""
         pubs: Publishes = []
         others: list[tuple[int, bytes]] = []
-        used = wire.split(buf, pubs, others)
+        # our Maximum Packet Size counts the whole packet; the remaining length is at most that less 2
+        used = wire.split(buf, pubs, others, (self.endpoint.maximum_packet_size or wire.MAX_REMAINING + 5) - 2)
         for first, body in others:
             self._control(first, body)
         if pubs:
             self.on_publishes(pubs, gen)
-        rest = buf[used:]
-        limit = self.endpoint.maximum_packet_size
-        if limit and rest and (declared := wire.remaining_of(rest)) is not None and declared > limit:
-            raise wire.ProtocolError(f"packet of {declared} bytes, above our Maximum Packet Size {limit}", wire.PACKET_TOO_LARGE)
-        return rest
+        return buf[used:]
 
     def _control(self, first: int, body: bytes) -> None:
         kind = first >> 4
