@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     ingest_max_pending_mb: Annotated[int, Field(ge=1, le=65_536)] = 256
     # MQTT 5 Maximum Packet Size we accept; the broker discards (and counts) larger messages for us.
     ingest_max_packet_bytes: Annotated[int, Field(ge=65_536, le=268_435_460)] = 16 * 1024 * 1024
+    # Bound on each worker's dead-letter files; past it the oldest are removed and counted (deadletter_dropped).
+    ingest_deadletter_max_mb: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
     # Liveness: held work with no batch made durable for this long means stalled (not live).
     ingest_stall_s: Annotated[float, Field(gt=0, le=86_400)] = 120.0
     ingest_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0

@@ -88,7 +88,7 @@ class Worker:
             settings.max_payload_bytes,
         )
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
-        self.dead = DeadLetterStore(settings.path("deadletter"), self.name)
+        self.dead = DeadLetterStore(settings.path("deadletter"), self.name, settings.ingest_deadletter_max_mb * 1024 * 1024)
         self.spool = Spool(settings.path("spool", self.name))
         self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema)
         # hourly roll-ups, AQI and latest values for what each batch touched (own client: own thread)
@@ -351,6 +351,7 @@ class Worker:
     def report(self) -> None:
         health = self.health()
         snap = self.stats.snapshot()
+        snap["deadletter_dropped"] = self.dead.dropped  # > 0 is an alarm: the store hit its bound
         snap["live"] = int(health.live)
         snap["ready"] = int(health.ready)
         if health.live:

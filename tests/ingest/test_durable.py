@@ -310,3 +310,49 @@ def test_the_connect_packet_offers_our_maximum_packet_size(tmp_path: Path) -> No
                               receive_maximum=e.receive_maximum, maximum_packet_size=e.maximum_packet_size)
         assert b"\x27" + (1_000_000).to_bytes(4, "big") in packet
         assert orjson.dumps(w.health().as_dict())
+
+
+# --- the dead-letter store and the topic cache are bounded ---------------------------------------------
+
+def _record(i: int) -> dict[str, Any]:
+    return {"received_at": i, "topic": "t", "reason": "bad_json", "payload": f"junk {i}"}
+
+
+def test_rotations_in_the_same_second_never_overwrite_each_other(tmp_path: Path) -> None:
+    store = DeadLetterStore(tmp_path, "w", rotate_bytes=10)  # every append rotates
+    for i in range(6):
+        store.append([_record(i)])
+    store.close()
+    assert sorted(r["received_at"] for r in read_all(tmp_path)) == list(range(6))  # was: 1 of 6 readable
+
+
+def test_the_dead_letter_store_is_bounded_and_counts_what_it_drops(tmp_path: Path) -> None:
+    store = DeadLetterStore(tmp_path, "w", max_bytes=4000, rotate_bytes=500)
+    for i in range(200):
+        store.append([_record(i)])
+    store.close()
+    kept = [r["received_at"] for r in read_all(tmp_path)]
+    assert sum(p.stat().st_size for p in tmp_path.glob("*.jsonl")) <= 4000 + 500 + 100  # the bound plus one live file
+    assert store.dropped > 0 and len(kept) + store.dropped == 200
+    assert kept == list(range(store.dropped, 200))  # the newest are kept, in order
+
+
+def test_the_topic_cache_is_bounded_in_bytes_for_any_topic_length() -> None:
+    import tracemalloc
+
+    from contract.payload import Window
+    from contract.settings import load_settings
+    from ingest.pipeline import Pipeline
+
+    pipeline = Pipeline(load_settings().cities, Window(), 262_144)
+    tracemalloc.start()
+    try:
+        for i in range(2000):
+            name = f"nakhon/v1/phuket/{i:05d}{'x' * 60_000}/telemetry"  # a device id far too long: rejected
+            out = pipeline.message(name, b"{}", time.time())
+            assert out.rejections and out.rejections[0].reason == "bad_id"
+            del out, name
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held < 64 * 1024 * 1024, held  # was 234 MiB for 2,000 such topics
