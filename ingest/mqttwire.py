@@ -113,10 +113,16 @@ def connect(
     return _packet(CONNECT << 4, body)
 
 
+# Subscription options (MQTT 5, 3.8.3.1) beside the QoS in the low bits: retained messages
+# only when the subscription is new, not again at every re-subscribe of a resumed session.
+RETAIN_IF_NEW: Final = 1 << 4
+
+
 def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
+    """`filters`: (topic filter, QoS | subscription option bits)."""
     body = packet_id.to_bytes(2, "big") + b"\x00"  # no properties
-    for name, qos in filters:
-        body += _utf8(name) + bytes((qos & 3,))
+    for name, options in filters:
+        body += _utf8(name) + bytes((options & 0x3F,))
     return _packet(SUBSCRIBE << 4 | 2, body)
 
 

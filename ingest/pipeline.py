@@ -14,6 +14,7 @@ from ingest import deadletter
 
 _TOPIC_CACHE_BYTES = 32 * 1024 * 1024  # bound on the topic cache's memory, whatever the topics' lengths
 _ENTRY_OVERHEAD = 400  # dict slot, tuple, Topic and tags objects
+_STATUS_STAMPS_MAX = 200_000
 
 
 @dataclass(slots=True)
@@ -31,6 +32,9 @@ class Pipeline:
         self.max_bytes = max_bytes
         self._topics: dict[str, tuple[Topic, str] | TopicError] = {}
         self._topic_bytes = 0
+        # status points are stamped with their arrival (ms): two documents of one device
+        # within a millisecond (online, then its will) must not overwrite each other
+        self._status_ms: dict[str, int] = {}
 
     def _lookup(self, name: str) -> tuple[Topic, str] | TopicError:
         """A topic parsed once, with its series tags: devices repeat their topic forever."""
@@ -73,11 +77,21 @@ class Pipeline:
             except StatusError as exc:
                 out.rejections = [Rejection(Reason.BAD_STATUS, str(exc)[:200])]
             else:
-                out.lines.append(encode_point(storage.STATUS_MEASUREMENT, {"city": t.city, "device": t.device}, fields, int(now * 1000)))
+                stamp = self._status_stamp(topic_name, int(now * 1000))
+                out.lines.append(encode_point(storage.STATUS_MEASUREMENT, {"city": t.city, "device": t.device}, fields, stamp))
                 out.accepted = 1
         if out.rejections:
             out.dead = deadletter.record(topic_name, payload, out.rejections, now)
         return out
+
+    def _status_stamp(self, topic_name: str, now_ms: int) -> int:
+        """The arrival time, moved on past the device's previous status so each one keeps its own point."""
+        last = self._status_ms.get(topic_name, -1)
+        stamp = now_ms if now_ms > last else last + 1
+        if len(self._status_ms) >= _STATUS_STAMPS_MAX:
+            self._status_ms.clear()  # only a burst within one millisecond needs the memory
+        self._status_ms[topic_name] = stamp
+        return stamp
 
     def telemetry(self, topic_name: str, payload: bytes, now: float) -> Outcome:
         out = Outcome()

@@ -9,15 +9,21 @@ background thread then
 - recomputes the touched hours from raw into `hourly` (contract.rollups), and
   the AQI of every hour whose 24-hour window those hours fall in.
 Nothing is recomputed while the spool holds data that InfluxDB has not seen
-yet; a failed recompute is kept and retried.
+yet; a failed recompute is kept and retried. Stopping is bounded in time: what
+the last pass could not finish is saved beside the spool and taken up at the
+next start, so a slow InfluxDB never holds a shutdown past its supervisor's
+patience and no touched hour is forgotten.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from contract import rollups, storage, topics
 from contract.influx import Influx, InfluxError
@@ -30,8 +36,11 @@ _AQI_SPAN_MS = 23 * rollups.HOUR_MS  # an hour's PM2.5 lands in the AQI of the n
 
 
 class Rollups:
-    def __init__(self, influx: Influx, interval_s: float, ready: Callable[[], bool], shared: bool = False) -> None:
+    def __init__(self, influx: Influx, interval_s: float, ready: Callable[[], bool], shared: bool = False,
+                 state_file: Path | None = None, stop_budget_s: float = 5.0) -> None:
         self.influx = influx
+        self.state_file = state_file  # unfinished work saved at stop, taken up at start
+        self.stop_budget_s = stop_budget_s
         self.interval_s = interval_s
         self.ready = ready
         # Several workers share the stream: another may have written a newer reading since we last
@@ -69,17 +78,50 @@ class Rollups:
     # --- background -------------------------------------------------------------
     def start(self, database: str) -> None:
         self.database = database
+        self._load_state()
         self._ensure_schema()
         self._load_newest()
         self._thread = threading.Thread(target=self._run, name="rollups", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        """Finish within the budget; what is left is saved for the next start."""
+        deadline = time.monotonic() + self.stop_budget_s
+        self._stop.set()  # the thread's pass gives up between statements
         if self._thread is not None:
-            self._thread.join(30)
-        self.run_once(force=True)
+            self._thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            self.run_once(force=True, deadline=deadline)
+        except Exception:
+            log.exception("last roll-up pass failed; its hours are saved for the next start")
+        self._save_state()
 
+    # --- unfinished work across a restart --------------------------------------
+    def _save_state(self) -> None:
+        with self._lock:
+            hours, latest = sorted(self._hours), dict(self._pending_latest)
+        if self.state_file is None or not (hours or latest):
+            return
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"hours": hours, "latest": latest}))
+        os.replace(tmp, self.state_file)
+        log.info("roll-up work saved for the next start", extra=kv(hours=len(hours), latest=len(latest)))
+
+    def _load_state(self) -> None:
+        if self.state_file is None or not self.state_file.exists():
+            return
+        try:
+            state = json.loads(self.state_file.read_text())
+            hours = {(str(m), int(h)) for m, h in state.get("hours", [])}
+            latest = {str(k): (int(v[0]), str(v[1])) for k, v in state.get("latest", {}).items()}
+        except (ValueError, TypeError, KeyError) as exc:
+            log.error("saved roll-up work unreadable; those hours are recomputed when next touched", extra=kv(error=str(exc)[:200]))
+            hours, latest = set(), {}
+        with self._lock:
+            self._hours |= hours
+            _keep_newer(self._pending_latest, latest)
+        self.state_file.unlink()
+        log.info("roll-up work from the last stop taken up", extra=kv(hours=len(hours), latest=len(latest)))
     def _run(self) -> None:
         last = time.monotonic()
         while not self._stop.wait(min(1.0, self.interval_s)):
@@ -102,12 +144,12 @@ class Rollups:
         except InfluxError as exc:
             log.warning("roll-up schema not created yet", extra=kv(error=str(exc)[:200]))
 
-    def run_once(self, force: bool = True) -> None:
+    def run_once(self, force: bool = True, deadline: float | None = None) -> None:
         if not self._schema_ok:
             self._ensure_schema()
         self._write_latest()
         if force and self.ready():
-            self._recompute()
+            self._recompute(deadline)
 
     def _load_newest(self) -> None:
         """Seed the newest-seen times from `latest`, so a restart cannot regress it."""
@@ -165,7 +207,12 @@ class Rollups:
         for head, (ts, _) in pending.items():
             self._newest[head] = max(ts, self._newest.get(head, -1))
 
-    def _recompute(self) -> None:
+    def _out_of_time(self, deadline: float | None) -> bool:
+        if deadline is None:  # the background pass: give way to stop()
+            return self._stop.is_set()
+        return time.monotonic() >= deadline
+
+    def _recompute(self, deadline: float | None = None) -> None:
         with self._lock:
             hours, self._hours = self._hours, set()
         if not hours:
@@ -175,9 +222,13 @@ class Rollups:
         try:
             for meas in sorted({m for m, _ in hours}):
                 for first, last in rollups.hour_ranges(h for m, h in hours if m == meas):
+                    if self._out_of_time(deadline):
+                        with self._lock:
+                            self._hours |= hours - done
+                        return
                     params = {"start": rollups.iso(first), "end": rollups.iso(last + rollups.HOUR_MS)}
                     self.influx.query(rollups.recompute_statement(meas), params, method="POST")
-                    if meas == rollups.AIR:
+                    if meas == rollups.AIR and not self._out_of_time(deadline):
                         self._recompute_aqi(first, last)
                     done |= {(meas, h) for h in range(first, last + 1, rollups.HOUR_MS)}
         except InfluxError as exc:

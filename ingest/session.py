@@ -164,7 +164,7 @@ class Session:
         """Subscribe; a refused required filter drops the connection (then retried with backoff)."""
         pid = self._pid()
         with self._lock:
-            self._subs[pid] = ([q for _, q in filters], required)
+            self._subs[pid] = ([q & 3 for _, q in filters], required)  # the QoS, without the subscription options
         self.send(wire.subscribe(pid, filters))
 
     def disconnected_for(self) -> float:

@@ -31,6 +31,7 @@ from contract.influx import Influx, InfluxError
 from contract.logs import kv
 from contract.payload import Window
 from contract.settings import Settings
+from ingest import mqttwire
 from ingest.deadletter import DeadLetterStore
 from ingest.health import Health, Observed, assess
 from ingest.pipeline import Pipeline
@@ -97,6 +98,7 @@ class Worker:
             settings.ingest_rollup_interval_s,
             ready=lambda: not len(self.spool),
             shared=settings.ingest_workers > 1,
+            state_file=settings.path("rollups") / f"{self.name}.json",
         )
         # parsed segments waiting to be made durable, oldest first; bounded by the
         # broker's Receive Maximum (un-acked messages are all that can be here)
@@ -147,7 +149,9 @@ class Worker:
         # dropped so a change of worker count never delivers a message twice.
         use, drop = (shared, plain) if self.settings.ingest_workers > 1 else (plain, shared)
         session.unsubscribe(drop)
-        session.subscribe([(f, topics.QOS) for f in use])
+        # A retained status is sent once, when the subscription is made, not at every reconnect
+        # of the persistent session: each document is stored once.
+        session.subscribe([(f, topics.QOS | mqttwire.RETAIN_IF_NEW) for f in use])
         session.subscribe([(BROKER_DROPPED_TOPIC, 0)], required=False)  # a broker's ACL may keep $SYS from us
         log.info("connected", extra=kv(worker=self.name, session_present=session_present, reconnects=session.reconnects))
 

@@ -8,6 +8,7 @@ ingest as a real `nakhon ingest` process.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -82,3 +83,47 @@ def ingest(settings: Settings, workdir: Path, influx: Influx) -> Iterator[Servic
     svc = start_ingest(settings, workdir)
     yield svc
     svc.stop()
+
+
+# --- tiers ------------------------------------------------------------------
+TIERS = ("unit", "integration", "e2e")
+_SERVERS = {"broker", "secure_broker", "influxdb"}
+_PLATFORM = {"ingest", "settings", "api_settings"}
+
+
+def _tier(item: pytest.Item) -> str:
+    """An explicit marker wins; else the servers the test's fixtures start decide."""
+    marked = [m.name for m in item.iter_markers() if m.name in TIERS]
+    if marked:
+        return marked[0]  # the closest: a test's own marker over its module's
+    names = set(getattr(item, "fixturenames", ()))
+    if names & _PLATFORM or len(names & _SERVERS) > 1:
+        return "e2e"
+    if names & _SERVERS:
+        return "integration"
+    return "unit"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test its tier marker (so `-m unit` selects it) and run the fastest tier first."""
+    for item in items:
+        tier = _tier(item)
+        if not any(m.name == tier for m in item.iter_markers()):
+            item.add_marker(tier)
+        item.stash[_TIER] = tier
+    items.sort(key=lambda it: TIERS.index(it.stash[_TIER]))  # stable: file order within a tier
+
+
+_TIER = pytest.StashKey[str]()
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_starts_nothing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A unit test that starts a process is in the wrong tier: fail it, saying so."""
+    if request.node.stash.get(_TIER, None) != "unit":
+        return
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts a process: mark it integration or e2e (tests/conftest.py)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)

@@ -12,6 +12,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from contract import storage, topics
 from contract.payload import encode_reading
 from harness.bench import peer
@@ -94,6 +96,7 @@ def _run_function(batched: bool, batch_points: int, readings: list[tuple[str, by
     return json.loads(proc.stdout)
 
 
+@pytest.mark.integration  # node runs the peer's function
 def test_function_maps_contract_payload_to_the_ingest_points() -> None:
     topic = topics.topic("phuket", "pkt-air-0001", "telemetry")
     readings = [(topic, encode_reading(1764000000.123 + i, 40 + i, {"pm25": 12.5, "pm10": 20.0, "temp_c": 30.1, "rh": 61.5})) for i in range(3)]
@@ -113,6 +116,7 @@ def test_function_maps_contract_payload_to_the_ingest_points() -> None:
     }
 
 
+@pytest.mark.integration  # node runs the peer's function
 def test_unbatched_function_writes_once_per_message() -> None:
     topic = topics.topic("khon_kaen", "kkn-air-0003", "telemetry")
     readings = [(topic, encode_reading(1764000000 + i, i, {"pm25": 1.0, "rh": 50.0})) for i in range(5)]

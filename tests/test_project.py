@@ -15,6 +15,8 @@ import yaml
 from contract.settings import Settings
 from nakhon.cli import build_parser
 
+pytestmark = pytest.mark.integration  # ruff, mypy and every command's --help as processes
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -42,6 +42,7 @@ def test_unknown_setting_is_refused() -> None:
         load_settings(mqtt_prot=1)
 
 
+@pytest.mark.integration  # the CLI as a process
 def test_cli_exits_2_with_the_message() -> None:
     env = {"NAKHON_MQTT_PORT": "abc", "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, "-m", "nakhon", "ingest"], env=env, capture_output=True, text=True, timeout=60)

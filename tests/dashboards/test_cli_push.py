@@ -10,6 +10,7 @@ from dashboards import build, datasource, push
 from nakhon.cli import main
 
 
+@pytest.mark.integration  # node and Grafana's schema
 def test_check_command_passes_on_the_committed_files(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["dashboards", "check"]) == 0
     assert "dashboards: ok" in capsys.readouterr().out

@@ -65,11 +65,13 @@ def test_one_city_overview_per_pilot_city_with_fixed_uids() -> None:
             assert re.search(r"[\u0e00-\u0e7f]", p["title"]) and re.search(r"[A-Za-z]", p["title"]), p["title"]
 
 
+@pytest.mark.integration  # node and Grafana's schema
 def test_dashboards_validate_against_grafanas_published_schema() -> None:
     errors = schema_check.check(_committed())
     assert not errors, "\n".join(errors)
 
 
+@pytest.mark.integration  # node and Grafana's schema
 def test_schema_check_rejects_what_grafana_would_not_accept() -> None:
     model = copy.deepcopy(_committed()["platform-health.json"])
     model["timezon"] = "Asia/Bangkok"  # misspelt dashboard property

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import json
 import os
 import shlex
@@ -10,6 +12,8 @@ import sys
 from pathlib import Path
 
 from nakhon.firmware_tools import MICROPYTHON, fakes_mpy
+
+pytestmark = pytest.mark.integration  # mpy-cross and the MicroPython VM
 
 ROOT = Path(__file__).resolve().parents[2]
 

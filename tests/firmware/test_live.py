@@ -8,6 +8,8 @@ nothing is stamped in the platform's future.
 
 from __future__ import annotations
 
+import pytest
+
 import itertools
 import re
 import shutil
@@ -26,6 +28,8 @@ from nakhon.servers import Mosquitto, free_port, make_certs
 from tests.firmware.device import Device, device_config, world
 from tests.firmware.watch import Watch
 from tests.helpers import wait_until
+
+pytestmark = pytest.mark.e2e  # firmware on the MicroPython VM against the broker and ingest
 
 CITY = "chiang_mai"
 

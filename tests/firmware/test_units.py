@@ -14,6 +14,8 @@ from contract.catalogue import METRICS
 from nakhon.firmware_tools import typecheck
 from tests.firmware.device import FIRMWARE, HEAPSIZE, MICROPYTHON, compiled_fakes
 
+pytestmark = pytest.mark.integration  # the MicroPython VM
+
 HERE = Path(__file__).resolve().parent
 
 

@@ -88,6 +88,7 @@ def test_connect_for_a_persistent_session_with_credentials() -> None:
 
 def test_subscribe_unsubscribe_and_pubacks() -> None:
     assert wire.subscribe(1, [("a/+", 1)]) == b"\x82\x09\x00\x01\x00\x00\x03a/+\x01"
+    assert wire.subscribe(1, [("a/+", 1 | wire.RETAIN_IF_NEW)])[-1] == 0x11  # QoS 1, retain handling 1
     assert wire.unsubscribe(2, ["a"]) == b"\xa2\x06\x00\x02\x00\x00\x01a"
     assert wire.pubacks([1, 258]) == b"\x40\x02\x00\x01\x40\x02\x01\x02"
     assert wire.parse_suback(b"\x00\x01\x00\x01\x87") == (1, [1, 0x87])

@@ -6,10 +6,14 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 from harness.bench.ingest import publish_bulk
 from ingest.session import Endpoint, Publishes, Session
 from nakhon.servers import Mosquitto
 from tests.helpers import wait_until
+
+pytestmark = pytest.mark.integration  # a real Mosquitto
 
 FILTER = "nakhon/v1/+/+/telemetry"
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import paho.mqtt.client as mqtt
+import pytest
 
 from contract import topics
 from contract.cities import BUILTIN_CITIES
@@ -24,6 +25,8 @@ from simulators.faults import MALFORMED, Fault
 from simulators.fleet import Fleet
 from simulators.runconfig import RunConfig
 from tests.helpers import count, wait_until
+
+pytestmark = pytest.mark.e2e  # simulated devices against the platform
 
 
 def _run(devices: list[SimDevice], cfg: RunConfig, faults: list[Fault]) -> Fleet:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.verify.s_faults import broker_faults, influxdb_killed, ingest_down, ingest_killed
 from harness.verify.scenarios import load_all
+
+pytestmark = pytest.mark.e2e  # the scenario starts its own platform
 
 
 def n(text: str) -> int:

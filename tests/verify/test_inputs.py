@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from harness.verify.rig import Stack
 from harness.verify.s_inputs import fuzzed_payloads, hostile_names, outside_schema, padded_batch, payload_sizes, timestamps
+
+pytestmark = pytest.mark.e2e  # the scenario starts its own platform
 
 
 def test_fuzzed_payloads_are_refused_with_a_reason_or_stored(workdir: Path) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.verify.s_security import api_intruders, broker_intruders
+
+pytestmark = pytest.mark.e2e  # the scenario starts its own platform
 
 
 def test_nobody_gets_into_the_broker_who_should_not(workdir: Path) -> None:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.verify.s_soak import soak
 from harness.verify.scenarios import load_all
+
+pytestmark = pytest.mark.e2e  # the scenario starts its own platform
 
 
 def test_soak_is_registered() -> None:
