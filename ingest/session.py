@@ -105,7 +105,9 @@ class Session:
         on_publishes: Callable[[Publishes, int], None],
         full: Callable[[], bool] = lambda: False,
         dial: Dial = dial_tcp,
+        room: Callable[[], int] = lambda: RECV_BYTES,
     ) -> None:
+        self.room = room  # bytes we may read now without passing the receiver's bound by more than a few messages
         self.endpoint = endpoint
         self.dial = dial
         self.on_connect = on_connect
@@ -187,6 +189,10 @@ class Session:
         with self._lock:
             self._next_pid = self._next_pid % 0xFFFF + 1
             return self._next_pid
+
+    def wake(self) -> None:
+        """Make the session thread look again (room under the bound, something to send)."""
+        self._wake()
 
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
@@ -334,7 +340,7 @@ class Session:
                         raise TimeoutError(f"no packet from the broker for {now - last_in:.0f} s")
                     continue
             try:
-                data = sock.recv(RECV_BYTES)
+                data = sock.recv(max(4096, min(RECV_BYTES, self.room())))
             except ssl.SSLWantReadError:
                 continue
             if not data:

@@ -116,7 +116,8 @@ class Worker:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._accepting = True
-        self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full)
+        self._wire_bytes = 200.0  # running mean of a message's size on the wire, to size reads near the bound
+        self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full, room=self._room)
         self.connected = self.session.connected
 
     # --- MQTT -------------------------------------------------------------
@@ -160,6 +161,14 @@ class Worker:
         st = self.stats
         return st.pending >= self.settings.ingest_receive_maximum or st.pending_bytes >= self._max_pending_bytes
 
+    def _room(self) -> int:
+        """Bytes the session may read now: about what the room left under the bound holds (a read never
+        carries many more messages than we may hold; at full speed it stays at the session's 1 MB)."""
+        st = self.stats
+        room_msgs = self.settings.ingest_receive_maximum - st.pending
+        room_bytes = self._max_pending_bytes - st.pending_bytes
+        return int(min(room_msgs * self._wire_bytes, room_bytes))
+
     def _broker_dropped(self, payload: bytes) -> None:
         try:
             dropped = int(payload)
@@ -186,7 +195,7 @@ class Worker:
         accepted = rejected_msgs = 0
         rejections = []
         messages = 0
-        size = 0
+        size = wire_bytes = 0
         for topic_name, payload, pid in pubs:
             if not pid and topic_name == BROKER_DROPPED_TOPIC:
                 self._broker_dropped(payload)
@@ -194,6 +203,7 @@ class Worker:
             out = handle(topic_name, payload, clock())
             lines += out.lines
             messages += 1
+            wire_bytes += len(payload) + len(topic_name) + 9
             size += MESSAGE_OVERHEAD + sum(map(len, out.lines)) + (len(payload) + len(topic_name) if out.dead is not None else 0)
             if pid:  # QoS 0 (a device's last will, say) is stored too, with nothing to ack
                 pids.append(pid)
@@ -205,6 +215,7 @@ class Worker:
                     rejected_msgs += 1
         if not messages:
             return
+        self._wire_bytes = 0.9 * self._wire_bytes + 0.1 * (wire_bytes / messages)
         seg.messages = messages
         seg.bytes = size
         with self._lock:
@@ -276,6 +287,8 @@ class Worker:
         with self.stats.lock:
             self.stats.acked += acked
             self.stats.pending -= held
+        if held:
+            self.session.wake()  # room again: a session holding at the bound reads on (QoS 0 sends no ack that would wake it)
 
     def _retry_later(self, batch: _Batch, exc: BaseException) -> float:
         """A save failed: put the batch back at the head of the queue; returns the backoff."""
@@ -383,9 +396,11 @@ class Worker:
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
         ]
-        self.rollups.start(s.influx_db)
         for t in self._threads:
             t.start()
+        # after the flushers: the roll-ups' start reads InfluxDB, and a hanging InfluxDB must not keep
+        # what the session receives from being spooled (touched() before start only takes notes)
+        self.rollups.start(s.influx_db)
         log.info("ingest worker started", extra=kv(worker=self.name, broker=f"{s.mqtt_host}:{s.mqtt_port}", influx=s.influx_url, spool_depth=self.spool.lines))
 
     def stop(self) -> None:
