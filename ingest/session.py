@@ -67,7 +67,7 @@ _DISCONNECTS = {
     0x9D: "server moved",
 }
 BACKOFF_BASE_S = 0.5
-BACKOFF_CAP_S = 30.0
+BACKOFF_CAP_S = 10.0  # a broker back after an outage waits at most this long for us (and for $share subscriptions)
 STABLE_S = 30.0  # a connection that lasted this long was healthy: the next reconnect starts from the base delay
 
 Publishes = list[tuple[str, bytes, int]]
@@ -236,7 +236,8 @@ class Session:
             # A connection the broker ends (a peer with our client id, a refused subscription, a
             # broker that drops us at once) must not turn into a reconnect loop: back off as for a failed connect.
             if time.monotonic() - opened >= STABLE_S:
-                delay = BACKOFF_BASE_S
+                delay = BACKOFF_BASE_S  # a healthy connection ended: try again at once (a failed connect backs off)
+                continue
             wait = random.uniform(delay / 2, delay)
             self._stop.wait(wait)
             delay = min(delay * 2, BACKOFF_CAP_S)

@@ -23,7 +23,7 @@ import logging
 import ssl
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from contract import topics
@@ -48,6 +48,7 @@ BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 SEGMENT = 500  # messages parsed together; a write takes whole segments, up to ingest_batch_size lines
 MESSAGE_OVERHEAD = 200  # bytes a held message costs besides its lines (packet id, list slots, objects)
+REDELIVERED_MAX = 100_000  # rejected messages remembered until the broker sends them again
 RETRY_MAX_S = 30.0  # a failing save is retried at most this far apart
 
 
@@ -58,6 +59,7 @@ class _Segment:
     seq: int
     acks: dict[int, list[int]]  # connection generation -> packet ids
     messages: int
+    dead_keys: dict[int, int] = field(default_factory=dict)  # packet id -> key of its dead-lettered message
 
 
 @dataclass
@@ -111,6 +113,7 @@ class Worker:
         self._progress_at = time.monotonic()  # last batch made durable (or last idle moment)
         self._failing_since = 0.0  # monotonic time the current run of failed saves began
         self._failures_run = 0
+        self._redelivered: OrderedDict[int, bool] = OrderedDict()  # keys of dead-lettered messages the broker will send again
         self._max_pending_bytes = settings.ingest_max_pending_mb * 1024 * 1024
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -196,6 +199,7 @@ class Worker:
         rejections = []
         messages = 0
         size = wire_bytes = 0
+        dead_keys: dict[int, int] = {}
         for topic_name, payload, pid in pubs:
             if not pid and topic_name == BROKER_DROPPED_TOPIC:
                 self._broker_dropped(payload)
@@ -209,7 +213,12 @@ class Worker:
                 pids.append(pid)
             accepted += out.accepted
             if out.dead is not None:
+                key = hash((topic_name, payload))
+                if pid and self._redelivered and self._was_redelivered(key):
+                    continue  # dead-lettered already; its ack was lost with a connection and the broker sent it again
                 seg.dead.append(out.dead)
+                if pid:
+                    dead_keys[pid] = key
                 rejections += out.rejections
                 if not out.accepted:
                     rejected_msgs += 1
@@ -221,7 +230,7 @@ class Worker:
         with self._lock:
             if not self._pending and not self.stats.pending:
                 self._progress_at = time.monotonic()  # idle until now: the stall clock starts with this work
-            seg.segments.append(_Segment(self._next_seq, {generation: pids}, messages))
+            seg.segments.append(_Segment(self._next_seq, {generation: pids}, messages, dead_keys))
             self._next_seq += 1
             self._pending.append(seg)
             self._pending_lines += len(lines)
@@ -284,11 +293,25 @@ class Worker:
                 for generation, pids in seg.acks.items():
                     if self.session.ack(pids, generation):  # refused for a lost connection: redelivered, rewritten
                         acked += len(pids)
+                    elif seg.dead_keys:
+                        self._expect_redelivery(seg.dead_keys)
         with self.stats.lock:
             self.stats.acked += acked
             self.stats.pending -= held
         if held:
             self.session.wake()  # room again: a session holding at the bound reads on (QoS 0 sends no ack that would wake it)
+
+    def _was_redelivered(self, key: int) -> bool:
+        with self._lock:
+            return self._redelivered.pop(key, None) is not None
+
+    def _expect_redelivery(self, dead_keys: dict[int, int]) -> None:
+        """Rejected messages whose ack was lost: the broker sends them again, and they are not dead-lettered twice."""
+        with self._lock:
+            for key in dead_keys.values():
+                self._redelivered[key] = True
+            while len(self._redelivered) > REDELIVERED_MAX:
+                self._redelivered.popitem(last=False)
 
     def _retry_later(self, batch: _Batch, exc: BaseException) -> float:
         """A save failed: put the batch back at the head of the queue; returns the backoff."""

@@ -356,3 +356,20 @@ def test_the_topic_cache_is_bounded_in_bytes_for_any_topic_length() -> None:
     finally:
         tracemalloc.stop()
     assert held < 64 * 1024 * 1024, held  # was 234 MiB for 2,000 such topics
+
+
+def test_a_rejected_message_redelivered_after_a_lost_ack_is_dead_lettered_once(tmp_path: Path) -> None:
+    with InfluxStub() as stub:
+        w = Worker(_settings(tmp_path, stub.url))
+        _connected(w)
+        junk = (TOPIC.format(1), b"{not json", 7)
+        w._on_publishes([junk], 1)
+        w.session.connected.clear()  # the connection drops before the ack goes out: the broker will send it again
+        assert w.flush() == 1 and _acks(w) == []
+        w.session._generation = 2
+        w.session.connected.set()
+        w._on_publishes([junk], 2)  # the redelivery
+        w._on_publishes([(TOPIC.format(2), b"{other junk", 8)], 2)  # a new rejected message is still dead-lettered
+        assert w.flush() == 2 and _acks(w) == [7, 8]
+        w.dead.close()
+        assert [r["payload"] for r in read_all(tmp_path / "deadletter")] == ["{not json", "{other junk"]  # was: the first twice
