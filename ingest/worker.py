@@ -49,7 +49,7 @@ BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 SEGMENT = 500  # messages parsed together; a write takes whole segments, up to ingest_batch_size lines
 MESSAGE_OVERHEAD = 200  # bytes a held message costs besides its lines (packet id, list slots, objects)
 REDELIVERED_MAX = 100_000  # rejected messages remembered until the broker sends them again
-RETRY_MAX_S = 30.0  # a failing save is retried at most this far apart
+RETRY_MAX_S = 10.0  # a failing save is retried at most this far apart
 
 
 @dataclass

@@ -16,6 +16,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -227,5 +228,73 @@ def qos0_flood(root: Path, size: Size) -> Row:
         "QoS 0 messages count against the ingest's bound like QoS 1 (was: only QoS 1 packet ids counted; 51,109 held with a bound of 100). "
         "Past the bound the session stops reading and TCP holds the broker back; QoS 0 beyond the broker's queue is dropped by the broker "
         "(counted in $SYS, reported by the ingest), which QoS 0 allows. stored: what reached InfluxDB after it resumed."
+    )
+    return row
+
+
+T17 = "the disk fills during an InfluxDB outage, then frees: nothing lost, the ingest recovers by itself"
+
+
+@contextlib.contextmanager
+def _small_disk(folder: Path, size: str) -> Iterator[None]:
+    """A tmpfs of `size` mounted at `folder` (needs the right to mount, as root in a container has)."""
+    import subprocess
+
+    folder.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+
+
+def _grow_disk(folder: Path, size: str) -> None:
+    import subprocess
+
+    subprocess.run(["mount", "-o", f"remount,size={size}", str(folder)], check=True, capture_output=True)
+
+
+@register(17, T17)
+def disk_fills(root: Path, size: Size) -> Row:
+    rate, before, down = (500, 10.0, 60.0) if size == "full" else (300, 2.0, 8.0)
+    row = Row(17, T17)
+    spool = root / "data" / "spool"
+    with _small_disk(spool, "256k"), platform(root) as p, Influx(p.influxdb.url) as db:
+        stream = Stream(p.broker.port, rate, prefix="s17").start()
+        sleep_until(time.monotonic() + before, "streaming")
+        p.influxdb.kill()
+        say(f"  InfluxDB killed; the spool's disk (256 KB) fills within seconds at {rate:,}/s; {down:.0f} s")
+        sleep_until(time.monotonic() + down, "InfluxDB down, spool disk full")
+        failing = [r for r in log_records(p.ingest, "saving a batch failed; kept, will retry")]
+        _grow_disk(spool, "256m")  # the operator frees space...
+        p.influxdb.start()  # ...and InfluxDB is back
+        t = time.monotonic()
+        back = stream.mark()
+        waited = wait_stored(db, stream, back, 300, what="recovery after the disk freed")
+        row.recovery_s = None if waited is None else time.monotonic() - t
+        sleep_until(time.monotonic() + 2, "streaming")
+        stream.stop()
+        unacked = stream.settle()
+        wait_stored(db, stream, stream.mark(), 120, what="the rest")
+        stream.close()
+        tl = tally(db, stream)
+        row.rejected = rejected(p)
+        stats = log_records(p.ingest, "stats")
+        last = stats[-1] if stats else {}
+    row.sent, row.stored, row.lost, row.duplicated, row.accepted_bad = tl.sent, tl.stored, tl.lost, tl.duplicated, tl.unexpected
+    row.figures = {
+        "outage": f"{down:.0f} s at {rate:,}/s",
+        "spool disk": "256 KB, then 256 MB",
+        "failed saves (retried)": str(last.get("save_failures", len(failing))),
+        "points spooled": f"{int(last.get('points_spooled', 0)):,}",
+        "unacked": str(unacked),
+    }
+    row.ok = tl.lost == 0 and tl.duplicated == 0 and unacked == 0 and row.recovery_s is not None and int(last.get("save_failures", 0)) > 0
+    row.note = (
+        "A save that fails with ENOSPC keeps its batch at the head of the queue and retries with backoff (at most 10 s apart); the "
+        "messages stay un-acked, so once the ingest holds its bound it stops reading and the broker queues the rest. When space "
+        "frees and InfluxDB is back everything is written (was: the batch was dropped from memory, never acked, and the ingest "
+        "stalled for good while reporting itself connected). recovery: from freeing the disk and restarting InfluxDB until every "
+        "reading sent before then is queryable."
     )
     return row
