@@ -245,7 +245,9 @@ def _small_disk(folder: Path, size: str) -> Iterator[None]:
     try:
         yield
     finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True)
+        done = subprocess.run(["umount", "-l", str(folder)], check=False, capture_output=True, text=True)
+        if done.returncode:
+            say(f"  could not unmount {folder}: {done.stderr.strip()}")
 
 
 def _grow_disk(folder: Path, size: str) -> None:
