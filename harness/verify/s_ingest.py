@@ -160,7 +160,8 @@ def _flood(port: int, n: int) -> int:
     now = time.time()
     for i in range(n):
         name = topics.topic("phuket", f"flood-{i % 100:03d}", "telemetry")
-        if c.publish(name, encode_reading(now - 60 + i / 1000, i, {"pm25": 12.5}), qos=0).rc == mqtt.MQTT_ERR_SUCCESS:
+        # a millisecond apart, all in the past (inside the window: nothing here is meant to be rejected)
+        if c.publish(name, encode_reading(now - 600 + i / 1000, i, {"pm25": 12.5}), qos=0).rc == mqtt.MQTT_ERR_SUCCESS:
             sent += 1
     c.disconnect()
     c.loop_stop()
@@ -223,7 +224,7 @@ def qos0_flood(root: Path, size: Size) -> Row:
         "stored after": f"{stored:,}",
     }
     # reads are sized to the room left under the bound: one may overshoot it by a few messages
-    row.ok = peak_held <= bound + 1_000 and peak_mb - base_mb < 200
+    row.ok = peak_held <= bound + 1_000 and peak_mb - base_mb < 200 and row.rejected == 0
     row.note = (
         "QoS 0 messages count against the ingest's bound like QoS 1 (was: only QoS 1 packet ids counted; 51,109 held with a bound of 100). "
         "Past the bound the session stops reading and TCP holds the broker back; QoS 0 beyond the broker's queue is dropped by the broker "
