@@ -10,10 +10,11 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api import docs
 from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
-from api.routers import apikeys, aqi, devices, health, opendata, quality, readings
+from api.routers import apikeys, aqi, devices, health, opendata, public, quality, readings
 from api.security import RateLimiter
 from contract import rollups
 from contract.influx import Influx, InfluxError, InfluxRejected, InfluxUnavailable
@@ -45,7 +46,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "Reading is public unless switched off; provisioning and keys need an admin key in `X-API-Key`."
         ),
         lifespan=lifespan,
+        docs_url=None,  # served by api.docs from installed assets, not from a CDN
+        redoc_url=None,
     )
+    docs.install(app)
     app.state.settings = settings
     # Created here, not in the lifespan, so the app also serves when driven without one (tests, fuzzing).
     app.state.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
@@ -76,6 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("influxdb refused a query", extra=kv(path=request.url.path, error=exc.message[:300]))
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    for r in (health, readings, aqi, quality, opendata, devices, apikeys):
+    for r in (health, readings, aqi, quality, opendata, public, devices, apikeys):
         app.include_router(r.router)
     return app

@@ -81,7 +81,8 @@ def metric_list(measurement: str, metrics: str | None) -> list[str]:
     return names
 
 
-def _iso(t: datetime) -> str:
+def iso(t: datetime) -> str:
+    """UTC, as InfluxQL and the API's answers write it."""
     return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -94,7 +95,7 @@ def raw_points(tag: Literal["device", "city"], ident: str, measurement: str, met
     cols = ", ".join(f'"{m}"' for m in metrics)
     return Query(
         f'SELECT {cols}, "seq" FROM "{storage.RP_RAW}"."{measurement}" WHERE {_where(tag)} ORDER BY time LIMIT {int(limit)}',
-        {"id": ident, "start": _iso(start), "end": _iso(end)},
+        {"id": ident, "start": iso(start), "end": iso(end)},
     )
 
 
@@ -103,7 +104,7 @@ def raw_aggregate(tag: Literal["device", "city"], ident: str, measurement: str, 
     cols = ", ".join(f'{agg}("{m}") AS "{m}"' for m in metrics)
     return Query(
         f'SELECT {cols} FROM "{storage.RP_RAW}"."{measurement}" WHERE {_where(tag)} GROUP BY time({int(every_s)}s) fill(none)',
-        {"id": ident, "start": _iso(start), "end": _iso(end)},
+        {"id": ident, "start": iso(start), "end": iso(end)},
     )
 
 
@@ -113,14 +114,14 @@ def hourly_rows(tag: Literal["device", "city"], ident: str, measurement: str, me
     need = ["mean", "count"] if agg == "mean" else [agg]
     cols = ", ".join(f'"{a}_{m}"' for m in metrics for a in need)
     return Query(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE {_where(tag)}',
-                 {"id": ident, "start": _iso(start), "end": _iso(end)})
+                 {"id": ident, "start": iso(start), "end": iso(end)})
 
 
 def hourly_direct(ident: str, measurement: str, metrics: list[str], start: datetime, end: datetime, agg: Agg) -> Query:
     """One device, hourly buckets: the roll-up points are the answer, named like raw aggregates."""
     cols = ", ".join(f'"{agg}_{m}" AS "{m}"' for m in metrics)
     return Query(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE {_where("device")}',
-                 {"id": ident, "start": _iso(start), "end": _iso(end)})
+                 {"id": ident, "start": iso(start), "end": iso(end)})
 
 
 def combine_hourly(series: list[dict[str, Any]], metrics: list[str], every_s: int, agg: Agg) -> list[tuple[int, dict[str, float]]]:

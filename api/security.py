@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -35,14 +36,15 @@ class _Bucket:
 class RateLimiter:
     """Token buckets: `per_minute` calls a minute, bursts up to the same number."""
 
-    def __init__(self, max_buckets: int = 100_000) -> None:
+    def __init__(self, max_buckets: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
         self._max = max_buckets
 
     def take(self, who: str, per_minute: int) -> float:
         """0 if the call may go ahead, else the seconds to wait."""
-        now = time.monotonic()
+        now = self._clock()
         rate = per_minute / 60.0
         with self._lock:
             b = self._buckets.get(who)

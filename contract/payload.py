@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -207,7 +208,7 @@ def parse_telemetry(raw: bytes, now: float, window: Window = Window(), max_bytes
     return out
 
 
-def encode_reading(ts: float, seq: int, m: dict[str, float | str]) -> bytes:
+def encode_reading(ts: float, seq: int, m: Mapping[str, float | str]) -> bytes:
     """A single-reading payload, as devices and simulators send it."""
     return orjson.dumps({"v": VERSION, "ts": ts, "seq": seq, "m": m})
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Final
+from typing import Any, Final, Literal, get_args
 
 import orjson
 
@@ -25,7 +25,9 @@ from contract.catalogue import FW_PATTERN
 
 STATES: Final = ("online", "offline")
 RESET_CAUSES: Final = ("power_on", "hard", "watchdog", "deepsleep", "soft", "brownout", "unknown")
-DEVICE_KINDS: Final = ("air", "weather", "water", "noise", "traffic")
+# what a device is for; the one list (the API, the CLI and the registry take it from here)
+DeviceKind = Literal["air", "weather", "water", "noise", "traffic"]
+DEVICE_KINDS: Final[tuple[str, ...]] = get_args(DeviceKind)
 MAX_BYTES: Final = 4096
 
 _FAULT_RE: Final = re.compile(r"^[a-z0-9_]{1,16}:[a-z0-9_]{1,24}$")

@@ -127,7 +127,7 @@ class Rollups:
         while not self._stop.wait(min(1.0, self.interval_s)):
             due = time.monotonic() - last >= self.interval_s
             try:
-                self.run_once(force=due)
+                self.run_once(force=due, stoppable=True)
             except Exception:
                 log.exception("roll-up pass failed; will retry")
             if due:
@@ -144,12 +144,14 @@ class Rollups:
         except InfluxError as exc:
             log.warning("roll-up schema not created yet", extra=kv(error=str(exc)[:200]))
 
-    def run_once(self, force: bool = True, deadline: float | None = None) -> None:
+    def run_once(self, force: bool = True, deadline: float | None = None, stoppable: bool = False) -> None:
+        """One pass. It gives up (keeping what is left) at `deadline`, and, when `stoppable`
+        (the background thread's passes), as soon as stop() is called."""
         if not self._schema_ok:
             self._ensure_schema()
         self._write_latest()
         if force and self.ready():
-            self._recompute(deadline)
+            self._recompute(deadline, stoppable)
 
     def _load_newest(self) -> None:
         """Seed the newest-seen times from `latest`, so a restart cannot regress it."""
@@ -207,12 +209,12 @@ class Rollups:
         for head, (ts, _) in pending.items():
             self._newest[head] = max(ts, self._newest.get(head, -1))
 
-    def _out_of_time(self, deadline: float | None) -> bool:
-        if deadline is None:  # the background pass: give way to stop()
-            return self._stop.is_set()
-        return time.monotonic() >= deadline
+    def _out_of_time(self, deadline: float | None, stoppable: bool) -> bool:
+        if stoppable and self._stop.is_set():  # the background pass gives way to stop()
+            return True
+        return deadline is not None and time.monotonic() >= deadline
 
-    def _recompute(self, deadline: float | None = None) -> None:
+    def _recompute(self, deadline: float | None = None, stoppable: bool = False) -> None:
         with self._lock:
             hours, self._hours = self._hours, set()
         if not hours:
@@ -222,13 +224,13 @@ class Rollups:
         try:
             for meas in sorted({m for m, _ in hours}):
                 for first, last in rollups.hour_ranges(h for m, h in hours if m == meas):
-                    if self._out_of_time(deadline):
+                    if self._out_of_time(deadline, stoppable):
                         with self._lock:
                             self._hours |= hours - done
                         return
                     params = {"start": rollups.iso(first), "end": rollups.iso(last + rollups.HOUR_MS)}
                     self.influx.query(rollups.recompute_statement(meas), params, method="POST")
-                    if meas == rollups.AIR and not self._out_of_time(deadline):
+                    if meas == rollups.AIR and not self._out_of_time(deadline, stoppable):
                         self._recompute_aqi(first, last)
                     done |= {(meas, h) for h in range(first, last + 1, rollups.HOUR_MS)}
         except InfluxError as exc:

@@ -12,12 +12,16 @@ import logging
 import multiprocessing as mp
 import signal
 import threading
+import time
 
 from contract.logs import kv, setup_logging
 from contract.settings import Settings
 from ingest.worker import Worker
 
 log = logging.getLogger("nakhon.ingest")
+
+WORKER_STABLE_S = 30.0  # a worker that ran this long starts its backoff afresh when it dies
+WORKER_BACKOFF_CAP_S = 30.0
 
 
 def run_worker(settings: Settings, index: int = 0) -> None:
@@ -49,12 +53,23 @@ def run(settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    while not stop.wait(1.0):
+    started = [time.monotonic()] * len(procs)
+    deaths = [0] * len(procs)
+    due: list[float | None] = [None] * len(procs)  # when a dead worker starts again
+    while not stop.wait(0.5):
+        now = time.monotonic()
         for i, p in enumerate(procs):
-            if not p.is_alive():  # a crashed worker is restarted; its session resumes
-                log.error("worker died, restarting", extra=kv(worker=i, exitcode=p.exitcode))
+            if due[i] is None and not p.is_alive():  # a crashed worker is restarted; its session resumes
+                ran = now - started[i]
+                deaths[i] = deaths[i] + 1 if ran < WORKER_STABLE_S else 1
+                delay = min(WORKER_BACKOFF_CAP_S, 2.0 ** (deaths[i] - 1))  # a worker that dies at start-up must not spin
+                log.error("worker died, restarting", extra=kv(worker=i, exitcode=p.exitcode, ran_s=round(ran, 1), deaths_in_a_row=deaths[i],
+                                                             restart_in_s=delay))
+                due[i] = now + delay
+            elif (at := due[i]) is not None and now >= at:
                 procs[i] = ctx.Process(target=run_worker, args=(settings, i), name=f"ingest-{i}")
                 procs[i].start()
+                started[i], due[i] = now, None
     for p in procs:
         if p.pid:
             p.terminate()

@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, cast
 
 from contract.logs import kv
 from ingest import mqttwire as wire
@@ -328,11 +329,12 @@ class Session:
                     sock.sendall(wire.PINGREQ)
                     last_out = now
                 continue
-            if not (tls and sock.pending()):
-                ready, _, _ = select.select([sock, self._wake_r], [], [], 1.0)
-                if self._wake_r in ready:
+            if not (tls and cast(ssl.SSLSocket, sock).pending()):
+                watch: list[Any] = [sock, self._wake_r]
+                readable, _, _ = select.select(watch, [], [], 1.0)
+                if self._wake_r in readable:
                     os.read(self._wake_r, 4096)
-                if sock not in ready:
+                if sock not in readable:
                     now = time.monotonic()
                     if now - last_out > keepalive / 2:
                         sock.sendall(wire.PINGREQ)

@@ -33,7 +33,8 @@ from contract.payload import Window
 from contract.settings import Settings
 from ingest import mqttwire
 from ingest.deadletter import DeadLetterStore
-from ingest.health import Health, Observed, assess
+from ingest.health import Health, counters, write_file
+from ingest.liveness import Liveness, Observed, assess
 from ingest.pipeline import Pipeline
 from ingest.rollups import Rollups
 from ingest.session import Endpoint, Publishes, Session
@@ -46,6 +47,7 @@ log = logging.getLogger("nakhon.ingest")
 BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 
+HEALTH_INTERVAL_S = 2.0
 SEGMENT = 500  # messages parsed together; a write takes whole segments, up to ingest_batch_size lines
 MESSAGE_OVERHEAD = 200  # bytes a held message costs besides its lines (packet id, list slots, objects)
 REDELIVERED_MAX = 100_000  # rejected messages remembered until the broker sends them again
@@ -94,6 +96,10 @@ class Worker:
         self.dead = DeadLetterStore(settings.path("deadletter"), self.name, settings.ingest_deadletter_max_mb * 1024 * 1024)
         self.spool = Spool(settings.path("spool", self.name))
         self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema)
+        # self-metrics have a client of their own with a short timeout: a hanging InfluxDB must
+        # not silence the reports that show it hanging
+        self._stats_influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
+                                    min(2.0, settings.influx_timeout_s))
         # hourly roll-ups, AQI and latest values for what each batch touched (own client: own thread)
         self.rollups = Rollups(
             Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s),
@@ -122,6 +128,8 @@ class Worker:
         self._wire_bytes = 200.0  # running mean of a message's size on the wire, to size reads near the bound
         self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full, room=self._room)
         self.connected = self.session.connected
+        self.health = Health(self.name)
+        self.health_dir = settings.path("health")
 
     # --- MQTT -------------------------------------------------------------
     def _endpoint(self) -> Endpoint:
@@ -331,7 +339,7 @@ class Worker:
                   extra=kv(worker=self.name, messages=batch.messages, failing_s=round(failing, 1), retry_s=delay, error=str(exc)[:200]))
         return delay
 
-    def health(self) -> Health:
+    def liveness(self) -> Liveness:
         """Live: held work is being made durable; ready: also connected and subscribed."""
         now = time.monotonic()
         with self._lock:
@@ -388,18 +396,37 @@ class Worker:
         while not self._stopping.wait(interval):
             self.report()
 
+    def _health(self) -> None:
+        while not self._stopping.wait(HEALTH_INTERVAL_S):
+            self.write_health()
+
+    def write_health(self, status: str | None = None) -> dict[str, object]:
+        """The worker's health file (`<data_dir>/health/<worker>.json`), for `nakhon up`/`nakhon status` and operators."""
+        doc = self.health.update(time.monotonic(), self.connected.is_set(), counters(self.stats))
+        live = self.liveness()  # what the counters cannot see: saves failing, a refused subscription
+        doc.update(live=live.live, ready=live.ready, subscribed=self.session.subscribed)
+        if not live.live:
+            doc["status"] = "down"
+        doc["problems"] = [*doc.get("problems", []), *(r for r in live.reasons if not r.startswith("not connected"))]  # type: ignore[list-item]
+        if status:
+            doc["status"] = status
+        with contextlib.suppress(OSError):  # a full disk must not stop the data path; the spool reports it
+            write_file(self.health_dir, doc)
+        return doc
+
     def report(self) -> None:
-        health = self.health()
+        live = self.liveness()
         snap = self.stats.snapshot()
         snap["deadletter_dropped"] = self.dead.dropped  # > 0 is an alarm: the store hit its bound
-        snap["live"] = int(health.live)
-        snap["ready"] = int(health.ready)
-        if health.live:
+        snap["connected"] = int(self.connected.is_set())
+        snap["live"] = int(live.live)
+        snap["ready"] = int(live.ready)
+        if live.live:
             log.info("stats", extra=kv(worker=self.name, **snap))
         else:
-            log.error("stats", extra=kv(worker=self.name, reasons=health.reasons, **snap))
+            log.error("stats", extra=kv(worker=self.name, reasons=live.reasons, **snap))
         with contextlib.suppress(InfluxError):  # self-metrics are best effort; the data path has its own spool
-            self.influx.write([self.stats.line(int(time.time() * 1000), snap)])
+            self._stats_influx.write([self.stats.line(int(time.time() * 1000), snap)])
 
     # --- lifecycle ----------------------------------------------------------
     def _ensure_schema(self) -> None:
@@ -418,6 +445,7 @@ class Worker:
             *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
+            threading.Thread(target=self._health, name="health", daemon=True),
         ]
         for t in self._threads:
             t.start()
@@ -441,6 +469,8 @@ class Worker:
         self.session.stop()  # sends the queued PUBACKs, then DISCONNECT
         self.rollups.stop()
         self.report()
+        self.write_health("stopped")
         self.dead.close()
         self.influx.close()
+        self._stats_influx.close()
         log.info("ingest worker stopped", extra=kv(worker=self.name, acked_on_stop=acked))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.settings import ConfigError, Settings, load_settings
+from contract.status import DEVICE_KINDS
 
 
 def _settings() -> Settings:
@@ -141,7 +142,7 @@ def add_parsers(sub: Any) -> None:
     p = dsub.add_parser("provision", help="register a device, create its broker credentials, write its config.json")
     p.add_argument("--id", required=True, help="device id, e.g. cm-air-001 (also its MQTT username)")
     p.add_argument("--city", required=True, help="city slug, e.g. chiang_mai")
-    p.add_argument("--kind", required=True, choices=["air", "weather", "water", "noise", "traffic"], help="device kind")
+    p.add_argument("--kind", required=True, choices=DEVICE_KINDS, help="device kind")
     p.add_argument("--sensors", required=True, help="comma-separated catalogue metrics, e.g. pm25,pm10,temp_c,rh")
     p.add_argument("--lat", type=float, required=True, help="latitude (WGS84)")
     p.add_argument("--lon", type=float, required=True, help="longitude (WGS84)")

@@ -9,10 +9,12 @@ import signal
 import sys
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from contract.logs import setup_logging
 from contract.settings import ConfigError, Settings, load_settings
+from contract.status import DEVICE_KINDS
 
 log = logging.getLogger("nakhon")
 
@@ -25,40 +27,97 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(2) from None
 
 
+def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be more than 0, not {text}")
+        return value
+
+    return parse
+
+
 # --- up ---------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    from nakhon.leftovers import AlreadyRunning
     from nakhon.local import LocalPlatform
+    from nakhon.supervisor import Policy
 
     settings = _settings()
     setup_logging(settings.log_level)
+    policy = Policy(backoff_base_s=args.backoff_min, backoff_cap_s=args.backoff_max, give_up_after=args.restart_limit, stable_s=args.stable)
     platform = LocalPlatform(Path(args.root), settings, fleet_per_city=args.per_city, interval_s=args.interval, with_fleet=not args.no_fleet)
-    stop = threading.Event()
+    stop, show, retry = threading.Event(), threading.Event(), threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGUSR1, lambda *_: show.set())
+    signal.signal(signal.SIGHUP, lambda *_: retry.set())
     try:
-        platform.start()
+        try:
+            platform.start()
+        except AlreadyRunning as exc:
+            sys.stderr.write(f"nakhon up: {exc}\n")
+            return 2
+        platform.supervise(policy)
         s = platform.settings
         sys.stderr.write(
             "\nNakhon is running locally. Ctrl-C stops everything.\n"
-            f"  API docs     http://{s.api_host}:{s.api_port}/docs\n"
+            f"  API docs     http://{s.api_host}:{s.api_port}/docs  (and /redoc)\n"
+            f"  Air quality  http://{s.api_host}:{s.api_port}/air  (public page per city)\n"
             f"  Latest       http://{s.api_host}:{s.api_port}/v1/cities/chiang_mai/latest\n"
             f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
             f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
             f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}\n"
-            f"  Logs         {platform.root / 'logs'}\n\n"
+            f"  Logs         {platform.root / 'logs'}\n"
+            f"  Status       nakhon status --root {args.root}   (or kill -USR1 {os.getpid()}; kill -HUP retries a service given up on)\n\n"
         )
-        platform.watch(stop)
+        platform.watch(stop, show, retry)
     finally:
         log.info("stopping")
         platform.stop()
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from nakhon.status import read_file
+
+    path = Path(args.root) / "status.json"
+    if not path.exists():
+        sys.stderr.write(f"nakhon status: no {path}: is `nakhon up --root {args.root}` running?\n")
+        return 3
+    lines, alive = read_file(path)
+    if not alive:
+        sys.stdout.write(f"nakhon up is not running; its last status ({path}):\n")
+    for text in lines:
+        sys.stdout.write(text + "\n")
+    if not alive:
+        return 3
+    return 0 if all(" running " in t and (" health " not in t or " health ok" in t) for t in lines) else 1
+
+
 # --- ingest / api -----------------------------------------------------------
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from ingest.service import run
+    from ingest.service import run, run_worker
 
     settings = _settings(ingest_workers=args.workers)
+    if args.health:
+        from nakhon.status import ingest_health
+
+        state, detail = ingest_health(settings.data_dir / "health")
+        sys.stdout.write(f"ingest {state}: {detail}\n")
+        return 1 if state == "down" else 0
+    if args.worker is not None:  # one worker of NAKHON_INGEST_WORKERS, its process managed from outside (systemd)
+        if not 0 <= args.worker < settings.ingest_workers:
+            sys.stderr.write(
+                f"nakhon ingest: --worker {args.worker} is outside 0..{settings.ingest_workers - 1}: "
+                "set NAKHON_INGEST_WORKERS to the number of workers\n"
+            )
+            return 2
+        run_worker(settings, args.worker)
+        return 0
     run(settings)
     return 0
 
@@ -71,6 +130,43 @@ def cmd_api(args: argparse.Namespace) -> int:
     settings = _settings(api_host=args.host, api_port=args.port)
     setup_logging(settings.log_level)
     uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    return 0
+
+
+# --- systemd -----------------------------------------------------------------
+def cmd_systemd(args: argparse.Namespace) -> int:
+    from nakhon import systemd
+
+    settings = _settings(api_host=args.api_host, api_port=args.api_port)
+    layout = systemd.Layout(
+        nakhon_bin=Path(args.nakhon_bin).absolute() if args.nakhon_bin else systemd.nakhon_bin(),
+        workers=args.workers,
+        user=args.user,
+        mqtt_port=args.mqtt_port,
+        influx_port=args.influx_port,
+        systemd_version=systemd.systemd_version(),
+    )
+    root = Path(args.root) if args.action == "write" else Path("/")
+    if args.action == "install" and args.dry_run:
+        for path, (_, mode) in systemd.files(settings, layout).items():
+            sys.stdout.write(f"write {path} (mode {mode:o})\n")
+        for cmd in systemd.install_commands(layout):
+            sys.stdout.write(" ".join(cmd) + "\n")
+        return 0
+    if args.action == "install" and os.geteuid() != 0:
+        sys.stderr.write("nakhon systemd install: run as root (sudo), or `nakhon systemd write --root DIR` to see the files\n")
+        return 2
+    for path in systemd.write(root, settings, layout):
+        sys.stdout.write(f"wrote {path}\n")
+    if args.action == "install":
+        import subprocess
+
+        for cmd in systemd.install_commands(layout):
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0 and not (cmd[0] == "useradd" and done.returncode == 9):  # 9: the user exists already
+                sys.stderr.write(f"nakhon systemd install: {' '.join(cmd)} failed: {done.stderr.strip()}\n")
+                return 1
+        sys.stdout.write(systemd.NEXT_STEPS.format(workers=layout.workers, api=f"{settings.api_host}:{settings.api_port}"))
     return 0
 
 
@@ -172,16 +268,44 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
     up.add_argument("--no-fleet", action="store_true", help="do not start the simulated fleet")
+    up.add_argument("--restart-limit", type=_positive(int), default=10, help="deaths in a row after which a service is given up on (default 10)")
+    up.add_argument("--backoff-min", type=_positive(float), default=1.0, help="seconds before the first restart; doubles with each quick death (default 1)")
+    up.add_argument("--backoff-max", type=_positive(float), default=30.0, help="longest wait between restarts in seconds (default 30)")
+    up.add_argument("--stable", type=_positive(float), default=30.0, help="seconds a service must stay up to reset its backoff (default 30)")
     up.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="one line per service of a running `nakhon up`: state, restarts, health (exit 0 when all are well)")
+    st.add_argument("--root", default="var/local", help="the --root of that `nakhon up` (default var/local)")
+    st.set_defaults(func=cmd_status)
 
     ing = sub.add_parser("ingest", help="run the ingest service (MQTT -> InfluxDB)")
     ing.add_argument("--workers", type=int, default=None, help="worker processes on the shared subscription (default NAKHON_INGEST_WORKERS)")
+    ing.add_argument("--worker", type=int, default=None, metavar="INDEX",
+                     help="run only worker INDEX of NAKHON_INGEST_WORKERS in this process (one systemd unit per worker)")
+    ing.add_argument("--health", action="store_true",
+                     help="print whether readings flow through the running workers (their NAKHON_DATA_DIR/health files): exit 1 when they do not")
     ing.set_defaults(func=cmd_ingest)
 
     api = sub.add_parser("api", help="run the HTTP API")
     api.add_argument("--host", default=None, help="bind address (default NAKHON_API_HOST)")
     api.add_argument("--port", type=int, default=None, help="port (default NAKHON_API_PORT)")
     api.set_defaults(func=cmd_api)
+
+    sd = sub.add_parser("systemd", help="systemd units for a Debian server without Docker (ingest workers, API; Debian's mosquitto and influxdb)")
+    sd_sub = sd.add_subparsers(dest="action", required=True, metavar="ACTION")
+    sdw = sd_sub.add_parser("write", help="write the units and configuration under a folder laid out like / (to read or package them)")
+    sdw.add_argument("--root", required=True, help="folder standing for / (e.g. build/systemd)")
+    sdi = sd_sub.add_parser("install", help="install them on this server (root): files, the nakhon user, systemctl daemon-reload")
+    sdi.add_argument("--dry-run", action="store_true", help="print what would be written and run")
+    for p_ in (sdw, sdi):
+        p_.add_argument("--workers", type=_positive(int), default=1, help="ingest workers, one unit each (default 1)")
+        p_.add_argument("--user", default="nakhon", help="the dedicated system user the units run as (default nakhon)")
+        p_.add_argument("--mqtt-port", type=int, default=1883, help="port of Debian's mosquitto on 127.0.0.1 (default 1883)")
+        p_.add_argument("--influx-port", type=int, default=8086, help="port of Debian's influxdb on 127.0.0.1 (default 8086)")
+        p_.add_argument("--api-host", default=None, help="address the API binds (default NAKHON_API_HOST)")
+        p_.add_argument("--api-port", type=int, default=None, help="port of the API (default NAKHON_API_PORT)")
+        p_.add_argument("--nakhon-bin", default=None, help="the nakhon command the units run (default: the one of this installation)")
+    sd.set_defaults(func=cmd_systemd)
 
     sim = sub.add_parser("simulate", help="run a simulated fleet against the broker (or `simulate bench`)")
     from simulators.arguments import add_arguments as simulate_arguments
@@ -241,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     fwc = fw_sub.add_parser("config", help="write a device's config.json, checked by the firmware's own boot check")
     fwc.add_argument("--device-id", required=True, help="device id, e.g. cm-air-001")
     fwc.add_argument("--city", required=True, help="city slug from the registry, e.g. chiang_mai")
-    fwc.add_argument("--kind", required=True, choices=["air", "weather", "water", "noise", "traffic"], help="device kind (picks the sensor preset)")
+    fwc.add_argument("--kind", required=True, choices=DEVICE_KINDS, help="device kind (picks the sensor preset)")
     fwc.add_argument("--lat", type=float, required=True, help="site latitude")
     fwc.add_argument("--lon", type=float, required=True, help="site longitude")
     fwc.add_argument("--wifi-ssid", required=True, help="Wi-Fi network name")

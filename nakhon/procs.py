@@ -28,6 +28,8 @@ def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
 class Service:
     """`nakhon <args>` as a child process, logs to a file."""
 
+    fatal_exit_codes = (2,)  # a configuration error (contract.settings): restarting cannot fix it
+
     def __init__(self, name: str, args: list[str], settings: Settings, log_dir: Path, **extra: Any) -> None:
         self.name = name
         self.args = args

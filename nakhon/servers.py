@@ -17,6 +17,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -92,7 +93,10 @@ class _Process:
     def _ready(self, timeout: float) -> bool:
         raise NotImplementedError
 
-    def start(self, timeout: float = 30.0) -> None:
+    ready_timeout_s = 30.0  # how long start() waits for the server to answer, unless told
+
+    def start(self, timeout: float | None = None) -> None:
+        timeout = self.ready_timeout_s if timeout is None else timeout
         if self.running:
             return
         self._write_config()
@@ -139,7 +143,7 @@ class _Process:
         self.stop()
         self.start()
 
-    def __enter__(self) -> _Process:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -241,11 +245,6 @@ class Mosquitto(_Process):
             if _wait_tcp(self.port, 0.5):
                 return True
         return False
-
-    def reload(self) -> None:
-        """SIGHUP: re-read password and ACL files."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGHUP)
 
 
 class InfluxDB(_Process):

@@ -29,11 +29,28 @@ def count(influx: Influx, measurement: str, field: str, where: str = "") -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
-def wait_count(influx: Influx, measurement: str, field: str, expected: int, timeout: float = 60.0, settle: float = 1.0) -> int:
-    """Wait until the count reaches `expected`, then a moment more to catch any excess."""
+def wait_count(influx: Influx, measurement: str, field: str, expected: int, timeout: float = 60.0, settle: bool = True) -> int:
+    """Wait until the count reaches `expected`; with `settle`, then until the ingest holds nothing
+    more, so that any excess would be stored too."""
     wait_until(lambda: count(influx, measurement, field) >= expected, timeout, what=f"{expected} {measurement}.{field} points")
-    time.sleep(settle)
+    if settle:
+        wait_ingest_idle(influx)
     return count(influx, measurement, field)
+
+
+def wait_ingest_idle(influx: Influx, timeout: float = 30.0) -> None:
+    """Wait for a stats report from every ingest worker, made after this call, that holds nothing
+    un-written (`pending` 0): whatever the broker had delivered by now is stored or dead-lettered.
+
+    The ingest writes its own counters to `ingest_stats` every `ingest_stats_interval_s`."""
+    since_ms = int(time.time() * 1000)
+
+    def idle() -> bool:
+        workers = influx.rows(f'SELECT last("pending") FROM "raw"."ingest_stats" WHERE time > {since_ms}ms GROUP BY "worker"')
+        known = influx.rows('SELECT last("pending") FROM "raw"."ingest_stats" GROUP BY "worker"')
+        return bool(workers) and len(workers) >= len(known) and all(r["last"] == 0 for r in workers)
+
+    wait_until(idle, timeout, what="a stats report of every ingest worker holding nothing")
 
 
 def wait_len(fn: Callable[[], list[T]], n: int, timeout: float = 30.0, what: str = "items") -> list[T]:

@@ -123,3 +123,16 @@ def test_components_do_not_import_each_other(component: str) -> None:
     others = {*COMPONENTS, "nakhon", "harness"} - {component}
     bad = [(str(p.relative_to(ROOT)), m) for p, m in _imports(ROOT / component) if m in others]
     assert not bad
+
+
+# --- types --------------------------------------------------------------------
+def test_mypy_strict_on_the_contract_and_the_ingest() -> None:
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "contract", "ingest"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+
+
+def test_mypy_on_every_python_package() -> None:
+    """simulators/mpy is MicroPython (checked against the ESP32 stubs with the firmware)."""
+    pkgs = ["contract", "ingest", "api", "simulators", "dashboards", "nakhon", "harness"]
+    proc = subprocess.run([sys.executable, "-m", "mypy", *pkgs, "--exclude", "simulators/mpy"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:]

@@ -78,14 +78,10 @@ def _range(start: Any, end: Any, days: int) -> tuple[datetime, datetime]:
         raise HTTPException(400, str(exc)) from None
 
 
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 @router.get("/devices/{device}/aqi", response_model=DeviceAqi)
 def device_aqi(device: DevicePath, _key: Reader, influx: InfluxDep) -> DeviceAqi:
     """The device's AQI for its latest hour with data (within two days)."""
-    since = _iso(datetime.now(UTC) - timedelta(days=2))
+    since = history.iso(datetime.now(UTC) - timedelta(days=2))
     rows = influx.rows(f'SELECT {_fields()} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
                        'WHERE "device" = $id AND time >= $since ORDER BY time DESC LIMIT 1', {"id": device, "since": since})
     return DeviceAqi(device=device, current=_value(rows[0]["time"], rows[0]) if rows else None)
@@ -96,7 +92,7 @@ def device_aqi_history(device: DevicePath, _key: Reader, influx: InfluxDep, star
     """The device's AQI hour by hour (default the last 7 days)."""
     t0, t1 = _range(start, end, 7)
     rows = influx.rows(f'SELECT {_fields()} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
-                       'WHERE "device" = $id AND time >= $start AND time < $end', {"id": device, "start": _iso(t0), "end": _iso(t1)})
+                       'WHERE "device" = $id AND time >= $start AND time < $end', {"id": device, "start": history.iso(t0), "end": history.iso(t1)})
     hours = [v for r in rows if (v := _value(r["time"], r)) is not None]
     return AqiHistory(subject=device, start=t0, end=t1, hours=hours)
 
@@ -105,7 +101,7 @@ def device_aqi_history(device: DevicePath, _key: Reader, influx: InfluxDep, star
 def city_aqi(city: CityPath, _key: Reader, influx: InfluxDep, settings: SettingsDep) -> CityAqi:
     """Every device's current AQI and the city's (from the mean concentrations of the latest hour)."""
     known_city(settings, city)
-    since = _iso(datetime.now(UTC) - timedelta(days=2))
+    since = history.iso(datetime.now(UTC) - timedelta(days=2))
     series = influx.series(f'SELECT {_fields()} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
                            'WHERE "city" = $id AND time >= $since GROUP BY "device" ORDER BY time DESC LIMIT 1',
                            {"id": city, "since": since})
@@ -134,6 +130,6 @@ def city_aqi_history(city: CityPath, _key: Reader, influx: InfluxDep, settings: 
     cols = ", ".join(f'mean("{f}") AS "{f}"' for f in _AVG)
     rows = influx.rows(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
                        'WHERE "city" = $id AND time >= $start AND time < $end GROUP BY time(1h) fill(none)',
-                       {"id": city, "start": _iso(t0), "end": _iso(t1)})
+                       {"id": city, "start": history.iso(t0), "end": history.iso(t1)})
     hours = [v for r in rows if (v := _value(r["time"], r)) is not None]
     return AqiHistory(subject=city, start=t0, end=t1, hours=hours)

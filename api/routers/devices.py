@@ -18,11 +18,11 @@ from contract import topics
 from contract.catalogue import FW_PATTERN, METRICS
 from contract.cities import CITY_SLUG_PATTERN
 from contract.settings import Settings
-from contract.status import DEVICE_KINDS
+from contract.status import DEVICE_KINDS, DeviceKind
 
 router = APIRouter(prefix="/v1/devices", tags=["devices"])
 
-Kind = Literal["air", "weather", "water", "noise", "traffic"]
+Kind = DeviceKind
 assert set(Kind.__args__) == set(DEVICE_KINDS)  # type: ignore[attr-defined]
 SensorName = Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
 HardwareValue = Annotated[str, Field(max_length=32, pattern=r"^[A-Za-z0-9_.-]*$")] | int | float

@@ -26,6 +26,7 @@ from api.routers.readings import known_city
 from api.security import Reader
 from contract import storage
 from contract.catalogue import METRICS
+from contract.rollups import RP_LATEST
 
 router = APIRouter(prefix="/v1/open", tags=["open data"], responses=READ_ERRORS)
 BANGKOK = ZoneInfo("Asia/Bangkok")
@@ -59,12 +60,22 @@ class CkanPackage(BaseModel):
     extras: list[Extra]
 
 
+def csv_column(metric: str) -> str:
+    """The CSV header of a metric: its name, with its unit once (`pm25_µg/m³`, `rh_%`, but `co2_ppm`, `temp_c`, `laeq_db`)."""
+    unit = METRICS[metric].unit
+    slug = "".join(ch for ch in unit.lower() if ch.isascii() and ch.isalnum())
+    words = metric.split("_") if "_" in metric else []
+    if not unit or any(slug.startswith(w) for w in words if w):  # the name already says it: ppm, ppb, c, hpa, ms, db, dbm, v, s, count
+        return metric
+    return f"{metric}_{unit}"
+
+
 def _rows(influx: InfluxDep, city: str, measurement: str, t0: datetime, t1: datetime) -> tuple[list[str], list[dict[str, Any]]]:
     metrics = history.metric_list(measurement, None)
     cols = ", ".join(f'"mean_{m}"' for m in metrics)
     q = (f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE "city" = $id AND time >= $start AND time < $end '
          'GROUP BY "device"')
-    rows = influx.rows(q, {"id": city, "start": history._iso(t0), "end": history._iso(t1)})
+    rows = influx.rows(q, {"id": city, "start": history.iso(t0), "end": history.iso(t1)})
     return metrics, rows
 
 
@@ -84,7 +95,7 @@ def readings_csv(city: CityPath, _key: Reader, influx: InfluxDep, registry: Regi
     coords = {d.id: d for d in registry.devices(city=city)}
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["time_bangkok", "time_utc", "city", "device", "lat", "lon", *[f"{m}_{METRICS[m].unit}" for m in metrics]])
+    w.writerow(["time_bangkok", "time_utc", "city", "device", "lat", "lon", *[csv_column(m) for m in metrics]])
     for r in sorted(rows, key=lambda r: (r["time"], r["device"])):
         t = datetime.fromtimestamp(r["time"] / 1000, UTC)
         d = coords.get(r["device"])
@@ -92,6 +103,21 @@ def readings_csv(city: CityPath, _key: Reader, influx: InfluxDep, registry: Regi
                     d.lat if d else "", d.lon if d else "", *[_num(r.get(f"mean_{m}")) for m in metrics]])
     name = f"nakhon-{city}-{measurement}-{t0:%Y%m%d}-{t1:%Y%m%d}.csv"
     return Response(buf.getvalue(), media_type="text/csv; charset=utf-8", headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
+
+
+def _coverage(influx: InfluxDep, city: str, measurement: str) -> tuple[datetime | None, datetime | None, set[str]]:
+    """The first and the end of the last hour of the city's hourly data in `measurement`, and the devices that reported in it."""
+    src = f'"{storage.RP_HOURLY}"."{measurement}"'  # every field: a device need not report the first metric
+    first = influx.rows(f'SELECT * FROM {src} WHERE "city" = $id ORDER BY time ASC LIMIT 1', {"id": city})
+    last = influx.rows(f'SELECT * FROM {src} WHERE "city" = $id ORDER BY time DESC LIMIT 1', {"id": city})
+    latest = influx.rows(f'SELECT "ts", "device" FROM "{RP_LATEST}"."{measurement}" WHERE "city" = $id', {"id": city})
+    start = datetime.fromtimestamp(first[0]["time"] / 1000, UTC) if first else None
+    end = datetime.fromtimestamp(last[0]["time"] / 1000, UTC) + timedelta(hours=1) if last else None
+    return start, end, {r["device"] for r in latest if r.get("device")}
 
 
 def _num(v: Any) -> str:
@@ -104,29 +130,31 @@ _GEOJSON: dict[int | str, dict[str, Any]] = {
 
 @router.get("/cities/{city}/latest.geojson", responses=_GEOJSON)
 def latest_geojson(city: CityPath, _key: Reader, influx: InfluxDep, registry: RegistryDep, settings: SettingsDep) -> Response:
-    """The latest reading of every registered device as GeoJSON points (lon, lat)."""
+    """The latest reading of every registered station that has reported, as GeoJSON points (RFC 7946: lon, lat; WGS 84)."""
     known_city(settings, city)
     values = history.latest(influx, city)
     features = []
     for d in registry.devices(city=city):
-        ts, vals = values.get(d.id, (0, {}))
+        if d.id not in values:  # registered but never reported: nothing to publish yet
+            continue
+        ts, vals = values[d.id]
         features.append({
             "type": "Feature",
             "geometry": {"type": "Point", "coordinates": [d.lon, d.lat]},
-            "properties": {"device": d.id, "kind": d.kind, "state": d.state,
-                           "time": datetime.fromtimestamp(ts / 1000, UTC).isoformat() if ts else None, **vals},
+            "properties": {**vals, "device": d.id, "kind": d.kind, "state": d.state, "interval_s": d.interval_s,
+                           "time": _iso(ts) if ts else None},
         })
     return json_response({"type": "FeatureCollection", "features": features}, media_type="application/geo+json")
 
 
 @router.get("/cities/{city}/dataset.json", response_model=CkanPackage)
-def dataset(city: CityPath, request: Request, _key: Reader, registry: RegistryDep, settings: SettingsDep,
+def dataset(city: CityPath, request: Request, _key: Reader, influx: InfluxDep, registry: RegistryDep, settings: SettingsDep,
             measurement: Annotated[Measurement, Query()] = "air") -> CkanPackage:
-    """CKAN package metadata for the city's open data."""
+    """CKAN package metadata for the city's open data: temporal coverage from the data itself, and the stations behind it."""
     known_city(settings, city)
     c = settings.cities[city]
-    devices = registry.devices(city=city)
-    first = min((d.installed for d in devices), default=None)
+    first, last, stations = _coverage(influx, city, measurement)
+    registered = registry.devices(city=city)
     base = str(request.base_url).rstrip("/")
     r = c.radius_km / 111.0  # degrees of latitude; good enough for a bounding box
     rl = r / max(0.1, math.cos(math.radians(c.lat)))
@@ -135,14 +163,15 @@ def dataset(city: CityPath, request: Request, _key: Reader, registry: RegistryDe
         name=f"nakhon-{city.replace('_', '-')}-{measurement}",
         title=f"{c.name_en} ({c.name_th}) — {measurement} sensor readings",
         notes=(f"Hourly {measurement} readings from the Nakhon smart-city sensors in {c.name_en}. "
-               f"ข้อมูลรายชั่วโมงจากเซนเซอร์เมืองอัจฉริยะ {c.name_th}. Times in Asia/Bangkok and UTC; units in the column names."),
+               f"ข้อมูลรายชั่วโมงจากเซนเซอร์เมืองอัจฉริยะ {c.name_th}. Times in Asia/Bangkok and UTC; "
+               "each column names its unit once (pm25_µg/m³; co2_ppm is already in ppm)."),
         license_id=settings.open_data_license,
         author=settings.open_data_publisher,
         language=["th", "en"],
         frequency="hourly",
         spatial={"type": "Polygon", "coordinates": [bbox]},
-        temporal_start=first.isoformat() if first else None,
-        temporal_end=None,  # ongoing
+        temporal_start=first.isoformat().replace("+00:00", "Z") if first else None,
+        temporal_end=last.isoformat().replace("+00:00", "Z") if last else None,  # the end of the newest hour; the series goes on
         tags=[{"name": t} for t in ("iot", "smart-city", measurement, city.replace("_", "-"))],
         resources=[
             Resource(name="Hourly readings (CSV)", url=f"{base}/v1/open/cities/{city}/readings.csv?measurement={measurement}",
@@ -151,5 +180,6 @@ def dataset(city: CityPath, request: Request, _key: Reader, registry: RegistryDe
                      description="the latest value of every metric per device, as points"),
         ],
         extras=[Extra(key="update_frequency", value="hourly"), Extra(key="timezone", value="Asia/Bangkok"),
-                Extra(key="devices", value=str(len(devices)))],
+                Extra(key="devices", value=str(len(stations))), Extra(key="devices_registered", value=str(len(registered))),
+                Extra(key="columns", value=", ".join(csv_column(m) for m in history.metric_list(measurement, None)))],
     )

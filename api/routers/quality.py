@@ -52,14 +52,10 @@ def _sources(rp: str) -> str:
     return ",".join(f'"{rp}"."{m}"' for m in storage.DATA_MEASUREMENTS)
 
 
-def _iso(t: datetime) -> str:
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _counts(influx: InfluxDep, tag: str, ident: str, t0: datetime, t1: datetime) -> dict[str, int]:
     out: dict[str, int] = {}
     q = f'SELECT count("seq") FROM {_sources(storage.RP_RAW)} WHERE "{tag}" = $id AND time >= $start AND time < $end GROUP BY "device"'
-    for s in influx.series(q, {"id": ident, "start": _iso(t0), "end": _iso(t1)}):
+    for s in influx.series(q, {"id": ident, "start": history.iso(t0), "end": history.iso(t1)}):
         d = s["tags"]["device"]
         out[d] = max(out.get(d, 0), int(s["values"][0][1] or 0))
     return out

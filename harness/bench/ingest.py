@@ -13,11 +13,9 @@ Each starts its own servers on this machine:
 from __future__ import annotations
 
 import multiprocessing as mp
-import os
 import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -31,6 +29,8 @@ from contract import topics
 from contract.influx import Influx
 from contract.payload import encode_reading
 from contract.settings import load_settings
+from harness.procstat import cpu_seconds, group_pids, memory_kb
+from harness.progress import say as say_line
 from nakhon.procs import Service
 from nakhon.servers import InfluxDB, Mosquitto
 
@@ -38,8 +38,7 @@ CITIES = ("phuket", "khon_kaen", "chiang_mai")
 
 
 def _say(msg: str) -> None:
-    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
+    say_line(msg, who="bench")
 
 
 def _payload(i: int, t0: float) -> tuple[str, bytes]:
@@ -207,36 +206,17 @@ def _acked(log: Path, offset: int) -> list[tuple[float, int]]:
 def _pids(svc: Service) -> list[int]:
     if svc.proc is None:
         return []
-    out = subprocess.run(["pgrep", "-g", str(svc.proc.pid)], capture_output=True, text=True).stdout.split()
-    return sorted({svc.proc.pid, *map(int, out)})
+    return sorted({svc.proc.pid, *group_pids(svc.proc.pid)})
 
 
 def _peak_rss_mb(svc: Service) -> float:
     """Sum of the peak resident set (VmHWM) of a service's processes."""
-    total_kb = 0
-    for pid in _pids(svc):
-        try:
-            for row in Path(f"/proc/{pid}/status").read_text().splitlines():
-                if row.startswith("VmHWM:"):
-                    total_kb += int(row.split()[1])
-        except OSError:
-            continue
-    return total_kb / 1024
+    return sum(memory_kb(pid).get("VmHWM", 0) for pid in _pids(svc)) / 1024
 
 
 def _cpu_seconds(svc: Service) -> float:
     """user+sys CPU of a service's process tree (from /proc)."""
-    if svc.proc is None:
-        return 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for pid in _pids(svc):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
+    return sum(cpu_seconds(pid) for pid in _pids(svc))
 
 
 def bench_latency(root: Path, rate: float, seconds: float, workers: int) -> tuple[Figure, float]:

@@ -39,6 +39,8 @@ import paho.mqtt.client as mqtt
 from contract import storage
 from contract.influx import Influx
 from harness.bench.ingest import Figure, publish_bulk
+from harness.procstat import cpu_seconds
+from harness.progress import say as say_line
 from nakhon.servers import InfluxDB, Mosquitto, _Process, free_port
 
 NODE_RED_SPEC = "node-red@4"  # 5.x needs Node.js 22; this machine and CI have 20
@@ -50,8 +52,7 @@ CONNECTED_MARK = "nakhon-peer: connected"
 
 
 def _say(msg: str) -> None:
-    sys.stderr.write(f"[peer {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
+    say_line(msg, who="peer")
 
 
 # --- install ---------------------------------------------------------------
@@ -417,13 +418,7 @@ class NodeRed(_Process):
 
     def cpu_seconds(self) -> float:
         """user+sys CPU of the node process (from /proc)."""
-        if self.proc is None:
-            return 0.0
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return 0.0
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
 
 
 def _count(db: Influx, rp: str, measurement: str, field: str, t0_ms: int, n: int) -> int:

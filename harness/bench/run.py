@@ -27,14 +27,14 @@ from pathlib import Path
 
 from contract.influx import Influx
 from harness.bench.ingest import Figure, bench_broker, bench_influx, bench_ingest, bench_latency
+from harness.progress import say as say_line
 from nakhon.servers import InfluxDB, Mosquitto
 
 SECTIONS = ("limits", "peer", "ingest", "api", "sim", "firmware")
 
 
 def _say(msg: str) -> None:
-    sys.stderr.write(f"[bench {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
+    say_line(msg, who="bench")
 
 
 @dataclass

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from contract.cities import BUILTIN_CITIES
+from harness.procstat import cpu_seconds, memory_kb
 from nakhon.servers import Mosquitto
 from simulators.devices import make_fleet
 from simulators.fleet import run_fleet
@@ -40,14 +41,11 @@ def _raise_nofile(want: int) -> int:
 
 
 def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as fh:
-        parts = fh.read().rsplit(")", 1)[1].split()
-    return (int(parts[11]) + int(parts[12])) / os.sysconf("SC_CLK_TCK")
+    return cpu_seconds(pid)
 
 
 def _rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return memory_kb(pid).get("VmRSS", 0) / 1024
 
 
 def _hold(broker: Mosquitto, n: int, interval_s: float, hold_s: float, procs: int, connect_rate: float) -> dict[str, Any]:

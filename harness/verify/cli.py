@@ -9,14 +9,11 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import cast
 
-from harness.verify.report import Row, line, markdown
+from harness.progress import say as _say
+from harness.verify.report import Row, Size, line, markdown
 from harness.verify.scenarios import load_all
-
-
-def _say(msg: str) -> None:
-    sys.stderr.write(f"[verify {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -52,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         _say(f"scenario {n}: {title} ({size})")
         t = time.monotonic()
         try:
-            row = fn(where, size)
+            row = fn(where, cast(Size, size))
         except Exception as exc:  # one broken scenario must not hide the others' figures
             traceback.print_exc()
             row = Row(n, title, ok=False, note=f"scenario failed to run: {type(exc).__name__}: {str(exc)[:300]}")

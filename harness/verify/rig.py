@@ -10,7 +10,6 @@ dead-letter store.
 from __future__ import annotations
 
 import secrets
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +22,8 @@ import paho.mqtt.client as mqtt
 from api.broker import DynSec, mosquitto_config, new_password, write_bootstrap
 from contract.influx import Influx
 from contract.settings import Settings, load_settings
+from harness.procstat import memory_kb
+from harness.progress import say as say_line
 from ingest.deadletter import read_all
 from nakhon.procs import Service
 from nakhon.servers import InfluxDB, Mosquitto, free_port, make_certs
@@ -62,9 +63,7 @@ T = TypeVar("T")
 
 
 def say(msg: str) -> None:
-    """Progress on stderr (long scenarios)."""
-    sys.stderr.write(f"[verify {time.strftime('%H:%M:%S')}]   {msg}\n")
-    sys.stderr.flush()
+    say_line(msg, indent=2)
 
 
 def wait_for(fn: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
@@ -189,12 +188,7 @@ class Stack:
 
 def mem_kb(pid: int) -> dict[str, int]:
     """VmRSS and VmHWM (peak) of a process, in kB."""
-    out: dict[str, int] = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, rest = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(rest.split()[0])
-    return out
+    return memory_kb(pid)
 
 
 class MqttDevice:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ from contract.influx import Influx
 from contract.settings import load_settings
 from contract.storage import DATA_MEASUREMENTS, INGEST_MEASUREMENT
 from harness.bench.sim import _raise_nofile
+from harness.progress import say as say_line
 from harness.verify.report import Row, Size
 from harness.verify.scenarios import register
 from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
@@ -48,8 +48,7 @@ DROPPED_RE = re.compile(r"dropped=(\d+)")
 
 
 def _say(msg: str) -> None:
-    sys.stderr.write(f"[verify {time.strftime('%H:%M:%S')}]   {msg}\n")
-    sys.stderr.flush()
+    say_line(msg, indent=2)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 import threading
 import time
 from collections import Counter, deque
@@ -38,6 +37,8 @@ from contract import topics
 from contract.influx import Influx
 from contract.payload import encode_reading
 from contract.settings import load_settings
+from harness.procstat import group_pids, memory_kb
+from harness.progress import say
 from ingest.deadletter import read_all
 from nakhon.local import LocalPlatform
 from nakhon.procs import Service
@@ -47,12 +48,6 @@ CITIES = ("phuket", "khon_kaen", "chiang_mai")
 # An air board's reading lands as two points: pm25/pm10 in `air`, temp_c/rh in `weather`.
 MEASUREMENTS = ("air", "weather")
 _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9]{1,7}$")
-
-
-def say(msg: str) -> None:
-    """A progress line on stderr (stdout carries the report)."""
-    sys.stderr.write(f"[verify {time.strftime('%H:%M:%S')}] {msg}\n")
-    sys.stderr.flush()
 
 
 # --- the platform under test ---------------------------------------------------
@@ -90,7 +85,7 @@ def rejected(p: LocalPlatform) -> int:
 
 def log_records(svc: Service, msg: str | None = None) -> list[dict[str, Any]]:
     """A service's JSON log lines (all of its runs), optionally only those with this `msg`."""
-    out = []
+    out: list[dict[str, Any]] = []
     if not svc.log_path.exists():
         return out
     for raw in svc.log_path.read_bytes().splitlines():
@@ -105,15 +100,7 @@ def rss_mb(pid: int | None) -> float:
     """Resident memory of a process group (a service or server started in its own session), in MB."""
     if pid is None:
         return 0.0
-    total_kb = 0
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pid:  # field 5: process group id
-                continue
-            total_kb += int(stat.with_name("status").read_text().split("VmRSS:")[1].split()[0])
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-    return total_kb / 1024
+    return sum(memory_kb(p).get("VmRSS", 0) for p in group_pids(pid)) / 1024
 
 
 def service_pid(svc: Service) -> int | None:
@@ -185,7 +172,7 @@ class Stream:
             c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"verify-{prefix}-{i}")
             c.max_inflight_messages_set(1000)
             c.max_queued_messages_set(0)  # while the broker is away, keep everything
-            c.reconnect_delay_set(0.2, 2)  # come back quickly after a broker restart
+            c.reconnect_delay_set(0.2, 2)  # type: ignore[arg-type]  # paho takes a float, its hints say int  # come back quickly after a broker restart
             c.on_connect = self._on_connect
             c.connect("127.0.0.1", port)
             c.loop_start()

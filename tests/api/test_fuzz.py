@@ -8,6 +8,9 @@ operation are bounded and the run is derandomized, so it stays around a minute.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 import schemathesis
 from fastapi import FastAPI
@@ -23,7 +26,11 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
+from contract.settings import Settings
+from nakhon.procs import Service
 from tests.api.conftest import Keys
+from tests.conftest import start_ingest
+from tests.helpers import wait_until
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_headers_conformance,
           response_schema_conformance]
@@ -47,8 +54,17 @@ def _fuzz(client: TestClient, strategy: st.SearchStrategy[schemathesis.Case], he
     run()
 
 
+@pytest.fixture
+def ingest_running(api_settings: Settings, workdir: Path) -> Iterator[Service]:
+    """The whole platform behind the API: /readyz answers 200 only while an ingest moves readings."""
+    svc = start_ingest(api_settings, workdir)
+    yield svc
+    svc.stop()
+
+
 @pytest.mark.timeout(240)
-def test_fuzz_openapi(app: FastAPI, client: TestClient, keys: Keys) -> None:
+def test_fuzz_openapi(app: FastAPI, client: TestClient, keys: Keys, ingest_running: Service) -> None:
+    wait_until(lambda: client.get("/readyz").status_code == 200, 60, what="the platform ready")
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 20

@@ -17,7 +17,7 @@ from contract.payload import encode_reading
 from contract.settings import Settings
 from tests.api.conftest import Keys
 from tests.conftest import start_ingest
-from tests.helpers import count, wait_until
+from tests.helpers import count, wait_ingest_idle, wait_until
 
 
 class Device:
@@ -109,7 +109,7 @@ def test_provisioned_device_lands_cannot_impersonate_and_is_shut_out_when_revoke
         assert dev.subscribe(cfg["topics"]["config"]) == ["Granted QoS 1"]
         for other in ("nakhon/v1/chiang_mai/cm-air-002/config", "nakhon/v1/+/+/telemetry", "#"):
             assert dev.subscribe(other) == ["Not authorized"]
-        time.sleep(1.5)
+        wait_ingest_idle(influx)
         assert count(influx, "air", "pm25", "device = 'cm-air-002'") == 0
         assert count(influx, "air", "pm25") == 1
 

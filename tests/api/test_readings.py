@@ -40,7 +40,7 @@ def _seed(influx: Influx) -> tuple[int, dict[str, list[tuple[int, float]]]]:
     roll.start(influx.database)
     roll._stop.set()
     roll.touched(lines)
-    roll.run_once(force=True)
+    roll.run_once(force=True, deadline=time.monotonic() + 120)  # with the stop set, a pass without a deadline gives up
     return h0, sent
 
 

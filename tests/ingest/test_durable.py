@@ -222,7 +222,7 @@ def test_a_save_that_fails_is_retried_until_it_works_and_nothing_stalls(tmp_path
             assert sorted(_acks(w)) == list(range(1, 21))
             assert w.stats.save_failures == 2 and w.stats.acked == 20
             assert w.spool.lines == len(_pubs(20))  # one pm25 line a reading
-            assert w.health().live
+            assert w.liveness().live
         finally:
             w._stopping.set()
             t.join(5)
@@ -236,12 +236,12 @@ def test_liveness_turns_false_while_saving_keeps_failing(tmp_path: Path) -> None
         _connected(w)
         w.session.subscribed = True
         w._on_publishes(_pubs(5), 1)
-        assert w.health().live
+        assert w.liveness().live
         t = threading.Thread(target=w._flusher, daemon=True)
         t.start()
         try:
-            wait_until(lambda: not w.health().live, 10, what="not live")
-            health = w.health()
+            wait_until(lambda: not w.liveness().live, 10, what="not live")
+            health = w.liveness()
             assert not health.ready and any("stalled" in r or "failed" in r for r in health.reasons)
             assert w.session.connected.is_set()  # connected, and still reported as not working
         finally:
@@ -309,7 +309,7 @@ def test_the_connect_packet_offers_our_maximum_packet_size(tmp_path: Path) -> No
         packet = wire.connect(e.client_id, e.keepalive, clean_start=False, session_expiry=e.session_expiry,
                               receive_maximum=e.receive_maximum, maximum_packet_size=e.maximum_packet_size)
         assert b"\x27" + (1_000_000).to_bytes(4, "big") in packet
-        assert orjson.dumps(w.health().as_dict())
+        assert orjson.dumps(w.liveness().as_dict())
 
 
 # --- the dead-letter store and the topic cache are bounded ---------------------------------------------

@@ -3,7 +3,6 @@ against the real broker, ingest and InfluxDB."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +44,21 @@ def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings:
     fw = FirmwareFleet([air, water, weather], workdir / "fil", paths, "127.0.0.1", settings.mqtt_port, seed=2, interval_s=INTERVAL_S,
                        scale=SCALE, behind_s=3 * 3600, faults=faults, feed_s=0.5)
     fw.start()
+    measurements = ("air", "water", "weather")
+    taken: dict[str, list[int]] = {}  # what each board had taken when everything it took was stored
+
+    def all_taken_stored() -> bool:
+        snapshot = {d.dev.device_id: d.readings() for d in fw.devices}
+        for d, meas in zip(fw.devices, measurements, strict=True):
+            if not _seqs(influx, meas, d.dev.device_id) >= set(snapshot[d.dev.device_id]):
+                return False
+        taken.update(snapshot)
+        return True
+
     try:
         wait_until(lambda: len(fw.devices[0].readings()) >= 18, 90, interval=0.5, what="18 readings from the firmware")
-        time.sleep(3)  # the last readings out of the ring
+        # the last readings out of the ring: stop once a snapshot of every board's readings is all stored
+        wait_until(all_taken_stored, 60, interval=0.5, what="every reading the boards took, stored")
     finally:
         fw.stop()
     summary = fw.summary()
@@ -58,13 +69,10 @@ def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings:
 
     signals = Signals(2)
     for dev, meas, field, tol in ((fa, "air", "pm25", lambda v: 6 + 0.25 * v), (fwat, "water", "water_level_cm", lambda v: 6.0)):
-        taken = dev.readings()
         # every reading the firmware took is stored once, through the Wi-Fi outage (ring buffer, replay)
-        wait_until(lambda dev=dev, meas=meas, field=field, taken=taken: {s for _, s, _ in _stored(influx, meas, field, dev.dev.device_id)} >= set(taken),
-                   60, what=f"{dev.dev.device_id}'s readings in InfluxDB")
         rows = _stored(influx, meas, field, dev.dev.device_id)
         seqs = sorted(s for _, s, _ in rows)
-        assert seqs == sorted(set(seqs)) and set(taken) <= set(seqs)
+        assert seqs == sorted(set(seqs)) and set(taken[dev.dev.device_id]) <= set(seqs)
         assert seqs == list(range(seqs[0], seqs[-1] + 1)), "a gap in the stored readings"
         # ... and the values are the city's: what the signal model says at the reading's own time
         ts = np.array([t for t, _, _ in rows])
@@ -74,8 +82,7 @@ def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings:
         assert (off <= np.array([tol(v) for v in model])).mean() >= 0.9, list(zip(got.tolist(), model.tolist(), strict=True))
     # the board that was reset by its watchdog stored every reading it took (the hung sensor sat some out),
     # and its temperature is the city's
-    taken = fwea.readings()
-    wait_until(lambda: _seqs(influx, "weather", weather.device_id) >= set(taken), 60, what="weather readings")
+    assert _seqs(influx, "weather", weather.device_id) >= set(taken[weather.device_id])
     rows = _stored(influx, "weather", "temp_c", weather.device_id)
     model = signals.sample(weather, np.array([t for t, _, _ in rows]), INTERVAL_S)["temp_c"]
     assert len(rows) >= 5 and np.mean(np.abs(np.array([v for _, _, v in rows]) - model) <= 1.5) >= 0.9

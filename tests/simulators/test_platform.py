@@ -24,7 +24,7 @@ from simulators.devices import SimDevice, make_fleet
 from simulators.faults import MALFORMED, Fault
 from simulators.fleet import Fleet
 from simulators.runconfig import RunConfig
-from tests.helpers import count, wait_until
+from tests.helpers import wait_count, wait_ingest_idle, wait_until
 
 pytestmark = pytest.mark.e2e  # simulated devices against the platform
 
@@ -85,9 +85,7 @@ def test_every_fault_is_reflected_in_the_platform(settings: Settings, ingest: Se
     assert set(st.malformed) == set(MALFORMED) and all(n == 2 for n in st.malformed.values())
 
     # every valid reading stored exactly once (duplicates and replays overwrite themselves)
-    wait_until(lambda: count(influx, "device", "battery_v") >= made, 60, what=f"{made} readings stored")
-    time.sleep(1.5)
-    assert count(influx, "device", "battery_v") == made
+    assert wait_count(influx, "device", "battery_v", made, 60) == made
     # the device that went offline has no gap: every seq it made, once
     seqs = _stored(influx, gone)
     assert sorted(seqs) == [s for _, s in st.ledger[gone]] == list(range(1, len(seqs) + 1))
@@ -100,7 +98,7 @@ def test_every_fault_is_reflected_in_the_platform(settings: Settings, ingest: Se
     # dead letters: exactly the malformed messages sent, reason by reason, plus the skewed readings
     expected = Counter(st.malformed) + Counter(st.expected_rejected)
     wait_until(lambda: sum(_dead(settings).values()) >= sum(expected.values()), 30, what="dead letters")
-    time.sleep(1.0)
+    wait_ingest_idle(influx)
     assert _dead(settings) == expected
     # and the ingest's own counters (written to InfluxDB every second) say the same, reason by reason
     wait_until(lambda: _ingest_rejected(influx) == expected, 30, what=f"ingest counters {dict(expected)}")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 from contract.influx import Influx
@@ -18,9 +17,8 @@ from tests.spine.publisher import Publisher
 from tests.spine.test_delivery import assert_exactly_once
 
 
-def last_stats(log: Path) -> dict[str, int]:
-    rows = [json.loads(line) for line in log.read_text().splitlines() if '"msg":"stats"' in line]
-    return rows[-1] if rows else {}
+def stats(log: Path) -> list[dict[str, int]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if '"msg":"stats"' in line]
 
 
 def test_a_frozen_database_holds_the_stream_at_the_broker_not_in_memory(settings: Settings, workdir: Path, influxdb: InfluxDB, influx: Influx) -> None:
@@ -32,8 +30,11 @@ def test_a_frozen_database_holds_the_stream_at_the_broker_not_in_memory(settings
     try:
         pub.publish(100)  # 3,000 readings
         assert pub.settle() == 3000  # the broker took them all
-        time.sleep(3)
-        held = last_stats(svc.log_path)
+        # the ingest fills up to its bound, then holds there: two more reports after it got there
+        at = wait_until(lambda: next((i + 1 for i, r in enumerate(stats(svc.log_path)) if r["pending"] >= 600), 0), 30,
+                        what="the ingest holding its bound")
+        wait_until(lambda: len(stats(svc.log_path)) >= at + 2, 30, what="two stats reports at the bound")
+        held = stats(svc.log_path)[-1]
         # received counts what was parsed; one read of the socket may complete the last segment
         assert 0 < held["pending"] <= 600 + 500, held
         assert held["received"] < 3000, held
@@ -43,6 +44,6 @@ def test_a_frozen_database_holds_the_stream_at_the_broker_not_in_memory(settings
     try:
         assert wait_count(influx, "air", "pm25", 3000, timeout=90) == 3000
         assert_exactly_once(influx, pub)
-        wait_until(lambda: last_stats(svc.log_path).get("pending") == 0, 10, what="nothing left pending")
+        wait_until(lambda: stats(svc.log_path)[-1].get("pending") == 0, 10, what="nothing left pending")
     finally:
         assert svc.stop() == 0

@@ -17,7 +17,7 @@ from contract.status import encode_status
 from ingest.deadletter import read_all
 from nakhon.procs import Service
 from tests.conftest import start_ingest
-from tests.helpers import count, wait_count, wait_len, wait_until
+from tests.helpers import wait_count, wait_len, wait_until
 from tests.spine.publisher import Publisher
 from tests.spine.test_delivery import assert_exactly_once
 
@@ -101,9 +101,7 @@ def test_partial_write_sets_aside_only_the_refused_lines(settings: Settings, wor
             m = {"pm25": 10.0 + i, "pm1": 3.0} if i % 5 == 0 else {"pm25": 10.0 + i}
             pub.raw(0, orjson.dumps({"v": 1, "ts": now - 60 + i, "seq": i, "m": m}))
         pub.settle()
-        wait_until(lambda: count(influx, "air", "pm25") >= 16, 30, what="the good points")
-        time.sleep(1.5)
-        assert count(influx, "air", "pm25") == 16  # 4 lines carried the conflicting pm1 and were refused whole
+        assert wait_count(influx, "air", "pm25", 16, 30) == 16  # 4 lines carried the conflicting pm1 and were refused whole
         dead = wait_until(lambda: list(read_all(settings.data_dir / "deadletter")), 10, what="dead letters")
         assert len(dead) == 4 and {d["reason"] for d in dead} == {Reason.STORAGE_REJECTED}
         assert all("pm1=3.0" in d["payload"] for d in dead)
