@@ -193,7 +193,7 @@ def parse_connack(body: bytes) -> Connack:
                 raise ProtocolError(f"CONNACK carries property {pid:#x} twice", PROTOCOL_ERROR)
             if kind == "s":
                 try:
-                    value = bytes(value).decode()  # type: ignore[arg-type]
+                    value = bytes(value).decode()
                 except UnicodeDecodeError as exc:
                     raise ProtocolError("CONNACK string is not UTF-8", MALFORMED_PACKET) from exc
             found[name] = value

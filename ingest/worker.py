@@ -277,7 +277,7 @@ class Worker:
     def _write_batch(self, batch: _Batch) -> None:
         """Make one batch durable, then ack its messages (in arrival order across batches)."""
         if batch.dead:
-            self.dead.append(batch.dead)  # type: ignore[arg-type]
+            self.dead.append(batch.dead)
             batch.dead = []
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
@@ -295,7 +295,8 @@ class Worker:
         with self._ack_lock:  # held while queueing, so two writers cannot interleave their acks
             for seg in segments:
                 self._ack_ready[seg.seq] = seg
-            while (seg := self._ack_ready.pop(self._ack_next, None)) is not None:
+            while self._ack_next in self._ack_ready:
+                seg = self._ack_ready.pop(self._ack_next)
                 self._ack_next += 1
                 held += seg.messages
                 for generation, pids in seg.acks.items():
@@ -331,7 +332,7 @@ class Worker:
                 self._failing_since = now
             failing = now - self._failing_since
             self._failures_run += 1
-            delay = min(RETRY_MAX_S, 0.5 * 2 ** min(10, self._failures_run - 1))
+            delay = min(RETRY_MAX_S, 0.5 * 2.0 ** min(10, self._failures_run - 1))
         with self.stats.lock:
             self.stats.save_failures += 1
             self.stats.save_last_error = f"{type(exc).__name__}: {exc}"[:200]
@@ -407,7 +408,8 @@ class Worker:
         doc.update(live=live.live, ready=live.ready, subscribed=self.session.subscribed)
         if not live.live:
             doc["status"] = "down"
-        doc["problems"] = [*doc.get("problems", []), *(r for r in live.reasons if not r.startswith("not connected"))]  # type: ignore[list-item]
+        problems = doc.get("problems")
+        doc["problems"] = [*(problems if isinstance(problems, list) else []), *(r for r in live.reasons if not r.startswith("not connected"))]
         if status:
             doc["status"] = status
         with contextlib.suppress(OSError):  # a full disk must not stop the data path; the spool reports it
