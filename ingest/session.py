@@ -381,7 +381,9 @@ class Session:
                     raise ConnectionError(f"subscription refused: {[hex(c) for c in codes]}")
                 log.warning("broker refused an optional subscription", extra=fields)
             with self._lock:
-                self.subscribed = not any(req for _, req in self._subs.values())
+                was, self.subscribed = self.subscribed, not any(req for _, req in self._subs.values())
+            if self.subscribed and not was:  # from here on the broker delivers to us (and a $share group counts us)
+                log.info("subscribed", extra=kv(client_id=self.endpoint.client_id))
         elif kind == wire.DISCONNECT_TYPE:
             reason = wire.parse_disconnect(body)
             text = _DISCONNECTS.get(reason, hex(reason))

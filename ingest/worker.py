@@ -27,7 +27,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from contract import topics
-from contract.influx import Influx, InfluxError, InfluxRejected
+from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 from contract.payload import Window
 from contract.settings import Settings
@@ -441,7 +441,7 @@ class Worker:
         try:
             self.influx.ensure_schema(s.raw_retention, s.hourly_retention)
         except InfluxError as exc:
-            if isinstance(exc, InfluxRejected) and exc.status == 403:  # a least-privileged user: the schema is made at set-up
+            if isinstance(exc, InfluxRefused) and exc.status == 403:  # a least-privileged user: the schema is made at set-up
                 log.info("storage schema left to the database administrator", extra=kv(error=exc.message[:200]))
             else:
                 log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
