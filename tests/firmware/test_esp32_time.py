@@ -56,4 +56,4 @@ def test_a_due_clock_stays_due_across_the_wrap(checks: dict[str, dict[str, Any]]
 
 def test_uptime_runs_on_across_the_wrap(checks: dict[str, dict[str, Any]]) -> None:
     up = checks["uptime"]["uptime_s"]
-    assert 8 * DAY_S <= up < 9 * DAY_S
+    assert 8 * DAY_S - 60 <= up < 9 * DAY_S  # (the fake sleeps in whole real microseconds: a second of device time each at 10^6x)
