@@ -133,6 +133,36 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- alerts -------------------------------------------------------------------
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from alerts.rules import RulesError, load_rules
+
+    settings = _settings(alerts_rules_file=args.rules)
+    try:
+        book = load_rules(settings.alerts_rules_file)
+    except RulesError as exc:
+        sys.stderr.write(f"nakhon alerts: NAKHON_ALERTS_RULES_FILE: {exc}\n")
+        return 2
+    if args.action == "check":
+        import json
+
+        if args.city is not None and args.city not in settings.cities:
+            sys.stderr.write(f"nakhon alerts check: unknown city {args.city!r}; known: {', '.join(sorted(settings.cities))}\n")
+            return 2
+        out: dict[str, object] = {"version": book.version}
+        for city in [args.city] if args.city else sorted(settings.cities):
+            out[city if args.station is None else f"{city}/{args.station}"] = asdict(book.for_station(city, args.station))
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    from alerts.service import run
+
+    setup_logging(settings.log_level)
+    run(settings, book)
+    return 0
+
+
 # --- systemd -----------------------------------------------------------------
 def cmd_systemd(args: argparse.Namespace) -> int:
     from nakhon import systemd
@@ -290,6 +320,16 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default=None, help="bind address (default NAKHON_API_HOST)")
     api.add_argument("--port", type=int, default=None, help="port (default NAKHON_API_PORT)")
     api.set_defaults(func=cmd_api)
+
+    al = sub.add_parser("alerts", help="the alert evaluator: rules over arriving telemetry, events to MQTT, InfluxDB and webhooks")
+    al_sub = al.add_subparsers(dest="action", required=True, metavar="ACTION")
+    alr = al_sub.add_parser("run", help="run the evaluator (subscribes to telemetry as nakhon_alerts; Ctrl-C stops it)")
+    alc = al_sub.add_parser("check", help="validate the rules file and print the effective rules of each city (or one station)")
+    alc.add_argument("--city", default=None, help="only this city")
+    alc.add_argument("--station", default=None, help="the rules of this station (its overrides applied)")
+    for p_ in (alr, alc):
+        p_.add_argument("--rules", default=None, help="rules file, YAML or JSON (default NAKHON_ALERTS_RULES_FILE, else the built-in rules)")
+    al.set_defaults(func=cmd_alerts)
 
     sd = sub.add_parser("systemd", help="systemd units for a Debian server without Docker (ingest workers, API; Debian's mosquitto and influxdb)")
     sd_sub = sd.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,0 +1,201 @@
+"""`nakhon alerts run`: telemetry in over MQTT, alert events out to MQTT, InfluxDB and webhooks.
+
+A read-only platform client of the broker (client id outside the device-id
+alphabet, persistent session, QoS 1, manual acknowledgements): a message is
+acknowledged only once the state it changed and the events it produced are
+committed to the store, so a crash at any point loses nothing and repeats
+nothing (see alerts.store). Delivery runs beside it, one worker per target.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import paho.mqtt.client as mqtt
+
+from alerts.core import Evaluator, Event
+from alerts.deliver import InfluxTarget, Retry, Webhook, Worker
+from alerts.rules import RuleBook
+from alerts.store import Item, Store
+from alerts.text import messages, webhook_body
+from contract.alerts import alerts_topic
+from contract.influx import Influx
+from contract.logs import kv
+from contract.payload import Window, parse_telemetry
+from contract.settings import Settings
+from contract.topics import QOS, TELEMETRY_FILTER, TopicError, parse_topic
+
+log = logging.getLogger("nakhon.alerts")
+
+BATCH_MAX = 2000
+BATCH_WAIT_S = 0.2
+TICK_S = 1.0
+STATS_S = 30.0
+
+
+class AlertService:
+    def __init__(self, settings: Settings, book: RuleBook, clock: Callable[[], float] = time.time) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.store = Store(settings.path("alerts") / "state.sqlite3")
+        self.evaluator = Evaluator(book, clock, settings.alerts_late_after_s)
+        loaded = 0
+        for city, device, doc in self.store.stations():
+            self.evaluator.load(city, device, doc)
+            loaded += 1
+        self.window = Window(settings.ts_max_age_s, settings.ts_max_future_s)
+        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.stop_event = threading.Event()
+        self.client = self._client()
+        self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
+        self.webhooks = [Webhook(url, settings.alerts_webhook_secret or "", settings.alerts_webhook_timeout_s) for url in settings.alerts_webhooks]
+        targets: dict[str, Callable[[Item], None]] = {"mqtt": self._publish, "influx": InfluxTarget(self.influx)}
+        targets.update({f"webhook:{i}": w for i, w in enumerate(self.webhooks)})
+        self.wakes = {t: threading.Event() for t in targets}
+        self.workers = [Worker(self.store, t, send, self.wakes[t], self.stop_event, cap_s=settings.alerts_retry_cap_s,
+                               give_up_s=settings.alerts_give_up_s) for t, send in targets.items()]
+        self.bad_messages = 0
+        log.info("alert evaluator ready", extra=kv(rules_version=book.version, stations=loaded, webhooks=len(self.webhooks),
+                                                   state=str(self.store.path)))
+
+    # --- MQTT ----------------------------------------------------------------
+    def _client(self) -> mqtt.Client:
+        s = self.settings
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.alerts_client_id, clean_session=False,
+                             protocol=mqtt.MQTTv311, manual_ack=True)
+        if s.mqtt_username:
+            client.username_pw_set(s.mqtt_username, s.mqtt_password)
+        if s.mqtt_tls:
+            client.tls_set(ca_certs=str(s.mqtt_ca_file) if s.mqtt_ca_file else None, cert_reqs=ssl.CERT_REQUIRED)
+        client.reconnect_delay_set(1, 30)
+        client.max_inflight_messages_set(100)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = lambda _c, _u, msg: self._inbox.put(msg)
+        return client
+
+    def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            log.error("broker refused the connection", extra=kv(reason=str(reason)))
+            return
+        client.subscribe(TELEMETRY_FILTER, qos=QOS)
+        log.info("connected", extra=kv(broker=f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
+                                       session_present=bool(getattr(flags, "session_present", False))))
+
+    def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        if not self.stop_event.is_set():
+            log.warning("disconnected from the broker, reconnecting", extra=kv(reason=str(reason)))
+
+    def _publish(self, item: Item) -> None:
+        doc = orjson.loads(item.body)
+        info = self.client.publish(alerts_topic(doc["city"]), item.body, qos=QOS)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise Retry(f"publish: {mqtt.error_string(info.rc)}")
+        info.wait_for_publish(10.0)
+        if not info.is_published():
+            raise Retry("no PUBACK within 10 s")
+
+    # --- the loop --------------------------------------------------------------
+    def run(self) -> None:
+        for w in self.workers:
+            w.start()
+        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.mqtt_keepalive_s)
+        self.client.loop_start()
+        last_tick = last_stats = 0.0
+        try:
+            while not self.stop_event.is_set():
+                batch = self._take()
+                events: list[Event] = []
+                for msg in batch:
+                    events += self._message(msg)
+                now = time.monotonic()
+                if now - last_tick >= TICK_S:
+                    events += self.evaluator.tick()
+                    last_tick = now
+                if events or self.evaluator.dirty:
+                    self._commit(events)
+                for msg in batch:  # only now: what they changed is durable
+                    self.client.ack(msg.mid, msg.qos)
+                if events:
+                    for wake in self.wakes.values():
+                        wake.set()
+                if now - last_stats >= STATS_S:
+                    last_stats = now
+                    log.info("alerts stats", extra=kv(**self.evaluator.counts, bad_messages=self.bad_messages, outbox=self.store.counts(),
+                                                      stations=len(self.evaluator.stations)))
+        finally:
+            self.stop_event.set()
+            self.client.disconnect()
+            self.client.loop_stop()
+            for w in self.workers:
+                w.join(15)
+            for wh in self.webhooks:
+                wh.close()
+            self.influx.close()
+            self.store.close()
+            log.info("alert evaluator stopped")
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    def _take(self) -> list[mqtt.MQTTMessage]:
+        batch: list[mqtt.MQTTMessage] = []
+        deadline = time.monotonic() + BATCH_WAIT_S
+        while len(batch) < BATCH_MAX:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                batch.append(self._inbox.get(timeout=left))
+            except queue.Empty:
+                break
+        return batch
+
+    def _message(self, msg: mqtt.MQTTMessage) -> list[Event]:
+        try:
+            t = parse_topic(msg.topic, self.settings.cities)
+        except TopicError:
+            self.bad_messages += 1
+            return []
+        parsed = parse_telemetry(msg.payload, time.time(), self.window, self.settings.max_payload_bytes)
+        if parsed.rejections:
+            self.bad_messages += 1  # the ingest keeps the rejected ones with their reasons; here they only don't count
+        if not parsed.readings:
+            return []
+        return self.evaluator.readings(t.city, t.device, parsed.readings)
+
+    def _commit(self, events: list[Event]) -> None:
+        ev = self.evaluator
+        stations = [(c, d, ev.stations[(c, d)].to_doc()) for c, d in ev.dirty]
+        items: list[tuple[str, str, bytes]] = []
+        for e in events:
+            doc = e.doc()
+            doc["message_en"], doc["message_th"] = messages(doc, self.settings.cities)
+            body = orjson.dumps(doc)
+            items.append((e.id, "influx", body))
+            if e.event == "past":  # history only
+                continue
+            items.append((e.id, "mqtt", body))
+            hook = orjson.dumps(webhook_body(e.doc(), self.settings.cities))
+            items += [(e.id, f"webhook:{i}", hook) for i in range(len(self.webhooks))]
+            log.info("alert", extra=kv(alert=e.alert_id, event=e.event, rule=e.rule, city=e.city, device=e.device, value=e.value,
+                                       late=e.late))
+        self.store.commit(stations, items)
+        ev.dirty.clear()
+
+
+def run(settings: Settings, book: RuleBook) -> None:
+    """Blocks until SIGTERM/SIGINT (the caller sets the handlers through `service.stop`)."""
+    import signal
+
+    service = AlertService(settings, book)
+    signal.signal(signal.SIGTERM, lambda *_: service.stop())
+    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    service.run()
