@@ -11,8 +11,8 @@ No I/O and no wall clock: the caller passes each reading and a `clock`
   one: a condition that began and ended in the past is one `past` event
   (history, not a notification); one that still holds when the replay reaches
   the present opens the alert then, carrying when it began (`since`).
-- A reading measured at or before the station's newest evaluated one is a
-  repeat or out of order: it changes nothing (so a redelivery after a crash
+- A reading measured before the station's newest evaluated one (or at the
+  same millisecond with a seq not above it) is a repeat or out of order: it changes nothing (so a redelivery after a crash
   cannot count twice).
 - Silence is judged on the clock: no message for more than N of the station's
   intervals opens `silent`; any message closes it.
@@ -79,6 +79,7 @@ class Past:
 @dataclass(slots=True)
 class Station:
     last_ts_ms: int = 0
+    last_seq: int = -1
     last_arrival_s: float = 0.0
     gaps: list[float] = field(default_factory=list)  # the last measured reading intervals (s)
     hours: dict[int, list[float]] = field(default_factory=dict)  # hour -> [sum pm25, n, sum pm10, n]
@@ -197,16 +198,16 @@ class Evaluator:
         return events
 
     def _reading(self, city: str, device: str, st: Station, r: Reading, now_s: float) -> list[Event]:
-        if r.ts_ms <= st.last_ts_ms:
+        if (r.ts_ms, r.seq) <= (st.last_ts_ms, st.last_seq):  # seq orders readings taken in the same millisecond
             self.counts["repeat"] += 1
             return []
         self.counts["readings"] += 1
         late = now_s * 1000 - r.ts_ms > self.late_after_ms
         self.counts["late"] += late
-        if st.last_ts_ms:
+        if st.last_ts_ms and r.ts_ms > st.last_ts_ms:
             gap = (r.ts_ms - st.last_ts_ms) / 1000
             st.gaps = [*st.gaps[-4:], gap]
-        st.last_ts_ms = r.ts_ms
+        st.last_ts_ms, st.last_seq = r.ts_ms, r.seq
         rules = self.rules(city, device)
         events: list[Event] = []
         m = r.m

@@ -265,3 +265,12 @@ def test_rules_file_in_yaml(tmp_path: Path) -> None:
     assert book.for_station("chiang_mai", "cm-air-001").aqi.min_band == 4
     w = book.for_station("phuket", "pk-water-003").water
     assert (w.warning_cm, w.flood_cm) == (150, 210)
+
+
+def test_readings_in_the_same_millisecond_are_told_apart_by_seq() -> None:
+    clock = Clock()
+    ev = Evaluator(RuleBook(), clock)
+    events = ev.readings("phuket", "pk-water-001", [Reading(T0 * 1000, 1, {"water_level_cm": 190.0}),
+                                                     Reading(T0 * 1000, 2, {"water_level_cm": 100.0})])
+    assert _kinds(events) == [("water_warning", "opened"), ("water_warning", "closed")]
+    assert ev.readings("phuket", "pk-water-001", [Reading(T0 * 1000, 2, {"water_level_cm": 300.0})]) == []
