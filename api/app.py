@@ -14,7 +14,7 @@ from api import docs
 from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
-from api.routers import apikeys, aqi, devices, health, opendata, public, quality, readings
+from api.routers import alerts, apikeys, aqi, devices, health, opendata, public, quality, readings
 from api.security import RateLimiter
 from contract import rollups
 from contract.influx import Influx, InfluxError, InfluxRejected, InfluxUnavailable
@@ -80,6 +80,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("influxdb refused a query", extra=kv(path=request.url.path, error=exc.message[:300]))
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    for r in (health, readings, aqi, quality, opendata, public, devices, apikeys):
+    for r in (health, readings, aqi, alerts, quality, opendata, public, devices, apikeys):
         app.include_router(r.router)
     return app
