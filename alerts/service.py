@@ -20,6 +20,7 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 
+from alerts import health
 from alerts.core import Evaluator, Event
 from alerts.deliver import InfluxTarget, Retry, Webhook, Worker
 from alerts.rules import RuleBook
@@ -38,6 +39,7 @@ BATCH_MAX = 2000
 BATCH_WAIT_S = 0.2
 TICK_S = 1.0
 STATS_S = 30.0
+HEALTH_S = 2.0
 
 
 class AlertService:
@@ -62,6 +64,8 @@ class AlertService:
         self.workers = [Worker(self.store, t, send, self.wakes[t], self.stop_event, cap_s=settings.alerts_retry_cap_s,
                                give_up_s=settings.alerts_give_up_s) for t, send in targets.items()]
         self.bad_messages = 0
+        self.connected = False
+        self.health_path = settings.path("alerts") / "health.json"
         log.info("alert evaluator ready", extra=kv(rules_version=book.version, stations=loaded, webhooks=len(self.webhooks),
                                                    state=str(self.store.path)))
 
@@ -86,10 +90,12 @@ class AlertService:
             log.error("broker refused the connection", extra=kv(reason=str(reason)))
             return
         client.subscribe(TELEMETRY_FILTER, qos=QOS)
+        self.connected = True
         log.info("connected", extra=kv(broker=f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
                                        session_present=bool(getattr(flags, "session_present", False))))
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self.connected = False
         if not self.stop_event.is_set():
             log.warning("disconnected from the broker, reconnecting", extra=kv(reason=str(reason)))
 
@@ -108,7 +114,7 @@ class AlertService:
             w.start()
         self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.mqtt_keepalive_s)
         self.client.loop_start()
-        last_tick = last_stats = 0.0
+        last_tick = last_stats = last_health = 0.0
         try:
             while not self.stop_event.is_set():
                 batch = self._take()
@@ -126,6 +132,9 @@ class AlertService:
                 if events:
                     for wake in self.wakes.values():
                         wake.set()
+                if now - last_health >= HEALTH_S:
+                    last_health = now
+                    self._health()
                 if now - last_stats >= STATS_S:
                     last_stats = now
                     log.info("alerts stats", extra=kv(**self.evaluator.counts, bad_messages=self.bad_messages, outbox=self.store.counts(),
@@ -144,6 +153,17 @@ class AlertService:
 
     def stop(self) -> None:
         self.stop_event.set()
+
+    def _health(self) -> None:
+        counts = self.store.counts()
+        oldest, targets = self.store.oldest_pending()
+        try:
+            health.write(self.health_path, {
+                "connected": self.connected, "stations": len(self.evaluator.stations), "readings": self.evaluator.counts["readings"],
+                "events": self.evaluator.counts["events"], "pending": counts.get("pending", 0), "failed": counts.get("failed", 0),
+                "oldest_pending_s": None if oldest is None else round(time.time() - oldest, 1), "stuck_targets": targets})
+        except OSError as exc:
+            log.warning("cannot write the health file", extra=kv(path=str(self.health_path), error=str(exc)))
 
     def _take(self) -> list[mqtt.MQTTMessage]:
         batch: list[mqtt.MQTTMessage] = []

@@ -109,6 +109,14 @@ class Store:
             rows = self._db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
         return {state: n for state, n in rows}
 
+    def oldest_pending(self) -> tuple[float | None, list[str]]:
+        """When the oldest undelivered item was queued, and the targets that have undelivered items."""
+        with self._lock:
+            rows = self._db.execute("SELECT target, min(created) FROM outbox WHERE state = 'pending' GROUP BY target").fetchall()
+        if not rows:
+            return None, []
+        return min(r[1] for r in rows), sorted(r[0] for r in rows)
+
     def prune(self, older_than_s: float = 7 * 86400) -> None:
         with self._lock:
             self._db.execute("DELETE FROM outbox WHERE state = 'done' AND created < ?", (time.time() - older_than_s,))

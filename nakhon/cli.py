@@ -68,6 +68,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             f"  API docs     http://{s.api_host}:{s.api_port}/docs  (and /redoc)\n"
             f"  Air quality  http://{s.api_host}:{s.api_port}/air  (public page per city)\n"
             f"  Latest       http://{s.api_host}:{s.api_port}/v1/cities/chiang_mai/latest\n"
+            f"  Alerts       http://{s.api_host}:{s.api_port}/v1/cities/phuket/alerts  (live on nakhon/v1/+/alerts; webhooks: NAKHON_ALERTS_WEBHOOK_URLS)\n"
             f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
             f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
             f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}\n"
@@ -139,7 +140,13 @@ def cmd_alerts(args: argparse.Namespace) -> int:
 
     from alerts.rules import RulesError, load_rules
 
-    settings = _settings(alerts_rules_file=args.rules)
+    settings = _settings(alerts_rules_file=getattr(args, "rules", None))
+    if args.action == "health":
+        from alerts.health import judge
+
+        state, detail = judge(settings.data_dir / "alerts" / "health.json")
+        sys.stdout.write(f"alerts {state}: {detail}\n")
+        return 1 if state == "down" else 0
     try:
         book = load_rules(settings.alerts_rules_file)
     except RulesError as exc:
@@ -293,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nakhon", description="Nakhon smart-city sensor platform. Settings come from NAKHON_* environment variables.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the whole platform locally (broker, database, ingest, API, simulated fleet)")
+    up = sub.add_parser("up", help="run the whole platform locally (broker, database, ingest, alert evaluator, API, simulated fleet)")
     up.add_argument("--root", default="var/local", help="folder for the local servers' config, data and logs (default var/local)")
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
@@ -327,6 +334,7 @@ def build_parser() -> argparse.ArgumentParser:
     alc = al_sub.add_parser("check", help="validate the rules file and print the effective rules of each city (or one station)")
     alc.add_argument("--city", default=None, help="only this city")
     alc.add_argument("--station", default=None, help="the rules of this station (its overrides applied)")
+    al_sub.add_parser("health", help="whether the running evaluator (its NAKHON_DATA_DIR/alerts/health.json) works: exit 1 when down")
     for p_ in (alr, alc):
         p_.add_argument("--rules", default=None, help="rules file, YAML or JSON (default NAKHON_ALERTS_RULES_FILE, else the built-in rules)")
     al.set_defaults(func=cmd_alerts)

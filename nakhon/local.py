@@ -1,4 +1,4 @@
-"""The local platform: broker, database, ingest, API and a simulated fleet.
+"""The local platform: broker, database, ingest, alert evaluator, API and a simulated fleet.
 
 `nakhon up` runs it in the foreground until Ctrl-C; tests and benchmarks use
 the same pieces.
@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from alerts import health as alerts_health
 from api.registry import Device, Registry
 from contract.influx import Influx
 from contract.logs import kv
@@ -43,6 +44,7 @@ class LocalPlatform:
         logs = self.root / "logs"
         self.ingest = Service("ingest", ["ingest"], self.settings, logs)
         self.api = Service("api", ["api"], self.settings, logs)
+        self.alerts = Service("alerts", ["alerts", "run"], self.settings, logs)
         self.fleet_spec = (fleet_per_city, interval_s, seed, prefix)
         self.fleet = (
             Service("simulate", ["simulate", "--per-city", str(fleet_per_city), "--interval", str(interval_s), "--realtime",
@@ -68,6 +70,9 @@ class LocalPlatform:
         self.ingest.start()
         if not self.ingest.wait_log('"msg":"connected"', 30):
             raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
+        self.alerts.start()
+        if not self.alerts.wait_log('"msg":"connected"', 30):
+            raise RuntimeError(f"the alert evaluator did not connect; see {self.alerts.log_path}")
         if self.fleet:
             n = register_fleet(self.settings, *self.fleet_spec)
             log.info("simulated fleet registered", extra=kv(devices=n, registry=str(self.settings.registry_path)))
@@ -78,7 +83,7 @@ class LocalPlatform:
     @property
     def services(self) -> list[Any]:
         """Everything `nakhon up` runs, in start order."""
-        return [self.broker, self.influxdb, self.ingest, self.api, *([self.fleet] if self.fleet else [])]
+        return [self.broker, self.influxdb, self.ingest, self.alerts, self.api, *([self.fleet] if self.fleet else [])]
 
     def supervise(self, policy: Policy | None = None) -> Supervisor:
         """Restart whatever dies from now on (see nakhon.supervisor)."""
@@ -89,7 +94,7 @@ class LocalPlatform:
     def stop(self) -> None:
         if self.supervisor is not None:  # first, or it would restart what we stop
             self.supervisor.stop()
-        for svc in (self.fleet, self.api, self.ingest):
+        for svc in (self.fleet, self.api, self.alerts, self.ingest):
             if svc is not None:
                 svc.stop()
         self.influxdb.stop()
@@ -112,6 +117,8 @@ class LocalPlatform:
             return status.ingest_health(s.data_dir / "health", self._pids(self.ingest))
         if name == self.api.name:
             return status.api_health(s.api_host, s.api_port)
+        if name == self.alerts.name:
+            return alerts_health.judge(s.data_dir / "alerts" / "health.json", self.alerts.proc.pid if self.alerts.proc else None)
         return "", ""
 
     @staticmethod

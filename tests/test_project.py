@@ -58,11 +58,11 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_compose_matches_the_code() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"mosquitto", "influxdb", "ingest", "api", "simulator"} <= set(services)
+    assert {"mosquitto", "influxdb", "ingest", "api", "alerts", "simulator"} <= set(services)
     assert services["influxdb"]["image"].startswith("influxdb:1.")  # the v1 API the code speaks
     assert services["simulator"]["profiles"] == ["sim"]
     fields = set(Settings.model_fields)
-    for name in ("ingest", "api", "simulator"):
+    for name in ("ingest", "api", "alerts", "simulator"):
         svc = services[name]
         assert svc["build"] == "."
         env = svc["environment"]
@@ -79,7 +79,7 @@ def test_compose_matches_the_code() -> None:
 
 
 # --- import direction (DESIGN.md) -------------------------------------------
-COMPONENTS = ("ingest", "api", "simulators", "dashboards")
+COMPONENTS = ("ingest", "api", "alerts", "simulators", "dashboards")
 
 
 def _imports(folder: Path) -> set[tuple[Path, str]]:
