@@ -198,11 +198,6 @@ class Registry:
             db.execute("UPDATE devices SET secret_hash = ?, updated = ? WHERE id = ?",
                        (hash_password(password), datetime.now(UTC).isoformat(), device_id))
 
-    def check_device_password(self, device_id: str, password: str) -> bool:
-        with self._db() as db:
-            row = db.execute("SELECT secret_hash FROM devices WHERE id = ?", (device_id,)).fetchone()
-        return row is not None and check_password(password, row["secret_hash"])
-
     def set_state(self, device_id: str, state: str) -> None:
         if state not in DEVICE_STATES:
             raise ValueError(f"state must be one of {DEVICE_STATES}")

@@ -60,7 +60,3 @@ def load_cities(extra_file: Path | None = None) -> dict[str, City]:
             raise CityRegistryError(f"cities file {extra_file}, entry {i}: lat/lon out of range")
         cities[city.slug] = city
     return cities
-
-
-def is_city_slug(value: str) -> bool:
-    return bool(_SLUG_RE.match(value))

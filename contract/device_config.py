@@ -79,13 +79,3 @@ def encode_device_config(seq: int, interval_s: int | None = None, sensors: dict[
     if len(raw) > MAX_BYTES:
         raise DeviceConfigError(f"config of {len(raw)} bytes > {MAX_BYTES}")
     return raw
-
-
-def parse_device_config(raw: bytes) -> dict[str, Any]:
-    if len(raw) > MAX_BYTES:
-        raise DeviceConfigError(f"config of {len(raw)} bytes > {MAX_BYTES}")
-    try:
-        doc = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise DeviceConfigError(f"bad json: {exc}") from None
-    return check_device_config(doc)

@@ -36,11 +36,6 @@ def band_thresholds() -> Json:
     return panels.thresholds(first.hex, *((b.level, b.hex) for b in rest))
 
 
-def aqi_value_mappings() -> list[Json]:
-    """AQI value -> band name, in PCD colours."""
-    return [panels.range_mapping(b.lo, b.hi, band_label(b), b.hex, i) for i, b in enumerate(aqi.BANDS)]
-
-
 def band_mappings() -> list[Json]:
     """Band number -> band name, in PCD colours."""
     return [panels.value_mapping({str(b.level): (band_label(b), b.hex) for b in aqi.BANDS})]

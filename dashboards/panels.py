@@ -28,10 +28,6 @@ def thresholds(base: str, *steps: tuple[float, str]) -> Json:
     return {"mode": "absolute", "steps": [{"color": base, "value": None}] + [{"color": c, "value": v} for v, c in steps]}
 
 
-def range_mapping(lo: float, hi: float, text: str, color: str, index: int) -> Json:
-    return {"type": "range", "options": {"from": lo, "to": hi, "result": {"color": color, "index": index, "text": text}}}
-
-
 def value_mapping(values: dict[str, tuple[str, str]]) -> Json:
     return {
         "type": "value",

@@ -246,11 +246,6 @@ class Mosquitto(_Process):
                 return True
         return False
 
-    def reload(self) -> None:
-        """SIGHUP: re-read password and ACL files."""
-        if self.proc is not None:
-            self.proc.send_signal(signal.SIGHUP)
-
 
 class InfluxDB(_Process):
     """InfluxDB 1.x (`influxd`) with its own config, data and ports."""
