@@ -51,7 +51,11 @@ class Webhook:
         self.secret = secret
         self._http = httpx.Client(timeout=timeout_s)
 
-    def __call__(self, item: Item) -> None:
+    def __call__(self, items: list[Item]) -> None:
+        for item in items:  # one POST per event: a receiver sees one event per request
+            self._one(item)
+
+    def _one(self, item: Item) -> None:
         ts = str(int(time.time()))
         headers = {"Content-Type": "application/json", "User-Agent": "nakhon-alerts/1", "X-Nakhon-Event": item.event_id,
                    "X-Nakhon-Timestamp": ts, "X-Nakhon-Signature": signature(self.secret, ts, item.body)}
@@ -85,10 +89,9 @@ class InfluxTarget:
     def __init__(self, influx: Influx) -> None:
         self.influx = influx
 
-    def __call__(self, item: Item) -> None:
-        doc = orjson.loads(item.body)
+    def __call__(self, items: list[Item]) -> None:
         try:
-            self.influx.write([influx_line(doc)], rp=RP_RAW)
+            self.influx.write([influx_line(orjson.loads(i.body)) for i in items], rp=RP_RAW)
         except InfluxRejected as exc:
             # a database that is missing or a user without rights is retried (fixable), bad data is not
             if exc.status in (401, 403, 404) or "database not found" in exc.message:
@@ -99,30 +102,40 @@ class InfluxTarget:
 
 
 class Worker(threading.Thread):
-    def __init__(self, store: Store, target: str, send: Callable[[Item], None], wake: threading.Event, stop: threading.Event,
-                 base_s: float = 1.0, cap_s: float = 300.0, give_up_s: float = 86400.0) -> None:
+    """Delivers one target's items in order, `batch` at a time (the first one failing holds the rest back)."""
+
+    def __init__(self, store: Store, target: str, send: Callable[[list[Item]], None], wake: threading.Event, stop: threading.Event,
+                 base_s: float = 1.0, cap_s: float = 300.0, give_up_s: float = 86400.0, batch: int = 1) -> None:
         super().__init__(name=f"deliver-{target}", daemon=True)
         self.store, self.target, self.send = store, target, send
         self.wake, self.stop_event = wake, stop
         self.base_s, self.cap_s, self.give_up_s = base_s, cap_s, give_up_s
+        self.batch = batch
         self.delivered = 0
         self.failures = 0
 
     def run(self) -> None:
         while not self.stop_event.is_set():
-            item = self.store.head(self.target)
+            items = self.store.head(self.target, self.batch)
             now = time.time()
-            if item is None or item.next_at > now:
-                wait = 0.5 if item is None else min(0.5, item.next_at - now)
+            if not items or items[0].next_at > now:
+                wait = 0.5 if not items else min(0.5, items[0].next_at - now)
                 self.wake.wait(wait)
                 self.wake.clear()
                 continue
-            self._one(item)
+            if len(items) > 1 and items[0].attempts:  # it failed before: alone, so a bad item cannot hold good ones back
+                items = items[:1]
+            self._send(items)
 
-    def _one(self, item: Item) -> None:
+    def _send(self, items: list[Item]) -> None:
+        item = items[0]
         try:
-            self.send(item)
+            self.send(items)
         except Permanent as exc:
+            if len(items) > 1:  # find the one refused: each alone
+                for one in items:
+                    self._send([one])
+                return
             self.failures += 1
             self.store.failed(item.seq, str(exc))
             log.error("alert delivery refused", extra=kv(target=self.target, event=item.event_id, error=str(exc)[:300]))
@@ -141,5 +154,5 @@ class Worker(threading.Thread):
             log.warning("alert delivery failed, will retry", extra=kv(target=self.target, event=item.event_id, attempt=item.attempts + 1,
                                                                        retry_in_s=round(delay, 2), error=str(exc)[:300]))
             return
-        self.store.done(item.seq)
-        self.delivered += 1
+        self.store.done([i.seq for i in items])
+        self.delivered += len(items)

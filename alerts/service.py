@@ -58,11 +58,11 @@ class AlertService:
         self.client = self._client()
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
         self.webhooks = [Webhook(url, settings.alerts_webhook_secret or "", settings.alerts_webhook_timeout_s) for url in settings.alerts_webhooks]
-        targets: dict[str, Callable[[Item], None]] = {"mqtt": self._publish, "influx": InfluxTarget(self.influx)}
-        targets.update({f"webhook:{i}": w for i, w in enumerate(self.webhooks)})
+        targets: dict[str, tuple[Callable[[list[Item]], None], int]] = {"mqtt": (self._publish, 500), "influx": (InfluxTarget(self.influx), 1000)}
+        targets.update({f"webhook:{i}": (w, 1) for i, w in enumerate(self.webhooks)})
         self.wakes = {t: threading.Event() for t in targets}
         self.workers = [Worker(self.store, t, send, self.wakes[t], self.stop_event, cap_s=settings.alerts_retry_cap_s,
-                               give_up_s=settings.alerts_give_up_s) for t, send in targets.items()]
+                               give_up_s=settings.alerts_give_up_s, batch=batch) for t, (send, batch) in targets.items()]
         self.bad_messages = 0
         self.connected = False
         self.health_path = settings.path("alerts") / "health.json"
@@ -99,14 +99,19 @@ class AlertService:
         if not self.stop_event.is_set():
             log.warning("disconnected from the broker, reconnecting", extra=kv(reason=str(reason)))
 
-    def _publish(self, item: Item) -> None:
-        doc = orjson.loads(item.body)
-        info = self.client.publish(alerts_topic(doc["city"]), item.body, qos=QOS)
-        if info.rc != mqtt.MQTT_ERR_SUCCESS:
-            raise Retry(f"publish: {mqtt.error_string(info.rc)}")
-        info.wait_for_publish(10.0)
-        if not info.is_published():
-            raise Retry("no PUBACK within 10 s")
+    def _publish(self, items: list[Item]) -> None:
+        """Publish the lot, then wait for every PUBACK (one round trip per batch, not per event)."""
+        infos = []
+        for item in items:
+            info = self.client.publish(alerts_topic(orjson.loads(item.body)["city"]), item.body, qos=QOS)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise Retry(f"publish: {mqtt.error_string(info.rc)}")
+            infos.append(info)
+        deadline = time.monotonic() + 10.0
+        for info in infos:
+            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
+            if not info.is_published():
+                raise Retry("no PUBACK within 10 s")
 
     # --- the loop --------------------------------------------------------------
     def run(self) -> None:

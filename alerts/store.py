@@ -85,16 +85,17 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def head(self, target: str) -> Item | None:
-        """The oldest undelivered item of a target (delivery keeps each target in order)."""
+    def head(self, target: str, limit: int = 1) -> list[Item]:
+        """The oldest undelivered items of a target, in order (delivery keeps each target in order)."""
         with self._lock:
-            row = self._db.execute("SELECT seq, event_id, target, body, created, attempts, next_at FROM outbox "
-                                   "WHERE target = ? AND state = 'pending' ORDER BY seq LIMIT 1", (target,)).fetchone()
-        return Item(*row) if row else None
+            rows = self._db.execute("SELECT seq, event_id, target, body, created, attempts, next_at FROM outbox "
+                                    "WHERE target = ? AND state = 'pending' ORDER BY seq LIMIT ?", (target, limit)).fetchall()
+        return [Item(*r) for r in rows]
 
-    def done(self, seq: int) -> None:
+    def done(self, seqs: list[int]) -> None:
         with self._lock:
-            self._db.execute("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL WHERE seq = ?", (seq,))
+            self._db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL WHERE seq = ?",
+                                 [(s,) for s in seqs])
 
     def retry(self, seq: int, next_at: float, error: str) -> None:
         with self._lock:

@@ -9,8 +9,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from alerts.deliver import Webhook, Worker, signature
+from alerts.deliver import InfluxTarget, Webhook, Worker, signature
 from alerts.store import Store
+from contract.influx import Influx
+from nakhon.servers import InfluxDB
 from tests.alerts.receiver import Receiver
 from tests.helpers import wait_until
 
@@ -67,3 +69,37 @@ def test_a_refusing_receiver_is_not_retried_and_the_failure_is_kept(tmp_path: Pa
 def test_a_wrong_secret_does_not_verify(tmp_path: Path) -> None:
     assert signature("a", "1", b"x") != signature("b", "1", b"x")
     assert signature("a", "1", b"x") != signature("a", "2", b"x")  # the time is signed too
+
+
+def _event(i: int) -> bytes:
+    return orjson.dumps({
+        "id": f"phuket.pk-water-001.water_warning.{1764000000000 + i}.0", "alert_id": f"phuket.pk-water-001.water_warning.{1764000000000 + i}",
+        "event": "opened", "city": "phuket", "device": "pk-water-001", "rule": "water_warning", "severity": "warning",
+        "at_ms": 1764000000000 + i * 1000, "opened_ms": 1764000000000 + i, "since_ms": 1764000000000 + i, "value": 190.0, "peak": 190.0,
+        "threshold": 180.0, "unit": "cm", "late": False, "closed_ms": None, "rules_version": "t", "message_en": "Water, \"quoted\"",
+        "message_th": "ระดับน้ำ",
+    })
+
+
+def test_influx_target_writes_in_batches_and_retries_a_missing_database(tmp_path: Path, influxdb: InfluxDB) -> None:
+    """A real InfluxDB: the database does not exist yet (404, a fixable refusal: retried), then it does and every event lands once."""
+    store = Store(tmp_path / "state.sqlite3")
+    store.commit([], [(f"e{i}", "influx", _event(i)) for i in range(300)])
+    db = Influx(influxdb.url)
+    stop, wake = threading.Event(), threading.Event()
+    w = Worker(store, "influx", InfluxTarget(db), wake, stop, base_s=0.2, cap_s=0.5, batch=1000)
+    w.start()
+    try:
+        wait_until(lambda: w.failures >= 2, timeout=30, what="writes refused while the database is missing")
+        assert store.counts() == {"pending": 300}
+        db.ensure_schema()
+        wait_until(lambda: store.counts() == {"done": 300}, timeout=60, what="all written")
+    finally:
+        stop.set()
+        w.join(10)
+    rows = db.rows('SELECT count("value") AS n FROM "raw"."alerts"')
+    assert rows[0]["n"] == 300
+    one = db.rows('SELECT "message_en", "message_th", "late" FROM "raw"."alerts" LIMIT 1')[0]
+    assert one["message_en"] == 'Water, "quoted"' and one["message_th"] == "ระดับน้ำ" and one["late"] is False
+    db.close()
+    store.close()
