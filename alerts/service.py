@@ -27,7 +27,7 @@ from alerts.rules import RuleBook
 from alerts.store import Item, Store
 from alerts.text import messages, webhook_body
 from contract.alerts import alerts_topic
-from contract.influx import Influx
+from contract.influx import Influx, InfluxError
 from contract.logs import kv
 from contract.payload import Window, parse_telemetry
 from contract.settings import Settings
@@ -57,6 +57,10 @@ class AlertService:
         self.stop_event = threading.Event()
         self.client = self._client()
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
+        try:  # the ingest and the API create it too; whichever starts first (writes wait and retry until it exists)
+            self.influx.ensure_schema(settings.raw_retention, settings.hourly_retention)
+        except InfluxError as exc:
+            log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))
         self.webhooks = [Webhook(url, settings.alerts_webhook_secret or "", settings.alerts_webhook_timeout_s) for url in settings.alerts_webhooks]
         targets: dict[str, tuple[Callable[[list[Item]], None], int]] = {"mqtt": (self._publish, 500), "influx": (InfluxTarget(self.influx), 1000)}
         targets.update({f"webhook:{i}": (w, 1) for i, w in enumerate(self.webhooks)})
@@ -64,6 +68,7 @@ class AlertService:
         self.workers = [Worker(self.store, t, send, self.wakes[t], self.stop_event, cap_s=settings.alerts_retry_cap_s,
                                give_up_s=settings.alerts_give_up_s, batch=batch) for t, (send, batch) in targets.items()]
         self.bad_messages = 0
+        self.messages = 0
         self.connected = False
         self.health_path = settings.path("alerts") / "health.json"
         log.info("alert evaluator ready", extra=kv(rules_version=book.version, stations=loaded, webhooks=len(self.webhooks),
@@ -164,7 +169,7 @@ class AlertService:
         oldest, targets = self.store.oldest_pending()
         try:
             health.write(self.health_path, {
-                "connected": self.connected, "stations": len(self.evaluator.stations), "readings": self.evaluator.counts["readings"],
+                "connected": self.connected, "messages": self.messages, "stations": len(self.evaluator.stations), "readings": self.evaluator.counts["readings"],
                 "events": self.evaluator.counts["events"], "pending": counts.get("pending", 0), "failed": counts.get("failed", 0),
                 "oldest_pending_s": None if oldest is None else round(time.time() - oldest, 1), "stuck_targets": targets})
         except OSError as exc:
@@ -184,6 +189,7 @@ class AlertService:
         return batch
 
     def _message(self, msg: mqtt.MQTTMessage) -> list[Event]:
+        self.messages += 1
         try:
             t = parse_topic(msg.topic, self.settings.cities)
         except TopicError:

@@ -11,14 +11,18 @@
 from __future__ import annotations
 
 import shutil
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import orjson
+import paho.mqtt.client as mqtt
 
 from alerts.core import Evaluator
 from alerts.rules import RuleBook
-from contract.payload import Reading
+from contract import topics
+from contract.payload import Reading, encode_reading
 from contract.settings import load_settings
 from harness.bench.ingest import Figure, _cpu_seconds, _peak_rss_mb, _say, bench_ingest, publish_bulk
 from nakhon.procs import Service
@@ -79,7 +83,7 @@ def bench_service(root: Path, n: int) -> tuple[list[Figure], dict[str, float]]:
             raise RuntimeError("the evaluator did not connect")
         svc.stop()
         _say(f"alerts: queueing {n} messages for the evaluator's session")
-        publish_bulk(broker.port, n, time.time() - 60)
+        publish_bulk(broker.port, n, time.time() - 60, procs=1)  # one connection: each device's readings in order, as a device sends them
         health = settings.data_dir / "alerts" / "health.json"
         health.unlink(missing_ok=True)
         begin = time.perf_counter()
@@ -90,7 +94,7 @@ def bench_service(root: Path, n: int) -> tuple[list[Figure], dict[str, float]]:
                 raise RuntimeError(f"the evaluator judged {done} of {n} in 600 s")
             time.sleep(0.1)
             try:
-                done = int(orjson.loads(health.read_bytes()).get("readings", 0)) + 0
+                done = int(orjson.loads(health.read_bytes()).get("messages", 0))
             except (OSError, orjson.JSONDecodeError):
                 continue
         secs = time.perf_counter() - begin
@@ -104,6 +108,103 @@ def bench_service(root: Path, n: int) -> tuple[list[Figure], dict[str, float]]:
         Figure("alerts service CPU per 100,000 readings", cpu / n * 100_000, "cpu-s", "user+sys, MQTT, parsing, SQLite included"),
         Figure("alerts service peak memory", mb, "MB", "VmHWM"),
     ], {"alerts_service_rate": rate}
+
+
+class _Receiver:
+    """A webhook receiver on 127.0.0.1 noting when each event arrived (wall clock)."""
+
+    def __init__(self) -> None:
+        self.got: dict[int, float] = {}  # the reading's ts_ms -> receipt time
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                now = time.time()
+                ev = orjson.loads(body)["event"]
+                if ev["event"] in ("opened", "closed") and ev["rule"] == "water_warning" and ev["device"] == "pk-water-900":
+                    outer.got.setdefault(int(ev["at_ms"]), now)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _quiet_fleet(port: int, rate: float, stop: threading.Event, devices: int = 10_000) -> None:
+    """The fleet's readings at `rate`, every station well inside its limits (the crossings to time are the probe's)."""
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench_fleet")
+    c.max_inflight_messages_set(1000)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    names = [topics.topic(("phuket", "khon_kaen", "chiang_mai")[d % 3], f"fleet-{d:05d}", "telemetry") for d in range(devices)]
+    begin = time.monotonic()
+    k = 0
+    while not stop.is_set():
+        d = k % devices
+        m = {"pm25": 12.0, "pm10": 20.0} if d % 2 else {"water_level_cm": 60.0}
+        c.publish(names[d], encode_reading(time.time(), k, m), qos=1)
+        k += 1
+        if (ahead := k / rate - (time.monotonic() - begin)) > 0:
+            time.sleep(ahead)
+    c.loop_stop()
+    c.disconnect()
+
+
+def bench_latency(root: Path, rate: float = FLEET_RATE, seconds: float = 30.0) -> tuple[list[Figure], dict[str, float]]:
+    """Publish of a reading that crosses a water line -> the webhook's receipt, while the fleet's rate flows beside it."""
+    root = root / "latency"
+    shutil.rmtree(root, ignore_errors=True)
+    rx = _Receiver()
+    with Mosquitto(root / "broker") as broker, InfluxDB(root / "influxdb") as server:
+        settings = load_settings(mqtt_port=broker.port, influx_url=server.url, data_dir=root / "data", log_level="WARNING",
+                                 alerts_webhook_urls=rx.url, alerts_webhook_secret="bench")
+        svc = Service("alerts", ["alerts", "run"], settings, root / "logs", log_level="INFO")
+        svc.start()
+        if not svc.wait_log('"msg":"connected"', 30):
+            raise RuntimeError("the evaluator did not connect")
+        stop = threading.Event()
+        load = threading.Thread(target=_quiet_fleet, args=(broker.port, rate, stop))
+        load.start()
+        probe = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-probe")
+        probe.connect("127.0.0.1", broker.port)
+        probe.loop_start()
+        sent: dict[int, float] = {}
+        k = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            k += 1
+            ts = round(time.time(), 3)  # the contract keeps milliseconds
+            level = 200.0 if k % 2 else 100.0  # each 200 opens the warning, each 100 closes it
+            probe.publish(topics.topic("phuket", "pk-water-900", "telemetry"), encode_reading(ts, k, {"water_level_cm": level}), qos=1)
+            sent[round(ts * 1000)] = ts
+            time.sleep(0.5)
+        stop.set()
+        load.join()
+        deadline = time.monotonic() + 60
+        while len(rx.got) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        probe.loop_stop()
+        probe.disconnect()
+        svc.stop()
+    rx.close()
+    lat = sorted((rx.got[t] - s) * 1000 for t, s in sent.items() if t in rx.got)
+    if not lat:
+        raise RuntimeError("no probe event reached the webhook")
+    p50, p99 = lat[len(lat) // 2], lat[min(len(lat) - 1, int(len(lat) * 0.99))]
+    return [
+        Figure("alerts publish -> webhook latency p50", p50, "ms", f"{len(lat)} of {len(sent)} line crossings, {rate:,.0f} readings/s beside them"),
+        Figure("alerts publish -> webhook latency p99", p99, "ms", "target < 10,000 ms"),
+    ], {"alerts_latency_p99_ms": p99, "alerts_latency_missing": float(len(sent) - len(lat))}
 
 
 def bench_ingest_side_by_side(root: Path, n: int) -> tuple[list[Figure], dict[str, float]]:
@@ -122,5 +223,7 @@ def measure(root: Path, n: int) -> tuple[list[Figure], dict[str, float]]:
     figs, values = bench_core()
     _say(f"alerts: the service through the broker, {n} queued readings")
     f2, v2 = bench_service(root, n)
+    _say("alerts: publish-to-webhook latency of water-line crossings at the fleet's rate")
+    f4, v4 = bench_latency(root)
     f3, v3 = bench_ingest_side_by_side(root, n)
-    return figs + f2 + f3, {**values, **v2, **v3}
+    return figs + f2 + f4 + f3, {**values, **v2, **v4, **v3}

@@ -177,6 +177,10 @@ def targets(v: dict[str, float]) -> list[Target]:
     if "alerts_service_rate" in v:
         r = v["alerts_service_rate"] / 1000
         out.append(Target("alerts service through the broker / fleet rate", f"{v['alerts_service_rate']:,.0f} / 1,000 readings/s", r, ">= 1", r >= 1))
+    if "alerts_latency_p99_ms" in v:
+        p99 = v["alerts_latency_p99_ms"]
+        ok = p99 < 10_000 and v.get("alerts_latency_missing", 1) == 0
+        out.append(Target("water-line crossing, publish -> webhook p99 at the fleet rate", f"{p99:,.0f} ms", None, "< 10,000 ms, none missing", ok))
     if "ingest_alerts_on" in v:
         r = v["ingest_alerts_on"] / v["ingest_alerts_off"]
         out.append(Target("ingest rate, alerts on / off", f"{v['ingest_alerts_on']:,.0f} / {v['ingest_alerts_off']:,.0f}", r, "reported", True))
