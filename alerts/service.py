@@ -19,6 +19,7 @@ from typing import Any
 
 import orjson
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 from alerts import health
 from alerts.core import Evaluator, Event
@@ -77,7 +78,7 @@ class AlertService:
     # --- MQTT ----------------------------------------------------------------
     def _client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=s.alerts_client_id, clean_session=False,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.alerts_client_id, clean_session=False,
                              protocol=mqtt.MQTTv311, manual_ack=True)
         if s.mqtt_username:
             client.username_pw_set(s.mqtt_username, s.mqtt_password)
@@ -195,7 +196,7 @@ class AlertService:
         except TopicError:
             self.bad_messages += 1
             return []
-        parsed = parse_telemetry(msg.payload, time.time(), self.window, self.settings.max_payload_bytes)
+        parsed = parse_telemetry(bytes(msg.payload), time.time(), self.window, self.settings.max_payload_bytes)
         if parsed.rejections:
             self.bad_messages += 1  # the ingest keeps the rejected ones with their reasons; here they only don't count
         if not parsed.readings:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -64,13 +65,13 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def stations(self) -> Iterator[tuple[str, str, dict]]:
+    def stations(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
         with self._lock:
             rows = self._db.execute("SELECT city, device, doc FROM stations").fetchall()
         for city, device, doc in rows:
             yield city, device, orjson.loads(doc)
 
-    def commit(self, stations: Iterable[tuple[str, str, dict]], items: Iterable[tuple[str, str, bytes]], now: float | None = None) -> None:
+    def commit(self, stations: Iterable[tuple[str, str, dict[str, Any]]], items: Iterable[tuple[str, str, bytes]], now: float | None = None) -> None:
         """Station states and outbox items (event id, target, body), all or nothing."""
         now = time.time() if now is None else now
         with self._lock:
