@@ -1,7 +1,8 @@
 """`nakhon alerts run`: telemetry in over MQTT, alert events out to MQTT, InfluxDB and webhooks.
 
 A read-only platform client of the broker (client id outside the device-id
-alphabet, persistent session, QoS 1, manual acknowledgements): a message is
+alphabet, MQTT 5 persistent session, QoS 1, manual acknowledgements, a
+Receive Maximum that bounds what it holds): a message is
 acknowledged only once the state it changed and the events it produced are
 committed to the store, so a crash at any point loses nothing and repeats
 nothing (see alerts.store). Delivery runs beside it, one worker per target.
@@ -20,6 +21,8 @@ from typing import Any
 import orjson
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from alerts import health
 from alerts.core import Evaluator, Event
@@ -37,6 +40,7 @@ from contract.topics import QOS, TELEMETRY_FILTER, TopicError, parse_topic
 log = logging.getLogger("nakhon.alerts")
 
 BATCH_MAX = 2000
+RECEIVE_MAXIMUM = 4000  # two batches: one being judged, the next arriving
 BATCH_WAIT_S = 0.2
 TICK_S = 1.0
 STATS_S = 30.0
@@ -78,8 +82,7 @@ class AlertService:
     # --- MQTT ----------------------------------------------------------------
     def _client(self) -> mqtt.Client:
         s = self.settings
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.alerts_client_id, clean_session=False,
-                             protocol=mqtt.MQTTv311, manual_ack=True)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.alerts_client_id, protocol=mqtt.MQTTv5, manual_ack=True)
         if s.mqtt_username:
             client.username_pw_set(s.mqtt_username, s.mqtt_password)
         if s.mqtt_tls:
@@ -123,7 +126,11 @@ class AlertService:
     def run(self) -> None:
         for w in self.workers:
             w.start()
-        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.mqtt_keepalive_s)
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self.settings.ingest_session_expiry_s  # what arrives while it is down waits for it
+        props.ReceiveMaximum = RECEIVE_MAXIMUM  # bounded memory: the broker holds the rest until we acknowledge
+        self.client.connect_async(self.settings.mqtt_host, self.settings.mqtt_port, keepalive=self.settings.mqtt_keepalive_s,
+                                  clean_start=False, properties=props)
         self.client.loop_start()
         last_tick = last_stats = last_health = 0.0
         try:
