@@ -12,6 +12,7 @@ so not worth owning an HTTP client.)
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 from urllib.parse import urlencode
 
@@ -31,7 +32,9 @@ class AsyncInflux:
     def __init__(self, url: str, database: str, username: str | None, password: str | None, timeout: float) -> None:
         self.url = url.rstrip("/")
         self.database = database
-        self._auth = aiohttp.BasicAuth(username, password or "") if username else None
+        # the API's read-only InfluxDB user, sent as a Basic Authorization header on every request
+        token = base64.b64encode(f"{username}:{password or ''}".encode()).decode() if username else None
+        self._headers = {**HEADERS, "Authorization": f"Basic {token}"} if token else HEADERS
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
 
@@ -41,7 +44,7 @@ class AsyncInflux:
         if session is None or session.closed:
             for old in [lp for lp in self._sessions if lp.is_closed()]:
                 del self._sessions[old]  # their loops are gone, and their sockets with them
-            session = self._sessions[loop] = aiohttp.ClientSession(self.url, auth=self._auth, timeout=self._timeout, headers=HEADERS,
+            session = self._sessions[loop] = aiohttp.ClientSession(self.url, timeout=self._timeout, headers=self._headers,
                                                                    connector=aiohttp.TCPConnector(limit=64))
         return session
 

@@ -14,6 +14,7 @@ from api import docs
 from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
+from api.rotation import Rotator
 from api.routers import alerts, apikeys, aqi, devices, health, opendata, public, quality, readings
 from api.security import RateLimiter
 from contract import rollups
@@ -34,7 +35,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # now and then for tens of milliseconds (the p99).
         gc.collect()
         gc.freeze()
+        rotator = None
+        if app.state.dynsec is not None:  # rotations with a grace period complete in the background
+            rotator = Rotator(app.state.registry, app.state.dynsec,
+                              Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password))
+            rotator.start()
         yield
+        if rotator is not None:
+            rotator.stop()
         await app.state.ainflux.aclose()
         app.state.influx.close()
 
@@ -57,6 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     try:  # the ingest creates these too; whichever starts first
         app.state.influx.ensure_schema(settings.raw_retention, settings.hourly_retention)
         app.state.influx.execute(rollups.schema_statements(settings.influx_db))
+    except InfluxRejected as exc:  # a read-only user (as it should be): the schema is made at set-up
+        log.info("storage schema left to the database administrator", extra=kv(status=exc.status, error=exc.message[:200]))
     except InfluxError as exc:
         log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))
     app.state.ainflux = AsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,

@@ -15,7 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract import topics
 from contract.cities import City, CityRegistryError, load_cities
+from contract.topics import ALERTS_USER
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 _DURATION_RE = re.compile(r"^(INF|[1-9][0-9]*(h|d|w))$")
@@ -49,8 +51,9 @@ class Settings(BaseSettings):
     raw_retention: str = "400d"
     hourly_retention: str = "INF"
 
-    ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
-    ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
+    # Platform identities stay outside the device-id alphabet (an underscore), so no device can take them.
+    ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
+    ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
     ingest_workers: Annotated[int, Field(ge=1, le=64)] = 1
     ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000  # lines per write; InfluxDB 1.x takes large batches cheapest
     ingest_batch_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
@@ -66,6 +69,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: Port = 18080
+    # HTTPS: the API serves TLS itself with these (PEM); both or neither
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
 
     # API (issue 5): device registry, keys, limits, open data.
     registry_file: Path | None = None  # SQLite file; default <data_dir>/registry.sqlite3
@@ -82,11 +88,14 @@ class Settings(BaseSettings):
     # The broker address written into a device's config.json (what the device dials).
     device_mqtt_host: str | None = None  # default: mqtt_host
     device_mqtt_port: Port | None = None  # default: mqtt_port
+    device_mqtt_tls: bool | None = None  # default: mqtt_tls
+    # PEM CA bundle that signs the broker's certificate; copied into every config.json a device gets
+    device_ca_file: Path | None = None
     # The ingest recomputes the hourly roll-ups of the hours it touched this often.
     ingest_rollup_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
     # Alerts (issue 17): the evaluator's broker identity, its rules and where its events go.
-    alerts_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon_alerts"  # MQTT client id, persistent session
+    alerts_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = ALERTS_USER  # MQTT client id, persistent session
     alerts_rules_file: Path | None = None  # YAML or JSON rules (alerts/rules.py); default: the built-in rules
     alerts_webhook_urls: str = ""  # comma-separated http(s) URLs; each gets every event
     alerts_webhook_secret: str | None = None  # HMAC-SHA256 key of the X-Nakhon-Signature header
@@ -149,6 +158,20 @@ class Settings(BaseSettings):
             raise ValueError("NAKHON_ALERTS_WEBHOOK_URLS is set without NAKHON_ALERTS_WEBHOOK_SECRET: set a secret to sign the webhooks with")
         if (self.broker_admin_username is None) != (self.broker_admin_password is None):
             raise ValueError("set both NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD, or neither")
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("set both NAKHON_API_TLS_CERT_FILE and NAKHON_API_TLS_KEY_FILE (PEM), or neither")
+        for var, f in (("NAKHON_API_TLS_CERT_FILE", self.api_tls_cert_file), ("NAKHON_API_TLS_KEY_FILE", self.api_tls_key_file)):
+            if f is not None and not f.is_file():
+                raise ValueError(f"{var}={f} is not a file")
+        if (self.influx_username is None) != (self.influx_password is None):
+            raise ValueError("set both NAKHON_INFLUX_USERNAME and NAKHON_INFLUX_PASSWORD, or neither")
+        for var, value in (("NAKHON_INGEST_CLIENT_ID", self.ingest_client_id), ("NAKHON_MQTT_USERNAME", self.mqtt_username),
+                           ("NAKHON_BROKER_ADMIN_USERNAME", self.broker_admin_username)):
+            if value is not None and topics.is_device_id(value):
+                raise ValueError(f"{var}={value!r} could be a device id, so a device could take that identity: "
+                                 f"use a name with an underscore, e.g. {topics.INGEST_USER!r}")
+        if self.device_ca_file is not None and not self.device_ca_file.is_file():
+            raise ValueError(f"NAKHON_DEVICE_CA_FILE={self.device_ca_file} is not a file: give the PEM CA that signed the broker's certificate")
         return self
 
     @property
@@ -158,6 +181,10 @@ class Settings(BaseSettings):
     @cached_property
     def cities(self) -> dict[str, City]:
         return load_cities(self.cities_file)
+
+    @property
+    def device_tls(self) -> bool:
+        return self.mqtt_tls if self.device_mqtt_tls is None else self.device_mqtt_tls
 
     def influx_url_port(self) -> int:
         tail = self.influx_url.split("://", 1)[1].split("/", 1)[0]

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from contract import topics
-from contract.influx import Influx, InfluxError
+from contract.influx import Influx, InfluxError, InfluxRejected
 from contract.logs import kv
 from contract.payload import Window
 from contract.settings import Settings
@@ -62,7 +62,7 @@ class _Batch:
 class Worker:
     def __init__(self, settings: Settings, index: int = 0) -> None:
         self.settings = settings
-        self.name = f"{settings.ingest_client_id}-{index}"
+        self.name = f"{settings.ingest_client_id}_{index}"
         self.stats = Stats(worker=self.name)
         self.pipeline = Pipeline(
             settings.cities,
@@ -291,7 +291,10 @@ class Worker:
         try:
             self.influx.ensure_schema(s.raw_retention, s.hourly_retention)
         except InfluxError as exc:
-            log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
+            if isinstance(exc, InfluxRejected) and exc.status == 403:  # a least-privileged user: the schema is made at set-up
+                log.info("storage schema left to the database administrator", extra=kv(error=exc.message[:200]))
+            else:
+                log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
         self.session.start()
         self._threads = [
             *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),

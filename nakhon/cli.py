@@ -42,8 +42,11 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 # --- up ---------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    from api.broker import BrokerError
+    from nakhon.accounts import AccountError
     from nakhon.leftovers import AlreadyRunning
     from nakhon.local import LocalPlatform
+    from nakhon.servers import ServerError
     from nakhon.supervisor import Policy
 
     settings = _settings()
@@ -61,20 +64,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         except AlreadyRunning as exc:
             sys.stderr.write(f"nakhon up: {exc}\n")
             return 2
+        except (AccountError, BrokerError, ServerError, RuntimeError) as exc:  # a part that cannot start: say which and why
+            sys.stderr.write(f"nakhon up: {exc}\n")
+            return 1
         platform.supervise(policy)
-        s = platform.settings
-        sys.stderr.write(
-            "\nNakhon is running locally. Ctrl-C stops everything.\n"
-            f"  API docs     http://{s.api_host}:{s.api_port}/docs  (and /redoc)\n"
-            f"  Air quality  http://{s.api_host}:{s.api_port}/air  (public page per city)\n"
-            f"  Latest       http://{s.api_host}:{s.api_port}/v1/cities/chiang_mai/latest\n"
-            f"  Alerts       http://{s.api_host}:{s.api_port}/v1/cities/phuket/alerts  (live on nakhon/v1/+/alerts; webhooks: NAKHON_ALERTS_WEBHOOK_URLS)\n"
-            f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
-            f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
-            f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}\n"
-            f"  Logs         {platform.root / 'logs'}\n"
-            f"  Status       nakhon status --root {args.root}   (or kill -USR1 {os.getpid()}; kill -HUP retries a service given up on)\n\n"
-        )
+        sys.stderr.write(platform.where()
+                         + f"  Status       nakhon status --root {args.root}   (or kill -USR1 {os.getpid()}; kill -HUP retries a service given up on)\n\n")
         platform.watch(stop, show, retry)
     finally:
         log.info("stopping")
@@ -130,7 +125,9 @@ def cmd_api(args: argparse.Namespace) -> int:
 
     settings = _settings(api_host=args.host, api_port=args.port)
     setup_logging(settings.log_level)
-    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False)
+    cert, key = settings.api_tls_cert_file, settings.api_tls_key_file  # HTTPS when both are set (Settings checks the pair)
+    uvicorn.run(create_app(settings), host=settings.api_host, port=settings.api_port, log_config=None, access_log=False,
+                ssl_certfile=str(cert) if cert else None, ssl_keyfile=str(key) if key else None)
     return 0
 
 
@@ -300,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nakhon", description="Nakhon smart-city sensor platform. Settings come from NAKHON_* environment variables.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the whole platform locally (broker, database, ingest, alert evaluator, API, simulated fleet)")
+    up = sub.add_parser("up", help="run the whole platform locally, secured (TLS broker with per-device accounts, InfluxDB with authentication, "
+                                           "ingest, alert evaluator, API, a simulated fleet provisioned like real devices)")
     up.add_argument("--root", default="var/local", help="folder for the local servers' config, data and logs (default var/local)")
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
@@ -371,6 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nakhon.apicli import add_parsers as api_parsers  # device, apikey, broker-init
 
     api_parsers(sub)
+
+    from nakhon.opscli import add_parsers as ops_parsers  # broker-config, certs, db-init, backup, restore
+
+    ops_parsers(sub)
 
     # the measuring harness: api-bench, verify, bench
     from harness.bench.api import add_parser as api_bench_parser

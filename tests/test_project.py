@@ -66,11 +66,11 @@ def test_compose_matches_the_code() -> None:
         svc = services[name]
         assert svc["build"] == "."
         env = svc["environment"]
-        for key in env:
-            assert key.startswith("NAKHON_") and key.removeprefix("NAKHON_").lower() in fields, key
+        for key in env:  # NAKHON_API_KEY: the admin key the CLI and the simulator's --provision read
+            assert key.startswith("NAKHON_") and (key.removeprefix("NAKHON_").lower() in fields or key == "NAKHON_API_KEY"), key
         assert env["NAKHON_MQTT_HOST"] == "mosquitto" and env["NAKHON_INFLUX_URL"] == "http://influxdb:8086"
         assert env["NAKHON_INFLUX_DB"] == Settings().influx_db
-    assert "8080:8080" in services["api"]["ports"]
+    assert services["api"]["ports"] == ["8443:8443"] and services["api"]["environment"]["NAKHON_API_TLS_CERT_FILE"]
     for name in ("mosquitto", "influxdb", "api"):
         assert "healthcheck" in services[name]
     broker_conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()

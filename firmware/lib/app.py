@@ -73,6 +73,7 @@ class Node:
     sensors: list
     next_read: Any  # ticks
     client: Any
+    password: Any  # rotated MQTT password (str) or None
     cadata: Any
     online: bool
     inflight: Any  # (pid, kind, n, nbytes, seg, off, sent_at)

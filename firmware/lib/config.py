@@ -29,7 +29,7 @@ _NEEDS = {
 }
 
 DEFAULTS = {
-    "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "username": None, "password": None, "keepalive_s": 60},
+    "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "ca": None, "username": None, "password": None, "keepalive_s": 60},
     "ntp_host": "pool.ntp.org",
     "interval_s": 60,
     "status_interval_s": 600,
@@ -87,7 +87,7 @@ def check(cfg) -> list:
     else:
         _int(mq, "port", 1, 65535, errors, "mqtt.")
         _int(mq, "keepalive_s", 10, 3600, errors, "mqtt.")
-        for k in ("username", "password", "ca_file"):
+        for k in ("username", "password", "ca_file", "ca"):
             if mq.get(k) is not None and type(mq[k]) is not str:
                 errors.append("mqtt.%s must be a string or null" % k)
         if mq.get("password") and not mq.get("username"):

@@ -55,6 +55,8 @@ def node(buf: Any = None):
     bat = cfg["battery"]
     n.battery = (hal.adc(bat["adc"]), bat.get("divider", 2.0)) if bat else None
     n.config_seq = -1
+    n.password = None  # rotated MQTT password from the platform's config (kept in applied.json)
+    n.client = None
     n.disabled = []
     n.thresholds = {}
     n.faults = {}
@@ -96,12 +98,12 @@ def node(buf: Any = None):
         retained.apply(n, doc, False)  # the platform's last config, before the broker answers
     except (OSError, ValueError):
         pass
-    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], mq["password"])
+    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], n.password or mq["password"])
     n.client.on_message = n._on_message
     n.client.on_ack = n._on_ack
     n.cadata = None
-    if mq["tls"] and mq["ca_file"]:
-        n.cadata = _der(mq["ca_file"])
+    if mq["tls"] and (mq["ca"] or mq["ca_file"]):  # the CA provisioning put into config.json, or a file on the board
+        n.cadata = _der(mq["ca"].encode() if mq["ca"] else open(mq["ca_file"], "rb").read())
     n.online = False
     n.inflight = None
     n.attempt = 0
@@ -197,15 +199,13 @@ def _repair(r: Ring, n: int) -> None:
     os.rename(tmp, path)
 
 
-def _der(path: str) -> bytes:
-    """A CA certificate file as DER (MicroPython's TLS wants DER for cadata)."""
-    with open(path, "rb") as f:
-        data = f.read()
+def _der(data: bytes) -> bytes:
+    """A CA certificate, PEM (its first certificate) or DER, as DER (MicroPython's TLS wants DER for cadata)."""
     if not data.startswith(b"-----"):
         return data
     import binascii
 
-    body = b"".join(line for line in data.split(b"\n") if line and not line.startswith(b"-----"))
+    body = b"".join(x.strip() for x in data.split(b"-----END")[0].split(b"\n") if x.strip() and not x.startswith(b"-----"))
     return binascii.a2b_base64(body)
 
 

@@ -54,7 +54,7 @@ def _say(msg: str) -> None:
 @contextlib.contextmanager
 def _platform(root: Path) -> Iterator[LocalPlatform]:
     """A fresh broker, InfluxDB, ingest and API under `root`, stopped on the way out."""
-    platform = LocalPlatform(root, load_settings(ingest_stats_interval_s=1.0), with_fleet=False)
+    platform = LocalPlatform(root, load_settings(ingest_stats_interval_s=1.0), with_fleet=False, secure=False)
     try:
         platform.start()
         yield platform

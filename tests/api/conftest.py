@@ -17,8 +17,8 @@ from contract.influx import Influx
 from contract.settings import Settings, load_settings
 from nakhon.servers import InfluxDB, Mosquitto
 
-ADMIN = ("nakhon-admin", "admin-secret-for-tests")
-INGEST = ("nakhon-ingest", "ingest-secret-for-tests")
+ADMIN = ("nakhon_api", "admin-secret-for-tests")
+INGEST = ("nakhon_ingest", "ingest-secret-for-tests")
 
 
 @pytest.fixture

@@ -162,3 +162,56 @@ def test_device_and_contract_agree_on_config_documents(tmp_path: Path) -> None:
             platform.append(False)
     assert device == platform
     assert platform[:3] == [True, True, True] and not any(platform[3:])
+
+
+ROTATION_DOCS: list[Any] = [
+    {"v": 1, "seq": 2, "password": "A" * 16},
+    {"v": 1, "seq": 2, "interval_s": 60, "password": "a-b_c" * 5},
+    {"v": 1, "seq": 2, "password": "short"},
+    {"v": 1, "seq": 2, "password": "x" * 129},
+    {"v": 1, "seq": 2, "password": "with space in it!!"},
+    {"v": 1, "seq": 2, "password": 123456789012345678},
+]
+
+ROTATION_SCRIPT = """
+import json, os, retained
+from app import STATE
+try:
+    os.mkdir(STATE)
+except OSError:
+    pass
+class N: pass
+def node():
+    n = N()
+    n.faults = {}; n.status_due = False; n.config_seq = -1; n.interval_s = 60; n.interval_ms = 60000
+    n.disabled = []; n.thresholds = {}; n.next_read = 0; n.client = None; n.password = None
+    return n
+judged = [retained.config_ok(d) for d in json.load(open('docs.json'))]
+n = node()
+retained.apply(n, '{"v":1,"seq":1,"password":"%s"}' % ("p" * 20), True)
+retained.apply(n, '{"v":1,"seq":2,"interval_s":30}', True)  # a later change without the secret
+m = node()  # a reboot: the boot code applies what is in flash before the broker answers
+with open(STATE + "/applied.json") as f:
+    retained.apply(m, json.load(f), False)
+print(json.dumps({"judged": judged, "running": n.password, "rebooted": m.password, "interval": m.interval_s}))
+"""
+
+
+def test_rotated_password_is_judged_as_the_contract_does_and_survives_a_reboot(tmp_path: Path) -> None:
+    from contract.device_config import DeviceConfigError, check_device_config
+
+    (tmp_path / "docs.json").write_text(json.dumps(ROTATION_DOCS))
+    script = tmp_path / "rotate.py"
+    script.write_text(ROTATION_SCRIPT)
+    proc = run_mp(script, tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    platform = []
+    for doc in ROTATION_DOCS:
+        try:
+            check_device_config(doc)
+            platform.append(True)
+        except DeviceConfigError:
+            platform.append(False)
+    assert got["judged"] == platform == [True, True, False, False, False, False]
+    assert got["running"] == got["rebooted"] == "p" * 20 and got["interval"] == 30
