@@ -75,6 +75,7 @@ class AlertService:
         self.bad_messages = 0
         self.messages = 0
         self.connected = False
+        self._refused: dict[int, str] = {}  # mid -> the reason a PUBACK refused it (MQTT 5: e.g. Not authorized)
         self.health_path = settings.path("alerts") / "health.json"
         log.info("alert evaluator ready", extra=kv(rules_version=book.version, stations=loaded, webhooks=len(self.webhooks),
                                                    state=str(self.store.path)))
@@ -92,6 +93,7 @@ class AlertService:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = lambda _c, _u, msg: self._inbox.put(msg)
+        client.on_publish = self._on_publish
         return client
 
     def _on_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
@@ -108,6 +110,10 @@ class AlertService:
         if not self.stop_event.is_set():
             log.warning("disconnected from the broker, reconnecting", extra=kv(reason=str(reason)))
 
+    def _on_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            self._refused[mid] = str(reason)
+
     def _publish(self, items: list[Item]) -> None:
         """Publish the lot, then wait for every PUBACK (one round trip per batch, not per event)."""
         infos = []
@@ -121,6 +127,9 @@ class AlertService:
             info.wait_for_publish(max(0.01, deadline - time.monotonic()))
             if not info.is_published():
                 raise Retry("no PUBACK within 10 s")
+        refused = [self._refused.pop(i.mid) for i in infos if i.mid in self._refused]
+        if refused:  # a broker that refuses the alerts topic (its ACL): retried until an operator fixes the account, and logged
+            raise Retry(f"the broker refused {len(refused)} publish(es): {refused[0]}")
 
     # --- the loop --------------------------------------------------------------
     def run(self) -> None:
