@@ -45,6 +45,7 @@ BATCH_WAIT_S = 0.2
 TICK_S = 1.0
 STATS_S = 30.0
 HEALTH_S = 2.0
+PRUNE_S = 3600.0  # delivered events leave the outbox after a week (they live on in InfluxDB)
 
 
 class AlertService:
@@ -142,6 +143,7 @@ class AlertService:
                                   clean_start=False, properties=props)
         self.client.loop_start()
         last_tick = last_stats = last_health = 0.0
+        last_prune = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 batch = self._take()
@@ -162,6 +164,9 @@ class AlertService:
                 if now - last_health >= HEALTH_S:
                     last_health = now
                     self._health()
+                if now - last_prune >= PRUNE_S:
+                    last_prune = now
+                    self.store.prune()
                 if now - last_stats >= STATS_S:
                     last_stats = now
                     log.info("alerts stats", extra=kv(**self.evaluator.counts, bad_messages=self.bad_messages, outbox=self.store.counts(),

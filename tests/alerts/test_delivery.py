@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -102,4 +103,16 @@ def test_influx_target_writes_in_batches_and_retries_a_missing_database(tmp_path
     one = db.rows('SELECT "message_en", "message_th", "late" FROM "raw"."alerts" LIMIT 1')[0]
     assert one["message_en"] == 'Water, "quoted"' and one["message_th"] == "ระดับน้ำ" and one["late"] is False
     db.close()
+    store.close()
+
+
+def test_the_outbox_forgets_delivered_events_after_a_week_and_keeps_the_rest(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.sqlite3")
+    old = time.time() - 8 * 86400
+    store.commit([], [("old-done", "mqtt", b"{}"), ("old-pending", "mqtt", b"{}")], now=old)
+    store.commit([], [("new-done", "mqtt", b"{}")])
+    items = {i.event_id: i.seq for i in store.head("mqtt", 10)}
+    store.done([items["old-done"], items["new-done"]])
+    store.prune()
+    assert store.counts() == {"done": 1, "pending": 1}
     store.close()
