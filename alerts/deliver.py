@@ -92,12 +92,9 @@ class InfluxTarget:
     def __call__(self, items: list[Item]) -> None:
         try:
             self.influx.write([influx_line(orjson.loads(i.body)) for i in items], rp=RP_RAW)
-        except InfluxRejected as exc:
-            # a database that is missing or a user without rights is retried (fixable), bad data is not
-            if exc.status in (401, 403, 404) or "database not found" in exc.message:
-                raise Retry(str(exc)) from exc
+        except InfluxRejected as exc:  # the data itself (a batch is then retried item by item to find the bad one)
             raise Permanent(str(exc)) from exc
-        except InfluxUnavailable as exc:
+        except InfluxUnavailable as exc:  # down, or refused for a fixable reason (credentials, a missing database): retried
             raise Retry(str(exc)) from exc
 
 

@@ -18,7 +18,7 @@ from api.rotation import Rotator
 from api.routers import alerts, apikeys, aqi, devices, health, opendata, public, quality, readings
 from api.security import RateLimiter
 from contract import rollups
-from contract.influx import Influx, InfluxError, InfluxRejected, InfluxUnavailable
+from contract.influx import Influx, InfluxError, InfluxRefused, InfluxRejected, InfluxUnavailable
 from contract.logs import kv
 from contract.settings import Settings, load_settings
 
@@ -65,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     try:  # the ingest creates these too; whichever starts first
         app.state.influx.ensure_schema(settings.raw_retention, settings.hourly_retention)
         app.state.influx.execute(rollups.schema_statements(settings.influx_db))
-    except InfluxRejected as exc:  # a read-only user (as it should be): the schema is made at set-up
+    except InfluxRefused as exc:  # a read-only user (as it should be): the schema is made at set-up
         log.info("storage schema left to the database administrator", extra=kv(status=exc.status, error=exc.message[:200]))
     except InfluxError as exc:
         log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))

@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     # MQTT 5 Receive Maximum: messages the broker may have un-acked with us.
     ingest_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 40_000  # two writes in flight plus the next batch filling
     ingest_session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
+    # Memory bound in bytes of what the ingest holds un-acked (QoS 0 and 1 alike): it stops reading past it.
+    ingest_max_pending_mb: Annotated[int, Field(ge=1, le=65_536)] = 256
+    # MQTT 5 Maximum Packet Size we accept; the broker discards (and counts) larger messages for us.
+    ingest_max_packet_bytes: Annotated[int, Field(ge=65_536, le=268_435_460)] = 16 * 1024 * 1024
+    # Bound on each worker's dead-letter files; past it the oldest are removed and counted (deadletter_dropped).
+    ingest_deadletter_max_mb: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
+    # Liveness: held work with no batch made durable for this long means stalled (not live).
+    ingest_stall_s: Annotated[float, Field(gt=0, le=86_400)] = 120.0
     ingest_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     ts_max_age_s: Annotated[float, Field(gt=0)] = 35 * 86400
     ts_max_future_s: Annotated[float, Field(ge=0)] = 300
@@ -172,6 +180,11 @@ class Settings(BaseSettings):
                                  f"use a name with an underscore, e.g. {topics.INGEST_USER!r}")
         if self.device_ca_file is not None and not self.device_ca_file.is_file():
             raise ValueError(f"NAKHON_DEVICE_CA_FILE={self.device_ca_file} is not a file: give the PEM CA that signed the broker's certificate")
+        if self.ingest_max_packet_bytes < self.max_payload_bytes + 65_536:
+            raise ValueError("NAKHON_INGEST_MAX_PACKET_BYTES must exceed NAKHON_MAX_PAYLOAD_BYTES by 65536 (topic and header), "
+                             "or oversize payloads are discarded by the broker instead of dead-lettered")
+        if self.ingest_stall_s < 2 * self.influx_timeout_s:
+            raise ValueError("NAKHON_INGEST_STALL_S must be at least twice NAKHON_INFLUX_TIMEOUT_S: one slow write is not a stall")
         return self
 
     @property

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract import rollups, storage, topics
-from contract.influx import Influx, InfluxError, InfluxRejected
+from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 
 log = logging.getLogger("nakhon.ingest.rollups")
@@ -133,12 +133,16 @@ class Rollups:
             if due:
                 last = time.monotonic()
 
+    def schema_lost(self) -> None:
+        """The database was missing and has been created again: create the roll-ups' schema again too."""
+        self._schema_ok = False
+
     def _ensure_schema(self) -> None:
         try:
             self.influx.execute(rollups.schema_statements(self.database))
             self._schema_ok = True
         except InfluxError as exc:
-            if isinstance(exc, InfluxRejected) and exc.status == 403:
+            if isinstance(exc, InfluxRefused) and exc.status == 403:
                 # A least-privileged ingest user (no InfluxDB admin): the schema is made at set-up (nakhon/accounts.py).
                 log.info("roll-up schema left to the database administrator", extra=kv(error=exc.message[:200]))
                 self._schema_ok = True

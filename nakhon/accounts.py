@@ -25,7 +25,7 @@ import secrets
 from pathlib import Path
 
 from contract import rollups
-from contract.influx import Influx, InfluxRejected
+from contract.influx import Influx, InfluxRefused, InfluxRejected
 from contract.topics import ALERTS_USER, API_USER, INGEST_USER, OBSERVER_USER
 
 BROKER_ADMIN = API_USER  # provisioning and config pushes go through the API
@@ -77,13 +77,13 @@ def init_influx(url: str, database: str, admin_password: str, passwords: dict[st
     with Influx(url, database, admin, admin_password) as db:
         try:
             db.query("SHOW USERS")
-        except InfluxRejected as exc:
+        except (InfluxRefused, InfluxRejected) as exc:  # 401/403 are refusals of the request, not of its data
             if exc.status != 401 and "create admin user first" not in exc.message:
                 raise
             with Influx(url, database) as anon:  # only works while InfluxDB has no user at all
                 try:
                     anon.query(f"CREATE USER \"{admin}\" WITH PASSWORD '{admin_password}' WITH ALL PRIVILEGES", method="POST")
-                except InfluxRejected:
+                except (InfluxRefused, InfluxRejected):
                     raise AccountError(f"InfluxDB at {url} has users, and {admin!r} cannot log in with the configured admin password: "
                                        "give the password it was set up with (nakhon up: secrets.json from that run or a backup; "
                                        "compose: NAKHON_INFLUX_ADMIN_PASSWORD)") from None
