@@ -15,7 +15,7 @@ from api.ainflux import AsyncInflux
 from api.broker import DynSec
 from api.registry import Registry
 from api.rotation import Rotator
-from api.routers import apikeys, aqi, devices, health, opendata, public, quality, readings
+from api.routers import alerts, apikeys, aqi, devices, health, opendata, public, quality, readings
 from api.security import RateLimiter
 from contract import rollups
 from contract.influx import Influx, InfluxError, InfluxRefused, InfluxRejected, InfluxUnavailable
@@ -90,6 +90,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("influxdb refused a query", extra=kv(path=request.url.path, error=exc.message[:300]))
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    for r in (health, readings, aqi, quality, opendata, public, devices, apikeys):
+    for r in (health, readings, aqi, alerts, quality, opendata, public, devices, apikeys):
         app.include_router(r.router)
     return app

@@ -42,6 +42,7 @@ PLUGIN_PATHS = (
 ADMIN_ROLE = "nakhon_admin"
 INGEST_ROLE = "nakhon_ingest"
 OBSERVER_ROLE = "nakhon_observer"
+ALERTS_ROLE = "nakhon_alerts"
 
 
 class BrokerError(RuntimeError):
@@ -87,7 +88,11 @@ def platform_roles() -> list[dict[str, Any]]:
     ingest.append(_acl("publishClientSend", f"{topics.PREFIX}/+/+/stored"))
     everything = f"{topics.PREFIX}/#"
     observer = [_acl("subscribePattern", everything), _acl("publishClientReceive", everything)]
-    return [{"rolename": ADMIN_ROLE, "acls": admin}, {"rolename": INGEST_ROLE, "acls": ingest}, {"rolename": OBSERVER_ROLE, "acls": observer}]
+    # the alert evaluator: reads telemetry (its own persistent session, not the ingest's share), publishes alert events
+    alerts = [_acl("subscribePattern", topics.TELEMETRY_FILTER), _acl("publishClientReceive", topics.TELEMETRY_FILTER),
+              _acl("publishClientSend", f"{topics.PREFIX}/+/alerts")]
+    return [{"rolename": ADMIN_ROLE, "acls": admin}, {"rolename": INGEST_ROLE, "acls": ingest}, {"rolename": OBSERVER_ROLE, "acls": observer},
+            {"rolename": ALERTS_ROLE, "acls": alerts}]
 
 
 def _pbkdf2(password: str, iterations: int = 101) -> dict[str, Any]:
@@ -97,9 +102,10 @@ def _pbkdf2(password: str, iterations: int = 101) -> dict[str, Any]:
     return {"password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(), "iterations": iterations}
 
 
-def bootstrap_config(admin: tuple[str, str], ingest: tuple[str, str], observer: tuple[str, str] | None = None) -> dict[str, Any]:
-    """The plugin's initial JSON: default-deny, an admin client, an ingest client and (optionally) an observer."""
-    for name, _ in (admin, ingest, *([observer] if observer else [])):
+def bootstrap_config(admin: tuple[str, str], ingest: tuple[str, str], observer: tuple[str, str] | None = None,
+                     alerts: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The plugin's initial JSON: default-deny, an admin client, an ingest client and (optionally) an observer and the alert evaluator."""
+    for name, _ in (admin, ingest, *([observer] if observer else []), *([alerts] if alerts else [])):
         if not topics.is_service_id(name):
             raise ValueError(f"platform account {name!r} could be a device id: use a name with an underscore, e.g. {topics.INGEST_USER!r}")
     clients = [
@@ -109,6 +115,8 @@ def bootstrap_config(admin: tuple[str, str], ingest: tuple[str, str], observer: 
     if observer:
         clients.append({"username": observer[0], "textname": "Nakhon observer (read-only)", "roles": [{"rolename": OBSERVER_ROLE}],
                         **_pbkdf2(observer[1])})
+    if alerts:
+        clients.append(alerts_client(*alerts))
     return {
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True},
         "clients": clients,
@@ -117,11 +125,27 @@ def bootstrap_config(admin: tuple[str, str], ingest: tuple[str, str], observer: 
     }
 
 
-def write_bootstrap(path: Path, admin: tuple[str, str], ingest: tuple[str, str], observer: tuple[str, str] | None = None) -> None:
+def alerts_client(username: str, password: str) -> dict[str, Any]:
+    """The alert evaluator's account; its client id is forced to its username, as a device's is."""
+    return {"username": username, "clientid": username, "textname": "Nakhon alert evaluator", "roles": [{"rolename": ALERTS_ROLE}],
+            **_pbkdf2(password)}
+
+
+def ensure_alerts_account(dynsec: DynSec, username: str, password: str) -> None:
+    """On a broker set up before the alert evaluator existed: its role and account, made through the admin API. Idempotent."""
+    role = next(r for r in platform_roles() if r["rolename"] == ALERTS_ROLE)
+    dynsec.run([{"command": "createRole", "rolename": ALERTS_ROLE, "acls": role["acls"]},
+                {"command": "createClient", "username": username, "password": password, "clientid": username,
+                 "roles": [{"rolename": ALERTS_ROLE}]}], allow=("already exists",))
+    dynsec.run([{"command": "setClientPassword", "username": username, "password": password}])
+
+
+def write_bootstrap(path: Path, admin: tuple[str, str], ingest: tuple[str, str], observer: tuple[str, str] | None = None,
+                    alerts: tuple[str, str] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(bootstrap_config(admin, ingest, observer), indent=2))
+    tmp.write_text(json.dumps(bootstrap_config(admin, ingest, observer, alerts), indent=2))
     os.chmod(tmp, 0o600)
     tmp.replace(path)
 

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contract import topics
 from contract.cities import City, CityRegistryError, load_cities
+from contract.topics import ALERTS_USER
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 _DURATION_RE = re.compile(r"^(INF|[1-9][0-9]*(h|d|w))$")
@@ -101,6 +102,39 @@ class Settings(BaseSettings):
     # The ingest recomputes the hourly roll-ups of the hours it touched this often.
     ingest_rollup_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
 
+    # Alerts (issue 17): the evaluator's broker identity, its rules and where its events go.
+    alerts_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = ALERTS_USER  # MQTT client id, persistent session
+    alerts_rules_file: Path | None = None  # YAML or JSON rules (alerts/rules.py); default: the built-in rules
+    alerts_webhook_urls: str = ""  # comma-separated http(s) URLs; each gets every event
+    alerts_webhook_secret: str | None = None  # HMAC-SHA256 key of the X-Nakhon-Signature header
+    alerts_webhook_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    alerts_retry_cap_s: Annotated[float, Field(gt=0, le=86400)] = 300.0  # longest wait between delivery attempts
+    alerts_give_up_s: Annotated[float, Field(gt=0)] = 86400.0  # an undeliverable event is marked failed (and logged) after this
+    alerts_late_after_s: Annotated[float, Field(gt=0)] = 900.0  # a reading measured longer ago than this is late (replay)
+
+    @field_validator("alerts_client_id")
+    @classmethod
+    def _service_id(cls, v: str) -> str:
+        if re.fullmatch(r"[a-z0-9][a-z0-9-]{2,31}", v):
+            raise ValueError("is a possible device id: a platform service needs an id outside that alphabet, e.g. with an underscore (nakhon_alerts)")
+        return v
+
+    @field_validator("alerts_webhook_urls")
+    @classmethod
+    def _urls(cls, v: str) -> str:
+        for url in cls.split_urls(v):
+            if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL (separate several with commas)")
+        return v
+
+    @staticmethod
+    def split_urls(v: str) -> list[str]:
+        return [u.strip() for u in v.split(",") if u.strip()]
+
+    @property
+    def alerts_webhooks(self) -> list[str]:
+        return self.split_urls(self.alerts_webhook_urls)
+
     @field_validator("influx_url")
     @classmethod
     def _http_url(cls, v: str) -> str:
@@ -128,6 +162,8 @@ class Settings(BaseSettings):
             raise ValueError("NAKHON_MQTT_CA_FILE is set but NAKHON_MQTT_TLS is off: set NAKHON_MQTT_TLS=true")
         if (self.mqtt_username is None) != (self.mqtt_password is None):
             raise ValueError("set both NAKHON_MQTT_USERNAME and NAKHON_MQTT_PASSWORD, or neither")
+        if self.alerts_webhook_urls.strip() and not self.alerts_webhook_secret:
+            raise ValueError("NAKHON_ALERTS_WEBHOOK_URLS is set without NAKHON_ALERTS_WEBHOOK_SECRET: set a secret to sign the webhooks with")
         if (self.broker_admin_username is None) != (self.broker_admin_password is None):
             raise ValueError("set both NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD, or neither")
         if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):

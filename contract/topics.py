@@ -31,6 +31,7 @@ SERVICE_PREFIX: Final = "nakhon_"
 INGEST_USER: Final = "nakhon_ingest"
 API_USER: Final = "nakhon_api"  # provisioning and config pushes
 OBSERVER_USER: Final = "nakhon_observer"  # read-only view of the whole stream
+ALERTS_USER: Final = "nakhon_alerts"  # the alert evaluator: reads telemetry, publishes on nakhon/v1/{city}/alerts
 # Device ids a provisioning request may never take: anything named like the platform.
 RESERVED_PREFIXES: Final = ("nakhon", "admin", "root", "mosquitto")
 

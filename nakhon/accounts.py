@@ -9,7 +9,8 @@ retention policies and continuous queries, and one user per service:
 
 - the ingest: ALL (write, and read for the roll-ups it computes) on the
   Nakhon database only, no admin;
-- the API and Grafana: READ on the Nakhon database only.
+- the API and Grafana: READ on the Nakhon database only;
+- the alert evaluator: WRITE on the Nakhon database only (its events).
 
 Nothing at run time uses the admin (`nakhon db-init` and `nakhon backup`
 are operator commands).
@@ -25,18 +26,21 @@ from pathlib import Path
 
 from contract import rollups
 from contract.influx import Influx, InfluxRefused, InfluxRejected
-from contract.topics import API_USER, INGEST_USER, OBSERVER_USER
+from contract.topics import ALERTS_USER, API_USER, INGEST_USER, OBSERVER_USER
 
 BROKER_ADMIN = API_USER  # provisioning and config pushes go through the API
 BROKER_INGEST = INGEST_USER
 BROKER_OBSERVER = OBSERVER_USER
+BROKER_ALERTS = ALERTS_USER
 INFLUX_ADMIN = "nakhon_dbadmin"
 INFLUX_INGEST = "nakhon_ingest"
 INFLUX_API = "nakhon_api"
 INFLUX_GRAFANA = "nakhon_grafana"
-INFLUX_USERS = {INFLUX_INGEST: "ALL", INFLUX_API: "READ", INFLUX_GRAFANA: "READ"}
+INFLUX_ALERTS = "nakhon_alerts"
+INFLUX_USERS = {INFLUX_INGEST: "ALL", INFLUX_API: "READ", INFLUX_GRAFANA: "READ", INFLUX_ALERTS: "WRITE"}
 
-_NAMES = ("broker_admin", "broker_ingest", "broker_observer", "influx_admin", "influx_ingest", "influx_api", "influx_grafana")
+_NAMES = ("broker_admin", "broker_ingest", "broker_observer", "broker_alerts", "influx_admin", "influx_ingest", "influx_api", "influx_grafana",
+          "influx_alerts")
 _SAFE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")  # goes into InfluxQL string literals: nothing that could close one
 
 

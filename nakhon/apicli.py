@@ -20,6 +20,7 @@ from typing import Any
 
 from contract.settings import ConfigError, Settings, load_settings
 from contract.status import DEVICE_KINDS
+from contract.topics import ALERTS_USER
 
 
 def _settings() -> Settings:
@@ -154,7 +155,8 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 # --- broker-init ------------------------------------------------------------------
 # With --from-env the platform accounts' passwords come from these variables (compose's secrets).
-BROKER_SECRET_ENV = {"admin": "NAKHON_BROKER_ADMIN_PASSWORD", "ingest": "NAKHON_INGEST_MQTT_PASSWORD", "observer": "NAKHON_OBSERVER_MQTT_PASSWORD"}
+BROKER_SECRET_ENV = {"admin": "NAKHON_BROKER_ADMIN_PASSWORD", "ingest": "NAKHON_INGEST_MQTT_PASSWORD", "observer": "NAKHON_OBSERVER_MQTT_PASSWORD",
+                     "alerts": "NAKHON_ALERTS_MQTT_PASSWORD"}
 
 
 def cmd_broker_init(args: argparse.Namespace) -> int:
@@ -176,19 +178,21 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
     else:
         pw = {k: new_password() for k in BROKER_SECRET_ENV}
     admin, ingest, observer = (args.admin_user, pw["admin"]), (args.ingest_user, pw["ingest"]), (args.observer_user, pw["observer"])
+    alerts = (ALERTS_USER, pw["alerts"])
     try:
-        write_bootstrap(path, admin, ingest, observer)
+        write_bootstrap(path, admin, ingest, observer, alerts)
     except ValueError as exc:
         sys.stderr.write(f"nakhon broker-init: {exc}\n")
         return 2
     if args.from_env:
-        sys.stderr.write(f"nakhon broker-init: wrote {path} with the accounts {admin[0]}, {ingest[0]}, {observer[0]}\n")
+        sys.stderr.write(f"nakhon broker-init: wrote {path} with the accounts {admin[0]}, {ingest[0]}, {observer[0]}, {alerts[0]}\n")
         return 0
     sys.stdout.write(
         f"# mosquitto.conf (and allow_anonymous false):\n{mosquitto_config(path)}\n"
         f"# API (provisioning):\nNAKHON_BROKER_ADMIN_USERNAME={admin[0]}\nNAKHON_BROKER_ADMIN_PASSWORD={admin[1]}\n"
         f"# ingest:\nNAKHON_MQTT_USERNAME={ingest[0]}\nNAKHON_MQTT_PASSWORD={ingest[1]}\n"
         f"# read-only observer (subscribe to nakhon/v1/#):\nusername {observer[0]} password {observer[1]}\n"
+        f"# alert evaluator (nakhon alerts run):\nNAKHON_MQTT_USERNAME={alerts[0]}\nNAKHON_MQTT_PASSWORD={alerts[1]}\n"
     )
     return 0
 

@@ -131,6 +131,42 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- alerts -------------------------------------------------------------------
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from alerts.rules import RulesError, load_rules
+
+    settings = _settings(alerts_rules_file=getattr(args, "rules", None))
+    if args.action == "health":
+        from alerts.health import judge
+
+        state, detail = judge(settings.data_dir / "alerts" / "health.json")
+        sys.stdout.write(f"alerts {state}: {detail}\n")
+        return 1 if state == "down" else 0
+    try:
+        book = load_rules(settings.alerts_rules_file)
+    except RulesError as exc:
+        sys.stderr.write(f"nakhon alerts: NAKHON_ALERTS_RULES_FILE: {exc}\n")
+        return 2
+    if args.action == "check":
+        import json
+
+        if args.city is not None and args.city not in settings.cities:
+            sys.stderr.write(f"nakhon alerts check: unknown city {args.city!r}; known: {', '.join(sorted(settings.cities))}\n")
+            return 2
+        out: dict[str, object] = {"version": book.version}
+        for city in [args.city] if args.city else sorted(settings.cities):
+            out[city if args.station is None else f"{city}/{args.station}"] = asdict(book.for_station(city, args.station))
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    from alerts.service import run
+
+    setup_logging(settings.log_level)
+    run(settings, book)
+    return 0
+
+
 # --- systemd -----------------------------------------------------------------
 def cmd_systemd(args: argparse.Namespace) -> int:
     from nakhon import systemd
@@ -262,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     up = sub.add_parser("up", help="run the whole platform locally, secured (TLS broker with per-device accounts, InfluxDB with authentication, "
-                                           "ingest, API, a simulated fleet provisioned like real devices)")
+                                           "ingest, alert evaluator, API, a simulated fleet provisioned like real devices)")
     up.add_argument("--root", default="var/local", help="folder for the local servers' config, data and logs (default var/local)")
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
@@ -289,6 +325,17 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default=None, help="bind address (default NAKHON_API_HOST)")
     api.add_argument("--port", type=int, default=None, help="port (default NAKHON_API_PORT)")
     api.set_defaults(func=cmd_api)
+
+    al = sub.add_parser("alerts", help="the alert evaluator: rules over arriving telemetry, events to MQTT, InfluxDB and webhooks")
+    al_sub = al.add_subparsers(dest="action", required=True, metavar="ACTION")
+    alr = al_sub.add_parser("run", help="run the evaluator (subscribes to telemetry as nakhon_alerts; Ctrl-C stops it)")
+    alc = al_sub.add_parser("check", help="validate the rules file and print the effective rules of each city (or one station)")
+    alc.add_argument("--city", default=None, help="only this city")
+    alc.add_argument("--station", default=None, help="the rules of this station (its overrides applied)")
+    al_sub.add_parser("health", help="whether the running evaluator (its NAKHON_DATA_DIR/alerts/health.json) works: exit 1 when down")
+    for p_ in (alr, alc):
+        p_.add_argument("--rules", default=None, help="rules file, YAML or JSON (default NAKHON_ALERTS_RULES_FILE, else the built-in rules)")
+    al.set_defaults(func=cmd_alerts)
 
     sd = sub.add_parser("systemd", help="systemd units for a Debian server without Docker (ingest workers, API; Debian's mosquitto and influxdb)")
     sd_sub = sd.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -1,4 +1,4 @@
-"""The local platform: broker, database, ingest, API and a simulated fleet, secured.
+"""The local platform: broker, database, ingest, alert evaluator, API and a simulated fleet, secured.
 
 `nakhon up` runs it in the foreground until Ctrl-C; tests and `nakhon verify`
 attack what this code starts. On the first run under its folder it makes:
@@ -33,7 +33,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from api.broker import write_bootstrap
+from alerts import health as alerts_health
+from api.broker import DynSec, ensure_alerts_account, write_bootstrap
 from api.registry import Device, Registry
 from contract.logs import kv
 from contract.settings import Settings
@@ -69,7 +70,8 @@ class LocalPlatform:
             if not self.dynsec_file.exists():  # afterwards the broker owns it (provisioned devices live there)
                 write_bootstrap(self.dynsec_file, (accounts.BROKER_ADMIN, self.secrets["broker_admin"]),
                                 (accounts.BROKER_INGEST, self.secrets["broker_ingest"]),
-                                (accounts.BROKER_OBSERVER, self.secrets["broker_observer"]))
+                                (accounts.BROKER_OBSERVER, self.secrets["broker_observer"]),
+                                (accounts.BROKER_ALERTS, self.secrets["broker_alerts"]))
             self.broker = Mosquitto(self.root / "mosquitto", pick_port(settings.mqtt_port), allow_anonymous=False, tls_port=tls_port,
                                     tls_files=(self.ca, cert, key), dynsec_file=self.dynsec_file)
         else:  # a bare rig for fault scenarios that publish without accounts (nakhon verify's stream checks)
@@ -89,6 +91,9 @@ class LocalPlatform:
             ingest_settings = self.settings.model_copy(update={
                 "mqtt_username": accounts.BROKER_INGEST, "mqtt_password": s["broker_ingest"],
                 "influx_username": accounts.INFLUX_INGEST, "influx_password": s["influx_ingest"]})
+            alerts_settings = self.settings.model_copy(update={
+                "mqtt_username": accounts.BROKER_ALERTS, "mqtt_password": s["broker_alerts"],
+                "influx_username": accounts.INFLUX_ALERTS, "influx_password": s["influx_alerts"]})
             api_settings = self.settings.model_copy(update={
                 "broker_admin_username": accounts.BROKER_ADMIN, "broker_admin_password": s["broker_admin"],
                 "influx_username": accounts.INFLUX_API, "influx_password": s["influx_api"],
@@ -99,12 +104,13 @@ class LocalPlatform:
             fleet_args = ["--credentials", str(self.credentials_path), "--provision", f"http://127.0.0.1:{api_port}"]
         else:
             self.device_endpoint = ("127.0.0.1", self.broker.port)
-            ingest_settings = api_settings = fleet_settings = self.settings
+            ingest_settings = api_settings = fleet_settings = alerts_settings = self.settings
             fleet_args = []
         self.api_settings = api_settings
         logs = self.root / "logs"
         self.ingest = Service("ingest", ["ingest"], ingest_settings, logs)
         self.api = Service("api", ["api"], api_settings, logs)
+        self.alerts = Service("alerts", ["alerts", "run"], alerts_settings, logs)
         self.fleet_spec = (fleet_per_city, interval_s, seed, prefix)
         self.fleet = (
             Service("simulate", ["simulate", "--per-city", str(fleet_per_city), "--interval", str(interval_s), "--realtime",
@@ -143,6 +149,9 @@ class LocalPlatform:
             leftovers.stop(left)
         self.broker.start()
         log.info("broker started", extra=kv(port=self.broker.port, tls_port=self.broker.tls_port, config=str(self.broker.config_path)))
+        if self.secure:  # a folder set up before the alert evaluator existed has no account for it yet
+            ensure_alerts_account(DynSec("127.0.0.1", self.broker.port, accounts.BROKER_ADMIN, self.secrets["broker_admin"]),
+                                  accounts.BROKER_ALERTS, self.secrets["broker_alerts"])
         self.influxdb.start()
         s = self.settings
         if self.secure:
@@ -163,6 +172,9 @@ class LocalPlatform:
         self.ingest.start()
         if not self.ingest.wait_log('"msg":"connected"', 30):
             raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
+        self.alerts.start()
+        if not self.alerts.wait_log('"msg":"connected"', 30):
+            raise RuntimeError(f"the alert evaluator did not connect; see {self.alerts.log_path}")
         if self.fleet and not self.secure:  # the open rig: registered directly (secured, they are provisioned below)
             n = register_fleet(self.settings, *self.fleet_spec)
             log.info("simulated fleet registered", extra=kv(devices=n, registry=str(self.settings.registry_path)))
@@ -181,7 +193,7 @@ class LocalPlatform:
     @property
     def services(self) -> list[Any]:
         """Everything `nakhon up` runs, in start order."""
-        return [self.broker, self.influxdb, self.ingest, self.api, *([self.fleet] if self.fleet else [])]
+        return [self.broker, self.influxdb, self.ingest, self.alerts, self.api, *([self.fleet] if self.fleet else [])]
 
     def supervise(self, policy: Policy | None = None) -> Supervisor:
         """Restart whatever dies from now on (see nakhon.supervisor)."""
@@ -193,7 +205,7 @@ class LocalPlatform:
         (self.root / "run.json").unlink(missing_ok=True)
         if self.supervisor is not None:  # first, or it would restart what we stop
             self.supervisor.stop()
-        for svc in (self.fleet, self.api, self.ingest):
+        for svc in (self.fleet, self.api, self.alerts, self.ingest):
             if svc is not None:
                 svc.stop()
         self.influxdb.stop()
@@ -216,6 +228,8 @@ class LocalPlatform:
             return status.ingest_health(s.data_dir / "health", self._pids(self.ingest))
         if name == self.api.name:
             return status.api_health(s.api_host, s.api_port)
+        if name == self.alerts.name:
+            return alerts_health.judge(s.data_dir / "alerts" / "health.json", self.alerts.proc.pid if self.alerts.proc else None)
         return "", ""
 
     @staticmethod

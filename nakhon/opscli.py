@@ -27,6 +27,7 @@ INFLUX_SECRET_ENV = {
     "nakhon_ingest": "NAKHON_INFLUX_INGEST_PASSWORD",
     "nakhon_api": "NAKHON_INFLUX_API_PASSWORD",
     "nakhon_grafana": "NAKHON_INFLUX_GRAFANA_PASSWORD",
+    "nakhon_alerts": "NAKHON_INFLUX_ALERTS_PASSWORD",
 }
 
 

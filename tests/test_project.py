@@ -58,11 +58,11 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_compose_matches_the_code() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"mosquitto", "influxdb", "ingest", "api", "simulator"} <= set(services)
+    assert {"mosquitto", "influxdb", "ingest", "api", "alerts", "simulator"} <= set(services)
     assert services["influxdb"]["image"].startswith("influxdb:1.")  # the v1 API the code speaks
     assert services["simulator"]["profiles"] == ["sim"]
     fields = set(Settings.model_fields)
-    for name in ("ingest", "api", "simulator"):
+    for name in ("ingest", "api", "alerts", "simulator"):
         svc = services[name]
         assert svc["build"] == "."
         env = svc["environment"]
@@ -79,7 +79,7 @@ def test_compose_matches_the_code() -> None:
 
 
 # --- import direction (DESIGN.md) -------------------------------------------
-COMPONENTS = ("ingest", "api", "simulators", "dashboards")
+COMPONENTS = ("ingest", "api", "alerts", "simulators", "dashboards")
 
 
 def _imports(folder: Path) -> set[tuple[Path, str]]:
@@ -127,7 +127,8 @@ def test_components_do_not_import_each_other(component: str) -> None:
 
 # --- types --------------------------------------------------------------------
 def test_mypy_strict_on_the_contract_and_the_ingest() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "contract", "ingest"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "contract", "ingest", "alerts"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 

@@ -10,6 +10,8 @@ machine moves both sides together:
             publish-to-queryable latency at half the sustained rate
   api       latest-per-city and 7-day history against the same InfluxQL sent
             straight to InfluxDB; requests/s at 32 clients
+  alerts    the alert evaluator: CPU per 100k readings against 10,000 devices every 10 s,
+            its drain rate through the broker, the ingest's rate with it on and off
   sim       the simulated fleet held connected, readings/s acknowledged
   firmware  peak heap of a read-publish cycle and of a replay on the unix port
 """
@@ -30,7 +32,7 @@ from harness.bench.ingest import Figure, bench_broker, bench_influx, bench_inges
 from harness.progress import say as say_line
 from nakhon.servers import InfluxDB, Mosquitto
 
-SECTIONS = ("limits", "peer", "ingest", "api", "sim", "firmware")
+SECTIONS = ("limits", "peer", "ingest", "api", "alerts", "sim", "firmware")
 
 
 def _say(msg: str) -> None:
@@ -109,6 +111,14 @@ def api(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figur
     return figs
 
 
+def alerts(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    from harness.bench.alerts import measure as measure_alerts
+
+    figs, values = measure_alerts(root, min(args.messages, 100_000))
+    v.update(values)
+    return figs
+
+
 def sim(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
     from harness.bench.sim import hold_fleet
 
@@ -129,6 +139,7 @@ RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict[str, float]], list[F
     "peer": peer,
     "ingest": ingest,
     "api": api,
+    "alerts": alerts,
     "sim": sim,
     "firmware": firmware,
 }
@@ -160,6 +171,19 @@ def targets(v: dict[str, float]) -> list[Target]:
                 api_ms, direct_ms = v[f"history_{q}_ms"], v[f"history_{base}_{q}_ms"]
                 r = api_ms / direct_ms
                 out.append(Target(f"7-day history, API / {label} ({q})", f"{api_ms:.1f} / {direct_ms:.1f} ms", r, "<= 1.3", r <= 1.3))
+    if "alerts_core_rate" in v:
+        r = v["alerts_core_rate"] / 1000
+        out.append(Target("alert evaluation / 10,000 devices every 10 s (one core)", f"{v['alerts_core_rate']:,.0f} / 1,000 readings/s", r, ">= 1", r >= 1))
+    if "alerts_service_rate" in v:
+        r = v["alerts_service_rate"] / 1000
+        out.append(Target("alerts service through the broker / fleet rate", f"{v['alerts_service_rate']:,.0f} / 1,000 readings/s", r, ">= 1", r >= 1))
+    if "alerts_latency_p99_ms" in v:
+        p99 = v["alerts_latency_p99_ms"]
+        ok = p99 < 10_000 and v.get("alerts_latency_missing", 1) == 0
+        out.append(Target("water-line crossing, publish -> webhook p99 at the fleet rate", f"{p99:,.0f} ms", None, "< 10,000 ms, none missing", ok))
+    if "ingest_alerts_on" in v:
+        r = v["ingest_alerts_on"] / v["ingest_alerts_off"]
+        out.append(Target("ingest rate, alerts on / off", f"{v['ingest_alerts_on']:,.0f} / {v['ingest_alerts_off']:,.0f}", r, "reported", True))
     if "sim_connected" in v:
         ok = v["sim_connected"] >= 10_000 and v.get("sim_sustained") == 1.0
         out.append(Target("simulated devices held connected", f"{v['sim_connected']:,.0f}", None, ">= 10,000, all readings acknowledged", ok))

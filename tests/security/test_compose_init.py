@@ -18,9 +18,10 @@ from tests.security.platform import run_nakhon
 pytestmark = pytest.mark.e2e
 
 INFLUX_ENV = {"NAKHON_INFLUX_ADMIN_PASSWORD": "admin-" + "a" * 24, "NAKHON_INFLUX_INGEST_PASSWORD": "ingest-" + "b" * 24,
-              "NAKHON_INFLUX_API_PASSWORD": "api-" + "c" * 24, "NAKHON_INFLUX_GRAFANA_PASSWORD": "grafana-" + "d" * 24}
+              "NAKHON_INFLUX_API_PASSWORD": "api-" + "c" * 24, "NAKHON_INFLUX_GRAFANA_PASSWORD": "grafana-" + "d" * 24,
+              "NAKHON_INFLUX_ALERTS_PASSWORD": "alerts-" + "h" * 24}
 BROKER_ENV = {"NAKHON_BROKER_ADMIN_PASSWORD": "broker-admin-" + "e" * 20, "NAKHON_INGEST_MQTT_PASSWORD": "broker-ingest-" + "f" * 20,
-              "NAKHON_OBSERVER_MQTT_PASSWORD": "broker-observer-" + "g" * 20}
+              "NAKHON_OBSERVER_MQTT_PASSWORD": "broker-observer-" + "g" * 20, "NAKHON_ALERTS_MQTT_PASSWORD": "broker-alerts-" + "i" * 20}
 
 
 def test_db_init_sets_up_authentication_from_the_environment(tmp_path: Path) -> None:
@@ -53,15 +54,23 @@ def test_broker_init_from_env_is_what_the_broker_loads(tmp_path: Path) -> None:
     assert all(pw not in written for pw in BROKER_ENV.values())  # hashed
     again = run_nakhon("broker-init", "--file", str(path), "--keep", "--from-env", env={k: v + "x" for k, v in BROKER_ENV.items()})
     assert again.returncode == 0 and path.read_text() == written  # a restart keeps the accounts (and the devices')
-    assert {c["username"] for c in json.loads(written)["clients"]} == {"nakhon_api", "nakhon_ingest", "nakhon_observer"}
+    assert {c["username"] for c in json.loads(written)["clients"]} == {"nakhon_api", "nakhon_ingest", "nakhon_observer", "nakhon_alerts"}
     with Mosquitto(tmp_path / "mosquitto", allow_anonymous=False, dynsec_file=path) as broker:
         ingest = MqttDevice(broker.port, "nakhon_ingest_0", "nakhon_ingest", BROKER_ENV["NAKHON_INGEST_MQTT_PASSWORD"])
         stranger = MqttDevice(broker.port, "stranger-01")
         observer = MqttDevice(broker.port, "nakhon_observer_1", "nakhon_observer", BROKER_ENV["NAKHON_OBSERVER_MQTT_PASSWORD"])
+        alerts = MqttDevice(broker.port, "nakhon_alerts", "nakhon_alerts", BROKER_ENV["NAKHON_ALERTS_MQTT_PASSWORD"])
+        alerts_elsewhere = MqttDevice(broker.port, "nakhon_alerts_2", "nakhon_alerts", BROKER_ENV["NAKHON_ALERTS_MQTT_PASSWORD"])
         try:
             assert ingest.accepted() and observer.accepted() and not stranger.accepted(5)
             assert observer.subscribe("nakhon/v1/#")[0].startswith("Granted")
             assert observer.publish("nakhon/v1/chiang_mai/cm-air-001/config", b"{}") == "Not authorized"  # read-only
+            # the alert evaluator: its one client id; reads telemetry, publishes alerts, nothing else
+            assert alerts.accepted() and not alerts_elsewhere.accepted(5)
+            assert alerts.subscribe("nakhon/v1/+/+/telemetry")[0].startswith("Granted")
+            assert alerts.publish("nakhon/v1/phuket/alerts", b"{}") in ("Success", "No matching subscribers")
+            assert alerts.publish("nakhon/v1/phuket/pk-water-001/telemetry", b"{}") == "Not authorized"
+            assert alerts.publish("nakhon/v1/phuket/pk-water-001/config", b"{}") == "Not authorized"
         finally:
-            for d in (ingest, stranger, observer):
+            for d in (ingest, stranger, observer, alerts, alerts_elsewhere):
                 d.close()

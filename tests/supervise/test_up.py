@@ -30,7 +30,7 @@ from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = ("mosquitto", "influxdb", "ingest", "api")
+SERVICES = ("mosquitto", "influxdb", "ingest", "alerts", "api")
 
 
 class Up:
@@ -141,7 +141,7 @@ def test_every_service_killed_comes_back_and_every_reading_is_stored_once(up: An
     stream = Stream(u.mqtt_port, 150, prefix="upkill", devices=60, connections=2, username=publisher[0], password=publisher[1]).start()
     db = Influx(f"http://127.0.0.1:{u.influx_port}", username=accounts.INFLUX_ADMIN, password=secrets["influx_admin"])
     try:
-        for name in ("ingest", "api", "mosquitto", "influxdb"):
+        for name in ("ingest", "alerts", "api", "mosquitto", "influxdb"):
             sent = stream.sent
             wait_until(lambda sent=sent: stream.sent >= sent + 300, 60, what="readings streaming before the kill")
             pid = int(u.status()[name]["pid"])
