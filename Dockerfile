@@ -1,10 +1,11 @@
-# One image for the Python services (ingest, api, simulate).
+# One image for the Python services (ingest, alerts, api, simulate).
 FROM python:3.11-slim
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY contract ./contract
 COPY ingest ./ingest
 COPY api ./api
+COPY alerts ./alerts
 COPY simulators ./simulators
 COPY dashboards ./dashboards
 COPY nakhon ./nakhon

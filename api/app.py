@@ -20,10 +20,11 @@ from api.httpcache import HttpCache
 from api.live import LiveCache
 from api.ratelimit import SharedRateLimiter
 from api.registry import Registry
-from api.routers import apikeys, aqi, devices, health, opendata, public, quality, readings
+from api.rotation import Rotator
+from api.routers import alerts, apikeys, aqi, devices, health, opendata, public, quality, readings
 from api.throttle import Throttle
 from contract import rollups
-from contract.influx import InfluxError, InfluxRejected
+from contract.influx import Influx, InfluxError, InfluxRefused, InfluxRejected
 from contract.logs import kv
 from contract.settings import Settings, load_settings
 
@@ -40,11 +41,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # now and then for tens of milliseconds (the p99).
         gc.collect()
         gc.freeze()
+        rotator = None
+        if app.state.dynsec is not None:  # rotations with a grace period complete in the background
+            rotator = Rotator(app.state.registry, app.state.dynsec,
+                              Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password))
+            rotator.start()
         keeper = asyncio.get_running_loop().create_task(_keep_current(app))
         yield
         keeper.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await keeper
+        if rotator is not None:
+            rotator.stop()
         await app.state.ainflux.aclose()
         app.state.influx.close()
 
@@ -70,6 +78,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     try:  # the ingest creates these too; whichever starts first
         app.state.influx.ensure_schema(settings.raw_retention, settings.hourly_retention)
         app.state.influx.execute(rollups.schema_statements(settings.influx_db))
+    except InfluxRefused as exc:  # a read-only user (as it should be): the schema is made at set-up
+        log.info("storage schema left to the database administrator", extra=kv(status=exc.status, error=exc.message[:200]))
     except InfluxError as exc:
         log.warning("could not create the storage schema yet", extra=kv(error=str(exc)[:200]))
     app.state.ainflux = GuardedAsyncInflux(settings.influx_url, settings.influx_db, settings.influx_username,
@@ -100,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("influxdb refused a query", extra=kv(path=request.url.path, error=exc.message[:300]))
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    for r in (health, readings, aqi, quality, opendata, public, devices, apikeys):
+    for r in (health, readings, aqi, alerts, quality, opendata, public, devices, apikeys):
         app.include_router(r.router)
     # Outermost last: the rate limit answers before anything else runs, even the proxy-cache layer.
     app.add_middleware(HttpCache, recent_s=settings.api_cache_recent_s, history_s=settings.api_cache_history_s,

@@ -10,8 +10,10 @@ workers and make them kick each other off. The broker stores the passwords
 as salted PBKDF2-SHA512.
 
 Each device gets a role of its own with exact topics (no `+`):
-publish its `telemetry` and `status`, subscribe to and receive its `config`.
-The default ACL access denies everything else.
+publish its `telemetry` and `status`, subscribe to and receive its `config`
+and `stored`. The default ACL access denies everything else. Platform
+accounts (provisioning, ingest, observer) have names outside the device-id
+alphabet (contract/topics.py), so no device can ever be given one.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ PLUGIN_PATHS = (
     "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
     "/usr/lib/mosquitto_dynamic_security.so",
 )
-ADMIN_ROLE = "nakhon-admin"
-INGEST_ROLE = "nakhon-ingest"
+ADMIN_ROLE = "nakhon_admin"
+INGEST_ROLE = "nakhon_ingest"
+OBSERVER_ROLE = "nakhon_observer"
+ALERTS_ROLE = "nakhon_alerts"
 
 
 class BrokerError(RuntimeError):
@@ -54,13 +58,15 @@ def device_role(device: str) -> str:
 
 
 def device_acls(city: str, device: str) -> list[dict[str, Any]]:
-    """Exact per-device entries: its own telemetry/status out, its own config in."""
-    t, s, c = (topics.topic(city, device, ch) for ch in ("telemetry", "status", "config"))
+    """Exact per-device entries: its own telemetry/status out, its own config and stored in."""
+    t, s, c, d = (topics.topic(city, device, ch) for ch in ("telemetry", "status", "config", "stored"))
     return [
         {"acltype": "publishClientSend", "topic": t, "allow": True},
         {"acltype": "publishClientSend", "topic": s, "allow": True},
         {"acltype": "subscribeLiteral", "topic": c, "allow": True},
         {"acltype": "publishClientReceive", "topic": c, "allow": True},
+        {"acltype": "subscribeLiteral", "topic": d, "allow": True},
+        {"acltype": "publishClientReceive", "topic": d, "allow": True},
     ]
 
 
@@ -69,7 +75,8 @@ def _acl(kind: str, topic: str) -> dict[str, Any]:
 
 
 def platform_roles() -> list[dict[str, Any]]:
-    """The admin (provisioning, config push) and ingest (read telemetry, status, $SYS) roles."""
+    """The admin (provisioning, config push), ingest (read telemetry, status, $SYS; confirm `stored`)
+    and observer (read the whole stream, write nothing) roles."""
     control = CONTROL_TOPIC + "/#"
     admin = [_acl("publishClientSend", control), _acl("publishClientReceive", control), _acl("subscribePattern", control),
              _acl("publishClientSend", f"{topics.PREFIX}/+/+/config")]
@@ -78,7 +85,14 @@ def platform_roles() -> list[dict[str, Any]]:
         ingest += [_acl("subscribePattern", pattern), _acl("publishClientReceive", pattern)]
         if not pattern.startswith("$"):
             ingest.append(_acl("subscribePattern", f"$share/+/{pattern}"))
-    return [{"rolename": ADMIN_ROLE, "acls": admin}, {"rolename": INGEST_ROLE, "acls": ingest}]
+    ingest.append(_acl("publishClientSend", f"{topics.PREFIX}/+/+/stored"))
+    everything = f"{topics.PREFIX}/#"
+    observer = [_acl("subscribePattern", everything), _acl("publishClientReceive", everything)]
+    # the alert evaluator: reads telemetry (its own persistent session, not the ingest's share), publishes alert events
+    alerts = [_acl("subscribePattern", topics.TELEMETRY_FILTER), _acl("publishClientReceive", topics.TELEMETRY_FILTER),
+              _acl("publishClientSend", f"{topics.PREFIX}/+/alerts")]
+    return [{"rolename": ADMIN_ROLE, "acls": admin}, {"rolename": INGEST_ROLE, "acls": ingest}, {"rolename": OBSERVER_ROLE, "acls": observer},
+            {"rolename": ALERTS_ROLE, "acls": alerts}]
 
 
 def _pbkdf2(password: str, iterations: int = 101) -> dict[str, Any]:
@@ -88,24 +102,50 @@ def _pbkdf2(password: str, iterations: int = 101) -> dict[str, Any]:
     return {"password": base64.b64encode(digest).decode(), "salt": base64.b64encode(salt).decode(), "iterations": iterations}
 
 
-def bootstrap_config(admin: tuple[str, str], ingest: tuple[str, str]) -> dict[str, Any]:
-    """The plugin's initial JSON: default-deny, an admin client and an ingest client."""
+def bootstrap_config(admin: tuple[str, str], ingest: tuple[str, str], observer: tuple[str, str] | None = None,
+                     alerts: tuple[str, str] | None = None) -> dict[str, Any]:
+    """The plugin's initial JSON: default-deny, an admin client, an ingest client and (optionally) an observer and the alert evaluator."""
+    for name, _ in (admin, ingest, *([observer] if observer else []), *([alerts] if alerts else [])):
+        if not topics.is_service_id(name):
+            raise ValueError(f"platform account {name!r} could be a device id: use a name with an underscore, e.g. {topics.INGEST_USER!r}")
+    clients = [
+        {"username": admin[0], "textname": "Nakhon provisioning", "roles": [{"rolename": ADMIN_ROLE}], **_pbkdf2(admin[1])},
+        {"username": ingest[0], "textname": "Nakhon ingest", "roles": [{"rolename": INGEST_ROLE}], **_pbkdf2(ingest[1])},
+    ]
+    if observer:
+        clients.append({"username": observer[0], "textname": "Nakhon observer (read-only)", "roles": [{"rolename": OBSERVER_ROLE}],
+                        **_pbkdf2(observer[1])})
+    if alerts:
+        clients.append(alerts_client(*alerts))
     return {
         "defaultACLAccess": {"publishClientSend": False, "publishClientReceive": False, "subscribe": False, "unsubscribe": True},
-        "clients": [
-            {"username": admin[0], "textname": "Nakhon provisioning", "roles": [{"rolename": ADMIN_ROLE}], **_pbkdf2(admin[1])},
-            {"username": ingest[0], "textname": "Nakhon ingest", "roles": [{"rolename": INGEST_ROLE}], **_pbkdf2(ingest[1])},
-        ],
+        "clients": clients,
         "groups": [],
         "roles": platform_roles(),
     }
 
 
-def write_bootstrap(path: Path, admin: tuple[str, str], ingest: tuple[str, str]) -> None:
+def alerts_client(username: str, password: str) -> dict[str, Any]:
+    """The alert evaluator's account; its client id is forced to its username, as a device's is."""
+    return {"username": username, "clientid": username, "textname": "Nakhon alert evaluator", "roles": [{"rolename": ALERTS_ROLE}],
+            **_pbkdf2(password)}
+
+
+def ensure_alerts_account(dynsec: DynSec, username: str, password: str) -> None:
+    """On a broker set up before the alert evaluator existed: its role and account, made through the admin API. Idempotent."""
+    role = next(r for r in platform_roles() if r["rolename"] == ALERTS_ROLE)
+    dynsec.run([{"command": "createRole", "rolename": ALERTS_ROLE, "acls": role["acls"]},
+                {"command": "createClient", "username": username, "password": password, "clientid": username,
+                 "roles": [{"rolename": ALERTS_ROLE}]}], allow=("already exists",))
+    dynsec.run([{"command": "setClientPassword", "username": username, "password": password}])
+
+
+def write_bootstrap(path: Path, admin: tuple[str, str], ingest: tuple[str, str], observer: tuple[str, str] | None = None,
+                    alerts: tuple[str, str] | None = None) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(bootstrap_config(admin, ingest), indent=2))
+    tmp.write_text(json.dumps(bootstrap_config(admin, ingest, observer, alerts), indent=2))
     os.chmod(tmp, 0o600)
     tmp.replace(path)
 
@@ -167,7 +207,7 @@ class DynSec:
             if len(answers) >= len(commands):
                 done.set()
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"nakhon-admin-{tag[:8]}", protocol=mqtt.MQTTv5)
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{topics.API_USER}_{tag[:8]}", protocol=mqtt.MQTTv5)
         client.username_pw_set(self.username, self.password)
         if self.tls:
             client.tls_set(ca_certs=self.ca_file)
@@ -195,12 +235,52 @@ class DynSec:
 
     # --- what provisioning needs --------------------------------------------
     def create_device(self, city: str, device: str, password: str) -> None:
-        role = device_role(device)
-        self.run([
-            {"command": "createRole", "rolename": role, "acls": device_acls(city, device)},
-            {"command": "createClient", "username": device, "password": password, "clientid": device,
-             "roles": [{"rolename": role}], "textname": f"{city} sensor"},
-        ])
+        self.create_devices([(city, device, password)])
+
+    def create_devices(self, devices: list[tuple[str, str, str]]) -> None:
+        """(city, device, password) each: a role with its exact topics, and a client pinned to its id."""
+        commands: list[dict[str, Any]] = []
+        for city, device, password in devices:
+            if not topics.is_device_id(device) or topics.reserved_device_id(device):
+                raise BrokerError(f"{device!r} is not a device id a device may have")
+            role = device_role(device)
+            commands += [
+                {"command": "createRole", "rolename": role, "acls": device_acls(city, device)},
+                {"command": "createClient", "username": device, "password": password, "clientid": device,
+                 "roles": [{"rolename": role}], "textname": f"{city} sensor"},
+            ]
+        for i in range(0, len(commands), 200):  # keep each control message well under the broker's packet limit
+            self.run(commands[i : i + 200])
+
+    def publish_config(self, topic: str, payload: bytes) -> None:
+        """A retained QoS 1 publish on a device's config topic, confirmed by the broker's PUBACK."""
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{topics.API_USER}_{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.ca_file)
+        acked = threading.Event()
+        reason: list[mqtt.ReasonCode] = []
+
+        def on_publish(_c: mqtt.Client, _u: object, _mid: int, rc: mqtt.ReasonCode, _p: object) -> None:
+            reason.append(rc)
+            acked.set()
+
+        client.on_publish = on_publish
+        with self._lock:
+            try:
+                client.connect(self.host, self.port, keepalive=30)
+            except OSError as exc:
+                raise BrokerError(f"broker unreachable at {self.host}:{self.port}: {exc}") from None
+            client.loop_start()
+            try:
+                client.publish(topic, payload, qos=1, retain=True)
+                if not acked.wait(self.timeout):
+                    raise BrokerError("the broker did not acknowledge the config in time")
+                if reason[0].is_failure:
+                    raise BrokerError(f"the broker refused the config: {reason[0]}")
+            finally:
+                client.disconnect()
+                client.loop_stop()
 
     def set_password(self, device: str, password: str) -> None:
         # Kick the live session too: whoever held the old secret is out at once.

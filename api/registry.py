@@ -46,6 +46,21 @@ CREATE TABLE IF NOT EXISTS devices (
     hardware TEXT NOT NULL DEFAULT '[]'
 );
 CREATE INDEX IF NOT EXISTS devices_city ON devices (city);
+CREATE TABLE IF NOT EXISTS device_configs (
+    device TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    doc TEXT NOT NULL,
+    created TEXT NOT NULL,
+    by_key TEXT,
+    PRIMARY KEY (device, seq)
+);
+CREATE TABLE IF NOT EXISTS rotations (
+    device TEXT PRIMARY KEY,
+    password TEXT NOT NULL,  -- the new one, until the broker is switched to it (then the row goes)
+    seq INTEGER NOT NULL,    -- the config document that carried it
+    deadline TEXT NOT NULL,
+    created TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -220,6 +235,44 @@ class Registry:
         with self._db() as db:
             rows = db.execute(q + " ORDER BY id", args).fetchall()
         return [_device(r) for r in rows]
+
+    # --- retained configs ----------------------------------------------------------
+    def next_config_seq(self, device_id: str) -> int:
+        with self._db() as db:
+            row = db.execute("SELECT MAX(seq) AS m FROM device_configs WHERE device = ?", (device_id,)).fetchone()
+        return 1 if row is None or row["m"] is None else int(row["m"]) + 1
+
+    def record_config(self, device_id: str, seq: int, doc: dict[str, Any], by_key: str | None) -> None:
+        """Keep what was published to a device (every version, with the key that sent it)."""
+        with self._db() as db:
+            db.execute("INSERT INTO device_configs VALUES (?,?,?,?,?)",
+                       (device_id, seq, json.dumps(doc, sort_keys=True), datetime.now(UTC).isoformat(), by_key))
+
+    def configs(self, device_id: str) -> list[dict[str, Any]]:
+        """The device's published configs, newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM device_configs WHERE device = ? ORDER BY seq DESC", (device_id,)).fetchall()
+        return [{"seq": r["seq"], "doc": json.loads(r["doc"]), "created": r["created"], "by_key": r["by_key"]} for r in rows]
+
+    # --- credential rotations in the field ----------------------------------------------
+    def start_rotation(self, device_id: str, password: str, seq: int, deadline: datetime) -> None:
+        with self._db() as db:
+            db.execute("INSERT OR REPLACE INTO rotations VALUES (?,?,?,?,?)",
+                       (device_id, password, seq, deadline.isoformat(), datetime.now(UTC).isoformat()))
+
+    def rotations(self) -> list[dict[str, Any]]:
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM rotations ORDER BY deadline").fetchall()
+        return [{"device": r["device"], "password": r["password"], "seq": r["seq"], "deadline": datetime.fromisoformat(r["deadline"])}
+                for r in rows]
+
+    def finish_rotation(self, device_id: str) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM rotations WHERE device = ?", (device_id,))
+
+    def last_config(self, device_id: str) -> dict[str, Any] | None:
+        got = self.configs(device_id)
+        return got[0]["doc"] if got else None
 
     # --- API keys --------------------------------------------------------------
     def create_key(self, name: str, scope: str, city: str | None = None) -> tuple[ApiKey, str]:

@@ -47,8 +47,10 @@ def worker_app() -> FastAPI:
 
 
 def serve(settings: Settings) -> None:
-    """Serve the API on `api_host:api_port` with `api_processes` processes, until SIGTERM or Ctrl-C."""
-    common = {"host": settings.api_host, "port": settings.api_port, "log_config": None, "access_log": False}
+    """Serve the API on `api_host:api_port` (HTTPS with a certificate) with `api_processes` processes, until SIGTERM or Ctrl-C."""
+    cert, key = settings.api_tls_cert_file, settings.api_tls_key_file  # HTTPS when both are set (Settings checks the pair)
+    common = {"host": settings.api_host, "port": settings.api_port, "log_config": None, "access_log": False,
+              "ssl_certfile": str(cert) if cert else None, "ssl_keyfile": str(key) if key else None}
     if settings.api_processes == 1:
         uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
         return

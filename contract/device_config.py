@@ -12,6 +12,11 @@
   device's config.json; sensors not named keep their state.
 - `thresholds` (optional) metric -> value: while a reading is at or above one, the
   device reads four times as often (at least once a second).
+- `password` (optional) the device's new MQTT password (credential rotation in the
+  field): the device keeps it in flash and logs in with it from its next connection
+  on; the platform switches the broker over once the device has acknowledged the
+  document (`config_seq`) or the operator's deadline passes. Only the device and the
+  platform may read the device's config topic (broker ACL), and over TLS.
 Anything else is refused; a refused document leaves the device on its previous config
 and shows the fault `config:invalid` in its status. The firmware checks the same rules
 (firmware/lib/retained.py, config_ok and apply).
@@ -27,7 +32,8 @@ import orjson
 from contract.catalogue import METRICS
 
 VERSION: Final = 1
-KEYS: Final = frozenset({"v", "seq", "interval_s", "sensors", "thresholds"})
+KEYS: Final = frozenset({"v", "seq", "interval_s", "sensors", "thresholds", "password"})
+PASSWORD_PATTERN: Final = r"^[A-Za-z0-9_-]{16,128}$"
 SENSOR_NAME_PATTERN: Final = r"^[a-z0-9_]{1,16}$"
 MAX_BYTES: Final = 4096  # the firmware skips larger messages
 
@@ -62,13 +68,18 @@ def check_device_config(doc: Any) -> dict[str, Any]:
     for k, v in thresholds.items():
         if k not in METRICS or METRICS[k].kind != "float" or type(v) not in (int, float):
             raise DeviceConfigError(f"threshold {k!r} must be a catalogue metric with a number")
+    pw = doc.get("password")
+    if pw is not None and (type(pw) is not str or not re.fullmatch(PASSWORD_PATTERN, pw)):
+        raise DeviceConfigError("password must be 16-128 characters of letters, digits, _ and -")
     return doc
 
 
 def encode_device_config(seq: int, interval_s: int | None = None, sensors: dict[str, bool] | None = None,
-                         thresholds: dict[str, float] | None = None) -> bytes:
+                         thresholds: dict[str, float] | None = None, password: str | None = None) -> bytes:
     """A checked config payload, ready to publish retained."""
     doc: dict[str, Any] = {"v": VERSION, "seq": seq}
+    if password is not None:
+        doc["password"] = password
     if interval_s is not None:
         doc["interval_s"] = interval_s
     if sensors:

@@ -20,16 +20,76 @@ class InfluxError(Exception):
 
 
 class InfluxUnavailable(InfluxError):
-    """The server cannot take the request now (down, timeout, 5xx): retry later."""
+    """The server cannot take the request now (down, timeout, 5xx, 408, 429): retry later."""
 
 
-class InfluxRejected(InfluxError):
-    """The server refused the request (4xx): retrying the same request won't help."""
+class InfluxRefused(InfluxUnavailable):
+    """The server refused the request itself, not its data: credentials (401/403) or a missing
+    database (404). Retrying the same request succeeds once an operator (or the schema) fixes it,
+    so it is a kind of "unavailable": nothing it carried is bad data."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+    @property
+    def schema_missing(self) -> bool:
+        """The database or retention policy is missing: creating the schema fixes it."""
+        return self.status == 404 or "not found" in self.message
+
+
+class InfluxRejected(InfluxError):
+    """The server refused the data (400: unparsable lines, type conflicts, partial writes)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+class InfluxTooLarge(InfluxRejected):
+    """413: the body is larger than the server takes (`max-body-size`); smaller requests will pass."""
+
+
+def classify(status: int, message: str) -> InfluxError | None:
+    """The one error classification of an InfluxDB HTTP answer (sync and async clients alike).
+
+    None for success (2xx). 401/403/404 refuse the request (credentials, database),
+    413 its size, other 4xx but 408/429 its data; 408, 429 and 5xx are "try later".
+    A missing retention policy comes back as a 500 whose message says so: that is a
+    refusal of the request too (the schema is missing), not a passing fault.
+    """
+    if 200 <= status < 300:
+        return None
+    if status in (401, 403, 404) or (status >= 500 and "retention policy not found" in message):
+        return InfluxRefused(status, message)
+    if status == 413:
+        return InfluxTooLarge(status, message)
+    if 400 <= status < 500 and status not in (408, 429):
+        return InfluxRejected(status, message)
+    return InfluxUnavailable(f"HTTP {status}: {message}")
+
+
+def query_params(q: str, database: str, params: dict[str, Any] | None = None, epoch: str | None = "ms") -> dict[str, str]:
+    """The parameters of a `/query` request: InfluxQL with `$name` bound to `params` (never pasted in)."""
+    data = {"q": q, "db": database}
+    if epoch:
+        data["epoch"] = epoch
+    if params:
+        data["params"] = orjson.dumps(params).decode()
+    return data
+
+
+def error_text(content: bytes, fallback: str = "") -> str:
+    """InfluxDB's own error message from an answer body (`{"error": ...}`), else the text."""
+    try:
+        doc = orjson.loads(content) if content else {}
+        if isinstance(doc, dict) and "error" in doc:
+            return str(doc["error"])[:2000]
+    except orjson.JSONDecodeError:
+        pass
+    return (content.decode("utf-8", "replace") or fallback)[:2000]
 
 
 class Influx:
@@ -70,12 +130,9 @@ class Influx:
             resp = self._http.post("/write", params=params, content=body)
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"write failed: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code == 204:
-            return
-        message = _error_message(resp)
-        if 400 <= resp.status_code < 500 and resp.status_code not in (408, 429):
-            raise InfluxRejected(resp.status_code, message)
-        raise InfluxUnavailable(f"HTTP {resp.status_code}: {message}")
+        error = classify(resp.status_code, error_text(resp.content))
+        if error is not None:
+            raise error
 
     def query(
         self,
@@ -86,17 +143,14 @@ class Influx:
         database: str | None = None,
     ) -> list[dict[str, Any]]:
         """Run InfluxQL; returns the statements' results. `$name` binds `params`."""
-        data: dict[str, str] = {"q": q, "db": database or self.database, "epoch": epoch}
-        if params:
-            data["params"] = orjson.dumps(params).decode()
+        data = query_params(q, database or self.database, params, epoch)
         try:
             resp = self._http.post("/query", data=data) if method == "POST" else self._http.get("/query", params=data)
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"query failed: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code >= 500:
-            raise InfluxUnavailable(f"HTTP {resp.status_code}: {_error_message(resp)}")
-        if resp.status_code != 200:
-            raise InfluxRejected(resp.status_code, _error_message(resp))
+        error = classify(resp.status_code, error_text(resp.content))
+        if error is not None:
+            raise error
         results: list[dict[str, Any]] = orjson.loads(resp.content).get("results", [])
         for r in results:
             if "error" in r:
@@ -127,9 +181,3 @@ class Influx:
     def ensure_schema(self, raw_retention: str = "400d", hourly_retention: str = "INF") -> None:
         self.execute(storage.schema_statements(raw_retention, hourly_retention))
 
-
-def _error_message(resp: httpx.Response) -> str:
-    try:
-        return str(orjson.loads(resp.content).get("error", resp.text))[:2000]
-    except orjson.JSONDecodeError:
-        return resp.text[:2000]

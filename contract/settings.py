@@ -16,7 +16,9 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from contract import topics
 from contract.cities import City, CityRegistryError, load_cities
+from contract.topics import ALERTS_USER
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 _DURATION_RE = re.compile(r"^(INF|[1-9][0-9]*(h|d|w))$")
@@ -50,8 +52,9 @@ class Settings(BaseSettings):
     raw_retention: str = "400d"
     hourly_retention: str = "INF"
 
-    ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
-    ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = "nakhon-ingest"
+    # Platform identities stay outside the device-id alphabet (an underscore), so no device can take them.
+    ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
+    ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
     ingest_workers: Annotated[int, Field(ge=1, le=64)] = 1
     ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000  # lines per write; InfluxDB 1.x takes large batches cheapest
     ingest_batch_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
@@ -60,6 +63,14 @@ class Settings(BaseSettings):
     # MQTT 5 Receive Maximum: messages the broker may have un-acked with us.
     ingest_receive_maximum: Annotated[int, Field(ge=1, le=65535)] = 40_000  # two writes in flight plus the next batch filling
     ingest_session_expiry_s: Annotated[int, Field(ge=60)] = 7 * 86400
+    # Memory bound in bytes of what the ingest holds un-acked (QoS 0 and 1 alike): it stops reading past it.
+    ingest_max_pending_mb: Annotated[int, Field(ge=1, le=65_536)] = 256
+    # MQTT 5 Maximum Packet Size we accept; the broker discards (and counts) larger messages for us.
+    ingest_max_packet_bytes: Annotated[int, Field(ge=65_536, le=268_435_460)] = 16 * 1024 * 1024
+    # Bound on each worker's dead-letter files; past it the oldest are removed and counted (deadletter_dropped).
+    ingest_deadletter_max_mb: Annotated[int, Field(ge=1, le=1_048_576)] = 1024
+    # Liveness: held work with no batch made durable for this long means stalled (not live).
+    ingest_stall_s: Annotated[float, Field(gt=0, le=86_400)] = 120.0
     ingest_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
     ts_max_age_s: Annotated[float, Field(gt=0)] = 35 * 86400
     ts_max_future_s: Annotated[float, Field(ge=0)] = 300
@@ -67,6 +78,9 @@ class Settings(BaseSettings):
 
     api_host: str = "127.0.0.1"
     api_port: Port = 18080
+    # HTTPS: the API serves TLS itself with these (PEM); both or neither
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
 
     # API (issue 5): device registry, keys, limits, open data.
     registry_file: Path | None = None  # SQLite file; default <data_dir>/registry.sqlite3
@@ -97,8 +111,44 @@ class Settings(BaseSettings):
     # The broker address written into a device's config.json (what the device dials).
     device_mqtt_host: str | None = None  # default: mqtt_host
     device_mqtt_port: Port | None = None  # default: mqtt_port
+    device_mqtt_tls: bool | None = None  # default: mqtt_tls
+    # PEM CA bundle that signs the broker's certificate; copied into every config.json a device gets
+    device_ca_file: Path | None = None
     # The ingest recomputes the hourly roll-ups of the hours it touched this often.
     ingest_rollup_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+
+    # Alerts (issue 17): the evaluator's broker identity, its rules and where its events go.
+    alerts_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = ALERTS_USER  # MQTT client id, persistent session
+    alerts_rules_file: Path | None = None  # YAML or JSON rules (alerts/rules.py); default: the built-in rules
+    alerts_webhook_urls: str = ""  # comma-separated http(s) URLs; each gets every event
+    alerts_webhook_secret: str | None = None  # HMAC-SHA256 key of the X-Nakhon-Signature header
+    alerts_webhook_timeout_s: Annotated[float, Field(gt=0, le=120)] = 10.0
+    alerts_retry_cap_s: Annotated[float, Field(gt=0, le=86400)] = 300.0  # longest wait between delivery attempts
+    alerts_give_up_s: Annotated[float, Field(gt=0)] = 86400.0  # an undeliverable event is marked failed (and logged) after this
+    alerts_late_after_s: Annotated[float, Field(gt=0)] = 900.0  # a reading measured longer ago than this is late (replay)
+
+    @field_validator("alerts_client_id")
+    @classmethod
+    def _service_id(cls, v: str) -> str:
+        if re.fullmatch(r"[a-z0-9][a-z0-9-]{2,31}", v):
+            raise ValueError("is a possible device id: a platform service needs an id outside that alphabet, e.g. with an underscore (nakhon_alerts)")
+        return v
+
+    @field_validator("alerts_webhook_urls")
+    @classmethod
+    def _urls(cls, v: str) -> str:
+        for url in cls.split_urls(v):
+            if not re.match(r"^https?://[^/\s]+(/\S*)?$", url):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL (separate several with commas)")
+        return v
+
+    @staticmethod
+    def split_urls(v: str) -> list[str]:
+        return [u.strip() for u in v.split(",") if u.strip()]
+
+    @property
+    def alerts_webhooks(self) -> list[str]:
+        return self.split_urls(self.alerts_webhook_urls)
 
     @field_validator("influx_url")
     @classmethod
@@ -130,8 +180,29 @@ class Settings(BaseSettings):
         if self.api_live_refresh_s > self.api_live_max_age_s:
             raise ValueError("NAKHON_API_LIVE_REFRESH_S must not exceed NAKHON_API_LIVE_MAX_AGE_S (values are reloaded "
                              "before they may be answered stale)")
+        if self.alerts_webhook_urls.strip() and not self.alerts_webhook_secret:
+            raise ValueError("NAKHON_ALERTS_WEBHOOK_URLS is set without NAKHON_ALERTS_WEBHOOK_SECRET: set a secret to sign the webhooks with")
         if (self.broker_admin_username is None) != (self.broker_admin_password is None):
             raise ValueError("set both NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD, or neither")
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("set both NAKHON_API_TLS_CERT_FILE and NAKHON_API_TLS_KEY_FILE (PEM), or neither")
+        for var, f in (("NAKHON_API_TLS_CERT_FILE", self.api_tls_cert_file), ("NAKHON_API_TLS_KEY_FILE", self.api_tls_key_file)):
+            if f is not None and not f.is_file():
+                raise ValueError(f"{var}={f} is not a file")
+        if (self.influx_username is None) != (self.influx_password is None):
+            raise ValueError("set both NAKHON_INFLUX_USERNAME and NAKHON_INFLUX_PASSWORD, or neither")
+        for var, value in (("NAKHON_INGEST_CLIENT_ID", self.ingest_client_id), ("NAKHON_MQTT_USERNAME", self.mqtt_username),
+                           ("NAKHON_BROKER_ADMIN_USERNAME", self.broker_admin_username)):
+            if value is not None and topics.is_device_id(value):
+                raise ValueError(f"{var}={value!r} could be a device id, so a device could take that identity: "
+                                 f"use a name with an underscore, e.g. {topics.INGEST_USER!r}")
+        if self.device_ca_file is not None and not self.device_ca_file.is_file():
+            raise ValueError(f"NAKHON_DEVICE_CA_FILE={self.device_ca_file} is not a file: give the PEM CA that signed the broker's certificate")
+        if self.ingest_max_packet_bytes < self.max_payload_bytes + 65_536:
+            raise ValueError("NAKHON_INGEST_MAX_PACKET_BYTES must exceed NAKHON_MAX_PAYLOAD_BYTES by 65536 (topic and header), "
+                             "or oversize payloads are discarded by the broker instead of dead-lettered")
+        if self.ingest_stall_s < 2 * self.influx_timeout_s:
+            raise ValueError("NAKHON_INGEST_STALL_S must be at least twice NAKHON_INFLUX_TIMEOUT_S: one slow write is not a stall")
         return self
 
     @property
@@ -146,6 +217,10 @@ class Settings(BaseSettings):
     def api_processes(self) -> int:
         """API worker processes: as set, or one per core (at most 4) when 0."""
         return self.api_workers or max(1, min(4, os.cpu_count() or 1))
+
+    @property
+    def device_tls(self) -> bool:
+        return self.mqtt_tls if self.device_mqtt_tls is None else self.device_mqtt_tls
 
     def influx_url_port(self) -> int:
         tail = self.influx_url.split("://", 1)[1].split("/", 1)[0]

@@ -3,6 +3,11 @@
 nakhon/v1/{city}/{device_id}/telemetry   device -> platform readings
 nakhon/v1/{city}/{device_id}/status      retained; online doc, offline LWT
 nakhon/v1/{city}/{device_id}/config      retained; platform -> device
+nakhon/v1/{city}/{device_id}/stored      platform -> device: readings now durable
+
+Platform services (ingest workers, API, observers) log in to the broker with
+usernames and client ids outside the device-id alphabet (`nakhon_ingest_0`),
+so no provisioned device can take a service's identity or session.
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ from contract.cities import CITY_SLUG_PATTERN
 
 PREFIX: Final = "nakhon/v1"
 QOS: Final = 1
-CHANNELS: Final = ("telemetry", "status", "config")
+CHANNELS: Final = ("telemetry", "status", "config", "stored")
 DEVICE_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{2,31}$"
 
 _DEVICE_RE: Final = re.compile(DEVICE_ID_PATTERN)
 _CITY_RE: Final = re.compile(CITY_SLUG_PATTERN)
+
+# Platform identities: an underscore puts them outside the device-id alphabet.
+SERVICE_PREFIX: Final = "nakhon_"
+INGEST_USER: Final = "nakhon_ingest"
+API_USER: Final = "nakhon_api"  # provisioning and config pushes
+OBSERVER_USER: Final = "nakhon_observer"  # read-only view of the whole stream
+ALERTS_USER: Final = "nakhon_alerts"  # the alert evaluator: reads telemetry, publishes on nakhon/v1/{city}/alerts
+# Device ids a provisioning request may never take: anything named like the platform.
+RESERVED_PREFIXES: Final = ("nakhon", "admin", "root", "mosquitto")
 
 # Subscriptions used by the platform.
 TELEMETRY_FILTER: Final = f"{PREFIX}/+/+/telemetry"
@@ -44,6 +58,16 @@ class Topic:
 def is_device_id(value: str) -> bool:
     # fullmatch: `$` alone would accept a trailing newline.
     return _DEVICE_RE.fullmatch(value) is not None
+
+
+def is_service_id(value: str) -> bool:
+    """A platform identity: printable, and impossible for any device to have."""
+    return bool(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value)) and not is_device_id(value)
+
+
+def reserved_device_id(value: str) -> bool:
+    """An id provisioning refuses although it matches the pattern (it would look like the platform)."""
+    return value.startswith(RESERVED_PREFIXES)
 
 
 def topic(city: str, device: str, channel: str) -> str:

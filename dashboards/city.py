@@ -8,6 +8,7 @@ shown in Asia/Bangkok.
 from __future__ import annotations
 
 from contract import storage
+from contract.alerts import ALERTS_MEASUREMENT
 from contract.catalogue import AIR, DEVICE, NOISE, TRAFFIC, WATER, WEATHER
 from contract.cities import City
 from dashboards import bands, panels
@@ -15,6 +16,7 @@ from dashboards.panels import Json, override, target
 
 RAW, HOURLY, AQI = storage.RP_RAW, storage.RP_HOURLY, storage.AQI_MEASUREMENT
 STATUS = storage.STATUS_MEASUREMENT
+ALERTS = ALERTS_MEASUREMENT
 CITY = "\"city\" = '$city'"
 # "current" panels look back this far, whatever the dashboard range
 LAST_KNOWN = "time > now() - 30d"
@@ -257,6 +259,30 @@ def device_table() -> Json:
     )
 
 
+def alerts_list() -> Json:
+    return panels.table(
+        "การแจ้งเตือน / Alerts",
+        [target("A", f'SELECT "device", "rule", "event", "severity", "value", "threshold", "unit", "message_th", "message_en" '
+                     f'FROM "{RAW}"."{ALERTS}" WHERE {CITY} AND $timeFilter ORDER BY time DESC LIMIT 200', "table")],
+        description="Every alert event of the city in the range, newest first: opened, updated, closed, and past (a condition "
+                    "found in data a station replayed late: history, never announced). `_city` is the city as a whole. "
+                    "Open alerts and acknowledgements: GET /v1/cities/{city}/alerts.",
+        overrides=[
+            override("Time", displayName="เวลา / Time", unit="dateTimeAsIso"),
+            override("device", displayName="สถานี / Station"),
+            override("rule", displayName="กฎ / Rule"),
+            override("event", displayName="เหตุการณ์ / Event", custom__cellOptions={"type": "color-text"},
+                     mappings=[panels.value_mapping({"opened": ("เริ่ม / opened", "red"), "updated": ("ต่อเนื่อง / updated", "orange"),
+                                                     "closed": ("สิ้นสุด / closed", "green"), "past": ("ย้อนหลัง / past", "blue")})]),
+            override("severity", displayName="ระดับ / Severity", custom__cellOptions={"type": "color-text"},
+                     mappings=[panels.value_mapping({"critical": ("วิกฤต / critical", "red"), "warning": ("เตือนภัย / warning", "orange"),
+                                                     "info": ("แจ้งเตือน / notice", "yellow")})]),
+            override("message_th", displayName="ข้อความ / Message (TH)"),
+            override("message_en", displayName="Message (EN)"),
+        ],
+    )
+
+
 def build(city: City) -> Json:
     panel_list = panels.layout([
         (panels.row("คุณภาพอากาศ / Air quality"), 24, 1),
@@ -277,6 +303,8 @@ def build(city: City) -> Json:
         (devices_reporting(), 6, 4),
         (devices_offline(), 6, 4),
         (device_table(), 24, 10),
+        (panels.row("การแจ้งเตือน / Alerts"), 24, 1),
+        (alerts_list(), 24, 9),
     ])
     return panels.dashboard(
         uid(city),

@@ -34,14 +34,37 @@ _MAXIMUM_PACKET_SIZE: Final = 0x27
 MAX_REMAINING: Final = 268_435_455  # the largest a four-byte varint holds
 
 
+# DISCONNECT reason codes we send (MQTT 5.0, 3.14.2.1)
+MALFORMED_PACKET: Final = 0x81
+PROTOCOL_ERROR: Final = 0x82
+PACKET_TOO_LARGE: Final = 0x95
+QOS_NOT_SUPPORTED: Final = 0x9B
+
+
 class ProtocolError(ValueError):
-    """The broker sent something that is not MQTT 5: drop the connection."""
+    """The broker sent something that is not MQTT 5 as we negotiated it: DISCONNECT with `reason`, drop the connection."""
+
+    def __init__(self, message: str, reason: int = PROTOCOL_ERROR) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True, slots=True)
 class Connack:
     session_present: bool
     reason: int  # 0 success; >= 0x80 refused
+    # what the broker tells us (MQTT 5.0, 3.2.2.3); None = the property was absent (its default applies)
+    server_keep_alive: int | None = None  # we must use this keep alive instead of ours
+    receive_maximum: int = 65535  # QoS 1/2 PUBLISHes we may have in flight to it (we send none)
+    maximum_packet_size: int | None = None  # the largest packet it accepts from us
+    maximum_qos: int = 2
+    topic_alias_maximum: int = 0
+    assigned_client_id: str | None = None
+    session_expiry: int | None = None
+    shared_subscription_available: bool = True
+    wildcard_subscription_available: bool = True
+    retain_available: bool = True
+    reason_string: str | None = None
 
 
 def varint(n: int) -> bytes:
@@ -113,10 +136,85 @@ def pubacks(packet_ids: list[int]) -> bytes:
     return b"".join(b"\x40\x02" + pid.to_bytes(2, "big") for pid in packet_ids)
 
 
+# property id -> (Connack field, kind); kinds: b byte, 2 two-byte int, 4 four-byte int, s UTF-8 string
+_CONNACK_PROPS: Final = {
+    0x11: ("session_expiry", "4"),
+    0x12: ("assigned_client_id", "s"),
+    0x13: ("server_keep_alive", "2"),
+    0x1F: ("reason_string", "s"),
+    0x21: ("receive_maximum", "2"),
+    0x22: ("topic_alias_maximum", "2"),
+    0x24: ("maximum_qos", "b"),
+    0x25: ("retain_available", "b"),
+    0x27: ("maximum_packet_size", "4"),
+    0x28: ("wildcard_subscription_available", "b"),
+    0x2A: ("shared_subscription_available", "b"),
+}
+_IGNORED_PROPS: Final = {0x15: "s", 0x16: "bin", 0x1A: "s", 0x1C: "s", 0x26: "pair", 0x29: "b"}
+
+
 def parse_connack(body: bytes) -> Connack:
+    """CONNACK with its properties; a property it must not carry, or a malformed one, is a protocol error."""
     if len(body) < 2:
-        raise ProtocolError("short CONNACK")
-    return Connack(session_present=bool(body[0] & 1), reason=body[1])
+        raise ProtocolError("short CONNACK", MALFORMED_PACKET)
+    if len(body) == 2:  # no property length: an MQTT 3.1.1-style answer
+        return Connack(session_present=bool(body[0] & 1), reason=body[1])
+    plen, i = _read_varint(body, 2)
+    end = i + plen
+    if end > len(body):
+        raise ProtocolError("CONNACK properties run past the packet", MALFORMED_PACKET)
+    found: dict[str, object] = {}
+    while i < end:
+        pid = body[i]
+        i += 1
+        spec = _CONNACK_PROPS.get(pid)
+        kind = spec[1] if spec else _IGNORED_PROPS.get(pid)
+        if kind is None:
+            raise ProtocolError(f"CONNACK carries property {pid:#x}, which it may not", PROTOCOL_ERROR)
+        value: object
+        if kind == "b":
+            value, i = body[i], i + 1
+        elif kind == "2":
+            value, i = int.from_bytes(body[i : i + 2], "big"), i + 2
+        elif kind == "4":
+            value, i = int.from_bytes(body[i : i + 4], "big"), i + 4
+        elif kind in ("s", "bin"):
+            n = int.from_bytes(body[i : i + 2], "big")
+            value, i = body[i + 2 : i + 2 + n], i + 2 + n
+        else:  # a user property: two strings
+            for _ in range(2):
+                i += 2 + int.from_bytes(body[i : i + 2], "big")
+            continue
+        if i > end:
+            raise ProtocolError("CONNACK property runs past its properties", MALFORMED_PACKET)
+        if spec:
+            name = spec[0]
+            if name in found:
+                raise ProtocolError(f"CONNACK carries property {pid:#x} twice", PROTOCOL_ERROR)
+            if kind == "s":
+                try:
+                    value = bytes(value).decode()
+                except UnicodeDecodeError as exc:
+                    raise ProtocolError("CONNACK string is not UTF-8", MALFORMED_PACKET) from exc
+            found[name] = value
+    if found.get("receive_maximum") == 0 or found.get("maximum_packet_size") == 0 or found.get("maximum_qos", 0) not in (0, 1):
+        raise ProtocolError("CONNACK property out of range", PROTOCOL_ERROR)
+    for flag in ("retain_available", "wildcard_subscription_available", "shared_subscription_available"):
+        if flag in found:
+            if found[flag] not in (0, 1):
+                raise ProtocolError(f"CONNACK {flag} is not 0 or 1", PROTOCOL_ERROR)
+            found[flag] = bool(found[flag])
+    return Connack(session_present=bool(body[0] & 1), reason=body[1], **found)  # type: ignore[arg-type]
+
+
+def disconnect(reason: int) -> bytes:
+    """DISCONNECT with a reason code (no properties)."""
+    return _packet(DISCONNECT_TYPE << 4, bytes((reason,)))
+
+
+def parse_disconnect(body: bytes) -> int:
+    """The reason code of a DISCONNECT (absent = 0, normal disconnection)."""
+    return body[0] if body else 0
 
 
 def parse_suback(body: bytes) -> tuple[int, list[int]]:
@@ -166,12 +264,13 @@ def head(buf: bytes) -> tuple[int, bytes, int] | None:
     return buf[0], buf[i : i + length], i + length
 
 
-def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tuple[int, bytes]]) -> int:
+def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tuple[int, bytes]], limit: int = MAX_REMAINING) -> int:
     """Cut whole packets off the front of `buf`; returns the bytes consumed.
 
     PUBLISH packets go to `publishes` as (topic, payload, packet id; 0 at
     QoS 0), every other packet to `others` as (first byte, body). A packet
-    not yet complete stays in the buffer for the next call.
+    not yet complete stays in the buffer for the next call. A packet whose
+    remaining length exceeds `limit` (our Maximum Packet Size) is a protocol error.
     """
     pos = 0
     n = len(buf)
@@ -181,12 +280,20 @@ def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tupl
         if got is None:
             return pos
         length, i = got
+        if length > limit:
+            raise ProtocolError(f"packet of {length} bytes, above our Maximum Packet Size", PACKET_TOO_LARGE)
         end = i + length
         if end > n:
             return pos
         if first >> 4 == PUBLISH:
+            if first & 0x06 == 0x06:
+                raise ProtocolError("PUBLISH with QoS 3 (reserved)", MALFORMED_PACKET)
+            if first & 0x04:  # we subscribe at QoS 1 at most: the broker may not send QoS 2 (MQTT 5, 3.8.4)
+                raise ProtocolError("PUBLISH with QoS 2, above the QoS we subscribed with", PROTOCOL_ERROR)
             try:
                 tlen = buf[i] << 8 | buf[i + 1]
+                if not tlen:  # a topic alias: we allow none (Topic Alias Maximum 0)
+                    raise ProtocolError("PUBLISH without a topic name (topic alias not allowed)", PROTOCOL_ERROR)
                 j = i + 2 + tlen
                 topic = buf[i + 2 : j].decode()
                 pid = 0
@@ -202,9 +309,9 @@ def split(buf: bytes, publishes: list[tuple[str, bytes, int]], others: list[tupl
             except IndexError:
                 j = end + 1  # reported below
             except UnicodeDecodeError as exc:  # the broker validates topics: this is a broken stream
-                raise ProtocolError("topic is not UTF-8") from exc
+                raise ProtocolError("topic is not UTF-8", MALFORMED_PACKET) from exc
             if j > end:
-                raise ProtocolError("PUBLISH header runs past its packet")
+                raise ProtocolError("PUBLISH header runs past its packet", MALFORMED_PACKET)
             publishes.append((topic, buf[j:end], pid))
         else:
             others.append((first, buf[i:end]))

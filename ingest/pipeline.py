@@ -12,7 +12,8 @@ from contract.status import StatusError, parse_status
 from contract.topics import Topic, TopicError, TopicIdError, parse_topic
 from ingest import deadletter
 
-_TOPIC_CACHE_MAX = 200_000
+_TOPIC_CACHE_BYTES = 32 * 1024 * 1024  # bound on the topic cache's memory, whatever the topics' lengths
+_ENTRY_OVERHEAD = 400  # dict slot, tuple, Topic and tags objects
 _STATUS_STAMPS_MAX = 200_000
 
 
@@ -30,6 +31,7 @@ class Pipeline:
         self.window = window
         self.max_bytes = max_bytes
         self._topics: dict[str, tuple[Topic, str] | TopicError] = {}
+        self._topic_bytes = 0
         # status points are stamped with their arrival (ms): two documents of one device
         # within a millisecond (online, then its will) must not overwrite each other
         self._status_ms: dict[str, int] = {}
@@ -41,11 +43,15 @@ class Pipeline:
             try:
                 t = parse_topic(name, self.cities)
                 hit = (t, series_tags(t.city, t.device))
+                cost = 2 * len(name) + len(hit[1]) + _ENTRY_OVERHEAD
             except TopicError as exc:
-                hit = exc
-            if len(self._topics) >= _TOPIC_CACHE_MAX:
+                hit = type(exc)(str(exc)[:200])  # a fresh, short error: no traceback, no long topic kept twice
+                cost = len(name) + 200 + _ENTRY_OVERHEAD
+            if self._topic_bytes + cost > _TOPIC_CACHE_BYTES:
                 self._topics.clear()
+                self._topic_bytes = 0
             self._topics[name] = hit
+            self._topic_bytes += cost
         return hit
 
     def topic(self, name: str) -> Topic | TopicError:

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from contract import rollups, storage, topics
-from contract.influx import Influx, InfluxError
+from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 
 log = logging.getLogger("nakhon.ingest.rollups")
@@ -133,12 +133,21 @@ class Rollups:
             if due:
                 last = time.monotonic()
 
+    def schema_lost(self) -> None:
+        """The database was missing and has been created again: create the roll-ups' schema again too."""
+        self._schema_ok = False
+
     def _ensure_schema(self) -> None:
         try:
             self.influx.execute(rollups.schema_statements(self.database))
             self._schema_ok = True
         except InfluxError as exc:
-            log.warning("roll-up schema not created yet", extra=kv(error=str(exc)[:200]))
+            if isinstance(exc, InfluxRefused) and exc.status == 403:
+                # A least-privileged ingest user (no InfluxDB admin): the schema is made at set-up (nakhon/accounts.py).
+                log.info("roll-up schema left to the database administrator", extra=kv(error=exc.message[:200]))
+                self._schema_ok = True
+            else:
+                log.warning("roll-up schema not created yet", extra=kv(error=str(exc)[:200]))
 
     def run_once(self, force: bool = True, deadline: float | None = None, stoppable: bool = False) -> None:
         """One pass. It gives up (keeping what is left) at `deadline`, and, when `stoppable`

@@ -9,6 +9,17 @@ used from two threads at once.
 Acks carry the connection's generation: an ack for a message received on an
 earlier connection is not sent on the new one. The broker redelivers that
 message instead; writing it again is harmless (same series and timestamp).
+
+It honours what a conforming MQTT 5 broker may send, not only what a default
+Mosquitto does: CONNACK properties (Server Keep Alive replaces ours, Maximum
+Packet Size bounds what we send, Maximum QoS and Shared Subscription
+Available are checked), our own Maximum Packet Size enforced on what comes
+in, a refused subscription (a required one drops the connection and retries
+with backoff; `subscribed` stays false meanwhile), a session the broker lost
+(counted and logged as a warning), and a QoS 2 or reserved QoS 3 PUBLISH (a
+protocol error: DISCONNECT with its reason code). Every reconnect, whether
+connecting failed or the broker ended a connection, waits an exponential
+backoff with jitter; only a connection that stayed up `STABLE_S` resets it.
 """
 
 from __future__ import annotations
@@ -16,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import select
 import socket
 import ssl
@@ -45,7 +57,22 @@ _REFUSALS = {
     0x9F: "connection rate exceeded",
 }
 
+# DISCONNECT reasons from the broker worth naming (MQTT 5.0, 3.14.2.1)
+_DISCONNECTS = {
+    0x8B: "server shutting down",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over: another client connected with our client id",
+    0x93: "receive maximum exceeded",
+    0x95: "packet too large",
+    0x9C: "use another server",
+    0x9D: "server moved",
+}
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 10.0  # a broker back after an outage waits at most this long for us (and for $share subscriptions)
+STABLE_S = 30.0  # a connection that lasted this long was healthy: the next reconnect starts from the base delay
+
 Publishes = list[tuple[str, bytes, int]]
+Dial = Callable[["Endpoint"], socket.socket]
 
 
 class Refused(ConnectionError):
@@ -63,6 +90,12 @@ class Endpoint:
     username: str | None = None
     password: str | None = None
     tls: ssl.SSLContext | None = None
+    maximum_packet_size: int | None = None  # the largest packet we take (sent in CONNECT)
+
+
+def dial_tcp(e: Endpoint) -> socket.socket:
+    raw = socket.create_connection((e.host, e.port), timeout=10)
+    return e.tls.wrap_socket(raw, server_hostname=e.host) if e.tls else raw
 
 
 class Session:
@@ -72,15 +105,26 @@ class Session:
         on_connect: Callable[[Session, bool], None],
         on_publishes: Callable[[Publishes, int], None],
         full: Callable[[], bool] = lambda: False,
+        dial: Dial = dial_tcp,
+        room: Callable[[], int] = lambda: RECV_BYTES,
     ) -> None:
+        self.room = room  # bytes we may read now without passing the receiver's bound by more than a few messages
         self.endpoint = endpoint
+        self.dial = dial
         self.on_connect = on_connect
         self.on_publishes = on_publishes
         # True while the receiver holds all it may: we stop reading and TCP holds the broker back.
         # Mosquitto 2.0 sends a resumed session's queue past our Receive Maximum once acks flow.
         self.full = full
         self.connected = threading.Event()
+        self.subscribed = False  # every required subscription of this connection granted as asked
         self.reconnects = 0
+        self.connections = 0  # CONNACKs accepted
+        self.sessions_lost = 0  # reconnects on which the broker no longer had our session
+        self.connack: wire.Connack | None = None
+        self.keepalive = endpoint.keepalive  # what the broker decided (Server Keep Alive), else ours
+        self._disconnected_at = time.monotonic()
+        self._subs: dict[int, tuple[list[int], bool]] = {}  # SUBSCRIBE packet id -> (QoS asked per filter, required)
         self._generation = 0
         self._out: list[bytes] = []
         self._lock = threading.Lock()
@@ -111,12 +155,24 @@ class Session:
         return True
 
     def send(self, packet: bytes) -> None:
+        limit = self.connack.maximum_packet_size if self.connack else None
+        if limit is not None and len(packet) > limit:  # MQTT 5, 3.1.2.24: we may not send it
+            log.error("packet larger than the broker's Maximum Packet Size, not sent", extra=kv(bytes=len(packet), limit=limit))
+            return
         with self._lock:
             self._out.append(packet)
         self._wake()
 
-    def subscribe(self, filters: list[tuple[str, int]]) -> None:
-        self.send(wire.subscribe(self._pid(), filters))
+    def subscribe(self, filters: list[tuple[str, int]], required: bool = True) -> None:
+        """Subscribe; a refused required filter drops the connection (then retried with backoff)."""
+        pid = self._pid()
+        with self._lock:
+            self._subs[pid] = ([q & 3 for _, q in filters], required)  # the QoS, without the subscription options
+        self.send(wire.subscribe(pid, filters))
+
+    def disconnected_for(self) -> float:
+        """Seconds since the session was last connected; 0 while connected."""
+        return 0.0 if self.connected.is_set() else time.monotonic() - self._disconnected_at
 
     def unsubscribe(self, filters: list[str]) -> None:
         self.send(wire.unsubscribe(self._pid(), filters))
@@ -135,45 +191,86 @@ class Session:
             self._next_pid = self._next_pid % 0xFFFF + 1
             return self._next_pid
 
+    def wake(self) -> None:
+        """Make the session thread look again (room under the bound, something to send)."""
+        self._wake()
+
     def _wake(self) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
             os.write(self._wake_w, b"x")
 
     # --- the socket's owner --------------------------------------------------
     def _run(self) -> None:
-        delay = 0.5
+        delay = BACKOFF_BASE_S
         while not self._stop.is_set():
             try:
                 sock, connack, rest = self._open()
             except (OSError, wire.ProtocolError) as exc:
+                wait = random.uniform(delay / 2, delay)  # jitter: a fleet of workers does not come back in step
                 level = logging.ERROR if isinstance(exc, Refused) else logging.WARNING
-                log.log(level, "cannot connect to broker, retrying", extra=kv(error=str(exc)[:200], retry_s=delay))
-                self._stop.wait(delay)
-                delay = min(delay * 2, 10.0)
+                log.log(level, "cannot connect to broker, retrying", extra=kv(error=str(exc)[:200], retry_s=round(wait, 2)))
+                self._stop.wait(wait)
+                delay = min(delay * 2, BACKOFF_CAP_S)
                 continue
-            delay = 0.5
-            with self._lock:
-                self._generation += 1
-                self._out.clear()  # acks of the last connection are void: the broker redelivers
-            self.connected.set()
+            opened = time.monotonic()
+            self._accepted(connack)
             try:
                 self.on_connect(self, connack.session_present)
                 self._serve(sock, rest)
-            except (OSError, wire.ProtocolError) as exc:
+            except wire.ProtocolError as exc:
+                log.error("broker broke the protocol, disconnecting", extra=kv(error=str(exc)[:200], reason=hex(exc.reason)))
+                with contextlib.suppress(OSError):
+                    sock.sendall(wire.disconnect(exc.reason))
+                self.reconnects += 1
+            except OSError as exc:
                 if not self._stop.is_set():
                     log.warning("connection to broker lost, reconnecting", extra=kv(error=str(exc)[:200]))
                     self.reconnects += 1
             finally:
                 self.connected.clear()
+                self.subscribed = False
+                self._disconnected_at = time.monotonic()
                 with contextlib.suppress(OSError):
                     sock.close()
+            if self._stop.is_set():
+                break
+            # A connection the broker ends (a peer with our client id, a refused subscription, a
+            # broker that drops us at once) must not turn into a reconnect loop: back off as for a failed connect.
+            if time.monotonic() - opened >= STABLE_S:
+                delay = BACKOFF_BASE_S  # a healthy connection ended: try again at once (a failed connect backs off)
+                continue
+            wait = random.uniform(delay / 2, delay)
+            self._stop.wait(wait)
+            delay = min(delay * 2, BACKOFF_CAP_S)
+
+    def _accepted(self, connack: wire.Connack) -> None:
+        """A new connection: note what the broker decided and tell whoever should know."""
+        e = self.endpoint
+        with self._lock:
+            self._generation += 1
+            self._out.clear()  # acks of the last connection are void: the broker redelivers
+            self._subs.clear()
+        if connack.session_present is False and self.connections:
+            self.sessions_lost += 1
+            log.warning("the broker had no session for us: what it queued while we were away is gone; devices replay what is unconfirmed",
+                        extra=kv(client_id=e.client_id, sessions_lost=self.sessions_lost))
+        self.connections += 1
+        self.connack = connack
+        self.keepalive = connack.server_keep_alive if connack.server_keep_alive is not None else e.keepalive
+        if connack.maximum_qos == 0:
+            log.error("the broker offers QoS 0 only: messages cannot be acknowledged after they are durable", extra=kv(client_id=e.client_id))
+        if not connack.shared_subscription_available:
+            log.warning("the broker has no shared subscriptions", extra=kv(client_id=e.client_id))
+        if connack.assigned_client_id and connack.assigned_client_id != e.client_id:
+            log.warning("the broker assigned another client id", extra=kv(client_id=e.client_id, assigned=connack.assigned_client_id))
+        self.connected.set()
 
     def _open(self) -> tuple[socket.socket, wire.Connack, bytes]:
         e = self.endpoint
-        raw = socket.create_connection((e.host, e.port), timeout=10)
-        sock: socket.socket = e.tls.wrap_socket(raw, server_hostname=e.host) if e.tls else raw
+        sock = self.dial(e)
         try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.sendall(
                 wire.connect(
                     e.client_id,
@@ -181,6 +278,7 @@ class Session:
                     clean_start=False,
                     session_expiry=e.session_expiry,
                     receive_maximum=e.receive_maximum,
+                    maximum_packet_size=e.maximum_packet_size,
                     username=e.username,
                     password=e.password,
                 )
@@ -197,7 +295,8 @@ class Session:
             connack = wire.parse_connack(body)
             if connack.reason >= 0x80:
                 raise Refused(f"broker refused the connection: {_REFUSALS.get(connack.reason, hex(connack.reason))}")
-            sock.settimeout(max(5, e.keepalive))  # a send that blocks longer than this is a dead link
+            keepalive = connack.server_keep_alive if connack.server_keep_alive is not None else e.keepalive
+            sock.settimeout(max(5, keepalive or 60))  # a send that blocks longer than this is a dead link
             # the broker sends a resumed session's messages right behind CONNACK: keep them
             return sock, connack, buf[used:]
         except BaseException:
@@ -205,7 +304,7 @@ class Session:
             raise
 
     def _serve(self, sock: socket.socket, buf: bytes) -> None:
-        keepalive = self.endpoint.keepalive
+        keepalive = self.keepalive or 1e9  # 0: the broker wants no keep alive from us
         tls = isinstance(sock, ssl.SSLSocket)
         last_in = last_out = time.monotonic()
         gen = self._generation
@@ -244,7 +343,7 @@ class Session:
                         raise TimeoutError(f"no packet from the broker for {now - last_in:.0f} s")
                     continue
             try:
-                data = sock.recv(RECV_BYTES)
+                data = sock.recv(max(4096, min(RECV_BYTES, self.room())))
             except ssl.SSLWantReadError:
                 continue
             if not data:
@@ -259,7 +358,8 @@ class Session:
         """Handle every whole packet in `buf`; return the incomplete rest."""
         pubs: Publishes = []
         others: list[tuple[int, bytes]] = []
-        used = wire.split(buf, pubs, others)
+        # our Maximum Packet Size counts the whole packet; the remaining length is at most that less 2
+        used = wire.split(buf, pubs, others, (self.endpoint.maximum_packet_size or wire.MAX_REMAINING + 5) - 2)
         for first, body in others:
             self._control(first, body)
         if pubs:
@@ -270,11 +370,25 @@ class Session:
         kind = first >> 4
         if kind == wire.SUBACK:
             pid, codes = wire.parse_suback(body)
+            with self._lock:
+                asked, required = self._subs.pop(pid, ([], False))
             refused = [c for c in codes if c >= 0x80]
-            if refused:
-                log.error("broker refused a subscription", extra=kv(packet_id=pid, reasons=[hex(c) for c in refused]))
+            downgraded = [c for c, q in zip(codes, asked, strict=False) if c < 0x80 and c < q]
+            if refused or downgraded:
+                fields = kv(packet_id=pid, codes=[hex(c) for c in codes], required=required)
+                if required:
+                    log.error("broker refused a subscription we need: reconnecting with backoff", extra=fields)
+                    raise ConnectionError(f"subscription refused: {[hex(c) for c in codes]}")
+                log.warning("broker refused an optional subscription", extra=fields)
+            with self._lock:
+                was, self.subscribed = self.subscribed, not any(req for _, req in self._subs.values())
+            if self.subscribed and not was:  # from here on the broker delivers to us (and a $share group counts us)
+                log.info("subscribed", extra=kv(client_id=self.endpoint.client_id))
         elif kind == wire.DISCONNECT_TYPE:
-            reason = body[0] if body else 0
-            raise ConnectionError(f"broker disconnected us: reason {hex(reason)}")
+            reason = wire.parse_disconnect(body)
+            text = _DISCONNECTS.get(reason, hex(reason))
+            if reason == 0x8E:
+                log.error("another client took our session", extra=kv(client_id=self.endpoint.client_id))
+            raise ConnectionError(f"broker disconnected us: {text}")
         elif kind not in (wire.PINGRESP, wire.UNSUBACK):
             raise wire.ProtocolError(f"unexpected packet type {kind}")

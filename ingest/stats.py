@@ -15,7 +15,10 @@ class Stats:
     worker: str
     received: int = 0
     acked: int = 0  # messages acknowledged to the broker (durable)
-    pending: int = 0  # messages parsed and waiting for their write
+    pending: int = 0  # messages (any QoS) parsed and not yet acked
+    pending_bytes: int = 0  # what they hold in memory (lines, dead letters, per-message overhead)
+    save_failures: int = 0  # batches whose save raised (full disk, I/O error, bug): kept and retried
+    save_last_error: str = ""
     readings_accepted: int = 0
     points_written: int = 0
     messages_rejected: int = 0
@@ -27,6 +30,10 @@ class Stats:
     batch_points_total: int = 0
     write_ms: list[float] = field(default_factory=list)
     influx_errors: int = 0
+    influx_refused: int = 0  # requests refused for credentials or a missing database (data kept, retried)
+    influx_too_large: int = 0  # 413 answers (the batch was split)
+    influx_last_error: str = ""
+    schema_created: int = 0  # the database or a retention policy was missing and created again
     broker_dropped: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -38,6 +45,8 @@ class Stats:
                 "received": self.received,
                 "acked": self.acked,
                 "pending": self.pending,
+                "pending_bytes": self.pending_bytes,
+                "save_failures": self.save_failures,
                 "readings_accepted": self.readings_accepted,
                 "points_written": self.points_written,
                 "messages_rejected": self.messages_rejected,
@@ -47,6 +56,9 @@ class Stats:
                 "batches": self.batches,
                 "batch_points_mean": (self.batch_points_total / self.batches) if self.batches else 0.0,
                 "influx_errors": self.influx_errors,
+                "influx_refused": self.influx_refused,
+                "influx_too_large": self.influx_too_large,
+                "schema_created": self.schema_created,
                 "broker_dropped": self.broker_dropped,
             }
             if lat:

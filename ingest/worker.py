@@ -3,10 +3,17 @@
 The session's thread reads the broker in large chunks and hands each chunk's
 messages here: they are parsed and queued. The flusher threads (`ingest_writers`) make
 each batch durable (InfluxDB, else spool; rejects to the dead letters) and only
-then acknowledges its messages. At most
-`ingest_receive_maximum` messages are held un-acked: it is our MQTT 5 Receive
-Maximum, and the session stops reading while we hold that many (the broker
-does not always keep to it), which bounds memory.
+then acknowledge its messages, in the order they arrived (MQTT 5, 4.6), however
+the writes finish. A batch whose save fails (a full disk, an I/O error, a bug)
+goes back to the head of the queue and is retried with backoff: it is never
+dropped and never leaves `pending` stuck; `health()` turns not-live while no
+batch is made durable.
+
+Memory is bounded: at most `ingest_receive_maximum` messages (QoS 0 counted
+as QoS 1) and `ingest_max_pending_mb` of parsed lines and dead letters are
+held un-acked. The first is our MQTT 5 Receive Maximum; past either the
+session stops reading (the broker does not always keep to Receive Maximum,
+and QoS 0 is not bound by it at all), TCP holds the broker back.
 """
 
 from __future__ import annotations
@@ -16,17 +23,18 @@ import logging
 import ssl
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 from contract import topics
-from contract.influx import Influx, InfluxError
+from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 from contract.payload import Window
 from contract.settings import Settings
 from ingest import mqttwire
 from ingest.deadletter import DeadLetterStore
 from ingest.health import Health, counters, write_file
+from ingest.liveness import Liveness, Observed, assess
 from ingest.pipeline import Pipeline
 from ingest.rollups import Rollups
 from ingest.session import Endpoint, Publishes, Session
@@ -41,28 +49,43 @@ BROKER_DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 
 HEALTH_INTERVAL_S = 2.0
 SEGMENT = 500  # messages parsed together; a write takes whole segments, up to ingest_batch_size lines
+MESSAGE_OVERHEAD = 200  # bytes a held message costs besides its lines (packet id, list slots, objects)
+REDELIVERED_MAX = 100_000  # rejected messages remembered until the broker sends them again
+RETRY_MAX_S = 10.0  # a failing save is retried at most this far apart
+
+
+@dataclass
+class _Segment:
+    """Acks of one parsed segment, released in arrival order."""
+
+    seq: int
+    acks: dict[int, list[int]]  # connection generation -> packet ids
+    messages: int
+    dead_keys: dict[int, int] = field(default_factory=dict)  # packet id -> key of its dead-lettered message
 
 
 @dataclass
 class _Batch:
     lines: list[str] = field(default_factory=list)
-    acks: dict[int, list[int]] = field(default_factory=dict)  # connection generation -> packet ids
+    segments: list[_Segment] = field(default_factory=list)
     messages: int = 0
-    dead: list[dict[str, object]] = field(default_factory=list)
+    bytes: int = 0
+    dead: list[dict[str, object]] = field(default_factory=list)  # emptied once on disk: a retry does not write them twice
     started: float = 0.0
 
     def merge(self, other: _Batch) -> None:
-        self.lines += other.lines
-        for generation, pids in other.acks.items():
-            self.acks.setdefault(generation, []).extend(pids)
-        self.messages += other.messages
         self.dead += other.dead
+        self.lines += other.lines
+        self.segments += other.segments
+        self.messages += other.messages
+        self.bytes += other.bytes
+        self.started = min(self.started, other.started) if self.started else other.started
 
 
 class Worker:
     def __init__(self, settings: Settings, index: int = 0) -> None:
         self.settings = settings
-        self.name = f"{settings.ingest_client_id}-{index}"
+        self.name = f"{settings.ingest_client_id}_{index}"
         self.stats = Stats(worker=self.name)
         self.pipeline = Pipeline(
             settings.cities,
@@ -70,9 +93,9 @@ class Worker:
             settings.max_payload_bytes,
         )
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
-        self.dead = DeadLetterStore(settings.path("deadletter"), self.name)
+        self.dead = DeadLetterStore(settings.path("deadletter"), self.name, settings.ingest_deadletter_max_mb * 1024 * 1024)
         self.spool = Spool(settings.path("spool", self.name))
-        self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats)
+        self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema)
         # self-metrics have a client of their own with a short timeout: a hanging InfluxDB must
         # not silence the reports that show it hanging
         self._stats_influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
@@ -89,11 +112,21 @@ class Worker:
         # broker's Receive Maximum (un-acked messages are all that can be here)
         self._pending: deque[_Batch] = deque()
         self._pending_lines = 0
+        self._next_seq = 0  # segment numbers in arrival order
+        self._ack_lock = threading.Lock()
+        self._ack_next = 0  # the next segment whose acks may go out
+        self._ack_ready: dict[int, _Segment] = {}  # durable segments waiting for an earlier one
+        self._progress_at = time.monotonic()  # last batch made durable (or last idle moment)
+        self._failing_since = 0.0  # monotonic time the current run of failed saves began
+        self._failures_run = 0
+        self._redelivered: OrderedDict[int, bool] = OrderedDict()  # keys of dead-lettered messages the broker will send again
+        self._max_pending_bytes = settings.ingest_max_pending_mb * 1024 * 1024
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._accepting = True
-        self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full)
+        self._wire_bytes = 200.0  # running mean of a message's size on the wire, to size reads near the bound
+        self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full, room=self._room)
         self.connected = self.session.connected
         self.health = Health(self.name)
         self.health_dir = settings.path("health")
@@ -111,6 +144,7 @@ class Worker:
             keepalive=s.mqtt_keepalive_s,
             session_expiry=s.ingest_session_expiry_s,
             receive_maximum=s.ingest_receive_maximum,
+            maximum_packet_size=s.ingest_max_packet_bytes,
             username=s.mqtt_username,
             password=s.mqtt_password,
             tls=tls,
@@ -129,12 +163,22 @@ class Worker:
         session.unsubscribe(drop)
         # A retained status is sent once, when the subscription is made, not at every reconnect
         # of the persistent session: each document is stored once.
-        session.subscribe([(f, topics.QOS | mqttwire.RETAIN_IF_NEW) for f in use] + [(BROKER_DROPPED_TOPIC, 0)])
+        session.subscribe([(f, topics.QOS | mqttwire.RETAIN_IF_NEW) for f in use])
+        session.subscribe([(BROKER_DROPPED_TOPIC, 0)], required=False)  # a broker's ACL may keep $SYS from us
         log.info("connected", extra=kv(worker=self.name, session_present=session_present, reconnects=session.reconnects))
 
     def _full(self) -> bool:
-        """The bound on undelivered messages: parsed and not yet acked."""
-        return self.stats.pending >= self.settings.ingest_receive_maximum
+        """The bound on what is held: messages (any QoS) and bytes parsed and not yet acked."""
+        st = self.stats
+        return st.pending >= self.settings.ingest_receive_maximum or st.pending_bytes >= self._max_pending_bytes
+
+    def _room(self) -> int:
+        """Bytes the session may read now: about what the room left under the bound holds (a read never
+        carries many more messages than we may hold; at full speed it stays at the session's 1 MB)."""
+        st = self.stats
+        room_msgs = self.settings.ingest_receive_maximum - st.pending
+        room_bytes = self._max_pending_bytes - st.pending_bytes
+        return int(min(room_msgs * self._wire_bytes, room_bytes))
 
     def _broker_dropped(self, payload: bytes) -> None:
         try:
@@ -162,6 +206,8 @@ class Worker:
         accepted = rejected_msgs = 0
         rejections = []
         messages = 0
+        size = wire_bytes = 0
+        dead_keys: dict[int, int] = {}
         for topic_name, payload, pid in pubs:
             if not pid and topic_name == BROKER_DROPPED_TOPIC:
                 self._broker_dropped(payload)
@@ -169,26 +215,39 @@ class Worker:
             out = handle(topic_name, payload, clock())
             lines += out.lines
             messages += 1
+            wire_bytes += len(payload) + len(topic_name) + 9
+            size += MESSAGE_OVERHEAD + sum(map(len, out.lines)) + (len(payload) + len(topic_name) if out.dead is not None else 0)
             if pid:  # QoS 0 (a device's last will, say) is stored too, with nothing to ack
                 pids.append(pid)
             accepted += out.accepted
             if out.dead is not None:
+                key = hash((topic_name, payload))
+                if pid and self._redelivered and self._was_redelivered(key):
+                    continue  # dead-lettered already; its ack was lost with a connection and the broker sent it again
                 seg.dead.append(out.dead)
+                if pid:
+                    dead_keys[pid] = key
                 rejections += out.rejections
                 if not out.accepted:
                     rejected_msgs += 1
         if not messages:
             return
-        seg.acks[generation] = pids
+        self._wire_bytes = 0.9 * self._wire_bytes + 0.1 * (wire_bytes / messages)
         seg.messages = messages
+        seg.bytes = size
         with self._lock:
+            if not self._pending and not self.stats.pending:
+                self._progress_at = time.monotonic()  # idle until now: the stall clock starts with this work
+            seg.segments.append(_Segment(self._next_seq, {generation: pids}, messages, dead_keys))
+            self._next_seq += 1
             self._pending.append(seg)
             self._pending_lines += len(lines)
             full = self._pending_lines >= self.settings.ingest_batch_size
         with self.stats.lock:
             st = self.stats
             st.received += messages
-            st.pending += len(pids)
+            st.pending += messages
+            st.pending_bytes += size
             st.readings_accepted += accepted
             if rejections:
                 st.readings_rejected += len(rejections)
@@ -216,18 +275,91 @@ class Worker:
             return self._pending_lines >= self.settings.ingest_batch_size or time.monotonic() - self._pending[0].started >= period
 
     def _write_batch(self, batch: _Batch) -> None:
-        """Make one batch durable, then ack its messages."""
-        self.dead.append(batch.dead)
+        """Make one batch durable, then ack its messages (in arrival order across batches)."""
+        if batch.dead:
+            self.dead.append(batch.dead)
+            batch.dead = []
         self.writer.commit(batch.lines)
         self.rollups.touched(batch.lines)
+        with self._lock:
+            self._progress_at = time.monotonic()
+            self._failing_since = 0.0
+            self._failures_run = 0
+        with self.stats.lock:
+            self.stats.pending_bytes -= batch.bytes
+        self._release(batch.segments)
+
+    def _release(self, segments: list[_Segment]) -> None:
+        """Send the acks of every durable segment whose predecessors are all acked."""
         acked = held = 0
-        for generation, pids in batch.acks.items():
-            held += len(pids)
-            if self.session.ack(pids, generation):  # refused for a lost connection: redelivered, rewritten
-                acked += len(pids)
+        with self._ack_lock:  # held while queueing, so two writers cannot interleave their acks
+            for seg in segments:
+                self._ack_ready[seg.seq] = seg
+            while self._ack_next in self._ack_ready:
+                seg = self._ack_ready.pop(self._ack_next)
+                self._ack_next += 1
+                held += seg.messages
+                for generation, pids in seg.acks.items():
+                    if self.session.ack(pids, generation):  # refused for a lost connection: redelivered, rewritten
+                        acked += len(pids)
+                    elif seg.dead_keys:
+                        self._expect_redelivery(seg.dead_keys)
         with self.stats.lock:
             self.stats.acked += acked
             self.stats.pending -= held
+        if held:
+            self.session.wake()  # room again: a session holding at the bound reads on (QoS 0 sends no ack that would wake it)
+
+    def _was_redelivered(self, key: int) -> bool:
+        with self._lock:
+            return self._redelivered.pop(key, None) is not None
+
+    def _expect_redelivery(self, dead_keys: dict[int, int]) -> None:
+        """Rejected messages whose ack was lost: the broker sends them again, and they are not dead-lettered twice."""
+        with self._lock:
+            for key in dead_keys.values():
+                self._redelivered[key] = True
+            while len(self._redelivered) > REDELIVERED_MAX:
+                self._redelivered.popitem(last=False)
+
+    def _retry_later(self, batch: _Batch, exc: BaseException) -> float:
+        """A save failed: put the batch back at the head of the queue; returns the backoff."""
+        now = time.monotonic()
+        with self._lock:
+            self._pending.appendleft(batch)
+            self._pending_lines += len(batch.lines)
+            if not self._failing_since:
+                self._failing_since = now
+            failing = now - self._failing_since
+            self._failures_run += 1
+            delay = min(RETRY_MAX_S, 0.5 * 2.0 ** min(10, self._failures_run - 1))
+        with self.stats.lock:
+            self.stats.save_failures += 1
+            self.stats.save_last_error = f"{type(exc).__name__}: {exc}"[:200]
+        log.error("saving a batch failed; kept, will retry", exc_info=exc,
+                  extra=kv(worker=self.name, messages=batch.messages, failing_s=round(failing, 1), retry_s=delay, error=str(exc)[:200]))
+        return delay
+
+    def liveness(self) -> Liveness:
+        """Live: held work is being made durable; ready: also connected and subscribed."""
+        now = time.monotonic()
+        with self._lock:
+            idle = now - self._progress_at
+            failing = now - self._failing_since if self._failing_since else 0.0
+        with self.stats.lock:
+            pending = self.stats.pending
+        s = self.session
+        return assess(
+            Observed(
+                connected=s.connected.is_set(),
+                subscribed=s.subscribed,
+                pending=pending,
+                idle_s=idle,
+                failing_s=failing,
+                disconnected_s=s.disconnected_for(),
+            ),
+            self.settings.ingest_stall_s,
+        )
 
     def flush(self) -> int:
         """Make everything pending durable and ack it. Returns messages acked."""
@@ -246,11 +378,11 @@ class Worker:
                 self._wake.wait(period / 4)
                 self._wake.clear()
                 continue
+            batch = self._take_batch()
             try:
-                self._write_batch(self._take_batch())
-            except Exception:  # a bug must not stop acking forever: log and retry
-                log.exception("flush failed; will retry")
-                time.sleep(1)
+                self._write_batch(batch)
+            except Exception as exc:  # a full disk, an I/O error or a bug: keep the batch, retry with backoff
+                self._stopping.wait(self._retry_later(batch, exc))
 
     def _replayer(self) -> None:
         while not self._stopping.wait(1.0):
@@ -272,6 +404,12 @@ class Worker:
     def write_health(self, status: str | None = None) -> dict[str, object]:
         """The worker's health file (`<data_dir>/health/<worker>.json`), for `nakhon up`/`nakhon status` and operators."""
         doc = self.health.update(time.monotonic(), self.connected.is_set(), counters(self.stats))
+        live = self.liveness()  # what the counters cannot see: saves failing, a refused subscription
+        doc.update(live=live.live, ready=live.ready, subscribed=self.session.subscribed)
+        if not live.live:
+            doc["status"] = "down"
+        problems = doc.get("problems")
+        doc["problems"] = [*(problems if isinstance(problems, list) else []), *(r for r in live.reasons if not r.startswith("not connected"))]
         if status:
             doc["status"] = status
         with contextlib.suppress(OSError):  # a full disk must not stop the data path; the spool reports it
@@ -279,19 +417,34 @@ class Worker:
         return doc
 
     def report(self) -> None:
+        live = self.liveness()
         snap = self.stats.snapshot()
+        snap["deadletter_dropped"] = self.dead.dropped  # > 0 is an alarm: the store hit its bound
         snap["connected"] = int(self.connected.is_set())
-        log.info("stats", extra=kv(worker=self.name, **snap))
+        snap["live"] = int(live.live)
+        snap["ready"] = int(live.ready)
+        if live.live:
+            log.info("stats", extra=kv(worker=self.name, **snap))
+        else:
+            log.error("stats", extra=kv(worker=self.name, reasons=live.reasons, **snap))
         with contextlib.suppress(InfluxError):  # self-metrics are best effort; the data path has its own spool
             self._stats_influx.write([self.stats.line(int(time.time() * 1000), snap)])
 
     # --- lifecycle ----------------------------------------------------------
+    def _ensure_schema(self) -> None:
+        """Create the database and retention policies (idempotent); the roll-ups' schema follows."""
+        self.influx.ensure_schema(self.settings.raw_retention, self.settings.hourly_retention)
+        self.rollups.schema_lost()
+
     def start(self) -> None:
         s = self.settings
         try:
             self.influx.ensure_schema(s.raw_retention, s.hourly_retention)
         except InfluxError as exc:
-            log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
+            if isinstance(exc, InfluxRefused) and exc.status == 403:  # a least-privileged user: the schema is made at set-up
+                log.info("storage schema left to the database administrator", extra=kv(error=exc.message[:200]))
+            else:
+                log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
         self.session.start()
         self._threads = [
             *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),
@@ -299,9 +452,11 @@ class Worker:
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
             threading.Thread(target=self._health, name="health", daemon=True),
         ]
-        self.rollups.start(s.influx_db)
         for t in self._threads:
             t.start()
+        # after the flushers: the roll-ups' start reads InfluxDB, and a hanging InfluxDB must not keep
+        # what the session receives from being spooled (touched() before start only takes notes)
+        self.rollups.start(s.influx_db)
         log.info("ingest worker started", extra=kv(worker=self.name, broker=f"{s.mqtt_host}:{s.mqtt_port}", influx=s.influx_url, spool_depth=self.spool.lines))
 
     def stop(self) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 
 from contract.settings import ConfigError, Settings, load_settings
 from contract.status import DEVICE_KINDS
+from contract.topics import ALERTS_USER
 
 
 def _settings() -> Settings:
@@ -76,10 +77,23 @@ def cmd_device(args: argparse.Namespace) -> int:
         if args.fw:
             body["fw"] = args.fw
         out = _call("POST", f"{url}/v1/devices", headers, json=body)
+        if args.wifi_ssid:  # what the technician would add on site: the board can be flashed with the file as it is
+            out["config"]["wifi"] = {"ssid": args.wifi_ssid, "password": args.wifi_password or ""}
         _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
     elif args.action == "rotate":
-        out = _call("POST", f"{url}/v1/devices/{args.id}/rotate", headers)
+        out = _call("POST", f"{url}/v1/devices/{args.id}/rotate", headers, params={"grace_s": _seconds(args.grace)})
         _write_config(Path(args.out or f"{args.id}.config.json"), out["config"])
+        if out.get("pending_until"):
+            sys.stdout.write(f"{args.id}: new credentials sent over its config topic; the broker switches once the device confirms, "
+                             f"at the latest {out['pending_until']}\n")
+        else:
+            sys.stdout.write(f"{args.id}: new credentials in force now; the device needs the new config.json\n")
+    elif args.action == "config":
+        change: dict[str, Any] = {"sensors": dict(_onoff(s) for s in args.sensor), "thresholds": dict(_threshold(t) for t in args.threshold)}
+        if args.interval is not None:
+            change["interval_s"] = args.interval
+        out = _call("PUT", f"{url}/v1/devices/{args.id}/config", headers, json=change)
+        sys.stdout.write(f"{out['device']}: config seq {out['seq']} published retained on {out['topic']}: {json.dumps(out['doc'])}\n")
     elif args.action == "revoke":
         out = _call("POST", f"{url}/v1/devices/{args.id}/revoke", headers)
         sys.stdout.write(f"{out['id']}: {out['state']} (broker credentials deleted)\n")
@@ -88,6 +102,30 @@ def cmd_device(args: argparse.Namespace) -> int:
         for d in _call("GET", f"{url}/v1/devices", headers, params=params):
             sys.stdout.write(f"{d['id']:<32} {d['city']:<12} {d['kind']:<8} {d['state']:<8} {d['lat']:.5f},{d['lon']:.5f} {','.join(d['sensors'])}\n")
     return 0
+
+
+def _seconds(text: str) -> int:
+    """'0', '90s', '30m', '2h', '7d' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        return int(text[:-1]) * units[text[-1]] if text[-1:] in units else int(text)
+    except (ValueError, KeyError):
+        raise SystemExit(f"nakhon device rotate: --grace wants a duration like 0, 90s, 30m, 2h or 7d (got {text!r})") from None
+
+
+def _onoff(spec: str) -> tuple[str, bool]:
+    name, _, value = spec.partition("=")
+    if value not in ("on", "off"):
+        raise SystemExit(f"nakhon device config: --sensor wants NAME=on or NAME=off (got {spec!r})")
+    return name, value == "on"
+
+
+def _threshold(spec: str) -> tuple[str, float]:
+    name, _, value = spec.partition("=")
+    try:
+        return name, float(value)
+    except ValueError:
+        raise SystemExit(f"nakhon device config: --threshold wants METRIC=NUMBER (got {spec!r})") from None
 
 
 # --- apikey (on the registry file) ---------------------------------------------
@@ -116,26 +154,51 @@ def cmd_apikey(args: argparse.Namespace) -> int:
 
 
 # --- broker-init ------------------------------------------------------------------
+# With --from-env the platform accounts' passwords come from these variables (compose's secrets).
+BROKER_SECRET_ENV = {"admin": "NAKHON_BROKER_ADMIN_PASSWORD", "ingest": "NAKHON_INGEST_MQTT_PASSWORD", "observer": "NAKHON_OBSERVER_MQTT_PASSWORD",
+                     "alerts": "NAKHON_ALERTS_MQTT_PASSWORD"}
+
+
 def cmd_broker_init(args: argparse.Namespace) -> int:
     from api.broker import mosquitto_config, new_password, write_bootstrap
 
     path = Path(args.file)
+    if path.exists() and args.keep:
+        sys.stderr.write(f"nakhon broker-init: {path} exists; the broker's accounts in it are kept\n")
+        return 0
     if path.exists() and not args.force:
         sys.stderr.write(f"nakhon broker-init: {path} exists (the broker keeps its accounts there); --force replaces it\n")
         return 2
-    admin = (args.admin_user, new_password())
-    ingest = (args.ingest_user, new_password())
-    write_bootstrap(path, admin, ingest)
+    if args.from_env:
+        missing = [v for v in BROKER_SECRET_ENV.values() if not os.environ.get(v)]
+        if missing:
+            sys.stderr.write(f"nakhon broker-init: set {', '.join(missing)} (the platform accounts' passwords)\n")
+            return 2
+        pw = {k: os.environ[v] for k, v in BROKER_SECRET_ENV.items()}
+    else:
+        pw = {k: new_password() for k in BROKER_SECRET_ENV}
+    admin, ingest, observer = (args.admin_user, pw["admin"]), (args.ingest_user, pw["ingest"]), (args.observer_user, pw["observer"])
+    alerts = (ALERTS_USER, pw["alerts"])
+    try:
+        write_bootstrap(path, admin, ingest, observer, alerts)
+    except ValueError as exc:
+        sys.stderr.write(f"nakhon broker-init: {exc}\n")
+        return 2
+    if args.from_env:
+        sys.stderr.write(f"nakhon broker-init: wrote {path} with the accounts {admin[0]}, {ingest[0]}, {observer[0]}, {alerts[0]}\n")
+        return 0
     sys.stdout.write(
         f"# mosquitto.conf (and allow_anonymous false):\n{mosquitto_config(path)}\n"
         f"# API (provisioning):\nNAKHON_BROKER_ADMIN_USERNAME={admin[0]}\nNAKHON_BROKER_ADMIN_PASSWORD={admin[1]}\n"
         f"# ingest:\nNAKHON_MQTT_USERNAME={ingest[0]}\nNAKHON_MQTT_PASSWORD={ingest[1]}\n"
+        f"# read-only observer (subscribe to nakhon/v1/#):\nusername {observer[0]} password {observer[1]}\n"
+        f"# alert evaluator (nakhon alerts run):\nNAKHON_MQTT_USERNAME={alerts[0]}\nNAKHON_MQTT_PASSWORD={alerts[1]}\n"
     )
     return 0
 
 
 def add_parsers(sub: Any) -> None:
-    dev = sub.add_parser("device", help="provision, rotate, revoke or list devices through the API (admin key)")
+    dev = sub.add_parser("device", help="provision, configure, rotate, revoke or list devices through the API (admin key)")
     dev.add_argument("--api", default=None, help="API base URL (default http://NAKHON_API_HOST:NAKHON_API_PORT)")
     dev.add_argument("--key", default=None, help="admin API key (default NAKHON_API_KEY)")
     dsub = dev.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -149,9 +212,19 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--interval", type=int, default=60, help="seconds between readings (default 60)")
     p.add_argument("--fw", default=None, help="firmware version")
     p.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
-    r = dsub.add_parser("rotate", help="new broker credentials (the old stop working); writes the new config.json")
+    p.add_argument("--wifi-ssid", default=None, help="the site's Wi-Fi, written into config.json (or add it on site)")
+    p.add_argument("--wifi-password", default=None, help="the site's Wi-Fi password")
+    r = dsub.add_parser("rotate", help="new broker credentials, in the field (--grace) or at once; writes the new config.json")
     r.add_argument("--id", required=True, help="device id")
+    r.add_argument("--grace", default="0",
+                   help="deliver the new password over the device's config topic and keep the old one until the device confirms, "
+                        "at most this long (e.g. 1h, 7d); 0 (default): the old one stops now and the device needs the new config.json")
     r.add_argument("--out", default=None, help="where to write config.json (default <id>.config.json)")
+    cf = dsub.add_parser("config", help="publish a retained config change (interval, sensors on/off, thresholds); recorded")
+    cf.add_argument("--id", required=True, help="device id")
+    cf.add_argument("--interval", type=int, default=None, help="seconds between readings")
+    cf.add_argument("--sensor", action="append", default=[], help="NAME=on or NAME=off, by the sensor's name in config.json (repeat)")
+    cf.add_argument("--threshold", action="append", default=[], help="METRIC=VALUE: read faster while at or above it (repeat)")
     v = dsub.add_parser("revoke", help="retire a device: delete its credentials, disconnect it now")
     v.add_argument("--id", required=True, help="device id")
     lst = dsub.add_parser("list", help="list registered devices")
@@ -173,8 +246,12 @@ def add_parsers(sub: Any) -> None:
 
     bi = sub.add_parser("broker-init", help="write the broker's dynamic-security file with the provisioning and ingest accounts")
     bi.add_argument("--file", required=True, help="path of the dynamic-security JSON the broker will load")
-    bi.add_argument("--admin-user", default="nakhon-admin", help="provisioning account (default nakhon-admin)")
-    bi.add_argument("--ingest-user", default="nakhon-ingest", help="ingest account (default nakhon-ingest)")
+    bi.add_argument("--admin-user", default="nakhon_api", help="provisioning account (default nakhon_api)")
+    bi.add_argument("--ingest-user", default="nakhon_ingest", help="ingest account (default nakhon_ingest)")
+    bi.add_argument("--observer-user", default="nakhon_observer", help="read-only observer account (default nakhon_observer)")
     bi.add_argument("--force", action="store_true", help="replace an existing file (every device account in it is lost)")
+    bi.add_argument("--keep", action="store_true", help="leave an existing file as it is and succeed (a start-up step)")
+    bi.add_argument("--from-env", action="store_true",
+                    help="passwords from " + ", ".join(BROKER_SECRET_ENV.values()) + " instead of new random ones (nothing printed)")
     bi.set_defaults(func=cmd_broker_init)
 

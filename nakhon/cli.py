@@ -42,8 +42,11 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], int | float]:
 
 # --- up ---------------------------------------------------------------------
 def cmd_up(args: argparse.Namespace) -> int:
+    from api.broker import BrokerError
+    from nakhon.accounts import AccountError
     from nakhon.leftovers import AlreadyRunning
     from nakhon.local import LocalPlatform
+    from nakhon.servers import ServerError
     from nakhon.supervisor import Policy
 
     settings = _settings()
@@ -61,19 +64,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         except AlreadyRunning as exc:
             sys.stderr.write(f"nakhon up: {exc}\n")
             return 2
+        except (AccountError, BrokerError, ServerError, RuntimeError) as exc:  # a part that cannot start: say which and why
+            sys.stderr.write(f"nakhon up: {exc}\n")
+            return 1
         platform.supervise(policy)
-        s = platform.settings
-        sys.stderr.write(
-            "\nNakhon is running locally. Ctrl-C stops everything.\n"
-            f"  API docs     http://{s.api_host}:{s.api_port}/docs  (and /redoc)\n"
-            f"  Air quality  http://{s.api_host}:{s.api_port}/air  (public page per city)\n"
-            f"  Latest       http://{s.api_host}:{s.api_port}/v1/cities/chiang_mai/latest\n"
-            f"  Broker       mqtt://127.0.0.1:{s.mqtt_port}  (subscribe: nakhon/v1/#)\n"
-            f"  InfluxDB     {s.influx_url}  (database {s.influx_db}, InfluxQL at /query)\n"
-            f"  Dead letters nakhon deadletter --dir {s.data_dir / 'deadletter'}\n"
-            f"  Logs         {platform.root / 'logs'}\n"
-            f"  Status       nakhon status --root {args.root}   (or kill -USR1 {os.getpid()}; kill -HUP retries a service given up on)\n\n"
-        )
+        sys.stderr.write(platform.where()
+                         + f"  Status       nakhon status --root {args.root}   (or kill -USR1 {os.getpid()}; kill -HUP retries a service given up on)\n\n")
         platform.watch(stop, show, retry)
     finally:
         log.info("stopping")
@@ -137,6 +133,42 @@ def cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- alerts -------------------------------------------------------------------
+def cmd_alerts(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from alerts.rules import RulesError, load_rules
+
+    settings = _settings(alerts_rules_file=getattr(args, "rules", None))
+    if args.action == "health":
+        from alerts.health import judge
+
+        state, detail = judge(settings.data_dir / "alerts" / "health.json")
+        sys.stdout.write(f"alerts {state}: {detail}\n")
+        return 1 if state == "down" else 0
+    try:
+        book = load_rules(settings.alerts_rules_file)
+    except RulesError as exc:
+        sys.stderr.write(f"nakhon alerts: NAKHON_ALERTS_RULES_FILE: {exc}\n")
+        return 2
+    if args.action == "check":
+        import json
+
+        if args.city is not None and args.city not in settings.cities:
+            sys.stderr.write(f"nakhon alerts check: unknown city {args.city!r}; known: {', '.join(sorted(settings.cities))}\n")
+            return 2
+        out: dict[str, object] = {"version": book.version}
+        for city in [args.city] if args.city else sorted(settings.cities):
+            out[city if args.station is None else f"{city}/{args.station}"] = asdict(book.for_station(city, args.station))
+        sys.stdout.write(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        return 0
+    from alerts.service import run
+
+    setup_logging(settings.log_level)
+    run(settings, book)
+    return 0
+
+
 # --- systemd -----------------------------------------------------------------
 def cmd_systemd(args: argparse.Namespace) -> int:
     from nakhon import systemd
@@ -186,10 +218,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
     paths = None
     if args.firmware or args.scenario:  # firmware in the loop: the CLI knows where firmware/ and its fakes live
-        from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
+        from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
         from simulators.fil import FirmwarePaths
 
-        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
+        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON, firmware_mpy())
     return simulate(args, settings, firmware=paths)
 
 
@@ -267,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nakhon", description="Nakhon smart-city sensor platform. Settings come from NAKHON_* environment variables.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run the whole platform locally (broker, database, ingest, API, simulated fleet)")
+    up = sub.add_parser("up", help="run the whole platform locally, secured (TLS broker with per-device accounts, InfluxDB with authentication, "
+                                           "ingest, alert evaluator, API, a simulated fleet provisioned like real devices)")
     up.add_argument("--root", default="var/local", help="folder for the local servers' config, data and logs (default var/local)")
     up.add_argument("--per-city", type=int, default=20, help="simulated devices per city (default 20)")
     up.add_argument("--interval", type=float, default=10.0, help="seconds between a device's readings (default 10)")
@@ -296,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--workers", type=int, default=None,
                      help="processes behind the one port (default NAKHON_API_WORKERS; 0 = one per core, at most 4)")
     api.set_defaults(func=cmd_api)
+
+    al = sub.add_parser("alerts", help="the alert evaluator: rules over arriving telemetry, events to MQTT, InfluxDB and webhooks")
+    al_sub = al.add_subparsers(dest="action", required=True, metavar="ACTION")
+    alr = al_sub.add_parser("run", help="run the evaluator (subscribes to telemetry as nakhon_alerts; Ctrl-C stops it)")
+    alc = al_sub.add_parser("check", help="validate the rules file and print the effective rules of each city (or one station)")
+    alc.add_argument("--city", default=None, help="only this city")
+    alc.add_argument("--station", default=None, help="the rules of this station (its overrides applied)")
+    al_sub.add_parser("health", help="whether the running evaluator (its NAKHON_DATA_DIR/alerts/health.json) works: exit 1 when down")
+    for p_ in (alr, alc):
+        p_.add_argument("--rules", default=None, help="rules file, YAML or JSON (default NAKHON_ALERTS_RULES_FILE, else the built-in rules)")
+    al.set_defaults(func=cmd_alerts)
 
     sd = sub.add_parser("systemd", help="systemd units for a Debian server without Docker (ingest workers, API; Debian's mosquitto and influxdb)")
     sd_sub = sd.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -329,6 +373,10 @@ def build_parser() -> argparse.ArgumentParser:
     from nakhon.apicli import add_parsers as api_parsers  # device, apikey, broker-init
 
     api_parsers(sub)
+
+    from nakhon.opscli import add_parsers as ops_parsers  # broker-config, certs, db-init, backup, restore
+
+    ops_parsers(sub)
 
     # the measuring harness: api-bench, verify, bench
     from harness.bench.api import add_parser as api_bench_parser

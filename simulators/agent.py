@@ -29,7 +29,7 @@ from simulators.blocks import Block, BlockMaker
 from simulators.clock import Clock
 from simulators.devices import SimDevice
 from simulators.faults import Fault, clamp, malformed, target_metric
-from simulators.mqtt import Connection, ConnectRefused, MqttError, Will
+from simulators.mqtt import Connection, ConnectRefused, MqttError, Will, tls_context
 from simulators.runconfig import RunConfig
 from simulators.signals import Signals
 from simulators.stats import Stats
@@ -104,6 +104,7 @@ class Agent:
                     username=self.dev.device_id if self.password is not None else None, password=self.password,
                     will=Will(self.status_topic, OFFLINE), keepalive=cfg.keepalive,
                     on_message=self._on_message, timeout=cfg.connect_timeout_s,
+                    tls=tls_context(cfg.tls_ca) if cfg.tls_ca is not None else None,
                 )
             except ConnectRefused as exc:
                 st.refused += 1

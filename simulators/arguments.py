@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed: same seed, same devices and readings (default 1)")
     p.add_argument("--credentials", default=None,
                    help='JSON file {"device_id": "password"}, or a folder of provisioned config.json files (username = device id)')
+    p.add_argument("--provision", default=None, metavar="API_URL",
+                   help="first register devices missing from --credentials through the API (admin key in NAKHON_API_KEY), as real ones are")
     p.add_argument("--procs", type=int, default=None, help="processes to spread the devices over (default 1)")
     p.add_argument("--connect-rate", type=float, default=None, help="new connections per second at start (default 1000)")
     p.add_argument("--prefix", default=None, help="device id prefix (default sim)")

@@ -60,6 +60,7 @@ class FirmwarePaths:
     firmware: Path  # the firmware/ folder (main.py, lib/)
     fakes_mpy: Path  # folder holding the compiled hardware fakes (fakehw.mpy)
     micropython: str  # the unix-port binary
+    lib: Path | None = None  # firmware/lib compiled to .mpy, as on a board (None: the sources)
 
 
 @dataclass
@@ -173,7 +174,7 @@ class FirmwareDevice:
 
     # --- life -----------------------------------------------------------------------------
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, MICROPYPATH=f"{self.folder / '.shim'}:{self.paths.firmware / 'lib'}:.frozen")
+        env = dict(os.environ, MICROPYPATH=f"{self.folder / '.shim'}:{self.paths.lib or self.paths.firmware / 'lib'}:.frozen")
         self.stats.boots += 1
         with open(self.folder / "console.log", "ab") as out:
             return subprocess.Popen([self.paths.micropython, "-X", f"heapsize={self.heapsize}", str(self.paths.firmware / "main.py")],

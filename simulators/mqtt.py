@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Callable
@@ -127,12 +129,15 @@ class Connection(asyncio.Protocol):
         clean: bool = True,
         on_message: OnMessage | None = None,
         timeout: float = 10.0,
+        tls: ssl.SSLContext | None = None,
     ) -> Connection:
         loop = asyncio.get_running_loop()
         packet = connect_packet(client_id, username, password, will, keepalive, clean)
         try:
-            _, conn = await asyncio.wait_for(loop.create_connection(lambda: cls(packet, keepalive, on_message), host, port), timeout)
-        except (TimeoutError, OSError) as exc:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(lambda: cls(packet, keepalive, on_message), host, port, ssl=tls, server_hostname=host if tls else None),
+                timeout)
+        except (TimeoutError, OSError) as exc:  # ssl.SSLError is an OSError: a refused handshake is a failed connect
             raise MqttError(f"cannot reach broker {host}:{port}: {exc or 'timeout'}") from None
         try:
             code = await asyncio.wait_for(asyncio.shield(conn.connack), timeout)
@@ -283,3 +288,11 @@ class Connection(asyncio.Protocol):
             if self.on_message is not None:
                 self.on_message(topic, body[pos:], bool(head & 1))
         # PINGRESP and anything else: nothing to do
+
+
+@functools.lru_cache(maxsize=4)
+def tls_context(ca_file: str) -> ssl.SSLContext:
+    """A client context that verifies the broker against `ca_file` (the system's CAs when empty); one per process."""
+    ctx = ssl.create_default_context(cafile=ca_file or None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import itertools
 import logging
+import os
 import resource
 import signal
 import sys
@@ -22,6 +23,7 @@ from simulators.fil import KINDS as FIL_KINDS
 from simulators.fil import FirmwareFleet, FirmwarePaths
 from simulators.fleet import run_fleet
 from simulators.progress import Progress, summary
+from simulators.provision import ProvisionConfigError, ProvisionError, provision_fleet
 from simulators.runconfig import RunConfig
 from simulators.scenario import Scenario, ScenarioError, duration, load, load_credentials, presets
 
@@ -59,6 +61,7 @@ def run_config(sc: Scenario, settings: Settings, **extra: Any) -> RunConfig:
         host=settings.mqtt_host, port=settings.mqtt_port, mode=sc.mode, interval_s=sc.interval_s, speed=sc.speed,
         since_s=sc.since, duration_s=sc.duration, count=sc.count, backfill_days=sc.backfill_days, batch=sc.batch,
         connect_rate=sc.connect_rate, passwords=load_credentials(sc.credentials) if sc.credentials else {}, seed=sc.seed,
+        tls_ca=(str(settings.mqtt_ca_file) if settings.mqtt_ca_file else "") if settings.mqtt_tls else None,
         max_payload_bytes=settings.max_payload_bytes, ts_max_age_s=settings.ts_max_age_s, ts_max_future_s=settings.ts_max_future_s,
         **extra,
     )
@@ -80,6 +83,17 @@ def firmware_fleet(sc: Scenario, cities: list[City], cfg: RunConfig, paths: Firm
                          behind_s=behind, passwords=cfg.passwords, faults=sc.faults)
 
 
+def _provision(api_url: str, sc: Scenario, cities: list[City], settings: Settings) -> None:
+    key = os.environ.get("NAKHON_API_KEY")
+    if not key:
+        raise ProvisionConfigError("--provision needs an admin API key in NAKHON_API_KEY (`nakhon apikey create --scope admin`)")
+    if not sc.credentials:
+        raise ProvisionConfigError("--provision needs --credentials FILE to keep the devices' passwords in")
+    ca = str(settings.mqtt_ca_file) if settings.mqtt_ca_file else None  # the API's certificate is signed by the same CA
+    provision_fleet(make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix), api_url, key, Path(sc.credentials), ca,
+                    interval_s=round(sc.interval_s))
+
+
 def _raise_open_files(need: int) -> None:
     """Every device is a socket: lift the soft open-files limit towards the hard one, or say what to do."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -99,13 +113,18 @@ def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths |
     try:
         sc = scenario_from_args(args)
         cities = [settings.cities[c] for c in (sc.cities or sorted(settings.cities))]
+        if args.provision:
+            _provision(args.provision, sc, cities, settings)
         cfg = run_config(sc, settings)
     except KeyError as exc:
         sys.stderr.write(f"nakhon simulate: unknown city {exc}; registered: {', '.join(sorted(settings.cities))}\n")
         return 2
-    except (ScenarioError, FaultError, ValueError) as exc:
+    except (ScenarioError, FaultError, ValueError, ProvisionConfigError) as exc:
         sys.stderr.write(f"nakhon simulate: {exc}\n")
         return 2
+    except ProvisionError as exc:  # the API not there yet, or refusing: a supervisor retries
+        sys.stderr.write(f"nakhon simulate: {exc}\n")
+        return 1
     devices = make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix)
     _raise_open_files(len(devices) // sc.procs + 1024)
     stop = threading.Event()

@@ -29,6 +29,7 @@ class RunConfig:
     backoff_base_s: float = 1.0  # reconnect: full jitter, uniform(0, min(cap, base * 2**attempt))
     backoff_cap_s: float = 300.0  # the firmware's default cap
     passwords: dict[str, str] = field(default_factory=dict)  # device id -> password (username = device id)
+    tls_ca: str | None = None  # TLS to the broker, verified against this CA file (host = the name in its certificate)
     fw: str = "sim-1.0.0"
     seed: int = 1
     max_payload_bytes: int = 262_144  # the ingest's limit (oversize faults go just past it)

@@ -49,7 +49,8 @@ def test_each_target_fails_on_its_own_figure() -> None:
 
 def test_a_section_not_run_leaves_its_targets_out_and_the_tables_render() -> None:
     only_fw = {"fw_cycle_peak_kb": 41.0, "fw_replay_peak_kb": 39.0}
-    assert [(t.what, t.met) for t in targets(only_fw)] == [("firmware peak heap, cycle", False), ("firmware peak heap, replay", True)]
+    assert [(t.what, t.met) for t in targets(only_fw)] == [("firmware peak heap, cycle (32-bit sizes)", False),
+                                                          ("firmware peak heap, replay (32-bit sizes)", True)]
     text = tables(Run({"firmware": [Figure("peak heap", 41.0, "KB", "a | b")]}, only_fw))
     assert "| firmware | peak heap | 41 | KB | a / b |" in text
-    assert "| firmware peak heap, cycle | 41.0 KB | 1.02 | < 40 KB (ratio to 40 KB < 1) | NO |" in text
+    assert "| firmware peak heap, cycle (32-bit sizes) | 41.0 KB | 1.02 | < 40 KB (ratio to 40 KB < 1) | NO |" in text

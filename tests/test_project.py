@@ -58,19 +58,19 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_compose_matches_the_code() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert {"mosquitto", "influxdb", "ingest", "api", "simulator"} <= set(services)
+    assert {"mosquitto", "influxdb", "ingest", "api", "alerts", "simulator"} <= set(services)
     assert services["influxdb"]["image"].startswith("influxdb:1.")  # the v1 API the code speaks
     assert services["simulator"]["profiles"] == ["sim"]
     fields = set(Settings.model_fields)
-    for name in ("ingest", "api", "simulator"):
+    for name in ("ingest", "api", "alerts", "simulator"):
         svc = services[name]
         assert svc["build"] == "."
         env = svc["environment"]
-        for key in env:
-            assert key.startswith("NAKHON_") and key.removeprefix("NAKHON_").lower() in fields, key
+        for key in env:  # NAKHON_API_KEY: the admin key the CLI and the simulator's --provision read
+            assert key.startswith("NAKHON_") and (key.removeprefix("NAKHON_").lower() in fields or key == "NAKHON_API_KEY"), key
         assert env["NAKHON_MQTT_HOST"] == "mosquitto" and env["NAKHON_INFLUX_URL"] == "http://influxdb:8086"
         assert env["NAKHON_INFLUX_DB"] == Settings().influx_db
-    assert "8080:8080" in services["api"]["ports"]
+    assert services["api"]["ports"] == ["8443:8443"] and services["api"]["environment"]["NAKHON_API_TLS_CERT_FILE"]
     for name in ("mosquitto", "influxdb", "api"):
         assert "healthcheck" in services[name]
     broker_conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
@@ -79,7 +79,7 @@ def test_compose_matches_the_code() -> None:
 
 
 # --- import direction (DESIGN.md) -------------------------------------------
-COMPONENTS = ("ingest", "api", "simulators", "dashboards")
+COMPONENTS = ("ingest", "api", "alerts", "simulators", "dashboards")
 
 
 def _imports(folder: Path) -> set[tuple[Path, str]]:
@@ -127,7 +127,8 @@ def test_components_do_not_import_each_other(component: str) -> None:
 
 # --- types --------------------------------------------------------------------
 def test_mypy_strict_on_the_contract_and_the_ingest() -> None:
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "contract", "ingest"], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "contract", "ingest", "alerts"], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:]
 
 

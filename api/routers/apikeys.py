@@ -51,8 +51,9 @@ def create_key(body: KeyIn, key: Admin, registry: RegistryDep, settings: Setting
 
 
 @router.get("", response_model=list[KeyOut])
-def list_keys(_key: Admin, registry: RegistryDep) -> list[KeyOut]:
-    return [_out(k) for k in registry.api_keys()]
+def list_keys(key: Admin, registry: RegistryDep) -> list[KeyOut]:
+    """Keys (never their tokens); a city-bound admin key sees only its city's keys."""
+    return [_out(k) for k in registry.api_keys() if key.city is None or k.city == key.city]
 
 
 @router.delete("/{key_id}", status_code=204, response_class=Response)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from api.deps import InfluxDep, SettingsDep
 from contract import storage
-from contract.influx import InfluxRejected, InfluxUnavailable
+from contract.influx import InfluxRefused, InfluxUnavailable
 
 router = APIRouter(tags=["health"])
 
@@ -98,10 +98,12 @@ def readyz(settings: SettingsDep, influx: InfluxDep) -> JSONResponse:
                 'min("spool_depth") AS spool_min, count("received") AS reports, last("received") AS received '
                 f'FROM "{storage.INGEST_MEASUREMENT}" WHERE time > now() - {window}s GROUP BY "worker"'
             )
+        except InfluxRefused as exc:
+            if not exc.schema_missing:  # our credentials refused: the database is of no use to us
+                db = False
+            rows = []  # no database yet: no ingest has ever started
         except InfluxUnavailable:
             db = False
-        except InfluxRejected:  # no database yet: no ingest has ever started
-            rows = []
     ingest = judge_ingest(rows, window)
     ok = broker and db and ingest.flowing
     body = Ready(status="ready" if ok else "not ready", broker=broker, influxdb=db, ingest=ingest)

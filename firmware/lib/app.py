@@ -5,7 +5,16 @@
 # PUBACK. Offline, staged readings go to the flash ring in chunks; on reconnect the
 # ring is replayed oldest first as batches before anything newer, so the platform sees
 # readings in order with their original ts and seq. Readings taken before the time is
-# known wait in RAM with their tick count and are back-dated once NTP answers.
+# known go to flash (state/pretime) with the RTC's own count and its power-up epoch, and
+# are dated and moved to the ring once NTP answers (online.backdate).
+#
+# Nothing here resets the board in a loop: a Wi-Fi driver error, a flash that refuses
+# writes, a status field that cannot be read degrade that one function, are reported
+# in status `faults` ("wifi:driver", "flash:full", "battery:error", ...), and the node
+# goes on. Only a link that carries nothing for long (Wi-Fi associated, readings
+# waiting, no PUBACK) is escalated: the Wi-Fi is re-associated every LINK_RESET_MS, the
+# board reset after LINK_REBOOT_MS (4x that if the last reset was for the same reason),
+# and the reason is kept in RTC memory for the status after the reboot.
 import gc
 import json
 import random
@@ -17,6 +26,7 @@ import hal
 import log
 from catalogue import in_range
 from drivers import SensorError
+from store import STATE, save
 
 try:
     from typing import Any  # for the type checker; MicroPython skips annotations
@@ -24,16 +34,15 @@ except ImportError:
     pass
 
 FW = "0.3.0"
-_PRETIME_MAX = const(120)  # readings held in RAM while the time is unknown
+_STAGE_MAX = const(64)  # readings held in RAM while flash refuses writes (oldest dropped)
+LINK_RESET_MS = const(600000)  # readings waiting, no PUBACK this long: re-associate the Wi-Fi
+LINK_REBOOT_MS = const(1800000)  # ... and this long: reset the board
 _SEQ_BLOCK = const(1000)  # seq values reserved per flash write
 BATCH_BYTES = const(8192)  # largest replay batch: ~50 readings of a full air+weather node
 BUF_BYTES = const(512)  # scratch for the ring: a replay batch streams from flash through it
 _IDLE_MAX_MS = const(1000)
 _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
-# What the node keeps in flash lives under one folder whose name is no module's: on the
-# board the current folder comes first in sys.path, so a folder "ring" would shadow ring.py.
-STATE = "state"
 
 
 class Node:
@@ -66,13 +75,22 @@ class Node:
     rejected: dict
     ring: Any
     staging: list
-    pretime: list
+    pretime: int  # readings in flash waiting for the time
+    epoch: int  # power-ups so far: the RTC's own count restarts at each
+    uptime_ms: int
+    ticks: Any  # when uptime_ms was last advanced
+    last_ack: Any  # ticks of the last PUBACK (or of the last moment nothing waited)
+    link_resets: int
+    boots: int  # resets in a row that were crashes (RTC memory); 3 or more: safe mode
+    safe: bool
+    why: str  # why the last reset came, kept in RTC memory
     clock: Any
     seq: int
     ceiling: int
     sensors: list
     next_read: Any  # ticks
     client: Any
+    password: Any  # rotated MQTT password (str) or None
     cadata: Any
     online: bool
     inflight: Any  # (pid, kind, n, nbytes, seg, off, sent_at)
@@ -89,19 +107,39 @@ class Node:
     # --- state that survives resets --------------------------------------------------
     def _reserve(self, seq: int) -> None:
         # Flash holds a ceiling above every seq used, written once per _SEQ_BLOCK readings;
-        # after a power cut counting resumes from it (a gap, never a repeat).
-        if seq >= self.ceiling:
-            self.ceiling = seq + _SEQ_BLOCK
-            with open(STATE + "/seq", "w") as f:
-                f.write(str(self.ceiling))
+        # after a power cut counting resumes from it (a gap, never a repeat). A flash that
+        # refuses the write is reported and tried again at the next reading; a write that
+        # succeeds clears the fault.
+        if seq >= self.ceiling or "flash" in self.faults:  # while flash fails, each reading tries it again
+            try:
+                save(STATE + "/seq", str(seq + _SEQ_BLOCK))
+                self.ceiling = seq + _SEQ_BLOCK
+                self.fault("flash", None)
+            except OSError as e:
+                self.flash_error(e)
 
     def _mark(self, sensor: str) -> None:
-        hal.rtc_memory(("%d %s" % (self.seq, sensor)).encode())
+        # RTC memory survives every reset but a power cut: "nk1 <seq> <sensor being read>
+        # <boots> <why>". The tag tells a brownout (kept) from a power-on (lost).
+        hal.rtc_memory(("nk1 %d %s %d %s" % (self.seq, sensor or "-", self.boots, self.why)).encode())
+
+    def fault(self, name: str, problem) -> None:
+        """Report (problem) or clear (None) a fault in status."""
+        if problem is None:
+            if self.faults.pop(name, None):
+                self.status_due = True
+        elif self.faults.get(name) != problem:
+            self.faults[name] = problem
+            self.status_due = True
+            log.warn("fault %s:%s" % (name, problem))
+
+    def flash_error(self, e) -> None:
+        self.fault("flash", "full" if e.errno == 28 else "error")
 
     # --- readings ------------------------------------------------------------------------
     def take_reading(self) -> None:
         # A reading is dated when the cycle starts, not when the slowest sensor answers.
-        taken = hal.ticks_ms()
+        taken = hal.rtc_time_ms()
         now = self.clock.now_ms()
         m: dict = {}
         part = self.part
@@ -126,13 +164,7 @@ class Node:
                     m[k] = v
                 else:
                     problem = "range"
-            if problem:
-                if self.faults.get(name) != problem:
-                    self.status_due = True
-                    log.warn("sensor %s: %s" % (name, problem))
-                self.faults[name] = problem
-            elif self.faults.pop(name, None):
-                self.status_due = True
+            self.fault(name, problem)
         if not m:
             self._mark("")
             return  # nothing valid: no reading, no seq used
@@ -142,11 +174,7 @@ class Node:
         self._reserve(self.seq)
         body = json.dumps(m)
         if now is None:
-            if len(self.pretime) >= _PRETIME_MAX:
-                self.pretime.pop(0)
-                self.ring.dropped += 1
-            self.pretime.append((taken, seq, body))
-            log.info("reading seq=%d ts=unknown" % seq)
+            self._pretime(taken, seq, body)
         else:
             self._stage(now, seq, body)
         self._check_thresholds(m)
@@ -158,15 +186,25 @@ class Node:
         gc.collect()  # between cycles, while little is alive: keeps the heap in one piece
 
     def _stage(self, t_ms: int, seq: int, body: str) -> None:
+        if len(self.staging) >= _STAGE_MAX:  # only while flash refuses writes
+            self.staging.pop(0)
+            self.ring.dropped += 1
         self.staging.append(('{"ts":%d.%03d,"seq":%d,"m":%s}\n' % (t_ms // 1000, t_ms % 1000, seq, body)).encode())
         log.info("reading seq=%d ts=%d.%03d" % (seq, t_ms // 1000, t_ms % 1000))
 
-    def _backdate(self) -> None:
-        # The clock is known now: date what was read before, from its tick age.
-        now, ticks = self.clock.now_ms(), hal.ticks_ms()
-        for taken, seq, body in self.pretime:
-            self._stage(now - hal.ticks_diff(ticks, taken), seq, body)
-        self.pretime = []
+    def _pretime(self, raw_ms: int, seq: int, body: str) -> None:
+        # The time is unknown: the reading goes to flash at once with the RTC's own count
+        # (it runs on through resets and deep sleep, from 2000 after a power-up) and the
+        # power-up it belongs to; online.backdate dates it once NTP answers.
+        line = "%d %d %d %s\n" % (self.epoch, raw_ms, seq, body)
+        try:
+            with open(STATE + "/pretime", "a") as f:
+                f.write(line)
+            self.pretime += 1
+            log.info("reading seq=%d ts=unknown" % seq)
+        except OSError as e:  # no time and no flash: the one reading that is lost, counted
+            self.flash_error(e)
+            self.ring.dropped += 1
 
     def _check_thresholds(self, m: dict) -> None:
         # Above a platform threshold the node reads four times as often until it falls back.
@@ -183,7 +221,14 @@ class Node:
         if self.inflight is not None and self.inflight[1] == "s":
             return
         if n and (force or (not self.online and n >= self.chunk) or n > 16):
-            self.ring.append(self.staging)
+            if "flash" in self.faults and not force and n < self.chunk + 8:
+                return  # flash refused the last write: try again every few readings, not every loop
+            try:
+                self.ring.append(self.staging)
+            except OSError as e:
+                self.flash_error(e)
+                return
+            self.fault("flash", None)
             self.staging = []
             log.info("ring: stored %d, pending=%d dropped=%d" % (n, self.ring.pending, self.ring.dropped))
 
@@ -219,13 +264,19 @@ class Node:
             return
         if not hal.wifi_connected():
             if self.wifi_since is None:
-                hal.wifi_connect(self.wifi[0], self.wifi[1])
+                try:
+                    hal.wifi_connect(self.wifi[0], self.wifi[1])
+                except OSError as e:  # the driver refused (e.g. "Wifi Internal Error")
+                    self.fault("wifi", "driver")
+                    self._backoff("wifi driver: %r" % (e,))
+                    return
                 self.wifi_since = hal.ticks_ms()
             elif hal.ticks_diff(hal.ticks_ms(), self.wifi_since) > _WIFI_WAIT_MS:
                 self.wifi_since = None
                 self._backoff("wifi not connected")
             return
         self.wifi_since = None
+        self.fault("wifi", None)
         import online
 
         try:
@@ -238,8 +289,15 @@ class Node:
         if f is None or f[0] != pid:
             return
         self.inflight = None
+        self.last_ack = hal.ticks_ms()
+        if self.link_resets:  # the link carries again
+            self.link_resets = 0
+            self.fault("link", None)
         if f[1] == "r":
-            self.ring.commit(f[2], f[3], f[4], f[5])
+            try:
+                self.ring.commit(f[2], f[3], f[4], f[5])
+            except OSError as e:  # the read position moved in RAM; flash gets it at the next commit
+                self.flash_error(e)
         else:
             del self.staging[: f[2]]
         self.published += f[2]
@@ -286,30 +344,13 @@ class Node:
                 c.write(b"]}")
             self.inflight = (pid, "s", n, 0, 0, 0, hal.ticks_ms())
 
-    def status_doc(self) -> bytes:
-        gc.collect()
-        d = {
-            "v": 1, "state": "online", "fw": FW, "reset": self.reset,
-            "rssi_dbm": max(-120, min(0, hal.rssi())), "free_mem": gc.mem_free(),
-            "uptime_s": hal.ticks_diff(hal.ticks_ms(), self.boot) // 1000,
-            "buffered": self.ring.pending + len(self.staging) + len(self.pretime),
-            "dropped": self.ring.dropped,
-            "faults": sorted(["%s:%s" % kv for kv in self.faults.items()])[:16],
-            "interval_s": self.interval_s, "kind": self.place[0], "lat": self.place[1], "lon": self.place[2],
-        }
-        if self.config_seq >= 0:
-            d["config_seq"] = self.config_seq
-        bat = self.battery
-        if bat:
-            d["battery_v"] = round(bat[0].read_uv() * bat[1] / 1000000, 2)
-        return json.dumps(d).encode()
-
     def _status(self) -> None:
-        doc = self.status_doc()
-        self.client.publish(self.t_status, (doc,), retain=True)
-        self.status_due = False
-        self.status_at = hal.ticks_ms()
-        log.info("status: " + doc.decode())
+        import report
+
+        try:
+            report.status(self)
+        finally:
+            _done()
 
     def service_link(self) -> None:
         if not self.online:
@@ -326,15 +367,47 @@ class Node:
             self._go_offline("link lost: %r" % (e,))
 
     def service_clock(self) -> None:
-        if not self.clock.synced and hal.wifi_connected() and self.clock.due():
+        # NTP when due (at once until it first answers, then every few hours: the RTC
+        # drifts, in deep sleep by percent); what was read without the time is dated then.
+        if self.clock.due() and hal.wifi_connected():
             import online
 
             try:
-                synced = online.sync(self.clock)
+                if online.sync(self) and self.pretime and not self.safe:
+                    online.backdate(self)
             finally:
                 _done()
-            if synced:
-                self._backdate()
+
+    def tick(self) -> None:
+        # Uptime and the link's escalation, counted in steps shorter than half the ticks
+        # period (the ESP32's ticks_ms wraps every 2^30 ms).
+        now = hal.ticks_ms()
+        self.uptime_ms += hal.ticks_diff(now, self.ticks)
+        self.ticks = now
+        if self.boots and self.uptime_ms > 600000:  # ten healthy minutes: the crash count starts over
+            self.boots = 0
+            self._mark("")
+            if self.safe:  # and safe mode ends: what waits for the time is dated at the next NTP answer, now
+                self.safe = False
+                self.fault("boot", None)
+                self.clock._next = now
+        if not (self.ring.pending or self.staging) or not hal.wifi_connected():
+            self.last_ack = now  # nothing to carry, or no Wi-Fi (its own reconnects handle that)
+            return
+        quiet = hal.ticks_diff(now, self.last_ack)
+        if quiet > LINK_REBOOT_MS << (2 if self.faults.get("reset") == "nolink" else 0):  # after one such reset, 4x as long
+            self.why = "nolink"
+            self._mark("")
+            log.error("link: no PUBACK for %d s: reset" % (quiet // 1000))
+            hal.reset()
+        elif quiet > LINK_RESET_MS * (self.link_resets + 1) and quiet < LINK_REBOOT_MS:
+            self.link_resets += 1
+            self.fault("link", "stalled")
+            log.warn("link: no PUBACK for %d s: re-associating the Wi-Fi" % (quiet // 1000))
+            if self.online:
+                self._go_offline("link stalled")
+            hal.wifi_disconnect()
+            self.wifi_since = None
 
     def healthy(self) -> bool:
         # Fed only while readings run on time and memory is not exhausted.
@@ -343,6 +416,7 @@ class Node:
 
     # --- main loops -----------------------------------------------------------------------
     def step(self) -> None:
+        self.tick()
         if hal.ticks_diff(hal.ticks_ms(), self.next_read) >= 0:
             self.take_reading()
             self.next_read = hal.ticks_add(self.next_read, self.interval_ms)
@@ -357,6 +431,8 @@ class Node:
     def idle(self) -> None:
         wait = hal.ticks_diff(self.next_read, hal.ticks_ms())
         if self.online and (self.inflight is None and (self.ring.pending or self.staging)):
+            wait = 0
+        if hal.wifi_connected() and self.clock.due():
             wait = 0
         wait = max(0, min(wait, _IDLE_MAX_MS))
         if self.online:
@@ -377,7 +453,8 @@ class Node:
         start = hal.ticks_ms()
         self.take_reading()
         budget = min(30000, self.interval_ms // 2)
-        while hal.ticks_diff(hal.ticks_ms(), start) < budget or self.pretime:
+        while hal.ticks_diff(hal.ticks_ms(), start) < budget:
+            self.tick()
             self.service_clock()
             self.service_link()
             if self.online and not self.status_due and self.inflight is None and not self.ring.pending and not self.staging:
@@ -398,6 +475,7 @@ def _done() -> None:
     # config document: drop them, and the next collection gives their code's RAM back.
     sys.modules.pop("online", None)
     sys.modules.pop("retained", None)
+    sys.modules.pop("report", None)
 
 
 def main(buf: Any = None) -> None:

@@ -29,12 +29,12 @@ _NEEDS = {
 }
 
 DEFAULTS = {
-    "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "username": None, "password": None, "keepalive_s": 60},
+    "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "ca": None, "username": None, "password": None, "keepalive_s": 60},
     "ntp_host": "pool.ntp.org",
     "interval_s": 60,
     "status_interval_s": 600,
     "battery": None,
-    "ring": {"segments": 16, "segment_bytes": 4096, "chunk": 1},
+    "ring": {"segments": 0, "segment_bytes": 4096, "chunk": 1},  # segments 0: sized from the free flash at boot
     "batch": 50,
     "watchdog_ms": 60000,
     "deep_sleep": False,
@@ -87,17 +87,22 @@ def check(cfg) -> list:
     else:
         _int(mq, "port", 1, 65535, errors, "mqtt.")
         _int(mq, "keepalive_s", 10, 3600, errors, "mqtt.")
-        for k in ("username", "password", "ca_file"):
+        for k in ("username", "password", "ca_file", "ca"):
             if mq.get(k) is not None and type(mq[k]) is not str:
                 errors.append("mqtt.%s must be a string or null" % k)
         if mq.get("password") and not mq.get("username"):
             errors.append("mqtt.password is set but mqtt.username is not")
+        if mq.get("tls") is True and mq.get("tls_verify") is not False and not (mq.get("ca_file") or mq.get("ca")):
+            # The ESP32 has no system CA store: verification without a CA can never connect.
+            errors.append("mqtt.tls_verify needs mqtt.ca (PEM text) or mqtt.ca_file (the broker's CA, PEM or DER, on the board)")
     _int(cfg, "interval_s", 1, 86400, errors)
     _int(cfg, "status_interval_s", 10, 86400, errors)
     _int(cfg, "batch", 1, 1000, errors)
     _int(cfg, "watchdog_ms", 5000, 600000, errors)
     ring = cfg["ring"]
-    _int(ring, "segments", 2, 1000, errors, "ring.")
+    _int(ring, "segments", 0, 1000, errors, "ring.")
+    if ring.get("segments") == 1:
+        errors.append("ring.segments must be 0 (sized from free flash) or 2..1000")
     _int(ring, "segment_bytes", 512, 1 << 20, errors, "ring.")
     _int(ring, "chunk", 1, 100, errors, "ring.")
     sensors = cfg.get("sensors")

@@ -8,12 +8,11 @@ import sys
 
 ESP32 = sys.platform == "esp32"
 
-# Reset causes, named as in the status contract.
+# Reset causes, named as in the status contract (start.py maps machine.reset_cause() to them).
 RESET_NAMES = ("power_on", "hard", "watchdog", "deepsleep", "soft", "brownout", "unknown")
 
 if ESP32:
     import socket
-    import struct
     import time
 
     import machine
@@ -21,7 +20,8 @@ if ESP32:
 
     # MicroPython before 1.22 counted from 2000 on the ESP32; the contract counts from 1970.
     _EPOCH = 946684800 if time.gmtime(0)[0] == 2000 else 0
-    _wlan = network.WLAN(network.STA_IF)
+    wlan = network.WLAN(network.STA_IF)
+    STAT_CONNECTING = network.STAT_CONNECTING
     _rtc = machine.RTC()
     _socks: list = []
 
@@ -46,8 +46,8 @@ if ESP32:
         # RTC.datetime: (year, month, day, weekday 0=Monday, hours, minutes, seconds, microseconds)
         _rtc.datetime((tm[0], tm[1], tm[2], tm[6], tm[3], tm[4], tm[5], (t_ms % 1000) * 1000))
 
-    def ntp_time_ms(host: str) -> int:
-        # One SNTP request (RFC 4330); raises OSError on timeout.
+    def ntp_exchange(host: str) -> bytes:
+        # One SNTP request (RFC 4330): the 48-byte answer; raises OSError on timeout.
         q = bytearray(48)
         q[0] = 0x1B
         addr = socket.getaddrinfo(host, 123)[0][-1]
@@ -55,25 +55,16 @@ if ESP32:
         try:
             s.settimeout(2)
             s.sendto(q, addr)
-            msg = s.recv(48)
+            return s.recv(48)
         finally:
             s.close()
-        secs, frac = struct.unpack("!II", msg[40:48])
-        return (secs - 2208988800) * 1000 + (frac * 1000 >> 32)
 
-    def reset_cause() -> str:
-        c = machine.reset_cause()
-        if c == machine.PWRON_RESET:
-            return "power_on"
-        if c == machine.HARD_RESET:
-            return "hard"
-        if c == machine.WDT_RESET:
-            return "watchdog"
-        if c == machine.DEEPSLEEP_RESET:
-            return "deepsleep"
-        if c == machine.SOFT_RESET:
-            return "soft"
-        return "unknown"
+    machine_reset_cause = machine.reset_cause
+    PWRON_RESET = machine.PWRON_RESET
+    HARD_RESET = machine.HARD_RESET
+    WDT_RESET = machine.WDT_RESET
+    DEEPSLEEP_RESET = machine.DEEPSLEEP_RESET
+    SOFT_RESET = machine.SOFT_RESET
 
     def WDT(timeout_ms: int):
         return machine.WDT(timeout=timeout_ms)
@@ -93,6 +84,13 @@ if ESP32:
 
     def unique_id() -> bytes:
         return machine.unique_id()
+
+    def fs_free() -> int:
+        # Free bytes of the board's file system (LittleFS: block size x free blocks).
+        import os
+
+        st = os.statvfs("/")
+        return st[0] * st[4]
 
     def uart(uid: int, baud: int, rx: int, tx: int):
         return machine.UART(uid, baudrate=baud, rx=rx, tx=tx, rxbuf=1024, timeout=0)
@@ -125,37 +123,59 @@ if ESP32:
         a.atten(machine.ADC.ATTN_11DB)
         return a
 
-    def wifi_connect(ssid: str, password: str) -> None:
-        _wlan.active(True)
-        if not _wlan.isconnected():
-            _wlan.connect(ssid, password)
-
-    def wifi_connected() -> bool:
-        return _wlan.isconnected()
-
-    def wifi_disconnect() -> None:
-        _wlan.disconnect()
-
-    def rssi() -> int:
-        try:
-            return _wlan.status("rssi")
-        except Exception:
-            return -120
-
     def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: int):
+        # A socket that fails to connect or to shake hands is closed here: lwIP has few.
         addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
         s = socket.socket()
-        s.settimeout(timeout_ms / 1000)
-        s.connect(addr)
-        if tls:
-            import ssl
+        try:
+            s.settimeout(timeout_ms / 1000)
+            try:  # a packet is written in pieces: do not hold them back (Nagle)
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except (AttributeError, OSError):
+                pass
+            s.connect(addr)
+            if tls:
+                import ssl
 
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE  # type: ignore[attr-defined]
-            if cadata:
-                ctx.load_verify_locations(cadata=cadata)
-            s = ctx.wrap_socket(s, server_hostname=host)
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE  # type: ignore[attr-defined]
+                for der in cadata or ():  # every CA of the bundle (one DER each)
+                    ctx.load_verify_locations(cadata=der)
+                s = ctx.wrap_socket(s, server_hostname=host)
+        except Exception:
+            s.close()
+            raise
         return s
 
 else:
     from fakehw import *  # type: ignore  # noqa: F403  (the unix-port stand-ins, same names)
+
+
+def wifi_connect(ssid: str, password: str) -> None:
+    """Start associating. The driver retries by itself once asked; connect() while it is
+    still connecting raises "Wifi Internal Error", so a stalled attempt is cancelled
+    first. A driver error is raised as OSError for the caller to count and back off."""
+    wlan.active(True)
+    if wlan.isconnected():
+        return
+    if wlan.status() == STAT_CONNECTING:
+        wlan.disconnect()
+    wlan.connect(ssid, password)
+
+
+def wifi_connected() -> bool:
+    return wlan.isconnected()
+
+
+def wifi_disconnect() -> None:
+    try:
+        wlan.disconnect()
+    except OSError:
+        pass
+
+
+def rssi() -> int:
+    try:
+        return wlan.status("rssi")
+    except Exception:
+        return -120

@@ -9,7 +9,8 @@ from micropython import const
 
 import hal
 import log
-from clock import MIN_EPOCH_MS
+from store import STATE, load, save
+from clock import EPOCH2000_MS
 
 try:
     from typing import Any  # for the type checker; MicroPython skips annotations
@@ -98,21 +99,118 @@ def subscribe(c: Any, topic: str) -> int:
 
 
 # --- time ----------------------------------------------------------------------------------------
-def sync(clock: Any) -> bool:
-    """One NTP attempt for clock (clock.Clock); on failure the next waits twice as long (2 s .. 5 min)."""
+def sync(node: Any) -> bool:
+    """One NTP attempt (node.clock: clock.Clock); on failure the next waits twice as long
+    (2 s .. 5 min), on success the next is in _RESYNC_MS. The first success after a
+    power-up also fixes where the RTC's own count stands against true time (the offset
+    that dates what was read before), kept in flash with the power-up it belongs to."""
+    clock = node.clock
     clock.tries += 1
     try:
-        t = hal.ntp_time_ms(clock.host)
-        if t < MIN_EPOCH_MS:
+        before = hal.rtc_time_ms()
+        t = ntp_time_ms(clock.host)
+        if t < clock.floor:
             raise ValueError("implausible time %d" % t)
     except Exception as e:
         delay = min(_RETRY_MAX_MS, _RETRY_MIN_MS << min(clock.tries, 8))
         clock._next = hal.ticks_add(hal.ticks_ms(), delay)
         log.warn("ntp: attempt %d failed (%s), retry in %d ms" % (clock.tries, e, delay))
+        node.fault("ntp", "no_answer" if clock.tries > 3 else None)
         return False
+    if not clock.synced:
+        _offsets(node, t - before)
+    step = t - before
     hal.set_rtc_ms(t)
     clock.synced = True
     clock.tries = 0
+    clock.floor = t
     clock._next = hal.ticks_add(hal.ticks_ms(), _RESYNC_MS)
-    log.info("ntp: time set %d" % t)
+    node.fault("ntp", None)
+    try:
+        save(STATE + "/floor", str(t))  # a later clock can not be earlier than this
+    except OSError as e:
+        node.flash_error(e)
+    log.info("ntp: time set %d (RTC was off by %d ms)" % (t, step))
     return True
+
+
+def ntp_time_ms(host: str) -> int:
+    """NTP's time in ms since 1970. The 32-bit seconds field rolls over on 2036-02-07
+    (era 1): a value without its top bit is read as era 1 (RFC 4330, section 3)."""
+    msg = hal.ntp_exchange(host)
+    secs = msg[40] << 24 | msg[41] << 16 | msg[42] << 8 | msg[43]
+    frac = msg[44] << 24 | msg[45] << 16 | msg[46] << 8 | msg[47]
+    if not secs & 0x80000000:
+        secs += 0x100000000
+    return (secs - 2208988800) * 1000 + (frac * 1000 >> 32)
+
+
+def _offsets(node: Any, offset: int) -> None:
+    # "epoch offset" lines: true time = the RTC's own count + offset, per power-up.
+    text = load(STATE + "/epochs") or ""
+    lines = [ln for ln in text.split("\n") if ln and not ln.startswith("%d " % node.epoch)][-7:]
+    lines.append("%d %d" % (node.epoch, offset))
+    try:
+        save(STATE + "/epochs", "\n".join(lines) + "\n")
+    except OSError as e:
+        node.flash_error(e)
+    node.clock.offset = offset
+
+
+def backdate(node: Any) -> None:
+    """Date the readings kept in flash without the time and move them to the ring, oldest
+    first. A power-up whose offset is unknown (NTP never answered before the next power
+    cut) is placed right before the next power-up: off by how long the power was out."""
+    path = STATE + "/pretime"
+    offs = {}
+    for ln in (load(STATE + "/epochs") or "").split("\n"):
+        p = ln.split(" ")
+        if len(p) == 2:
+            offs[int(p[0])] = int(p[1])
+    last: dict = {}
+    try:
+        with open(path) as f:
+            for ln in f:
+                p = ln.split(" ", 3)
+                if len(p) == 4 and p[3].endswith("\n"):
+                    e, raw = int(p[0]), int(p[1])
+                    if raw > last.get(e, 0):
+                        last[e] = raw
+        start = None
+        for e in sorted(last, reverse=True):
+            if e not in offs and start is not None:
+                offs[e] = start - last[e]
+            if e in offs:
+                start = EPOCH2000_MS + offs[e]
+        ring = node.ring
+        out: list = []
+        n = 0
+        with open(path) as f:
+            for ln in f:
+                p = ln.split(" ", 3)
+                if len(p) != 4 or not p[3].endswith("\n") or int(p[0]) not in offs:
+                    continue  # torn by a power cut, or no time can be given to it
+                t = int(p[1]) + offs[int(p[0])]
+                out.append(('{"ts":%d.%03d,"seq":%s,"m":%s}\n' % (t // 1000, t % 1000, p[2], p[3][:-1])).encode())
+                log.info("reading seq=%s ts=%d.%03d" % (p[2], t // 1000, t % 1000))
+                n += 1
+                if len(out) == 8:
+                    ring.append(out)
+                    out = []
+        if out:
+            ring.append(out)
+        import os
+
+        os.remove(path)
+    except OSError as e:  # flash: try again in a minute (duplicates in the ring are harmless)
+        node.flash_error(e)
+        node.clock._next = hal.ticks_add(hal.ticks_ms(), 60000)
+        return
+    except ValueError as e:  # damaged beyond reading: keep the file aside, report it
+        log.error("pretime: %r" % (e,))
+        import os
+
+        os.rename(path, path + ".bad")
+        node.fault("pretime", "damaged")
+    node.pretime = 0
+    log.info("pretime: %d readings dated, pending=%d" % (n, node.ring.pending))

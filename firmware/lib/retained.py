@@ -6,7 +6,7 @@ import json
 
 import hal
 import log
-from app import STATE
+from store import STATE, save
 from catalogue import NAMES
 
 try:
@@ -14,7 +14,7 @@ try:
 except ImportError:
     pass
 
-_KEYS = ("v", "seq", "interval_s", "sensors", "thresholds")
+_KEYS = ("v", "seq", "interval_s", "sensors", "thresholds", "password")
 
 
 def config_ok(doc: Any) -> bool:
@@ -38,6 +38,13 @@ def config_ok(doc: Any) -> bool:
     for k, v in thresholds.items():
         if k not in NAMES or k == "fw" or type(v) not in (int, float):
             return False
+    pw = doc.get("password")
+    if pw is not None:
+        if type(pw) is not str or not 16 <= len(pw) <= 128:
+            return False
+        for c in pw:
+            if not ("a" <= c <= "z" or "A" <= c <= "Z" or "0" <= c <= "9" or c == "_" or c == "-"):
+                return False
     return True
 
 
@@ -70,11 +77,27 @@ def apply(node: Any, payload: Any, persist: bool) -> None:
             node.disabled.append(k)
             node.faults.pop(k, None)  # switched off: its faults are no longer news
     node.thresholds = doc.get("thresholds", {})
+    fresh = "password" in doc
+    if fresh:  # rotated credentials: used from the next connection on
+        node.password = doc["password"]
+        if node.client is not None:
+            node.client.password = doc["password"]
+    elif node.password:
+        doc["password"] = node.password  # kept in flash with the next documents, so a reboot logs in with it
     nxt = hal.ticks_add(hal.ticks_ms(), node.interval_ms)
     if hal.ticks_diff(node.next_read, nxt) > 0:
         node.next_read = nxt
     node.status_due = True
-    log.info("config: applied seq=%d interval_s=%d disabled=%s" % (node.config_seq, iv, node.disabled))
+    log.info("config: applied seq=%d interval_s=%d disabled=%s%s" % (node.config_seq, iv, node.disabled,
+                                                                    " new credentials" if fresh else ""))
     if persist:
-        with open(STATE + "/applied.json", "w") as f:
-            json.dump(doc, f)
+        # The state this leaves, not the document: a document that omits a key keeps what
+        # an earlier one set, and the next boot must come back to exactly this.
+        merged = {"v": 1, "seq": node.config_seq, "interval_s": node.interval_s,
+                  "sensors": {k: False for k in node.disabled}, "thresholds": node.thresholds}
+        if node.password:
+            merged["password"] = node.password  # rotated credentials: a reboot logs in with them
+        try:
+            save(STATE + "/applied.json", json.dumps(merged))
+        except OSError as e:
+            node.flash_error(e)

@@ -5,7 +5,10 @@
 # more than `segments` the oldest file is deleted and its unsent readings are counted
 # as dropped. Appends go to the newest file only and whole files are deleted, which
 # suits flash wear (LittleFS spreads the blocks). The read position (segment, byte
-# offset) and the dropped count live in `head`, rewritten once per acknowledged batch.
+# offset) and the dropped count live in `head`, rewritten once per acknowledged batch
+# (through a new file and a rename, so a power cut leaves the old head or the new one).
+# A write that flash refuses raises OSError after the state in RAM is consistent: the
+# caller reports it and goes on.
 import os
 
 from micropython import const
@@ -48,8 +51,9 @@ class Ring:
         return count
 
     def _save(self) -> None:
-        with open(self.folder + "/head", "w") as f:
-            f.write("%d %d %d\n" % (self.hseg, self.hoff, self.dropped))
+        from store import save
+
+        save(self.folder + "/head", "%d %d %d\n" % (self.hseg, self.hoff, self.dropped))
 
     def _remove(self, n: int) -> None:
         try:

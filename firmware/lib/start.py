@@ -7,7 +7,8 @@ import os
 
 import hal
 import log
-from app import BUF_BYTES, FW, STATE, Node
+from app import BUF_BYTES, FW, Node
+from store import STATE, load, save
 from clock import Clock
 from drivers import SensorError
 from mqtt import Client
@@ -19,15 +20,21 @@ except ImportError:
     pass
 
 _HANG_SKIP = 30  # readings a sensor that hung (watchdog reset) sits out
+_SAFE_AFTER = 3  # crashes in a row before the node boots in safe mode
 
 
 def node(buf: Any = None):
     """The node for this board's config.json, or None (after logging every mistake)."""
     if buf is None or len(buf) < BUF_BYTES:
         buf = bytearray(BUF_BYTES)
+    import sys
+
     import config
 
     cfg = config.load()
+    del config
+    sys.modules.pop("config", None)  # the check's code is needed no more
+    gc.collect()  # boot's peak: give back what the check and the JSON parser left
     if cfg is None:
         log.error("not starting: fix config.json")
         return None
@@ -37,8 +44,12 @@ def node(buf: Any = None):
     n.t_tel = base + "telemetry"
     n.t_status = base + "status"
     n.t_config = base + "config"
-    n.reset = hal.reset_cause()
+    n.reset = reset_cause()
     n.boot = hal.ticks_ms()
+    n.ticks = n.boot
+    n.uptime_ms = 0
+    n.last_ack = n.boot
+    n.link_resets = 0
     n.interval_s = cfg["interval_s"]
     n.interval_ms = n.interval_s * 1000
     n.status_ms = cfg["status_interval_s"] * 1000
@@ -55,6 +66,8 @@ def node(buf: Any = None):
     bat = cfg["battery"]
     n.battery = (hal.adc(bat["adc"]), bat.get("divider", 2.0)) if bat else None
     n.config_seq = -1
+    n.password = None  # rotated MQTT password from the platform's config (kept in applied.json)
+    n.client = None
     n.disabled = []
     n.thresholds = {}
     n.faults = {}
@@ -68,9 +81,20 @@ def node(buf: Any = None):
     n.ring = open_ring(STATE + "/ring", rc["segments"], rc["segment_bytes"])
     n.chunk = rc["chunk"]
     n.staging = []
-    n.pretime = []
-    n.clock = Clock(cfg["ntp_host"])
     hung = _restore(n)
+    gc.collect()
+    floor = load(STATE + "/floor")
+    try:
+        n.clock = Clock(cfg["ntp_host"], int(floor) if floor else 0)
+    except ValueError:
+        n.clock = Clock(cfg["ntp_host"])
+    _epoch(n)
+    if n.why != "-":
+        n.faults["reset"] = n.why  # the node reset itself, and says why: crash, nolink
+    n.why = "-"
+    if n.safe:
+        n.faults["boot"] = "safe_mode"
+        log.warn("safe mode after %d crashes in a row: platform config and pretime dating off" % n.boots)
     n.sensors = []
     for spec in cfg["sensors"]:
         try:
@@ -91,17 +115,25 @@ def node(buf: Any = None):
 
         import retained
 
-        with open(STATE + "/applied.json") as f:
-            doc = json.load(f)
-        retained.apply(n, doc, False)  # the platform's last config, before the broker answers
-    except (OSError, ValueError):
+        text = load(STATE + "/applied.json")
+        if text and not n.safe:
+            retained.apply(n, json.loads(text), False)  # the platform's last config, before the broker answers
+    except ValueError:
         pass
-    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], mq["password"])
+    n.client = Client(cfg["device_id"], mq["keepalive_s"], mq["username"], n.password or mq["password"])
     n.client.on_message = n._on_message
     n.client.on_ack = n._on_ack
     n.cadata = None
-    if mq["tls"] and mq["ca_file"]:
-        n.cadata = _der(mq["ca_file"])
+    if mq["tls"] and (mq["ca"] or mq["ca_file"]):  # the CA provisioning put into config.json, or a file on the board
+        try:
+            if mq["ca"]:
+                n.cadata = _ca(mq["ca"].encode())
+            else:
+                with open(mq["ca_file"], "rb") as f:
+                    n.cadata = _ca(f.read())
+        except (OSError, ValueError) as e:
+            log.error("tls: CA unreadable: %r" % (e,))
+            n.faults["tls"] = "ca"
     n.online = False
     n.inflight = None
     n.attempt = 0
@@ -110,52 +142,120 @@ def node(buf: Any = None):
     n.part = {}
     n.published = 0
     n.wdt = hal.WDT(cfg["watchdog_ms"])
-    log.info("boot fw=%s reset=%s seq=%d pending=%d dropped=%d" % (FW, n.reset, n.seq, n.ring.pending, n.ring.dropped))
+    n._mark("")
+    log.info("boot fw=%s reset=%s seq=%d pending=%d dropped=%d pretime=%d epoch=%d" % (
+        FW, n.reset, n.seq, n.ring.pending, n.ring.dropped, n.pretime, n.epoch))
     del cfg
     gc.collect()
     return n
 
 
+def reset_cause() -> str:
+    """machine.reset_cause() by its status name. The ESP32 port reports a brownout as
+    PWRON_RESET: _restore tells them apart by the RTC memory, which a brownout keeps and
+    a power cut loses."""
+    c = hal.machine_reset_cause()
+    if c == hal.PWRON_RESET:
+        return "power_on"
+    if c == hal.HARD_RESET:
+        return "hard"
+    if c == hal.WDT_RESET:
+        return "watchdog"
+    if c == hal.DEEPSLEEP_RESET:
+        return "deepsleep"
+    if c == hal.SOFT_RESET:
+        return "soft"
+    return "unknown"
+
+
 def _restore(n: Node):
-    """Sets n.seq (next seq, from RTC memory and flash); returns the sensor that was being
-    read when the last reset came."""
+    """Sets n.seq (next seq, from RTC memory and flash), the crash count, safe mode and the
+    reason for the last reset; returns the sensor that was being read when it came.
+    RTC memory ("nk1 <seq> <sensor> <crashes> <why>") survives every reset but a power
+    cut; the ESP32 reports a brownout as a power-on, told apart here by RTC memory that
+    is still there."""
     ceiling = 0
     try:
-        with open(STATE + "/seq") as f:
-            ceiling = int(f.read())
-    except (OSError, ValueError):
+        ceiling = int(load(STATE + "/seq") or 0)
+    except ValueError:
         pass
     seq, hung = ceiling, None
-    if n.reset != "power_on":
-        try:
-            parts = hal.rtc_memory().decode().split(" ")
-            seq = max(int(parts[0]), 0)
-            hung = parts[1] or None
-        except (ValueError, IndexError, UnicodeError):
-            pass
+    n.boots, n.why = 0, "-"
+    try:
+        parts = hal.rtc_memory().decode().split(" ")
+        if parts[0] != "nk1" or len(parts) != 5:
+            raise ValueError
+        if n.reset == "power_on":
+            n.reset = "brownout"
+        s = int(parts[1])
+        seq = s if s >= 0 else ceiling
+        hung = parts[2] if parts[2] != "-" else None
+        n.boots = int(parts[3])
+        n.why = parts[4]
+    except (ValueError, IndexError, UnicodeError):
+        pass
+    n.safe = n.boots >= _SAFE_AFTER
     n.ceiling = ceiling
     n.seq = seq
     n._reserve(seq)
     return hung
 
 
+def _epoch(n: Node) -> None:
+    """The power-up count (the RTC's own count restarts at each) and the readings waiting
+    in flash for the time."""
+    try:
+        n.epoch = int(load(STATE + "/epoch") or 0)
+    except ValueError:
+        n.epoch = 0
+    if n.reset == "power_on" and not n.clock.synced:
+        n.epoch += 1
+        try:
+            save(STATE + "/epoch", str(n.epoch))
+        except OSError as e:
+            n.flash_error(e)
+    n.pretime = 0
+    try:
+        with open(STATE + "/pretime") as f:
+            for ln in f:
+                n.pretime += 1
+    except OSError:
+        pass
+
+
 def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
     """The flash ring as the last boot left it: segments, read position, dropped count;
-    a line torn by a power cut is cut off, and what is pending is counted."""
+    a line torn by a power cut is cut off, and what is pending is counted. `segments`
+    0: as many as three quarters of the free flash hold (what the ring already holds
+    counted as free), 16..1000: days of readings, not hours."""
     r = Ring(folder, segments, seg_bytes)
     try:
         os.mkdir(folder)
     except OSError:
         pass
-    nums = sorted(int(n[1:]) for n in os.listdir(folder) if n[0] == "s")
+    nums = []
+    for name in os.listdir(folder):
+        if len(name) == 9 and name[0] == "s" and name[1:].isdigit():
+            nums.append(int(name[1:]))
+        elif name.endswith(".tmp"):
+            os.remove(folder + "/" + name)  # left by a power cut in _repair; the segment it was for is whole
+    nums.sort()
+    if not segments:
+        try:
+            free = hal.fs_free()
+        except (OSError, AttributeError):
+            free = 0
+        for n in nums:
+            free += r._size(n)
+        r.segments = max(16, min(1000, free * 3 // 4 // seg_bytes))
+        log.info("ring: %d segments of %d B, from %d KB of flash" % (r.segments, seg_bytes, free // 1024))
     r.first = nums[0] if nums else 0
     r.last = nums[-1] if nums else 0
     r.hseg, r.hoff, r.dropped = r.first, 0, 0
     try:
-        with open(folder + "/head") as f:
-            parts = f.read().split()
+        parts = (load(folder + "/head") or "").split()
         r.hseg, r.hoff, r.dropped = int(parts[0]), int(parts[1]), int(parts[2])
-    except (OSError, ValueError, IndexError):
+    except (ValueError, IndexError):
         pass
     if r.hseg < r.first or r.hseg > r.last:
         r.hseg, r.hoff = r.first, 0
@@ -197,16 +297,30 @@ def _repair(r: Ring, n: int) -> None:
     os.rename(tmp, path)
 
 
-def _der(path: str) -> bytes:
-    """A CA certificate file as DER (MicroPython's TLS wants DER for cadata)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if not data.startswith(b"-----"):
-        return data
+def _ca(data: bytes) -> list:
+    """Every certificate of a CA (PEM bundle or one DER certificate), each as DER
+    (MicroPython's TLS takes DER, one certificate per load_verify_locations call): a
+    bundle is trusted whole, so a CA rotation (old and new CA side by side) does not
+    cut the device off."""
+    if not data.startswith(b"-----") and b"-----BEGIN" not in data:
+        return [data]
     import binascii
 
-    body = b"".join(line for line in data.split(b"\n") if line and not line.startswith(b"-----"))
-    return binascii.a2b_base64(body)
+    certs = []
+    body: Any = None
+    for line in data.split(b"\n"):
+        line = line.strip()
+        if line.startswith(b"-----BEGIN"):
+            body = []
+        elif line.startswith(b"-----END"):
+            if body:
+                certs.append(binascii.a2b_base64(b"".join(body)))
+            body = None
+        elif body is not None and line:
+            body.append(line)
+    if not certs:
+        raise ValueError("no certificate in the CA")
+    return certs
 
 
 def make(spec: dict):

@@ -135,8 +135,10 @@ def _count(db: Influx) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
-def bench_ingest(root: Path, n: int, workers: int) -> tuple[Figure, Figure, Figure, float]:
-    """The ingest draining n queued messages durably; returns (rate, cpu, memory) figures and readings/s."""
+def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False) -> tuple[Figure, Figure, Figure, float]:
+    """The ingest draining n queued messages durably; returns (rate, cpu, memory) figures and readings/s.
+
+    `with_alerts`: the alert evaluator drains the same messages on its own session at the same time."""
     root = root / f"ingest-{workers}w"
     shutil.rmtree(root, ignore_errors=True)
     with Mosquitto(root / "broker") as broker, InfluxDB(root / "influxdb") as server, Influx(server.url) as db:
@@ -146,14 +148,22 @@ def bench_ingest(root: Path, n: int, workers: int) -> tuple[Figure, Figure, Figu
         settings = load_settings(mqtt_port=broker.port, influx_url=server.url, data_dir=root / "data", ingest_workers=workers,
                                  log_level="WARNING", ingest_stats_interval_s=0.2)
         svc = Service("ingest", ["ingest"], settings, root / "logs", log_level="INFO")
+        alerts = Service("alerts", ["alerts", "run"], settings, root / "logs", log_level="INFO") if with_alerts else None
         svc.start()  # first start: creates the persistent sessions and shared subscription
         if not svc.wait_log('"msg":"connected"', 30):
             raise RuntimeError("ingest did not connect")
+        if alerts is not None:
+            alerts.start()
+            if not alerts.wait_log('"msg":"connected"', 30):
+                raise RuntimeError("the alert evaluator did not connect")
+            alerts.stop()
         time.sleep(1.0)
         svc.stop()
         _say(f"queueing {n} messages for the ingest's session")
         publish_bulk(broker.port, n, time.time() - 3600)
         offset = svc.log_path.stat().st_size
+        if alerts is not None:
+            alerts.start()
         svc.start()
         begin = time.perf_counter()
         last_log = begin
@@ -173,6 +183,8 @@ def bench_ingest(root: Path, n: int, workers: int) -> tuple[Figure, Figure, Figu
         cpu = _cpu_seconds(svc)
         peak_mb = _peak_rss_mb(svc)
         svc.stop()
+        if alerts is not None:
+            alerts.stop()
         time.sleep(0.5)
         final = _count(db)
         if final != n:

@@ -9,7 +9,6 @@ dead-letter store.
 
 from __future__ import annotations
 
-import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -19,14 +18,16 @@ from typing import Any, TypeVar
 import orjson
 import paho.mqtt.client as mqtt
 
-from api.broker import DynSec, mosquitto_config, new_password, write_bootstrap
+from api.broker import DynSec, new_password
 from contract.influx import Influx
 from contract.settings import Settings, load_settings
 from harness.procstat import memory_kb
 from harness.progress import say as say_line
 from ingest.deadletter import read_all
+from nakhon import accounts
+from nakhon.local import LocalPlatform
 from nakhon.procs import Service
-from nakhon.servers import InfluxDB, Mosquitto, free_port, make_certs
+from nakhon.servers import InfluxDB, Mosquitto, free_port
 
 # InfluxQL, SQL and path injection attempts, sent through every API parameter (scenario 12, tests/api/test_auth.py)
 INJECTIONS = [
@@ -77,25 +78,29 @@ def wait_for(fn: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
 
 
 class Stack:
-    """Broker + InfluxDB + ingest, fresh, under `root`. `secure` adds dynsec (no anonymous) and a TLS listener."""
+    """Broker + InfluxDB + ingest, fresh, under `root`.
+
+    `secure` is the platform exactly as `nakhon up` starts it (nakhon/local.py: generated broker
+    config with dynamic security and a TLS listener, InfluxDB with authentication, the ingest and
+    the API as real processes), not a rig of its own; without it, an open broker and database for
+    the input scenarios, whose publishers stand in for many devices at once."""
 
     def __init__(self, root: Path, *, secure: bool = False, ingest: bool = True, **overrides: Any) -> None:
         self.root = Path(root).resolve()
         self.secure = secure
-        self.admin = ("nakhon-admin", secrets.token_urlsafe(16))
-        self.ingest_account = ("nakhon-ingest", secrets.token_urlsafe(16))
         self.tls_port: int | None = None
         self.ca: Path | None = None
+        self.platform: LocalPlatform | None = None
         if secure:
-            dynsec = self.root / "mosquitto" / "dynamic-security.json"
-            write_bootstrap(dynsec, self.admin, self.ingest_account)
-            self.ca, cert, key = make_certs(self.root / "certs")
-            self.tls_port = free_port()
-            self.broker = Mosquitto(self.root / "mosquitto", allow_anonymous=False, tls_port=self.tls_port, tls_files=(self.ca, cert, key),
-                                    extra=mosquitto_config(dynsec))
+            settings = load_settings(mqtt_port=free_port(), influx_url=f"http://127.0.0.1:{free_port()}", api_port=free_port(),
+                                     ingest_stats_interval_s=1.0, ingest_batch_ms=50, **overrides)
+            self.platform = LocalPlatform(self.root, settings, with_fleet=False, tls_port=free_port())
+            self.broker, self.influxdb = self.platform.broker, self.platform.influxdb
+            self.tls_port, self.ca = self.broker.tls_port, self.platform.ca
+            self.admin = (accounts.BROKER_ADMIN, self.platform.secrets["broker_admin"])
         else:
             self.broker = Mosquitto(self.root / "mosquitto")
-        self.influxdb = InfluxDB(self.root / "influxdb")
+            self.influxdb = InfluxDB(self.root / "influxdb")
         self._want_ingest = ingest
         self._overrides = overrides
         self.settings: Settings | None = None
@@ -103,14 +108,17 @@ class Stack:
         self.influx: Influx | None = None
 
     def start(self) -> Stack:
+        if self.platform is not None:
+            p = self.platform
+            p.start()
+            self.ingest = p.ingest
+            self.settings = p.api_settings  # what the API runs with: the read-only InfluxDB user, the provisioning account
+            self.influx = Influx(p.influxdb.url, p.settings.influx_db, accounts.INFLUX_ADMIN, p.secrets["influx_admin"])  # the operator's
+            return self
         self.broker.start()
         self.influxdb.start()
-        creds: dict[str, Any] = {}
-        if self.secure:
-            creds = {"mqtt_username": self.ingest_account[0], "mqtt_password": self.ingest_account[1],
-                     "broker_admin_username": self.admin[0], "broker_admin_password": self.admin[1]}
         self.settings = load_settings(mqtt_port=self.broker.port, influx_url=self.influxdb.url, data_dir=self.root / "data",
-                                      ingest_stats_interval_s=1.0, ingest_batch_ms=50, **creds, **self._overrides)
+                                      ingest_stats_interval_s=1.0, ingest_batch_ms=50, **self._overrides)
         self.influx = Influx(self.influxdb.url)
         self.influx.ensure_schema(self.settings.raw_retention, self.settings.hourly_retention)
         if self._want_ingest:
@@ -121,10 +129,13 @@ class Stack:
         return self
 
     def stop(self) -> None:
-        if self.ingest is not None:
-            self.ingest.stop()
         if self.influx is not None:
             self.influx.close()
+        if self.platform is not None:
+            self.platform.stop()
+            return
+        if self.ingest is not None:
+            self.ingest.stop()
         self.influxdb.stop()
         self.broker.stop()
 

@@ -31,7 +31,7 @@ from harness.bench.sim import _raise_nofile
 from harness.progress import say as say_line
 from harness.verify.report import Row, Size
 from harness.verify.scenarios import register
-from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
+from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
 from nakhon.local import LocalPlatform
 from simulators.devices import make_fleet
 from simulators.faults import Fault
@@ -54,7 +54,7 @@ def _say(msg: str) -> None:
 @contextlib.contextmanager
 def _platform(root: Path) -> Iterator[LocalPlatform]:
     """A fresh broker, InfluxDB, ingest and API under `root`, stopped on the way out."""
-    platform = LocalPlatform(root, load_settings(ingest_stats_interval_s=1.0), with_fleet=False)
+    platform = LocalPlatform(root, load_settings(ingest_stats_interval_s=1.0), with_fleet=False, secure=False)
     try:
         platform.start()
         yield platform
@@ -94,7 +94,7 @@ def devices_offline(root: Path, size: Size) -> Row:
         # The same path as `nakhon simulate --firmware N --speed 60 --fault offline:...`.
         sc = Scenario(seed=5, mode="accelerated", speed=scale, since=behind_s, interval_s=interval_s, firmware=n_devices,
                       faults=[Fault("offline", at_s=before_s, for_s=offline_s, devices=0)])
-        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
+        paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON, firmware_mpy())
         fw: FirmwareFleet = firmware_fleet(sc, list(BUILTIN_CITIES), run_config(sc, settings), paths, root / "firmware")
         _say(f"{n_devices} firmware devices at {scale}x: {before_s // 60} min online, {offline_s // 60} min without Wi-Fi, "
              f"{after_s // 60} min back (about {(before_s + offline_s + after_s) / scale:.0f} s real)")

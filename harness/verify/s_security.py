@@ -1,10 +1,12 @@
 """Scenarios 11-12: intruders at the broker and at the API.
 
-11 runs the secured broker (dynamic-security plugin, no anonymous access, a TLS
-listener with a CA made here) with provisioned devices and a real ingest, and
-tries every way in that a device or a stranger has. 12 runs the API as a real
-uvicorn process and tries keys, scopes, injection through every parameter of
-the OpenAPI document, and a flood from one client.
+Both run on the platform exactly as `nakhon up` starts it (nakhon/local.py: the
+generated broker configuration with dynamic security, no anonymous access and a
+TLS listener signed by its local CA; InfluxDB with authentication; the ingest and
+the API as real processes). 11 provisions devices and tries every way in that a
+device or a stranger has. 12 runs the API as real uvicorn processes with the
+platform's read-only InfluxDB user and tries keys, scopes, injection through
+every parameter of the OpenAPI document, and a flood from one client.
 """
 
 from __future__ import annotations
@@ -84,14 +86,14 @@ def broker_intruders(root: Path, size: Size) -> Row:
         # logging in as someone else, or as no one
         logins = [
             ("another device's client id", dict(client_id=b[1], username=a[1], password=pw[a[1]])),
-            ("the ingest's client id (would kick the ingest off)", dict(client_id="nakhon-ingest-0", username=a[1], password=pw[a[1]])),
-            ("the ingest's client id, anonymous", dict(client_id="nakhon-ingest-0")),
+            ("the ingest's client id (would kick the ingest off)", dict(client_id="nakhon_ingest_0", username=a[1], password=pw[a[1]])),
+            ("the ingest's client id, anonymous", dict(client_id="nakhon_ingest_0")),
             ("anonymous", dict(client_id="stranger-01")),
             ("anonymous with an empty username", dict(client_id="stranger-02", username="", password="")),
             ("wrong password", dict(client_id=a[1], username=a[1], password=pw[a[1]][:-2] + "xx")),
             ("another device's password", dict(client_id=a[1], username=a[1], password=pw[b[1]])),
             ("no password", dict(client_id=a[1], username=a[1])),
-            ("the admin account, guessed password", dict(client_id="nakhon-admin-x", username="nakhon-admin", password="admin")),
+            ("the admin account, guessed password", dict(client_id="nakhon_api_x", username="nakhon_api", password="admin")),
             ("revoked device", dict(client_id="cm-sec-009", username="cm-sec-009", password=gone)),
         ]
         for what, kw in logins:
@@ -232,6 +234,8 @@ class Caller:
             body = {"id": f"{city[:2]}-new-{self.n:04d}", "city": city, "kind": "air", "sensors": ["pm25"], "lat": 18.8, "lon": 98.9}
         elif op.path == "/v1/apikeys":
             body = {"name": f"k{self.n}", "scope": "read"}
+        elif op.path == "/v1/devices/{device}/config":
+            body = {"interval_s": 60}
         return {p: path.get(p, "x") for p in op.path_params}, body
 
     def call(self, op: Operation, key: str | None, path: dict[str, str], params: dict[str, str] | None = None,
@@ -241,7 +245,7 @@ class Caller:
             url = url.replace("{" + k + "}", quote(v, safe=""))
         headers = {"X-API-Key": key} if key is not None else {}
         try:
-            return self.http.request(op.method.upper(), url, params=params, json=body if op.method == "post" else None, headers=headers)
+            return self.http.request(op.method.upper(), url, params=params, json=body if op.method in ("post", "put") else None, headers=headers)
         except (httpx.InvalidURL, httpx.LocalProtocolError):  # the client itself refuses (a newline in a header or URL)
             return None
 

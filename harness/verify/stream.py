@@ -63,7 +63,7 @@ def platform(root: Path, **overrides: Any) -> Iterator[LocalPlatform]:
         ingest_stats_interval_s=1.0,
         **overrides,
     )
-    p = LocalPlatform(root, settings, with_fleet=False)
+    p = LocalPlatform(root, settings, with_fleet=False, secure=False)  # its publishers stand in for many devices at once
     try:
         p.start()
         yield p
@@ -156,7 +156,8 @@ def acked(info: mqtt.MQTTMessageInfo) -> bool:
 class Stream:
     """Contract readings at `rate` per second, QoS 1, from `devices` devices over `connections` connections."""
 
-    def __init__(self, port: int, rate: float, *, prefix: str, devices: int = 300, connections: int = 4) -> None:
+    def __init__(self, port: int, rate: float, *, prefix: str, devices: int = 300, connections: int = 4,
+                 username: str | None = None, password: str | None = None) -> None:
         if not _PREFIX_RE.match(prefix):
             raise ValueError("prefix: 2-8 lower-case letters or digits (it goes into device ids and a regex)")
         if not 0 < rate <= 1000:
@@ -174,6 +175,8 @@ class Stream:
             c.max_queued_messages_set(0)  # while the broker is away, keep everything
             c.reconnect_delay_set(0.2, 2)  # type: ignore[arg-type]  # paho takes a float, its hints say int  # come back quickly after a broker restart
             c.on_connect = self._on_connect
+            if username is not None:  # a secured broker: an account allowed to publish for these devices
+                c.username_pw_set(username, password)
             c.connect("127.0.0.1", port)
             c.loop_start()
             self._clients.append(c)

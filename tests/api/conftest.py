@@ -20,8 +20,8 @@ from contract.settings import Settings, load_settings
 from nakhon.servers import InfluxDB, Mosquitto
 from tests.helpers import wait_until
 
-ADMIN = ("nakhon-admin", "admin-secret-for-tests")
-INGEST = ("nakhon-ingest", "ingest-secret-for-tests")
+ADMIN = ("nakhon_api", "admin-secret-for-tests")
+INGEST = ("nakhon_ingest", "ingest-secret-for-tests")
 
 
 @pytest.fixture

@@ -49,13 +49,13 @@ class Guard:
             route.abort("addressunreachable")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone once the browser tests are: its event loop and its fleet with it
 def playwright() -> Iterator[Playwright]:
     with sync_playwright() as p:
         yield p
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone once the browser tests are: its event loop and its fleet with it
 def browser(playwright: Playwright, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Browser]:
     if not CHROMIUM.exists():
         raise AssertionError("Debian's chromium is missing: ./dev installs it (apt-get install chromium)")
@@ -104,7 +104,7 @@ def open_tab(browser: Browser) -> Iterator[type]:
     assert not outside, f"requests left the machine: {outside}"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # gone once the browser tests are: its event loop and its fleet with it
 def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalPlatform]:
     """`nakhon up`'s platform (broker, InfluxDB, ingest, API, a simulated fleet registered with coordinates) on free ports."""
     root = ROOT / "var" / "test" / f"browser-{uuid.uuid4().hex[:6]}"

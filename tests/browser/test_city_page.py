@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from playwright.sync_api import Page
 
-from api.registry import Device, Registry
+from api.registry import Registry
 from api.routers.public import contrast
 from contract import topics
 from nakhon.local import LocalPlatform
@@ -38,11 +38,13 @@ FRESH, STALE = "cm-known-fresh", "cm-known-stale"
 KNOWN = {FRESH: (70, 3), STALE: (17, 1)}  # (AQI, band) by hand: PM2.5 30 -> 50/12.4*(30-25.1)+51 = 70.4; 10 -> 25/15*10 = 16.7
 
 
-def _publish(p: LocalPlatform, device: str, readings: list[dict[str, Any]]) -> None:
+def _publish(p: LocalPlatform, device: str, password: str, readings: list[dict[str, Any]]) -> None:
+    """As the device: its own account, over TLS to the device listener, trusting the platform's CA."""
+    assert p.broker.tls_port is not None and p.ca is not None
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device)
-    if p.settings.mqtt_username:
-        c.username_pw_set(p.settings.mqtt_username, p.settings.mqtt_password)
-    c.connect("127.0.0.1", p.settings.mqtt_port)
+    c.username_pw_set(device, password)
+    c.tls_set(ca_certs=str(p.ca))
+    c.connect("localhost", p.broker.tls_port)
     c.loop_start()
     try:
         for i in range(0, len(readings), 50):
@@ -64,13 +66,17 @@ def _get(p: LocalPlatform, path: str) -> Any:
 
 @pytest.fixture(scope="module")
 def known(platform: LocalPlatform) -> LocalPlatform:
-    Registry(platform.settings.registry_path).import_devices([
-        Device(FRESH, "chiang_mai", "air", ["pm25", "pm10"], 18.7953, 98.9620, date(2026, 1, 1), "1.0.0", 600),
-        Device(STALE, "chiang_mai", "air", ["pm25", "pm10"], 18.7700, 99.0050, date(2026, 1, 1), "1.0.0", 300),
-    ])
+    passwords = {}
+    for device, lat, lon, interval in ((FRESH, 18.7953, 98.9620, 600), (STALE, 18.7700, 99.0050, 300)):  # provisioned as a technician would
+        body = {"id": device, "city": "chiang_mai", "kind": "air", "sensors": ["pm25", "pm10"], "lat": lat, "lon": lon,
+                "installed": "2026-01-01", "fw": "1.0.0", "interval_s": interval}
+        r = httpx.post(base_url(platform) + "/v1/devices", json=body, headers={"X-API-Key": platform.admin_key or ""}, timeout=30)
+        assert r.status_code == 201, r.text
+        passwords[device] = r.json()["config"]["mqtt"]["password"]
     now = time.time()
-    _publish(platform, FRESH, [{"ts": now - k * 60, "seq": 1000 - k, "m": {"pm25": 30.0, "pm10": 40.0}} for k in range(180, -1, -1)])
-    _publish(platform, STALE, [{"ts": now - 3 * 3600 - k * 300, "seq": 100 - k, "m": {"pm25": 10.0, "pm10": 20.0}} for k in range(36, -1, -1)])
+    _publish(platform, FRESH, passwords[FRESH], [{"ts": now - k * 60, "seq": 1000 - k, "m": {"pm25": 30.0, "pm10": 40.0}} for k in range(180, -1, -1)])
+    _publish(platform, STALE, passwords[STALE], [{"ts": now - 3 * 3600 - k * 300, "seq": 100 - k, "m": {"pm25": 10.0, "pm10": 20.0}}
+                                                 for k in range(36, -1, -1)])
 
     def ready() -> bool:
         body = _get(platform, "/v1/cities/chiang_mai/aqi")
@@ -206,7 +212,7 @@ def test_page_refreshes_itself(known: LocalPlatform, open_tab: type) -> None:
 
 def test_switched_off_with_public_reading(known: LocalPlatform) -> None:
     """`nakhon api` with NAKHON_API_PUBLIC_READ=false serves neither the page nor its assets."""
-    settings = known.settings.model_copy(update={"api_public_read": False, "api_port": free_port()})
+    settings = known.api_settings.model_copy(update={"api_public_read": False, "api_port": free_port()})
     svc = Service("api-private", ["api"], settings, known.root / "logs")
     svc.start()
     try:

@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from contract import storage
+from contract.alerts import ALERTS_MEASUREMENT
 from contract.catalogue import METRICS, metrics_of
 from contract.cities import BUILTIN_CITIES
 from contract.status import _NUMBERS as STATUS_NUMBERS
@@ -127,7 +128,7 @@ def _known_fields() -> set[str]:
 def test_queries_speak_the_storage_contract() -> None:
     """Retention policies, measurements and fields are the ones the ingest writes."""
     measurements = {
-        storage.RP_RAW: set(storage.DATA_MEASUREMENTS) | {storage.STATUS_MEASUREMENT, storage.INGEST_MEASUREMENT},
+        storage.RP_RAW: set(storage.DATA_MEASUREMENTS) | {storage.STATUS_MEASUREMENT, storage.INGEST_MEASUREMENT, ALERTS_MEASUREMENT},
         storage.RP_HOURLY: set(storage.DATA_MEASUREMENTS) | {storage.AQI_MEASUREMENT},
     }
     known = _known_fields()

@@ -2,7 +2,7 @@
 
 The data goes the real way: a field of devices publishes through the real
 broker, the real `nakhon ingest` validates and writes it, and the ingest's
-own roll-up job fills `hourly` and `hourly.aqi`. A panel whose query
+own roll-up job fills `hourly` and `hourly.aqi`, and the real alert evaluator stores its events. A panel whose query
 returns nothing, or lacks a column it names, fails the test.
 """
 
@@ -13,10 +13,12 @@ import time
 from pathlib import Path
 
 from contract import storage
+from contract.alerts import ALERTS_MEASUREMENT
 from contract.cities import BUILTIN_CITIES
 from contract.influx import Influx
 from contract.settings import Settings
 from dashboards import build
+from nakhon.procs import Service
 from nakhon.servers import Mosquitto
 from tests.conftest import start_ingest
 from tests.dashboards import field, queries
@@ -55,6 +57,12 @@ def _check(influx: Influx, text: str) -> str | None:
 def test_every_panel_query_returns_data(settings: Settings, broker: Mosquitto, influx: Influx, workdir: Path) -> None:
     fast = settings.model_copy(update={"ingest_rollup_interval_s": 1.0, "ingest_stats_interval_s": 1.0})
     ingest = start_ingest(fast, workdir)
+    # the alert evaluator beside it, its silence rule short: when the field stops publishing, every station's alert opens
+    rules = workdir / "rules.json"
+    rules.write_text(json.dumps({"version": "dashboards", "defaults": {"silent": {"interval_s": 1, "intervals": 2, "min_silence_s": 2}}}))
+    alerts = Service("alerts", ["alerts", "run"], fast, workdir / "logs", alerts_rules_file=rules)
+    alerts.start()
+    assert alerts.wait_log('"msg":"connected"', 30), alerts.log_path.read_text()[-2000:]
     try:
         sent = field.publish("127.0.0.1", broker.port, list(BUILTIN_CITIES))
         wait_until(lambda: count(influx, "device", "battery_v") >= sent.readings, 90, what=f"{sent.readings} readings stored")
@@ -67,7 +75,10 @@ def test_every_panel_query_returns_data(settings: Settings, broker: Mosquitto, i
         t_end_ms = int(sent.t_end * 1000)
         wait_until(lambda: count(influx, storage.INGEST_MEASUREMENT, "received", f"time > {t_end_ms}ms") >= 15, 60,
                    what="15 s of ingest stats after the data")
+        for c in BUILTIN_CITIES:
+            wait_until(lambda c=c: count(influx, ALERTS_MEASUREMENT, "value", f"\"city\" = '{c.slug}'") > 0, 60, what=f"alerts of {c.slug}")
     finally:
+        alerts.stop()
         ingest.stop()
 
     failures, checked = [], 0

@@ -2,7 +2,8 @@
 
 A `Device` owns a folder that plays the board's flash: config.json, the fake world
 (world.json), run-time faults (control.json), and whatever the firmware writes (ring,
-seq). The process runs `firmware/main.py` with the heap capped at a plain ESP32's; when
+seq). The process runs `firmware/main.py` with `lib/` compiled to .mpy (as `nakhon
+firmware build` puts it on a board) and the heap capped at a plain ESP32's; when
 the firmware resets (watchdog, machine.reset, deep sleep) the fake exits with code 75
 and the device is started again in the same folder, like the chip rebooting.
 """
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nakhon.firmware_tools import fakes_mpy
+from nakhon.firmware_tools import fakes_mpy, firmware_mpy
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
@@ -77,6 +78,11 @@ def compiled_fakes() -> Path:
     return fakes_mpy()
 
 
+def compiled_lib() -> Path:
+    """firmware/lib as .mpy, as a board runs it (`nakhon firmware build`)."""
+    return firmware_mpy()
+
+
 class Device:
     def __init__(self, folder: Path, config: dict[str, Any], world_doc: dict[str, Any], heapsize: int = HEAPSIZE) -> None:
         self.folder = Path(folder)
@@ -98,7 +104,7 @@ class Device:
     # --- life cycle ---------------------------------------------------------------------
     def _spawn(self) -> subprocess.Popen[bytes]:
         # As on a board, the current folder (the device's flash) comes before lib in sys.path.
-        env = dict(os.environ, MICROPYPATH=f":{FIRMWARE / 'lib'}:{compiled_fakes()}:.frozen")
+        env = dict(os.environ, MICROPYPATH=f":{compiled_lib()}:{compiled_fakes()}:.frozen")
         with open(self.log_path, "ab") as out:
             self.boots += 1
             return subprocess.Popen(

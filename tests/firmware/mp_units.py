@@ -2,13 +2,14 @@
 # Runs INSIDE the MicroPython unix port (heap capped like an ESP32): drives the real
 # firmware drivers and ring against the hardware fakes and prints one JSON line per
 # check, which test_units.py asserts on. Run with the device folder as cwd.
+import gc
 import json
 import os
 
 import fakehw
 
 fakehw.configure({
-    "scale": 1000,
+    "scale": 50,  # device time 50x: a PM reading waits up to 3 device-s (60 ms real) for a fresh frame
     "uart": {
         "1": {"type": "pms5003", "pm25": 40, "corrupt_every": 3, "corrupt_value": 999},
         "2": {"type": "sds011", "pm25": 55, "corrupt_every": 2, "corrupt_value": 999, "noise": True},
@@ -23,6 +24,7 @@ fakehw.configure({
 })
 
 import hal  # noqa: E402
+import app  # noqa: E402, F401  (loaded first, as main.py does: the boot code compiles beside it)
 from drivers import SensorError  # noqa: E402
 from start import make, open_ring  # noqa: E402  (the boot code: drivers' factory, ring recovery)
 
@@ -41,12 +43,18 @@ def read(drv):
         return m, e.problem
 
 
-# PM over UART: after 9 device seconds, 9 frames wait in the receive buffer.
+# PM over UART: a minute of frames arrives between readings, more than the UART's 1 KB
+# buffer holds (a full buffer keeps the oldest bytes). Three readings, one after another.
 for uid, typ in ((1, "pms5003"), (2, "sds011")):
     drv = make({"type": typ, "uart": uid, "rx": 16, "tx": 17})
-    hal.sleep_ms(9500)
-    m, err = read(drv)
-    out(typ, m=m, err=err, good=drv.good, bad=drv.bad, injected=drv.uart.corrupt, frames=drv.uart.frames)
+    hal.sleep_ms(60500)
+    drv.uart.any()  # the frames that arrived meanwhile are in the UART now
+    before = drv.uart.frames
+    reads = []
+    for _ in range(3):
+        m, err = read(drv)
+        reads.append([m, err, drv.uart.frames])
+    out(typ, reads=reads, good=drv.good, bad=drv.bad, before=before, after=drv.uart.frames, overflow=drv.uart.overflow)
 
 # SHT3x: every third measurement has a corrupted humidity CRC.
 sht = make({"type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44})
@@ -70,6 +78,8 @@ out("rain", m=m, bounces=rain.bounces)
 snd = make({"type": "sound", "adc": 34, "cal_db": 28.0})
 out("sound", m=read(snd)[0])
 
+del drv, sht, missing, bme, us, rain, snd, reads, results
+gc.collect()  # the heap is an ESP32's: the script itself takes much of it
 # The flash ring: rotation, oldest dropped first, read position and counts across "reboots".
 # A small scratch buffer, so scans and streams cross its boundary mid-line.
 try:
@@ -99,6 +109,7 @@ ring.commit(n, nb, seg, off)
 again = open_ring("r", 3, 200)  # a reboot: state comes back from flash
 out("ring", pending=ring.pending, dropped=ring.dropped, first=first, n=n, nbytes=nb, lines=data.count(b"\n"),
     after_reboot=[again.pending, again.dropped], files=sorted(os.listdir("r")))
+gc.collect()  # the heap is an ESP32's: the script itself takes much of it
 # A power cut in the middle of an append leaves half a line: the next boot cuts it off.
 with open("r/s%08d" % again.last, "ab") as f:
     f.write(b'{"ts":17640')
@@ -114,6 +125,7 @@ while repaired.pending:
     repaired.commit(n, nb, seg, off)
 out("ring_repair", readable=total, pending=repaired.pending, before=before, dropped=repaired.dropped)
 
+gc.collect()  # the heap is an ESP32's: the script itself takes much of it
 # A line damaged in flash is skipped (and counted), the good ones around it still go.
 damaged = open_ring("d", 4, 4096)
 damaged.append([lines[0], b'{"ts":1764000001,"seq":1,"m":{"pm25":1\x00\x00\n', lines[2]])
@@ -124,6 +136,7 @@ while damaged.pending:
     damaged.commit(n, nb, seg, off)
 out("ring_damaged", seqs=got, dropped=damaged.dropped)
 
+gc.collect()  # the heap is an ESP32's: the script itself takes much of it
 # A batch stops at max_bytes on a line boundary; a line longer than a whole batch is
 # damage (skipped, counted), never a batch that can not be sent.
 sized = open_ring("z", 4, 4096)
@@ -138,6 +151,8 @@ while sized.pending:
 out("ring_sized", seqs=got, sizes=sizes, dropped=sized.dropped, line=len(lines[3]))
 
 # A replay batch as published: the lines, newlines turned into commas, are a JSON array.
+del ring, again, repaired, damaged, sized, got, sizes, data  # the heap is an ESP32's: make room
+gc.collect()
 arr = open_ring("a", 4, 4096)
 arr.append(lines[7:10])
 n, nb, seg, off = arr.peek(bytearray(16), 50, 8192)

@@ -10,7 +10,7 @@ import numpy as np
 from contract.cities import BUILTIN_CITIES
 from contract.influx import Influx
 from contract.settings import Settings
-from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy
+from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
 from nakhon.procs import Service
 from simulators.devices import make_fleet
 from simulators.faults import Fault
@@ -36,7 +36,7 @@ def test_firmware_devices_carry_the_city_signals_and_survive_wifi_loss(settings:
     air = next(d for d in fleet if d.city == "chiang_mai" and d.kind == "air")
     water = next(d for d in fleet if d.city == "phuket" and d.kind == "water")
     weather = next(d for d in fleet if d.city == "khon_kaen" and d.kind == "weather")
-    paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON)
+    paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON, firmware_mpy())
     faults = [
         Fault("offline", at_s=400, for_s=300, device_ids=(air.device_id,)),  # Wi-Fi gone for 5 device-minutes
         Fault("hang", at_s=300, for_s=150, device_ids=(weather.device_id,)),  # the BME280 stops answering: the watchdog bites

@@ -16,7 +16,9 @@ from tests.spine.test_delivery import assert_exactly_once
 def test_two_workers_share_the_stream(settings: Settings, workdir: Path, influx: Influx) -> None:
     svc = start_ingest(settings, workdir, workers=2)
     try:
-        assert svc.wait_log('"worker":"nakhon-ingest-1"', 30)
+        # both workers' subscriptions granted: the broker shares the stream only among members of the group
+        for worker in ("nakhon_ingest_0", "nakhon_ingest_1"):
+            assert svc.wait_log(f'"msg":"subscribed","client_id":"{worker}"', 30), worker
         pub = Publisher(settings.mqtt_port, per_city=10)
         try:
             pub.publish(200)

@@ -29,7 +29,7 @@ def written(tmp_path: Path) -> Path:
         capture_output=True, text=True, timeout=120,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.count("wrote ") == 8
+    assert out.stdout.count("wrote ") == 9
     return tmp_path
 
 
@@ -47,7 +47,8 @@ def test_units_pass_systemd_analyze_verify(written: Path) -> None:
         shutil.copy(units / "nakhon-ingest@.service", units / f"nakhon-ingest@{i}.service")
     for name in ("mosquitto.service", "influxdb.service"):
         shutil.copy(DEBIAN_UNITS / name, units / name)
-    names = ["nakhon-ingest@0.service", "nakhon-ingest@1.service", "nakhon-api.service", "nakhon.target", "mosquitto.service", "influxdb.service"]
+    names = ["nakhon-ingest@0.service", "nakhon-ingest@1.service", "nakhon-api.service", "nakhon-alerts.service", "nakhon.target",
+             "mosquitto.service", "influxdb.service"]
     # --man=no: Debian's influxdb.service names a man page the package does not ship
     out = subprocess.run(["systemd-analyze", "verify", "--man=no", *(f"./{n}" for n in names)], cwd=units, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -56,7 +57,7 @@ def test_units_pass_systemd_analyze_verify(written: Path) -> None:
 
 def test_units_carry_the_hardening_and_restart_on_failure(written: Path) -> None:
     units = written / "etc/systemd/system"
-    for name in ("nakhon-ingest@.service", "nakhon-api.service"):
+    for name in ("nakhon-ingest@.service", "nakhon-api.service", "nakhon-alerts.service"):
         svc = unit(units / name)["Service"]
         for key, value in {
             "User": "nakhon", "Group": "nakhon", "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
@@ -78,7 +79,7 @@ def test_units_carry_the_hardening_and_restart_on_failure(written: Path) -> None
 
 def test_systemd_rates_the_units_exposure_low(written: Path) -> None:
     units = written / "etc/systemd/system"
-    for name in ("nakhon-api.service", "nakhon-ingest@.service"):
+    for name in ("nakhon-api.service", "nakhon-alerts.service", "nakhon-ingest@.service"):
         target = name.replace("@.", "@0.")
         if target != name:
             shutil.copy(units / name, units / target)

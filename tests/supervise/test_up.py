@@ -4,8 +4,10 @@ on loudly while the rest runs on; Ctrl-C leaves nothing behind."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import secrets as secrets_mod
 import signal
 import socket
 import subprocess
@@ -17,15 +19,18 @@ from typing import Any
 import orjson
 import pytest
 
+from api.broker import DynSec
+from contract import topics
 from contract.influx import Influx
 from harness.verify.stream import Stream, tally, wait_stored
+from nakhon import accounts
 from nakhon.leftovers import alive
 from nakhon.servers import free_port
 from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
-SERVICES = ("mosquitto", "influxdb", "ingest", "api")
+SERVICES = ("mosquitto", "influxdb", "ingest", "alerts", "api")
 
 
 class Up:
@@ -107,6 +112,18 @@ def gone(pid: int) -> bool:
     return not alive(pid)
 
 
+def harness_publisher(port: int, admin_password: str) -> tuple[str, str]:
+    """An account that may publish any device's telemetry (and nothing else), made through the broker's
+    dynamic-security API as an operator could: the stream stands in for many devices on a few connections."""
+    password = secrets_mod.token_urlsafe(16)
+    DynSec("127.0.0.1", port, accounts.BROKER_ADMIN, admin_password).run([
+        {"command": "createRole", "rolename": "harness_stream",
+         "acls": [{"acltype": "publishClientSend", "topic": topics.TELEMETRY_FILTER, "allow": True}]},
+        {"command": "createClient", "username": "harness_stream", "password": password, "roles": [{"rolename": "harness_stream"}]},
+    ])
+    return "harness_stream", password
+
+
 def listening(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0):
@@ -118,10 +135,13 @@ def listening(port: int) -> bool:
 def test_every_service_killed_comes_back_and_every_reading_is_stored_once(up: Any) -> None:
     u = up("--backoff-min", "0.5")
     wait_until(lambda: all(u.well(s) for s in SERVICES), 120, what="nakhon up with every service healthy")
-    stream = Stream(u.mqtt_port, 150, prefix="upkill", devices=60, connections=2).start()
-    db = Influx(f"http://127.0.0.1:{u.influx_port}")
+    # nakhon up's broker has no anonymous access and InfluxDB wants a user: the operator's accounts, from its secrets
+    secrets = json.loads((u.root / "up" / "secrets.json").read_text())
+    publisher = harness_publisher(u.mqtt_port, secrets["broker_admin"])
+    stream = Stream(u.mqtt_port, 150, prefix="upkill", devices=60, connections=2, username=publisher[0], password=publisher[1]).start()
+    db = Influx(f"http://127.0.0.1:{u.influx_port}", username=accounts.INFLUX_ADMIN, password=secrets["influx_admin"])
     try:
-        for name in ("ingest", "api", "mosquitto", "influxdb"):
+        for name in ("ingest", "alerts", "api", "mosquitto", "influxdb"):
             sent = stream.sent
             wait_until(lambda sent=sent: stream.sent >= sent + 300, 60, what="readings streaming before the kill")
             pid = int(u.status()[name]["pid"])

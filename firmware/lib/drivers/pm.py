@@ -1,14 +1,14 @@
 # Laser PM sensors on a UART, in their default active mode (a frame every second):
 #   PMS5003: 32 bytes, 0x42 0x4D, length 28, 13 big-endian words, 16-bit sum of bytes 0..29
 #   SDS011:  10 bytes, 0xAA 0xC0, PM2.5 and PM10 (little-endian, x10), sum of bytes 2..7, 0xAB
-# A read drains the UART, checks every frame and keeps the newest good one; frames with
-# a bad header, length or checksum are counted in `bad` and never used.
+# A read drops what waited in the UART (stale), then takes the next good frame; frames
+# with a bad header, length or checksum are counted in `bad` and never used.
 from micropython import const
 
 import hal
 from drivers import SensorError
 
-_WAIT_MS = const(3000)  # a frame comes every ~1 s: three without a good one is a fault
+_WAIT_MS = const(5000)  # a frame comes every 0.2-2.3 s (PMS5003 fast/stable mode): two without a good one is a fault
 
 
 class _UartFrames:
@@ -67,14 +67,22 @@ class _UartFrames:
                     self.bad += 1
 
     def read(self, m: dict) -> None:
+        # What waited in the UART is old: in active mode more than its 1 KB buffer arrives
+        # between readings, and a full buffer keeps the oldest bytes (the newest are lost),
+        # so its "newest" frame can be most of a minute old. Drop it (not counted as
+        # corrupt: those frames were never looked at) and take the next good frame.
+        while self.uart.readinto(self.buf):
+            pass
+        self.n = 0
         self._fresh = False
         bad0 = self.bad
         deadline = hal.ticks_add(hal.ticks_ms(), _WAIT_MS)
         while True:
+            late = hal.ticks_diff(deadline, hal.ticks_ms()) <= 0  # judged before the last look
             if not self._pump(m):
                 if self._fresh:
                     return
-                if hal.ticks_diff(deadline, hal.ticks_ms()) <= 0:
+                if late:
                     raise SensorError("checksum" if self.bad > bad0 else "timeout")
                 hal.sleep_ms(50)
 

@@ -7,11 +7,20 @@
 # a reed switch that bounces, ADCs, a Wi-Fi that can drop, NTP, an RTC that keeps time
 # across resets, RTC memory, and a watchdog that resets the "chip" when not fed.
 #
+# Where the ESP32 differs from the unix port, they behave like the ESP32: ticks_ms wraps
+# every 2^30 ms (ticks_diff/ticks_add with that period; a world can start the count just
+# before the wrap), the Wi-Fi driver raises "Wifi Internal Error" on connect() while it is
+# still connecting and can report "connected" on a link that passes nothing, flash can
+# refuse writes (ENOSPC, EIO), the RTC starts at 2000-01-01 on power-up and drifts, and a
+# brownout is reported as a power-on reset (as the ESP32 port maps ESP_RST_BROWNOUT).
+# A power cut at run time loses RTC, RTC memory and everything not yet in flash.
+#
 # The device's world comes from world.json in the current folder (written by the test
 # runner); control.json is re-read whenever it changes, for faults injected at run time.
 # Device time runs `scale` times faster than real time, so ten minutes pass in seconds.
 # A reset (watchdog, machine.reset, deep sleep) writes fakestate.json and exits with
 # code 75: the runner starts the process again, like the chip rebooting.
+import builtins
 import json
 import math
 import socket
@@ -20,11 +29,13 @@ import time
 
 RESET_EXIT = 75
 _EPOCH2000_MS = 946684800000
-_MASK = 0x3FFFFFFF
+_MASK = 0x3FFFFFFF  # the ESP32's ticks period is 2^30 ms (the unix port's is 2^62)
+_HALF = 0x20000000
+_real_open = builtins.open  # the fakes' own files; the firmware's go through _flash_open
 
 _world = {}
 _ctl = {}
-_ctl_checked = 0
+_ctl_checked = -1000  # read control.json at the first call
 _state = {}
 _boot_ns = time.time_ns()
 # Real time since boot in microseconds, accumulated from ticks_us: time.time_ns() is a
@@ -37,31 +48,37 @@ _socks = []
 _wdt = None
 _irqs = []  # (pin number, handler)
 _ntp_fails = 0
-_wifi_at = None
 _mem = None  # RTC memory written since boot (bytes)
+_ticks0 = 0  # the tick count at boot (a world can start it just before the wrap)
+_ppm = 0  # RTC drift, parts per million (fast if positive)
+_used_at_start = 0  # bytes the device's files took when it started
 
 
 def _load():
     global _world, _state, _ntp_fails
     try:
-        with open("world.json") as f:
+        with _real_open("world.json") as f:
             _world = json.load(f)
     except OSError:
         _world = {}
     try:
-        with open("fakestate.json") as f:
+        with _real_open("fakestate.json") as f:
             _state = json.load(f)
     except (OSError, ValueError):
         _state = {}
     _ntp_fails = _world.get("ntp_fail_first", 0)
     _set_real0()
+    global _used_at_start
+    _used_at_start = _used(".")
     for uid in _world.get("uart", {}):
         _fifos[int(uid)] = _fifo()
 
 
 def _set_real0() -> None:
-    global _real0_us
+    global _real0_us, _ticks0, _ppm
     _real0_us = (_boot_ns - _world.get("real0_ns", _boot_ns)) // 1000
+    _ticks0 = int(_world.get("ticks0_ms", 0)) & _MASK
+    _ppm = int(_world.get("rtc_ppm", 0))
 
 
 def configure(world: dict) -> None:
@@ -74,7 +91,7 @@ def configure(world: dict) -> None:
 def _save_state() -> None:
     if _mem is not None:
         _state["mem"] = _mem.decode()
-    with open("fakestate.json", "w") as f:
+    with _real_open("fakestate.json", "w") as f:
         json.dump(_state, f)
 
 
@@ -95,10 +112,10 @@ def ctl(key, default=None):
     if now - _ctl_checked > 100:
         _ctl_checked = now
         try:
-            with open("control.json") as f:
+            with _real_open("control.json") as f:
                 new = json.load(f)
             if new.get("rev") != _ctl.get("rev"):
-                with open("control.ack", "w") as f:  # tells the runner the fault is in place
+                with _real_open("control.ack", "w") as f:  # tells the runner the fault is in place
                     f.write(str(new.get("rev")))
             _ctl = new
         except (OSError, ValueError):
@@ -123,11 +140,16 @@ def _device_ms() -> int:
 def ticks_ms() -> int:
     if _override is not None:
         return _override
-    return _device_ms() & _MASK
+    return (_ticks0 + _device_ms()) & _MASK
 
 
-ticks_diff = time.ticks_diff
-ticks_add = time.ticks_add
+def ticks_add(t: int, delta: int) -> int:
+    return (t + delta) & _MASK
+
+
+def ticks_diff(a: int, b: int) -> int:
+    """Signed a - b in the ESP32's 2^30 ms period: right while |a - b| < 2^29 ms (6.2 days)."""
+    return ((a - b + _HALF) & _MASK) - _HALF
 
 
 def world_ms() -> int:
@@ -160,24 +182,48 @@ def wait(poller, ms: int) -> None:
 
 
 def _service() -> None:
-    """Safe points: the watchdog, Wi-Fi drops and pin interrupts happen here."""
+    """Safe points: the watchdog, Wi-Fi drops, power faults and pin interrupts happen here."""
     _check_wdt()
-    if _socks and ctl("wifi_down"):
+    if _socks and (ctl("wifi_down") or wlan.zombie()):
         for s in _socks:
             try:
                 s.close()
             except OSError:
                 pass
         _socks.clear()
+    _power_faults()
     _rain_edges()
+
+
+def _power_faults() -> None:
+    # Once per control revision: {"power": "cut"} (RTC, RTC memory and RAM lost) or
+    # {"power": "brownout"} (a reset that keeps RTC and RTC memory, reported as power-on).
+    what = ctl("power")
+    rev = _ctl.get("rev")
+    if not what or _state.get("power_rev") == rev:
+        return
+    if what == "cut":
+        _state.clear()
+        _state["power_rev"] = rev
+        global _mem
+        _mem = None
+        with _real_open("fakestate.json", "w") as f:
+            json.dump(_state, f)
+        print("FAKE power cut")
+        sys.exit(RESET_EXIT)
+    _state["power_rev"] = rev
+    _reset("brownout")
 
 
 # --- RTC, NTP, resets ---------------------------------------------------------------------
 def rtc_time_ms() -> int:
+    """The RTC: set by set_rtc_ms, running on through resets and deep sleep, off by
+    `rtc_ppm`; on power-up (never set) it starts at 2000-01-01."""
     r = _state.get("rtc")
-    if r is None:  # never set: the ESP32 RTC starts at 2000-01-01 on power-up
-        return _EPOCH2000_MS + _device_ms()
-    return r[0] + world_ms() - r[1]
+    if r is None:  # never set since power-up: the ESP32 RTC starts at 2000-01-01
+        r = _state["rtc"] = [_EPOCH2000_MS, world_ms() - _device_ms()]
+    d = world_ms() - r[1]
+    return r[0] + d + d * _ppm // 1000000
 
 
 def set_rtc_ms(t_ms: int) -> None:
@@ -185,21 +231,41 @@ def set_rtc_ms(t_ms: int) -> None:
     _save_state()
 
 
-def ntp_time_ms(host: str) -> int:
+def ntp_exchange(host: str) -> bytearray:
+    """An NTP server's 48-byte answer carrying the world's time (its seconds field in the
+    era the date falls in: it rolls over in 2036)."""
     global _ntp_fails
-    if not wifi_connected() or ctl("ntp_down"):
+    if not wlan.isconnected() or wlan.zombie() or ctl("ntp_down"):
         raise OSError(110)
     if _ntp_fails > 0:
         _ntp_fails -= 1
         raise OSError(110)
+    t = world_ms()
     if _world.get("ntp_bogus") and not _state.get("ntp_bogus_done"):
         _state["ntp_bogus_done"] = True
-        return 3600000  # a server answering 1970: must not be taken as the time
-    return world_ms()
+        t = 3600000  # a server answering 1970: must not be taken as the time
+    secs = (t // 1000 + 2208988800) & 0xFFFFFFFF
+    frac = (t % 1000 << 32) // 1000 + 1
+    m = bytearray(48)
+    m[0] = 0x24
+    for i in range(4):
+        m[40 + i] = secs >> (24 - 8 * i) & 0xFF
+        m[44 + i] = frac >> (24 - 8 * i) & 0xFF
+    return m
 
 
-def reset_cause() -> str:
-    return _state.get("reset", "power_on")
+# machine.reset_cause() codes as on the ESP32
+PWRON_RESET = 1
+HARD_RESET = 2
+WDT_RESET = 3
+DEEPSLEEP_RESET = 4
+SOFT_RESET = 5
+_CAUSES = {"power_on": 1, "hard": 2, "watchdog": 3, "deepsleep": 4, "soft": 5, "brownout": 1}
+
+
+def machine_reset_cause() -> int:
+    # The ESP32 port maps ESP_RST_BROWNOUT to PWRON_RESET: a brownout looks like a power-on.
+    return _CAUSES.get(_state.get("reset", "power_on"), 1)
 
 
 def _reset(cause: str) -> None:
@@ -232,6 +298,31 @@ def rtc_memory(data=None) -> bytes:
 
 def unique_id() -> bytes:
     return b"\x24\x0a\xc4\x00\x00\x01"
+
+
+_HOST_FILES = ("console.log", "world.json", "control.json", "control.json.tmp", "control.ack", "fakestate.json", "feed.json")
+
+
+def _used(path: str) -> int:
+    import os
+
+    n = 0
+    for name in os.listdir(path):
+        if path == "." and name in _HOST_FILES:
+            continue  # the test runner's files, not the board's flash
+        p = path + "/" + name
+        st = os.stat(p)
+        n += _used(p) if st[0] & 0x4000 else st[6]
+    return n
+
+
+def fs_free() -> int:
+    """Free bytes of the board's file system: a plain 4 MB ESP32 leaves about 2 MB to
+    LittleFS, of which the firmware itself takes a few hundred KB (`flash_free` at
+    the start), less what the device has written since."""
+    if not _world.get("control", True):  # the benchmark's world: the fakes allocate nothing while measured
+        return int(_world.get("flash_free", 1500000)) - _used_at_start
+    return int(_world.get("flash_free", 1500000)) - _used(".")
 
 
 class _WDT:
@@ -553,10 +644,18 @@ def irq_falling(pin, handler) -> None:
     _irqs.append((pin.num, handler, [ticks_ms()]))
 
 
+_pings = [0]
+
+
 def pulse_us(trig, echo, timeout_us: int) -> int:
     u = _world.get("ultrasonic", {})
     if u.get("absent") or ctl("ultrasonic_absent"):
         return -1  # machine.time_pulse_us: timeout waiting for the echo
+    echoes = u.get("echoes_cm")  # a cycle of pings, None for a missed echo
+    if echoes:
+        cm = echoes[_pings[0] % len(echoes)]
+        _pings[0] += 1
+        return -1 if cm is None else int(cm * 58.3)
     return int(u.get("distance_cm", 150) * 58.3)
 
 
@@ -595,6 +694,8 @@ class _ADC:
         return int(32768 + rms * math.sqrt(2) * math.sin(self.k * 0.7) + 0.5)
 
     def read_uv(self) -> int:
+        if self.spec.get("adc2") and wlan.requested:
+            raise OSError(263)  # ESP_ERR_TIMEOUT: ADC2 is taken by the Wi-Fi driver
         return int(self.spec.get("volts", 3.9) / self.spec.get("divider", 2.0) * 1000000)
 
 
@@ -603,33 +704,73 @@ def adc(num: int):
 
 
 # --- Wi-Fi and sockets ---------------------------------------------------------------------------
-def wifi_connect(ssid: str, password: str) -> None:
-    global _wifi_at
-    w = _world.get("wifi", {})
-    if ssid == w.get("ssid", ssid) and password == w.get("password", password):
-        _wifi_at = ticks_add(ticks_ms(), w.get("assoc_ms", 2000))
+STAT_IDLE = 1000
+STAT_CONNECTING = 1001
+STAT_GOT_IP = 1010
 
 
-def wifi_connected() -> bool:
-    global _wifi_at
-    if ctl("wifi_down"):
-        _wifi_at = None
-        return False
-    return _wifi_at is not None and ticks_diff(ticks_ms(), _wifi_at) >= 0
+class _WLAN:
+    """network.WLAN(STA_IF) of the ESP32 port: connect() starts an association that the
+    driver retries by itself (reconnects forever) until disconnect(); connect() again
+    while it is at it raises "Wifi Internal Error". {"wifi_down": true} takes the access
+    point away; {"wifi_zombie": true} leaves the station associated ("connected") while
+    nothing passes (sockets die, new ones time out) until it re-associates."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.good = False
+        self.at = None  # ticks when the association completes
+        self.zombie_rev = None  # control revision of a zombie link already healed by reassociation
+        self.errors = 0
+
+    def active(self, on=None):
+        return True
+
+    def connect(self, ssid: str, password: str) -> None:
+        if self.requested and not self.isconnected():
+            self.errors += 1
+            raise OSError("Wifi Internal Error")
+        w = _world.get("wifi", {})
+        self.requested = True
+        self.good = ssid == w.get("ssid", ssid) and password == w.get("password", password)
+        self.at = None
+
+    def disconnect(self) -> None:
+        self.requested = False
+        self.at = None
+        if ctl("wifi_zombie"):
+            self.zombie_rev = _ctl.get("rev")  # a fresh association gets a working link
+
+    def isconnected(self) -> bool:
+        if ctl("wifi_crash"):  # a driver bug the firmware does not expect: an exception it does not catch
+            raise RuntimeError("wifi driver bug")
+        if not self.requested or not self.good or ctl("wifi_down"):
+            self.at = None
+            return False
+        if self.at is None:
+            self.at = ticks_add(ticks_ms(), _world.get("wifi", {}).get("assoc_ms", 2000))
+        return ticks_diff(ticks_ms(), self.at) >= 0
+
+    def zombie(self) -> bool:
+        return bool(ctl("wifi_zombie")) and self.zombie_rev != _ctl.get("rev") and self.isconnected()
+
+    def status(self, param=None):
+        if param == "rssi":
+            return _world.get("rssi", -67)
+        if self.isconnected():
+            return STAT_GOT_IP
+        return STAT_CONNECTING if self.requested else STAT_IDLE
 
 
-def wifi_disconnect() -> None:
-    global _wifi_at
-    _wifi_at = None
-
-
-def rssi() -> int:
-    return _world.get("rssi", -67)
+wlan = _WLAN()
 
 
 def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: int):
-    if not wifi_connected():
+    if not wlan.isconnected():
         raise OSError(113)  # EHOSTUNREACH
+    if wlan.zombie():
+        sleep_ms(timeout_ms)
+        raise OSError(110)  # ETIMEDOUT: associated, but nothing gets through
     addr = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1]
     s = socket.socket()
     s.settimeout(max(timeout_ms / _scale(), 2000) / 1000)
@@ -640,8 +781,8 @@ def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: i
 
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.verify_mode = ssl.CERT_REQUIRED if verify else ssl.CERT_NONE
-            if cadata:
-                ctx.load_verify_locations(cadata=cadata)
+            for der in cadata or ():  # every CA of the bundle (one DER each)
+                ctx.load_verify_locations(cadata=der)
             s = ctx.wrap_socket(s, server_hostname=host)
     except Exception:
         s.close()
@@ -650,4 +791,75 @@ def connect(host: str, port: int, tls: bool, verify: bool, cadata, timeout_ms: i
     return s
 
 
+# --- flash ----------------------------------------------------------------------------------------
+class PowerCut(BaseException):
+    """The power went at a write step (BaseException: no `except Exception` stops it)."""
+
+
+_cut = [0, 0]  # [write steps so far, the step at which the power goes (0: never)]
+
+
+def cut_at(step: int) -> None:
+    """Power cut injection for in-VM tests: count the firmware's write steps (opening a
+    file for writing, each write, each close) from now, and cut the power at `step`.
+    The harsh model (FAT-like, harsher than LittleFS, which keeps a file's old content
+    until it is closed): what was written before the cut is on flash, a write cut in the
+    middle leaves its first half, a file opened with "w" is already empty."""
+    _cut[0] = 0
+    _cut[1] = step
+
+
+def write_steps() -> int:
+    return _cut[0]
+
+
+def _step() -> bool:
+    _cut[0] += 1
+    return _cut[1] > 0 and _cut[0] == _cut[1]
+
+
+class _CutFile:
+    def __init__(self, f) -> None:
+        self.f = f
+
+    def write(self, data):
+        if _step():
+            self.f.write(data[: len(data) // 2])
+            self.f.close()
+            raise PowerCut()
+        return self.f.write(data)
+
+    def close(self) -> None:
+        if _step():
+            self.f.close()
+            raise PowerCut()
+        self.f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is PowerCut:
+            return
+        self.close()
+
+
+def _flash_open(path, mode="r", *args):
+    """The firmware's open(): {"flash": "full"} makes every write fail with ENOSPC,
+    {"flash": "eio"} with EIO (a worn or failing flash), as LittleFS reports them; with
+    cut_at() armed, writes are counted steps where the power can go."""
+    if "w" in mode or "a" in mode or "+" in mode:
+        e = ctl("flash")
+        if e:
+            raise OSError(28 if e == "full" else 5)
+        if _cut[1]:
+            f = _CutFile(_real_open(path, mode, *args))
+            if _step():
+                f.f.close()
+                raise PowerCut()
+            return f
+    return _real_open(path, mode, *args)
+
+
+builtins.open = _flash_open
 _load()

@@ -1,0 +1,1 @@
+"""The alert evaluator: rules over arriving telemetry, events to MQTT, InfluxDB and webhooks."""

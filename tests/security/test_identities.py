@@ -1,0 +1,60 @@
+"""Platform identities outside the device-id alphabet, exact device ACLs, the rotation field of
+the config document: the pure rules behind the attacks in test_platform.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from api.broker import bootstrap_config, device_acls
+from contract import topics
+from contract.device_config import DeviceConfigError, check_device_config, encode_device_config
+from contract.settings import ConfigError, load_settings
+
+pytestmark = pytest.mark.unit
+
+
+def test_platform_identities_cannot_be_device_ids() -> None:
+    for name in (topics.INGEST_USER, topics.API_USER, topics.OBSERVER_USER, "nakhon_ingest_0"):
+        assert topics.is_service_id(name) and not topics.is_device_id(name)
+    assert load_settings().ingest_client_id == topics.INGEST_USER
+    for var, value in (("ingest_client_id", "nakhon-ingest"), ("mqtt_username", "cm-air-001"), ("broker_admin_username", "ops-admin")):
+        extra = {"mqtt_password": "x"} if var == "mqtt_username" else {"broker_admin_password": "x"} if var == "broker_admin_username" else {}
+        with pytest.raises(ConfigError, match=f"NAKHON_{var.upper()}=.*could be a device id"):
+            load_settings(**{var: value}, **extra)
+    with pytest.raises(ValueError, match="could be a device id"):
+        bootstrap_config(("nakhon-admin", "pw"), (topics.INGEST_USER, "pw"))
+
+
+@pytest.mark.parametrize("device_id", ["nakhon-ingest-0", "nakhon-api", "admin-01", "root-01", "mosquitto-1"])
+def test_platform_like_device_ids_are_reserved(device_id: str) -> None:
+    assert topics.is_device_id(device_id) and topics.reserved_device_id(device_id)
+
+
+def test_ordinary_ids_are_not_reserved() -> None:
+    assert not topics.reserved_device_id("cm-air-001") and not topics.reserved_device_id("pk-nakhon-01")
+
+
+def test_device_acl_is_exact_and_covers_its_four_topics() -> None:
+    acls = device_acls("chiang_mai", "cm-air-001")
+    assert all("+" not in a["topic"] and "#" not in a["topic"] for a in acls)
+    out = {a["topic"] for a in acls if a["acltype"] == "publishClientSend"}
+    into = {a["topic"] for a in acls if a["acltype"] == "publishClientReceive"}
+    base = "nakhon/v1/chiang_mai/cm-air-001/"
+    assert out == {base + "telemetry", base + "status"} and into == {base + "config", base + "stored"}
+
+
+def test_config_document_carries_a_rotated_password_only_if_well_formed() -> None:
+    raw = encode_device_config(4, interval_s=60, password="a" * 32)
+    assert b'"password":"' in raw
+    for bad in ("short", "x" * 129, "has space in it ok", "quote'sinside12345", 12345678901234567):
+        with pytest.raises(DeviceConfigError, match="password"):
+            check_device_config({"v": 1, "seq": 1, "password": bad})
+
+
+def test_settings_pairs_and_files() -> None:
+    with pytest.raises(ConfigError, match="NAKHON_INFLUX_USERNAME and NAKHON_INFLUX_PASSWORD"):
+        load_settings(influx_username="nakhon_api")
+    with pytest.raises(ConfigError, match="NAKHON_API_TLS_CERT_FILE and NAKHON_API_TLS_KEY_FILE"):
+        load_settings(api_tls_cert_file="/nonexistent.pem")
+    with pytest.raises(ConfigError, match=r"NAKHON_DEVICE_CA_FILE=.* is not a file"):
+        load_settings(device_ca_file="/nonexistent/ca.pem")
