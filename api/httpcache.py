@@ -43,6 +43,9 @@ _DEVICE_READ = re.compile(r"^/v1/devices/[^/]+/(readings|aqi|aqi/history|quality
 
 
 def cacheable(path: str) -> bool:
+    """The read endpoints of readings, AQI, quality and open data (alerts are news: not kept anywhere)."""
+    if path.endswith("/alerts") or "/alerts/" in path:
+        return False
     return path.startswith(("/v1/cities/", "/v1/open/")) or bool(_DEVICE_READ.match(path))
 
 

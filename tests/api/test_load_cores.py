@@ -232,6 +232,7 @@ def test_proxy_cache_rules() -> None:
     assert cacheable("/v1/cities/phuket/readings") and cacheable("/v1/open/cities/phuket/readings.csv")
     assert cacheable("/v1/devices/cm-air-001/readings") and cacheable("/v1/devices/cm-air-001/aqi/history")
     assert not cacheable("/v1/devices") and not cacheable("/v1/devices/cm-air-001") and not cacheable("/v1/keys")
+    assert not cacheable("/v1/cities/phuket/alerts") and not cacheable("/v1/cities/phuket/alerts/a1/ack")
 
 
 def test_a_range_up_to_now_ends_at_the_next_whole_minute() -> None:
