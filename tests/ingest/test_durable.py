@@ -27,7 +27,7 @@ from ingest.stats import Stats
 from ingest.worker import Worker
 from ingest.writer import DurableWriter
 from tests.helpers import wait_until
-from tests.ingest.influxstub import InfluxStub
+from tests.influx_stub import InfluxStub
 
 pytestmark = pytest.mark.unit
 

@@ -36,7 +36,7 @@ def test_a_slow_database_cannot_hold_the_stop_and_the_hours_survive_it(tmp_path:
     with InfluxStub() as slow:
         r = Rollups(Influx(slow.url), 3600, ready=lambda: True, state_file=state, stop_budget_s=0.5)
         r.start("nakhon")
-        slow.delay_s = 2.0  # from now each request takes 2 s: all the work would take over 10 s
+        slow.state.hang_s = 2.0  # from now each request takes 2 s: all the work would take over 10 s
         r.touched(_lines(3))
         t0 = time.monotonic()
         r.stop()
@@ -51,7 +51,7 @@ def test_a_slow_database_cannot_hold_the_stop_and_the_hours_survive_it(tmp_path:
         r2.start("nakhon")
         r2.run_once(force=True)
         r2.stop()
-        recomputed = [q for q in fast.queries if q.startswith("SELECT") and " INTO " in q]
+        recomputed = [q for q in fast.state.queries if q.startswith("SELECT") and " INTO " in q]
     assert not state.exists()
     assert len(recomputed) >= len(saved["hours"]), (saved, recomputed)
 
@@ -63,6 +63,6 @@ def test_a_quick_stop_finishes_everything_and_saves_nothing(tmp_path: Path) -> N
         r.start("nakhon")
         r.touched(_lines(3))
         r.stop()
-        assert len([q for q in stub.queries if q.startswith("SELECT") and " INTO " in q]) == 3
-        assert any(w.endswith(" 0") for w in stub.writes), "latest values were not written"
+        assert len([q for q in stub.state.queries if q.startswith("SELECT") and " INTO " in q]) == 3
+        assert any(w.endswith(" 0") for w in stub.points()), "latest values were not written"
     assert not state.exists()

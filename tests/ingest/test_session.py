@@ -54,10 +54,10 @@ def test_the_local_bound_stops_reading_even_when_the_broker_would_send_more(work
     with Mosquitto(workdir / "broker") as broker:
         r = Receiver(broker.port, receive_maximum=20_000, hold=1000)
         r.session.start()
-        wait_until(r.session.connected.is_set, 10, what="connected")
-        time.sleep(0.3)
+        wait_until(lambda: r.session.subscribed, 10, what="subscribed")
         publish_bulk(broker.port, 5000, time.time() - 60, procs=1)
-        time.sleep(1.5)
+        wait_until(lambda: len(r.got) >= 1000, 10, what="the bound reached")
+        time.sleep(1.0)  # the check itself: held at the bound, it reads no more while the broker has more to send
         held = len(r.got)
         assert 1000 <= held < 1000 + 3000, held  # one 1 MB read may overshoot by what it carried
         r.hold = None  # room again: reading resumes
@@ -70,14 +70,13 @@ def test_a_resumed_session_delivers_what_was_queued_and_unacked_messages_again(w
     with Mosquitto(workdir / "broker") as broker:
         r = Receiver(broker.port, receive_maximum=100)
         r.session.start()
-        wait_until(r.session.connected.is_set, 10, what="connected")
-        time.sleep(0.3)
+        wait_until(lambda: r.session.subscribed, 10, what="subscribed")
         r.session.stop()
         publish_bulk(broker.port, 300, time.time() - 60, procs=1)  # queued for the offline session
         r2 = Receiver(broker.port, receive_maximum=100)
         r2.session.start()
         wait_until(lambda: len(r2.got) >= 100, 10, what="the first window")
-        time.sleep(0.5)
+        time.sleep(0.5)  # the check itself: with the window full and nothing acked, the broker sends nothing more
         assert len(r2.got) == 100  # Receive Maximum: nothing more until we ack
         first = list(r2.got)
         r2.session.stop()  # without acking: the broker must send the same 100 again

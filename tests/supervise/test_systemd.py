@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from api.broker import write_bootstrap
 from contract.settings import load_settings
-from nakhon.servers import MOSQUITTO_BIN, Mosquitto, free_port
+from nakhon.servers import MOSQUITTO_BIN, Mosquitto, free_port, make_certs
 from tests.helpers import wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.integration
 
@@ -102,38 +105,54 @@ def test_the_env_file_gives_back_the_settings(written: Path) -> None:
     assert "NAKHON_DATA_DIR" not in env  # the units set it: their StateDirectory
 
 
-def test_the_broker_config_is_the_one_nakhon_up_runs_and_mosquitto_takes_it(written: Path, tmp_path: Path) -> None:
+def test_the_broker_config_is_secured_as_nakhon_up_and_compose_and_mosquitto_takes_it(written: Path, tmp_path: Path) -> None:
     text = (written / "etc/nakhon/mosquitto.conf").read_text()
-    ours = Mosquitto(tmp_path / "up", 1883).config_text()
-    differ = [(a, b) for a, b in zip(text.splitlines(), ours.splitlines(), strict=True) if a != b]
-    assert [a.split()[0] for a, _ in differ] == ["#", "user", "persistence_location"], differ
-    assert "user mosquitto" in text and "persistence_location /var/lib/mosquitto/" in text
-    # the real broker accepts it (moved onto this test's folder and a free port)
-    port = free_port()
+    lines = text.splitlines()
+    # secure by default: no anonymous access, accounts and ACLs from dynamic security, devices on TLS,
+    # the plain listener for platform services on loopback only
+    assert "allow_anonymous false" in lines and any(x.startswith("plugin ") and "dynamic_security" in x for x in lines)
+    assert "plugin_opt_config_file /var/lib/mosquitto/dynamic-security.json" in lines
+    assert "listener 1883 127.0.0.1" in lines and "listener 8883" in lines and "certfile /etc/nakhon/certs/server.pem" in lines
+    assert [x for x in lines if x.startswith("listener ")] == ["listener 1883 127.0.0.1", "listener 8883"]
+    # the same limits and persistence as every other broker the project runs (compose's committed file included)
+    limits = ("max_inflight_messages", "max_queued_messages", "max_queued_bytes", "max_packet_size", "autosave_interval", "persistence ")
+    compose = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text().splitlines()
+    assert [x for x in lines if x.startswith(limits)] == [x for x in compose if x.startswith(limits)]
+    assert "user mosquitto" in lines and "persistence_location /var/lib/mosquitto/" in lines
+    # the real broker accepts it (moved onto this test's folder, certificates and free ports), and refuses anonymous clients
+    port, tls_port = free_port(), free_port()
     data = tmp_path / "data"
     data.mkdir()
+    ca, cert, key = make_certs(tmp_path / "certs")
+    write_bootstrap(data / "dynamic-security.json", ("nakhon_api", "a" * 24), ("nakhon_ingest", "b" * 24))
+    me = Mosquitto(tmp_path / "u", 1).config_text().split("user ", 1)[1].split()[0]
     conf = tmp_path / "mosquitto.conf"
     conf.write_text(
-        text.replace("persistence_location /var/lib/mosquitto/", f"persistence_location {data}/")
-        .replace("user mosquitto", f"user {Mosquitto(tmp_path / 'u', 1).config_text().split('user ', 1)[1].split()[0]}")
-        .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+        text.replace("/var/lib/mosquitto/", f"{data}/").replace("user mosquitto", f"user {me}")
+        .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1").replace("listener 8883", f"listener {tls_port} 127.0.0.1")
+        .replace("/etc/nakhon/certs/ca.pem", str(ca)).replace("/etc/nakhon/certs/server.pem", str(cert))
+        .replace("/etc/nakhon/certs/server.key", str(key))
     )
     proc = subprocess.Popen([MOSQUITTO_BIN, "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         def accepts() -> bool:
             assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
             try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                socket.create_connection(("127.0.0.1", tls_port), timeout=0.5).close()
                 return True
             except OSError:
                 return False
 
         wait_until(accepts, 20, what="mosquitto on the generated config")
+        anonymous = subprocess.run(["mosquitto_pub", "-p", str(port), "-t", "nakhon/v1/phuket/pk-001/telemetry", "-m", "{}", "-q", "1"],
+                                   capture_output=True, text=True, timeout=30)
+        assert anonymous.returncode != 0 and "not authori" in (anonymous.stderr + anonymous.stdout).lower(), anonymous
     finally:
         proc.terminate()
         proc.wait(20)
     influx = (written / "etc/nakhon/influxdb.conf").read_text()
     assert str(tmp_path) not in influx and '"/var/lib/influxdb/wal"' in influx and 'bind-address = "127.0.0.1:8086"' in influx
+    assert "auth-enabled = true" in influx
 
 
 def test_ingest_worker_index_must_be_one_of_the_workers() -> None:
