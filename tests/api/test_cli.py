@@ -65,7 +65,7 @@ def test_broker_init_writes_accounts_once(api_settings: Settings, workdir: Path)
     r = _nakhon(api_settings, "broker-init", "--file", str(path), cwd=workdir)
     assert r.returncode == 0, r.stderr
     doc = json.loads(path.read_text())
-    assert {c["username"] for c in doc["clients"]} == {"nakhon_api", "nakhon_ingest", "nakhon_observer"}
+    assert {c["username"] for c in doc["clients"]} == {"nakhon_api", "nakhon_ingest", "nakhon_observer", "nakhon_alerts"}
     assert "plugin " in r.stdout and "NAKHON_BROKER_ADMIN_PASSWORD=" in r.stdout
     password = r.stdout.split("NAKHON_BROKER_ADMIN_PASSWORD=")[1].split()[0]
     assert password not in path.read_text()  # stored as a salted hash
