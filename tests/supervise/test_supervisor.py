@@ -89,7 +89,7 @@ def test_a_service_that_keeps_dying_is_given_up_on_loudly_and_the_others_go_on(c
         assert "error: NAKHON_THING is not set" in str(gave_up[0]["last_error"])
         assert any(r.levelno == logging.CRITICAL for r in caplog.records)
         # no spinning: nothing more is started, and the healthy one was never touched
-        time.sleep(1.0)
+        time.sleep(1.0)  # the check itself: a span in which a spinning supervisor would start it again
         assert len(bad.starts) == 10
         assert good.proc is not None and good.proc.poll() is None and good.proc.pid == good_pid
         assert sup.units["good"].restarts == 0
@@ -132,7 +132,7 @@ def test_a_service_stopped_by_its_owner_is_not_restarted(children) -> None:
     try:
         svc.stop()
         wait_until(lambda: sup.units["svc"].state == "stopped", 10, what="the stopped state")
-        time.sleep(0.5)
+        time.sleep(0.5)  # the check itself: a span in which a wrong supervisor would restart it
         assert svc.proc is None and len(svc.starts) == 1
     finally:
         sup.stop()
