@@ -33,6 +33,8 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+import httpx
+
 from alerts import health as alerts_health
 from api.broker import DynSec, ensure_alerts_account, write_bootstrap
 from api.registry import Device, Registry
@@ -141,6 +143,22 @@ class LocalPlatform:
             json.dump(self.secrets, fh, indent=2)
         return token
 
+    def _api_answers(self, timeout: float) -> bool:
+        """The API answers /healthz. Not its log line: with several worker processes the parent says
+        "running" before the workers take connections."""
+        s = self.settings
+        scheme = "https" if s.api_tls_cert_file else "http"
+        host = "127.0.0.1" if s.api_host in ("0.0.0.0", "::", "") else s.api_host
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.api.running:
+            try:
+                if httpx.get(f"{scheme}://{host}:{s.api_port}/healthz", timeout=2.0, verify=False).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        return False
+
     # --- running -----------------------------------------------------------------
     def start(self) -> None:
         left = leftovers.find(self.status_path, self.root)  # AlreadyRunning when another nakhon up runs here
@@ -179,7 +197,7 @@ class LocalPlatform:
             n = register_fleet(self.settings, *self.fleet_spec)
             log.info("simulated fleet registered", extra=kv(devices=n, registry=str(self.settings.registry_path)))
         self.api.start()
-        api_up = self.api.wait_log("Uvicorn running", 60)
+        api_up = self._api_answers(60)
         if not api_up:  # the supervisor takes it from here (restarts, or gives up loudly); the rest runs on
             log.error("the API did not start", extra=kv(log=str(self.api.log_path)))
         if self.fleet:
