@@ -44,7 +44,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         rotator = None
         if app.state.dynsec is not None:  # rotations with a grace period complete in the background
             rotator = Rotator(app.state.registry, app.state.dynsec,
-                              Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password))
+                              Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password),
+                              lock_file=settings.registry_path.with_name("rotator.lock"))
             rotator.start()
         keeper = asyncio.get_running_loop().create_task(_keep_current(app))
         yield

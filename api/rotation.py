@@ -13,9 +13,12 @@ stay on the broker.
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -68,12 +71,29 @@ def finish(registry: Registry, dynsec: DynSec, rot: dict[str, Any], why: str) ->
 
 
 class Rotator:
-    """A background thread that completes pending rotations (acknowledged, or past their deadline)."""
+    """A background thread that completes pending rotations (acknowledged, or past their deadline).
 
-    def __init__(self, registry: Registry, dynsec: DynSec, influx: Influx, every_s: float = 2.0) -> None:
+    The API may run as several processes: only the one holding `lock_file` completes rotations,
+    so each is finished (and its secret retracted) once; another takes over if that one dies."""
+
+    def __init__(self, registry: Registry, dynsec: DynSec, influx: Influx, every_s: float = 2.0, lock_file: Path | None = None) -> None:
         self.registry, self.dynsec, self.influx, self.every_s = registry, dynsec, influx, every_s
+        self.lock_file = lock_file
+        self._lock_fd: int | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rotator", daemon=True)
+
+    def _leader(self) -> bool:
+        if self.lock_file is None or self._lock_fd is not None:
+            return True
+        fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self._lock_fd = fd  # held until the process ends: the kernel frees it then
+        return True
 
     def start(self) -> None:
         self._thread.start()
@@ -84,6 +104,8 @@ class Rotator:
 
     def _run(self) -> None:
         while not self._stop.wait(self.every_s):
+            if not self._leader():
+                continue
             try:
                 self.run_once()
             except Exception:

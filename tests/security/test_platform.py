@@ -150,7 +150,12 @@ def test_influxdb_refuses_strangers_and_services_hold_only_their_rights(platform
     with admin_db(platform) as db:
         db.query('CREATE DATABASE "elsewhere"', method="POST")
         users = {r["user"]: r["admin"] for r in db.rows("SHOW USERS")}
-    assert users == {accounts.INFLUX_ADMIN: True, accounts.INFLUX_INGEST: False, accounts.INFLUX_API: False, accounts.INFLUX_GRAFANA: False}
+    assert users == {accounts.INFLUX_ADMIN: True, accounts.INFLUX_INGEST: False, accounts.INFLUX_API: False, accounts.INFLUX_GRAFANA: False,
+                     accounts.INFLUX_ALERTS: False}
+    # the alert evaluator writes its events and reads nothing
+    alerts = httpx.Client(base_url=url, auth=(accounts.INFLUX_ALERTS, s["influx_alerts"]))
+    assert alerts.get("/query", params={"q": 'SELECT count("pm25") FROM "raw"."air"', "db": "nakhon"}).status_code == 403
+    assert alerts.post("/query", data={"q": "DROP DATABASE nakhon"}).status_code == 403
     ingest = httpx.Client(base_url=url, auth=(accounts.INFLUX_INGEST, s["influx_ingest"]))
     assert ingest.post("/write", params={"db": "elsewhere"}, content=line).status_code == 403
     assert ingest.get("/query", params={"q": "SHOW MEASUREMENTS", "db": "elsewhere"}).status_code == 403
