@@ -190,7 +190,7 @@ def test_frozen_influxdb_current_values_stay_marked_stale_history_503_fast_no_pi
             while time.monotonic() < deadline:
                 for pid, n in queries_in_flight(_pids(svc.proc.pid), influxdb.port).items():
                     peak[pid] = max(peak.get(pid, 0), n)
-                time.sleep(0.05)
+                time.sleep(0.05)  # the sampling interval of a 3 s watch of queries in flight, not a wait for anything
 
         with ThreadPoolExecutor(121) as pool:
             watcher = pool.submit(watch)
