@@ -120,8 +120,15 @@ def test_status_documents_are_stored(settings: Settings, influx: Influx, ingest:
         pub.settle()
     finally:
         pub.close()
-    rows = wait_len(lambda: influx.rows('SELECT * FROM "raw"."device_status" GROUP BY device'), 2, what="status points")
-    by_dev = {r["device"]: r for r in rows}
+    wanted = {pub.devices[0][1]: "online", pub.devices[1][1]: "offline"}
+
+    def both_stored() -> dict[str, dict[str, object]] | None:
+        # wait for the two documents themselves: a count of rows could be met by something else
+        rows = influx.rows('SELECT * FROM "raw"."device_status" GROUP BY device')
+        by_dev = {r["device"]: r for r in rows if wanted.get(r["device"]) == r["state"]}
+        return by_dev if len(by_dev) == 2 else None
+
+    by_dev = wait_until(both_stored, 30, what="the online and offline status points")
     first = by_dev[pub.devices[0][1]]
     assert (first["state"], first["fw"], first["reset"], first["buffered"], first["faults"]) == ("online", "1.2.0", "watchdog", 12.0, "pm:timeout")
     assert by_dev[pub.devices[1][1]]["state"] == "offline"

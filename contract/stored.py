@@ -1,0 +1,81 @@
+"""The `stored` confirmation (contract v1): platform -> device, which readings are durable.
+
+    nakhon/v1/{city}/{device_id}/stored   (QoS 1, never retained)
+      {"v": 1, "seq": [[40, 52], [55, 55]]}
+
+`seq` lists inclusive ranges of the device's reading `seq` numbers that are now
+durable (in InfluxDB, or in the ingest's fsync'd spool), ascending and
+disjoint. A range says nothing about the seqs outside it: a reading the broker
+lost is simply never confirmed, and the device replays it. The device frees a
+reading from flash only once a confirmation covers its seq; a repeat of a
+reading already stored overwrites itself (idempotent writes), so confirmations
+may be lost or repeated without harm.
+
+The ingest sends one message per device per confirmation round (batched, so
+the cost is small next to the readings); a round carries at most MAX_RANGES
+ranges, the lowest first, so a device that skips seqs cannot make it unbounded:
+what is left out is confirmed in a later round or replayed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final
+
+import orjson
+
+from contract.payload import MAX_SEQ
+
+VERSION: Final = 1
+MAX_RANGES: Final = 32
+
+Ranges = list[tuple[int, int]]
+
+
+class StoredError(ValueError):
+    """A `stored` payload that does not follow the contract."""
+
+
+def to_ranges(seqs: Iterable[int]) -> Ranges:
+    """Sorted, merged inclusive ranges covering exactly `seqs`."""
+    out: Ranges = []
+    for s in sorted(set(seqs)):
+        if out and s == out[-1][1] + 1:
+            out[-1] = (out[-1][0], s)
+        else:
+            out.append((s, s))
+    return out
+
+
+def encode_stored(ranges: Ranges) -> bytes:
+    """The payload for `ranges` (already sorted and disjoint, at most MAX_RANGES)."""
+    if len(ranges) > MAX_RANGES:
+        raise StoredError(f"at most {MAX_RANGES} ranges per message, got {len(ranges)}")
+    return orjson.dumps({"v": VERSION, "seq": [[lo, hi] for lo, hi in ranges]})
+
+
+def parse_stored(payload: bytes) -> Ranges:
+    """The ranges of a `stored` payload; StoredError says what is wrong."""
+    try:
+        obj = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise StoredError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict) or obj.get("v") != VERSION or not isinstance(obj.get("seq"), list):
+        raise StoredError('stored must be an object {"v": 1, "seq": [[lo, hi], ...]}')
+    seq = obj["seq"]
+    if len(seq) > MAX_RANGES:
+        raise StoredError(f"at most {MAX_RANGES} ranges, got {len(seq)}")
+    out: Ranges = []
+    for r in seq:
+        if not (isinstance(r, list) and len(r) == 2 and all(type(x) is int and 0 <= x <= MAX_SEQ for x in r)):
+            raise StoredError(f"a range is [lo, hi] with integers 0..2^53-1, got {r!r}")
+        lo, hi = r
+        if lo > hi or (out and lo <= out[-1][1]):
+            raise StoredError("ranges must be ascending and disjoint, each with lo <= hi")
+        out.append((lo, hi))
+    return out
+
+
+def covers(ranges: Ranges, seq: int) -> bool:
+    """Whether `seq` is inside one of `ranges`."""
+    return any(lo <= seq <= hi for lo, hi in ranges)

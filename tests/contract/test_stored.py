@@ -1,0 +1,56 @@
+"""The `stored` confirmation payload: ranges in, ranges out, bad payloads named."""
+
+from __future__ import annotations
+
+import pytest
+
+from contract.stored import MAX_RANGES, StoredError, covers, encode_stored, parse_stored, to_ranges
+
+
+@pytest.mark.parametrize(
+    ("seqs", "ranges"),
+    [
+        ([], []),
+        ([5], [(5, 5)]),
+        ([3, 1, 2], [(1, 3)]),
+        ([1, 2, 4, 5, 5, 9], [(1, 2), (4, 5), (9, 9)]),
+    ],
+)
+def test_to_ranges_merges_runs(seqs: list[int], ranges: list[tuple[int, int]]) -> None:
+    assert to_ranges(seqs) == ranges
+
+
+def test_round_trip() -> None:
+    r = [(0, 10), (12, 12), (2**53 - 2, 2**53 - 1)]
+    assert parse_stored(encode_stored(r)) == r
+    assert encode_stored([(40, 52)]) == b'{"v":1,"seq":[[40,52]]}'
+
+
+@pytest.mark.parametrize(
+    ("payload", "words"),
+    [
+        (b"nope", "not JSON"),
+        (b'{"v":2,"seq":[]}', '"v": 1'),
+        (b'{"v":1,"seq":[[3,1]]}', "lo <= hi"),
+        (b'{"v":1,"seq":[[1,5],[5,6]]}', "disjoint"),
+        (b'{"v":1,"seq":[[1,2.5]]}', "integers"),
+        (b'{"v":1,"seq":[[-1,2]]}', "integers"),
+        (b'{"v":1,"seq":[[1,2,3]]}', "[lo, hi]"),
+    ],
+)
+def test_bad_payloads_say_what_is_wrong(payload: bytes, words: str) -> None:
+    with pytest.raises(StoredError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        parse_stored(payload)
+
+
+def test_the_bound_holds_both_ways() -> None:
+    too_many = [(2 * i, 2 * i) for i in range(MAX_RANGES + 1)]
+    with pytest.raises(StoredError):
+        encode_stored(too_many)
+    with pytest.raises(StoredError):
+        parse_stored(b'{"v":1,"seq":' + str([[a, b] for a, b in too_many]).replace(" ", "").encode() + b"}")
+
+
+def test_covers() -> None:
+    r = [(1, 3), (7, 7)]
+    assert [s for s in range(10) if covers(r, s)] == [1, 2, 3, 7]
