@@ -1,7 +1,7 @@
 """The `stored` confirmation (contract v1): platform -> device, which readings are durable.
 
     nakhon/v1/{city}/{device_id}/stored   (QoS 1, never retained)
-      {"v": 1, "seq": [[40, 52], [55, 55]]}
+      {"v": 1, "seq": [[40, 52], [55, 55]], "t": 1764000000.25}
 
 `seq` lists inclusive ranges of the device's reading `seq` numbers that are now
 durable (in InfluxDB, or in the ingest's fsync'd spool), ascending and
@@ -10,6 +10,9 @@ lost is simply never confirmed, and the device replays it. The device frees a
 reading from flash only once a confirmation covers its seq; a repeat of a
 reading already stored overwrites itself (idempotent writes), so confirmations
 may be lost or repeated without harm.
+
+`t` (optional) is the platform's Unix time in seconds when it sent the
+message: a second time source for a device whose NTP is blocked.
 
 The ingest sends one message per device per confirmation round (batched, so
 the cost is small next to the readings); a round carries at most MAX_RANGES
@@ -20,7 +23,7 @@ what is left out is confirmed in a later round or replayed.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, NamedTuple
 
 import orjson
 
@@ -36,6 +39,15 @@ class StoredError(ValueError):
     """A `stored` payload that does not follow the contract."""
 
 
+class Stored(NamedTuple):
+    ranges: Ranges
+    t: float | None  # the platform's clock when sent, if it said
+
+
+def _is_time(t: object) -> bool:
+    return type(t) in (int, float) and 0 <= t < 2**33  # type: ignore[operator]
+
+
 def to_ranges(seqs: Iterable[int]) -> Ranges:
     """Sorted, merged inclusive ranges covering exactly `seqs`."""
     out: Ranges = []
@@ -47,15 +59,18 @@ def to_ranges(seqs: Iterable[int]) -> Ranges:
     return out
 
 
-def encode_stored(ranges: Ranges) -> bytes:
-    """The payload for `ranges` (already sorted and disjoint, at most MAX_RANGES)."""
+def encode_stored(ranges: Ranges, t: float | None = None) -> bytes:
+    """The payload for `ranges` (already sorted and disjoint, at most MAX_RANGES), stamped with `t` if given."""
     if len(ranges) > MAX_RANGES:
         raise StoredError(f"at most {MAX_RANGES} ranges per message, got {len(ranges)}")
-    return orjson.dumps({"v": VERSION, "seq": [[lo, hi] for lo, hi in ranges]})
+    doc: dict[str, object] = {"v": VERSION, "seq": [[lo, hi] for lo, hi in ranges]}
+    if t is not None:
+        doc["t"] = round(t, 3)
+    return orjson.dumps(doc)
 
 
-def parse_stored(payload: bytes) -> Ranges:
-    """The ranges of a `stored` payload; StoredError says what is wrong."""
+def parse_stored(payload: bytes) -> Stored:
+    """The ranges (and time) of a `stored` payload; StoredError says what is wrong."""
     try:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -73,7 +88,10 @@ def parse_stored(payload: bytes) -> Ranges:
         if lo > hi or (out and lo <= out[-1][1]):
             raise StoredError("ranges must be ascending and disjoint, each with lo <= hi")
         out.append((lo, hi))
-    return out
+    t = obj.get("t")
+    if t is not None and not _is_time(t):
+        raise StoredError(f"t is Unix time in seconds, got {t!r}")
+    return Stored(out, t)
 
 
 def covers(ranges: Ranges, seq: int) -> bool:

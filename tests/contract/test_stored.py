@@ -22,8 +22,9 @@ def test_to_ranges_merges_runs(seqs: list[int], ranges: list[tuple[int, int]]) -
 
 def test_round_trip() -> None:
     r = [(0, 10), (12, 12), (2**53 - 2, 2**53 - 1)]
-    assert parse_stored(encode_stored(r)) == r
+    assert parse_stored(encode_stored(r)) == (r, None)
     assert encode_stored([(40, 52)]) == b'{"v":1,"seq":[[40,52]]}'
+    assert parse_stored(encode_stored([(1, 2)], t=1764000000.25)) == ([(1, 2)], 1764000000.25)
 
 
 @pytest.mark.parametrize(
@@ -36,6 +37,8 @@ def test_round_trip() -> None:
         (b'{"v":1,"seq":[[1,2.5]]}', "integers"),
         (b'{"v":1,"seq":[[-1,2]]}', "integers"),
         (b'{"v":1,"seq":[[1,2,3]]}', "[lo, hi]"),
+        (b'{"v":1,"seq":[],"t":"noon"}', "Unix time"),
+        (b'{"v":1,"seq":[],"t":-5}', "Unix time"),
     ],
 )
 def test_bad_payloads_say_what_is_wrong(payload: bytes, words: str) -> None:
