@@ -56,6 +56,10 @@ class Settings(BaseSettings):
     ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
     ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
     ingest_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # With several workers: worker 0 also keeps the catch session (ingest/catch.py), a plain persistent
+    # subscription that covers the gap after a broker restart that forgets `$share` subscriptions
+    # (Mosquitto 2.0). Off only on a broker that restores them (EMQX, HiveMQ, VerneMQ clusters).
+    ingest_share_catch: bool = True
     ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000  # lines per write; InfluxDB 1.x takes large batches cheapest
     ingest_batch_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     # writes in flight at once per worker: one waits on InfluxDB while the next is sent

@@ -116,6 +116,7 @@ def connect(
 # Subscription options (MQTT 5, 3.8.3.1) beside the QoS in the low bits: retained messages
 # only when the subscription is new, not again at every re-subscribe of a resumed session.
 RETAIN_IF_NEW: Final = 1 << 4
+RETAIN_NEVER: Final = 2 << 4  # no retained messages at all (the catch session: the shared group gets them)
 
 
 def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
@@ -129,6 +130,12 @@ def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
 def unsubscribe(packet_id: int, filters: list[str]) -> bytes:
     body = packet_id.to_bytes(2, "big") + b"\x00" + b"".join(_utf8(f) for f in filters)
     return _packet(UNSUBSCRIBE << 4 | 2, body)
+
+
+def publish(topic: str, payload: bytes, packet_id: int, dup: bool = False) -> bytes:
+    """A QoS 1 PUBLISH, not retained, no properties (DUP set when sent again on a resumed session)."""
+    body = _utf8(topic) + packet_id.to_bytes(2, "big") + b"\x00" + payload
+    return _packet(PUBLISH << 4 | (0x08 if dup else 0) | 0x02, body)
 
 
 def pubacks(packet_ids: list[int]) -> bytes:
