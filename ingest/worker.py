@@ -30,7 +30,7 @@ from contract import topics
 from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 from contract.payload import Window
-from contract.settings import Settings
+from contract.settings import Settings, read_secret
 from ingest import mqttwire
 from ingest.catch import Catch, Marker, retire
 from ingest.deadletter import DeadLetterStore
@@ -97,7 +97,12 @@ class Worker:
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
         self.dead = DeadLetterStore(settings.path("deadletter"), self.name, settings.ingest_deadletter_max_mb * 1024 * 1024)
         self.spool = Spool(settings.path("spool", self.name))
-        self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema)
+        self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema,
+                                    credentials=lambda: self.reload_credentials("refused"))
+        self._influx_password = settings.influx_password
+        self._creds_lock = threading.Lock()
+        self._creds_read_at = -1.0
+        self.credentials_reloaded = 0
         # self-metrics have a client of their own with a short timeout: a hanging InfluxDB must
         # not silence the reports that show it hanging
         self._stats_influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
@@ -389,6 +394,37 @@ class Worker:
         log.error("saving a batch failed; kept, will retry", exc_info=exc,
                   extra=kv(worker=self.name, messages=batch.messages, failing_s=round(failing, 1), retry_s=delay, error=str(exc)[:200]))
         return delay
+
+    def reload_credentials(self, why: str) -> bool:
+        """Read NAKHON_INFLUX_PASSWORD_FILE again (InfluxDB refused us, or SIGHUP); True when the password changed.
+
+        Every InfluxDB client of the worker logs in with it from the next request: the spooled
+        batches go out at the replayer's next try."""
+        path, user = self.settings.influx_password_file, self.settings.influx_username
+        if path is None or user is None:
+            if why == "SIGHUP":
+                log.warning("SIGHUP: no NAKHON_INFLUX_PASSWORD_FILE to read again; a password from the environment needs a restart")
+            return False
+        with self._creds_lock:
+            now = time.monotonic()
+            if why == "refused" and now - self._creds_read_at < 1.0:
+                return False  # every refused write asks: read the file at most once a second
+            self._creds_read_at = now
+            try:
+                password = read_secret(path, "NAKHON_INFLUX_PASSWORD_FILE")
+            except ValueError as exc:
+                log.error("cannot read the InfluxDB password again", extra=kv(worker=self.name, error=str(exc)))
+                return False
+            if password == self._influx_password:
+                if why == "SIGHUP":
+                    log.info("SIGHUP: the InfluxDB password is unchanged", extra=kv(worker=self.name))
+                return False
+            self._influx_password = password
+            for client in (self.influx, self._stats_influx, self.rollups.influx):
+                client.set_credentials(user, password)
+            self.credentials_reloaded += 1
+        log.warning("influxdb password read again from its file: a new one is in use", extra=kv(worker=self.name, why=why, file=str(path)))
+        return True
 
     def liveness(self) -> Liveness:
         """Live: held work is being made durable; ready: also connected and subscribed."""
