@@ -43,6 +43,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Protocol
 
 import orjson
@@ -57,6 +58,9 @@ log = logging.getLogger("nakhon.ingest.catch")
 MARK_INTERVAL_S = 1.0  # a catch that connects after a worker's first mark stands down within this
 SUFFIX = "_catch"
 COVER_WARN_S = 60.0  # covering this long after a connect is worth a warning
+UPTIME_TOPIC = "$SYS/broker/uptime"  # Mosquitto's, retained: "<seconds> seconds"
+PROBE_TIMEOUT_S = 3.0
+MARK_MARGIN_S = 2.0  # clocks of the workers' hosts may differ this much
 
 
 class Store(Protocol):
@@ -66,6 +70,7 @@ class Store(Protocol):
     def pass_on(self, packet_ids: list[int], generation: int, session: Session) -> None: ...  # ack only, in order
     def full(self) -> bool: ...
     def room(self) -> int: ...
+    def catch_held(self) -> int: ...  # the catch's stored messages not yet acked
 
 
 def catch_id(client_id: str) -> str:
@@ -86,20 +91,74 @@ def mark_time(payload: bytes) -> float | None:
     return float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None
 
 
+def broker_started(e: Endpoint, timeout: float = PROBE_TIMEOUT_S, clock: Callable[[], float] = time.time) -> float | None:
+    """When the broker started, on our wall clock, from Mosquitto's retained `$SYS/broker/uptime` (one short
+    connection); None when it does not say (another broker, an ACL, no answer in time).
+
+    The figure is up to `sys_interval` old, so the start it gives is late, never early: a mark judged by it
+    is refused rather than wrongly taken."""
+    probe = replace(e, client_id=f"{e.client_id}_probe")
+    try:
+        sock = dial_tcp(probe)
+    except OSError:
+        return None
+    try:
+        sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        sock.sendall(mqttwire.connect(probe.client_id, 30, clean_start=True, session_expiry=0, username=e.username, password=e.password))
+        sock.sendall(mqttwire.subscribe(1, [(UPTIME_TOPIC, 0)]))
+        buf = b""
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                return None
+            buf += data
+            pubs: Publishes = []
+            others: list[tuple[int, bytes]] = []
+            used = mqttwire.split(buf, pubs, others)
+            buf = buf[used:]
+            for first, body in others:
+                if first >> 4 == mqttwire.CONNACK and mqttwire.parse_connack(body).reason >= 0x80:
+                    return None
+                if first >> 4 == mqttwire.SUBACK and any(c >= 0x80 for c in mqttwire.parse_suback(body)[1]):
+                    return None
+            for name, payload, _ in pubs:
+                if name == UPTIME_TOPIC:
+                    return clock() - int(payload.split()[0])  # "12345 seconds"
+        return None
+    except (OSError, ValueError, IndexError, mqttwire.ProtocolError):
+        return None
+    finally:
+        with contextlib.suppress(OSError):
+            sock.sendall(mqttwire.DISCONNECT)
+            sock.close()
+
+
 class Catch:
-    def __init__(self, endpoint: Endpoint, store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        store: Store,
+        state_file: Path | None = None,
+        clock: Callable[[], float] = time.time,
+        probe: Callable[[], float | None] | None = None,
+    ) -> None:
         self.store = store
         self.clock = clock
+        self.state_file = state_file
         self.covering = True
         self.since = 0.0  # wall-clock time of the current connection
+        self.threshold = 0.0  # a mark stamped after this was routed by the broker we are connected to
         self.covered = 0  # messages stored while covering (all connections)
         self.passed = 0  # messages acknowledged without storing
         self.stand_downs = 0
         self._covered_now = 0
         self._warned = False
+        self._state_due: float | None = None  # a stand-down to note on disk once nothing stored is un-acked
         self.session = Session(
             replace(endpoint, client_id=catch_id(endpoint.client_id)), self._on_connect, self._on_publishes, full=self._full, room=self._room
         )
+        self.probe = probe or (lambda: broker_started(self.session.endpoint, clock=self.clock))
 
     def start(self) -> None:
         self.session.start()
@@ -113,28 +172,62 @@ class Catch:
     def _room(self) -> int:
         return self.store.room() if self.covering else RECV_BYTES
 
+    def _last_mark(self) -> float | None:
+        """The mark the catch stood down on last (any connection, any run), from its state file."""
+        if self.state_file is None:
+            return None
+        try:
+            t = orjson.loads(self.state_file.read_bytes()).get("stood_down_on_mark")
+        except (OSError, orjson.JSONDecodeError, AttributeError):
+            return None
+        return float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None
+
+    def _note(self, t: float) -> None:
+        if self.state_file is None:
+            return
+        try:
+            self.state_file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self.state_file.with_suffix(".tmp")
+            tmp.write_bytes(orjson.dumps({"stood_down_on_mark": t}))
+            tmp.replace(self.state_file)
+        except OSError as exc:  # without it the next start covers until a mark: more work, nothing lost
+            log.warning("cannot write the catch session's state", extra=kv(file=str(self.state_file), error=str(exc)[:200]))
+
     def _on_connect(self, session: Session, session_present: bool) -> None:
+        # Behind CONNACK the broker sends what it queued for us; judged once we know which broker routed it.
         self.since = self.clock()
-        self.covering, self._covered_now, self._warned = True, 0, False
+        started = self.probe()
+        self.threshold = self.since if started is None else started + MARK_MARGIN_S
+        last = self._last_mark()
+        # Stood down on a mark of this same broker (no restart since): everything queued for us since was routed
+        # while the workers' shared subscriptions existed (the broker keeps them while it runs), so the group has it.
+        resume = started is not None and session_present and last is not None and last > self.threshold
+        self.covering, self._covered_now, self._warned, self._state_due = not resume, 0, False, None
         # retained messages go to the shared group, never here: a retained status is stored once
         filters = [(f, topics.QOS | mqttwire.RETAIN_NEVER) for f in (topics.TELEMETRY_FILTER, topics.STATUS_FILTER, topics.INGEST_MARK_TOPIC)]
         session.subscribe(filters)
-        log.info("catch session connected: covering until a worker's mark", extra=kv(client_id=session.endpoint.client_id, session_present=session_present))
+        log.info(
+            "catch session connected: " + ("standing down (no broker restart since its last stand-down)" if resume else "covering until a worker's mark"),
+            extra=kv(
+                client_id=session.endpoint.client_id, session_present=session_present, broker_up_s=None if started is None else round(self.since - started)
+            ),
+        )
 
     def _on_publishes(self, pubs: Publishes, generation: int) -> None:
-        """In order: store while covering, up to a fresh mark; after it, acknowledge only."""
+        """In order: store while covering, up to a mark this broker routed; after it, acknowledge only."""
         start = 0
         if self.covering:
             for i, (name, payload, _) in enumerate(pubs):
                 if name != topics.INGEST_MARK_TOPIC:
                     continue
                 t = mark_time(payload)
-                if t is None or t <= self.since:
-                    continue  # routed before this connection, maybe by the broker before a restart
+                if t is None or t <= self.threshold:
+                    continue  # maybe routed by the broker before a restart: proves nothing
                 if i > start:
                     self._store(pubs[start:i], generation)
                 self.covering = False
                 self.stand_downs += 1
+                self._state_due = t
                 log.info(
                     "catch session stands down: a worker's shared subscription is in place",
                     extra=kv(client_id=self.session.endpoint.client_id, covered=self._covered_now, mark_age_s=round(self.clock() - t, 3)),
@@ -147,6 +240,9 @@ class Catch:
         rest = pubs[start:]
         self.passed += sum(1 for name, _, _ in rest if name != topics.INGEST_MARK_TOPIC)
         self.store.pass_on([pid for _, _, pid in rest if pid], generation, self.session)
+        if self._state_due is not None and not self.store.catch_held():
+            self._note(self._state_due)  # all it stored is durable and acked: a restart of ours may resume standing down
+            self._state_due = None
 
     def _store(self, pubs: Publishes, generation: int) -> None:
         n = sum(1 for name, _, _ in pubs if name != topics.INGEST_MARK_TOPIC)

@@ -138,7 +138,9 @@ class Worker:
         # Several workers: each marks its shared subscription, worker 0 keeps the catch session (ingest/catch.py)
         catching = settings.ingest_workers > 1 and settings.ingest_share_catch
         self.marker = Marker(self.session, self.name) if catching else None
-        self.catch = Catch(self._endpoint(settings.ingest_client_id), self) if catching and index == 0 else None
+        self.catch = (
+            Catch(self._endpoint(settings.ingest_client_id), self, state_file=settings.path("catch") / "state.json") if catching and index == 0 else None
+        )
         self._catch_pipeline = Pipeline(settings.cities, Window(settings.ts_max_age_s, settings.ts_max_future_s), settings.max_payload_bytes)
         self._catch_held = 0  # catch segments queued and not yet acked (its acks go in order behind them)
         self._retire = index == 0 and self.catch is None
@@ -235,6 +237,10 @@ class Worker:
 
     def full(self) -> bool:
         return self._full()
+
+    def catch_held(self) -> int:
+        with self._ack_lock:
+            return self._catch_held
 
     def room(self) -> int:
         return self._room()

@@ -49,12 +49,13 @@ def _acks(session: Session) -> list[int]:
     return [int.from_bytes(data[i + 2 : i + 4], "big") for i in range(0, len(data), 4)]
 
 
-def _connect(catch: Catch, now: float) -> None:
+def _connect(catch: Catch, now: float, broker_started: float | None = None, present: bool = True) -> None:
     catch.clock = lambda: now
+    catch.probe = lambda: broker_started  # what $SYS/broker/uptime says (None: a broker that does not say)
     catch.session._generation += 1
     catch.session.connected.set()
     catch.session._out.clear()
-    catch._on_connect(catch.session, True)
+    catch._on_connect(catch.session, present)
 
 
 def _catch(w: Worker) -> Catch:
@@ -125,3 +126,42 @@ def test_a_mark_is_a_time_or_nothing() -> None:
     assert mark_time(mark("w", 12.5)) == 12.5
     for junk in (b"", b"x", b"[]", b'{"t": true}', b'{"t": "1"}', b"{}"):
         assert mark_time(junk) is None
+
+
+def test_a_queued_mark_counts_when_the_broker_says_it_has_run_since_before_it(tmp_path: Path) -> None:
+    with InfluxStub() as stub:
+        w = Worker(_settings(tmp_path, stub.url), 0)
+        c = _catch(w)
+        c.state_file = None
+        _connect(c, 1000.0, broker_started=500.0)  # up since 500: a mark stamped at 600 was routed by this broker
+        c._on_publishes([_reading(1), _mark(2, 499.0), _reading(3), _mark(4, 600.0), _reading(5)], c.session.generation)
+        assert not c.covering and c.covered == 2 and c.passed == 1
+        _connect(c, 2000.0, broker_started=1990.0)  # restarted at 1990: the same kind of mark proves nothing now
+        c._on_publishes([_mark(6, 1500.0), _reading(7)], c.session.generation)
+        assert c.covering and c.covered == 3
+
+
+def test_after_a_restart_of_ours_it_resumes_standing_down_only_if_the_broker_did_not_restart(tmp_path: Path) -> None:
+    with InfluxStub() as stub:
+        w = Worker(_settings(tmp_path, stub.url), 0)
+        c = _catch(w)
+        assert c.state_file is not None
+        _connect(c, 1000.0, broker_started=500.0)
+        c._on_publishes([_reading(1), _mark(2, 1000.5)], c.session.generation)
+        assert not c.state_file.exists()  # reading 1 is stored but not acked yet: a restart now must cover again
+        w.flush()
+        c._on_publishes([_reading(3), _mark(4, 1001.5)], c.session.generation)
+        assert c.state_file.exists()
+        # our process restarts; the broker kept running: its queue for us (a backlog the workers' sessions also got) is passed on
+        _connect(c, 3000.0, broker_started=500.0)
+        assert not c.covering
+        c._on_publishes([_reading(5), _reading(6)], c.session.generation)
+        assert _acks(c.session) == [5, 6] and c.covered == 1
+        # the broker restarted meanwhile: cover
+        _connect(c, 4000.0, broker_started=3500.0)
+        assert c.covering
+        # a broker that does not say when it started, or a session it lost: cover
+        _connect(c, 5000.0, broker_started=None)
+        assert c.covering
+        _connect(c, 5000.0, broker_started=500.0, present=False)
+        assert c.covering
