@@ -59,8 +59,9 @@ MARK_INTERVAL_S = 1.0  # a catch that connects after a worker's first mark stand
 SUFFIX = "_catch"
 COVER_WARN_S = 60.0  # covering this long after a connect is worth a warning
 UPTIME_TOPIC = "$SYS/broker/uptime"  # Mosquitto's, retained: "<seconds> seconds"
-PROBE_TIMEOUT_S = 3.0
+PROBE_TIMEOUT_S = 12.0  # Mosquitto sends its $SYS figures every sys_interval (5 s in our config, 10 by default)
 MARK_MARGIN_S = 2.0  # clocks of the workers' hosts may differ this much
+STATE_EVERY_S = 5.0  # the latest mark is noted on disk at most this often (and at stop)
 
 
 class Store(Protocol):
@@ -92,11 +93,11 @@ def mark_time(payload: bytes) -> float | None:
 
 
 def broker_started(e: Endpoint, timeout: float = PROBE_TIMEOUT_S, clock: Callable[[], float] = time.time) -> float | None:
-    """When the broker started, on our wall clock, from Mosquitto's retained `$SYS/broker/uptime` (one short
+    """When the broker started, on our wall clock, from Mosquitto's `$SYS/broker/uptime` (one short
     connection); None when it does not say (another broker, an ACL, no answer in time).
 
-    The figure is up to `sys_interval` old, so the start it gives is late, never early: a mark judged by it
-    is refused rather than wrongly taken."""
+    The retained figure is up to `sys_interval` old, so the probe waits for the next one (within `timeout`);
+    either way the start it gives is late, never early: a mark judged by it is refused rather than wrongly taken."""
     probe = replace(e, client_id=f"{e.client_id}_probe")
     try:
         sock = dial_tcp(probe)
@@ -108,8 +109,13 @@ def broker_started(e: Endpoint, timeout: float = PROBE_TIMEOUT_S, clock: Callabl
         sock.sendall(mqttwire.connect(probe.client_id, 30, clean_start=True, session_expiry=0, username=e.username, password=e.password))
         sock.sendall(mqttwire.subscribe(1, [(UPTIME_TOPIC, 0)]))
         buf = b""
-        while time.monotonic() < deadline:
-            data = sock.recv(65536)
+        best: float | None = None
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
             if not data:
                 return None
             buf += data
@@ -124,8 +130,11 @@ def broker_started(e: Endpoint, timeout: float = PROBE_TIMEOUT_S, clock: Callabl
                     return None
             for name, payload, _ in pubs:
                 if name == UPTIME_TOPIC:
-                    return clock() - int(payload.split()[0])  # "12345 seconds"
-        return None
+                    started = clock() - int(payload.split()[0])  # "12345 seconds"
+                    if best is not None:
+                        return started  # published just now: exact to the second
+                    best = started  # the retained one: up to sys_interval old, so late; wait for the next
+        return best
     except (OSError, ValueError, IndexError, mqttwire.ProtocolError):
         return None
     finally:
@@ -154,7 +163,8 @@ class Catch:
         self.stand_downs = 0
         self._covered_now = 0
         self._warned = False
-        self._state_due: float | None = None  # a stand-down to note on disk once nothing stored is un-acked
+        self._state_due: float | None = None  # a mark to note on disk once nothing stored is un-acked
+        self._noted_at = -STATE_EVERY_S
         self.session = Session(
             replace(endpoint, client_id=catch_id(endpoint.client_id)), self._on_connect, self._on_publishes, full=self._full, room=self._room
         )
@@ -165,6 +175,8 @@ class Catch:
 
     def stop(self) -> None:
         self.session.stop()
+        if not self.covering:
+            self._save(True)
 
     def _full(self) -> bool:
         return self.covering and self.store.full()
@@ -177,7 +189,7 @@ class Catch:
         if self.state_file is None:
             return None
         try:
-            t = orjson.loads(self.state_file.read_bytes()).get("stood_down_on_mark")
+            t = orjson.loads(self.state_file.read_bytes()).get("last_mark")
         except (OSError, orjson.JSONDecodeError, AttributeError):
             return None
         return float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None
@@ -188,7 +200,7 @@ class Catch:
         try:
             self.state_file.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.state_file.with_suffix(".tmp")
-            tmp.write_bytes(orjson.dumps({"stood_down_on_mark": t}))
+            tmp.write_bytes(orjson.dumps({"last_mark": t}))
             tmp.replace(self.state_file)
         except OSError as exc:  # without it the next start covers until a mark: more work, nothing lost
             log.warning("cannot write the catch session's state", extra=kv(file=str(self.state_file), error=str(exc)[:200]))
@@ -202,7 +214,7 @@ class Catch:
         # Stood down on a mark of this same broker (no restart since): everything queued for us since was routed
         # while the workers' shared subscriptions existed (the broker keeps them while it runs), so the group has it.
         resume = started is not None and session_present and last is not None and last > self.threshold
-        self.covering, self._covered_now, self._warned, self._state_due = not resume, 0, False, None
+        self.covering, self._covered_now, self._warned, self._state_due, self._noted_at = not resume, 0, False, None, -STATE_EVERY_S
         # retained messages go to the shared group, never here: a retained status is stored once
         filters = [(f, topics.QOS | mqttwire.RETAIN_NEVER) for f in (topics.TELEMETRY_FILTER, topics.STATUS_FILTER, topics.INGEST_MARK_TOPIC)]
         session.subscribe(filters)
@@ -227,7 +239,6 @@ class Catch:
                     self._store(pubs[start:i], generation)
                 self.covering = False
                 self.stand_downs += 1
-                self._state_due = t
                 log.info(
                     "catch session stands down: a worker's shared subscription is in place",
                     extra=kv(client_id=self.session.endpoint.client_id, covered=self._covered_now, mark_age_s=round(self.clock() - t, 3)),
@@ -238,10 +249,22 @@ class Catch:
                 self._store(pubs, generation)
                 return
         rest = pubs[start:]
-        self.passed += sum(1 for name, _, _ in rest if name != topics.INGEST_MARK_TOPIC)
-        self.store.pass_on([pid for _, _, pid in rest if pid], generation, self.session)
-        if self._state_due is not None and not self.store.catch_held():
-            self._note(self._state_due)  # all it stored is durable and acked: a restart of ours may resume standing down
+        pids = []
+        for name, payload, pid in rest:
+            if pid:
+                pids.append(pid)
+            if name != topics.INGEST_MARK_TOPIC:
+                self.passed += 1
+            elif (t := mark_time(payload)) is not None and t > self.threshold and t > (self._state_due or 0.0):
+                self._state_due = t  # the latest mark of this broker: what a restart of ours is judged by
+        self.store.pass_on(pids, generation, self.session)
+        self._save(self.clock() - self._noted_at >= STATE_EVERY_S)
+
+    def _save(self, now: bool) -> None:
+        """Note the latest mark on disk, once everything the catch stored is durable and acked."""
+        if self._state_due is not None and now and not self.store.catch_held():
+            self._note(self._state_due)
+            self._noted_at = self.clock()
             self._state_due = None
 
     def _store(self, pubs: Publishes, generation: int) -> None:

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 from contract import topics
@@ -151,12 +152,16 @@ def test_after_a_restart_of_ours_it_resumes_standing_down_only_if_the_broker_did
         assert not c.state_file.exists()  # reading 1 is stored but not acked yet: a restart now must cover again
         w.flush()
         c._on_publishes([_reading(3), _mark(4, 1001.5)], c.session.generation)
-        assert c.state_file.exists()
+        assert orjson.loads(c.state_file.read_bytes()) == {"last_mark": 1001.5}  # the latest mark of this broker
+        c._on_publishes([_mark(5, 1002.5)], c.session.generation)
+        assert orjson.loads(c.state_file.read_bytes()) == {"last_mark": 1001.5}  # on disk at most every few seconds...
+        c._save(True)  # what stop() does after the session's last acks
+        assert orjson.loads(c.state_file.read_bytes()) == {"last_mark": 1002.5}  # ...and at stop
         # our process restarts; the broker kept running: its queue for us (a backlog the workers' sessions also got) is passed on
         _connect(c, 3000.0, broker_started=500.0)
         assert not c.covering
-        c._on_publishes([_reading(5), _reading(6)], c.session.generation)
-        assert _acks(c.session) == [5, 6] and c.covered == 1
+        c._on_publishes([_reading(6), _reading(7)], c.session.generation)
+        assert _acks(c.session) == [6, 7] and c.covered == 1
         # the broker restarted meanwhile: cover
         _connect(c, 4000.0, broker_started=3500.0)
         assert c.covering
