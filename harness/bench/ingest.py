@@ -135,23 +135,27 @@ def _count(db: Influx) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
-def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False) -> tuple[Figure, Figure, Figure, float]:
+def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False, catch: bool = True) -> tuple[Figure, Figure, Figure, float]:
     """The ingest draining n queued messages durably; returns (rate, cpu, memory) figures and readings/s.
 
-    `with_alerts`: the alert evaluator drains the same messages on its own session at the same time."""
-    root = root / f"ingest-{workers}w"
+    `with_alerts`: the alert evaluator drains the same messages on its own session at the same time.
+    `catch`: with several workers, worker 0's catch session (ingest/catch.py) is on, as by default."""
+    root = root / f"ingest-{workers}w{'' if catch else '-nocatch'}"
     shutil.rmtree(root, ignore_errors=True)
     with Mosquitto(root / "broker") as broker, InfluxDB(root / "influxdb") as server, Influx(server.url) as db:
         db.ensure_schema()
         # stats every 0.2 s: the run is timed from the ingest's own count of acked (durable)
         # messages, so the benchmark does not load InfluxDB with counts while it is measured
         settings = load_settings(mqtt_port=broker.port, influx_url=server.url, data_dir=root / "data", ingest_workers=workers,
-                                 log_level="WARNING", ingest_stats_interval_s=0.2)
+                                 log_level="WARNING", ingest_stats_interval_s=0.2, ingest_share_catch=catch)
         svc = Service("ingest", ["ingest"], settings, root / "logs", log_level="INFO")
         alerts = Service("alerts", ["alerts", "run"], settings, root / "logs", log_level="INFO") if with_alerts else None
         svc.start()  # first start: creates the persistent sessions and shared subscription
         if not svc.wait_log('"msg":"connected"', 30):
             raise RuntimeError("ingest did not connect")
+        # as in production the catch session has run before the backlog: it exists, and has stood down once
+        if workers > 1 and catch and not svc.wait_log('"msg":"catch session stands down', 60):
+            raise RuntimeError("the catch session did not stand down")
         if alerts is not None:
             alerts.start()
             if not alerts.wait_log('"msg":"connected"', 30):
@@ -193,7 +197,7 @@ def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False) ->
     note = (f"{n - c0} readings = {2 * (n - c0)} points acked in {secs:.2f}s after the first batch; {end - begin:.2f}s from process start;"
             f" {final} stored by a count afterwards")
     return (
-        Figure(f"ingest, {workers} worker(s), durable (acks after write)", rate, "readings/s", note),
+        Figure(f"ingest, {workers} worker(s){'' if catch or workers == 1 else ', catch session off'}, durable (acks after write)", rate, "readings/s", note),
         Figure(f"ingest CPU per 100,000 readings ({workers} worker(s))", cpu / n * 100_000, "cpu-s", "user+sys of the ingest processes"),
         Figure(f"ingest peak memory ({workers} worker(s))", peak_mb, "MB", "sum of VmHWM over the ingest processes"),
         rate,
