@@ -2,7 +2,8 @@
 
 `Fleet.run()` connects every device (ramped at `connect_rate`), runs the
 time mode, fires the event faults (offline, storm, malformed) at their
-time, and at the end waits for the broker's acknowledgements, publishes
+time, and at the end waits for the broker's acknowledgements (and, with
+`confirm`, for the platform's `stored` confirmations), publishes
 each device's `offline` status and disconnects cleanly. `run_fleet()` does
 the same over several processes when one core is not enough.
 """
@@ -138,6 +139,8 @@ class Fleet:
             while any(a.buffer or not a.ready.is_set() for a in self.agents) and loop.time() < deadline and not stop.is_set():
                 await asyncio.sleep(0.1)
         await asyncio.gather(*(a.settle(settle_s) for a in self.agents))
+        if cfg.confirm and not stop.is_set():  # store-and-forward: done when the platform confirmed it, not at PUBACK
+            await asyncio.gather(*(a.settle_confirmed(settle_s) for a in self.agents))
         await asyncio.gather(*(a.close() for a in self.agents))
         if ticker is not None:
             ticker.cancel()
