@@ -388,6 +388,9 @@ class Agent:
                 return
             except MqttError:
                 pass
+            except asyncio.CancelledError:  # the run ends while it waits for the window: keep it (the ledger has it)
+                self._keep(reading)
+                raise
         self._keep(reading)
 
     # --- readings -----------------------------------------------------------------------
