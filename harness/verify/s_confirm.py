@@ -175,15 +175,17 @@ def store_and_forward(root: Path, size: Size) -> Row:
     done = [r for r in worst if r is not None]
     row.recovery_s = max(done) if len(done) == len(worst) else None
     row.figures = {
-        "devices": f"{n:,}",
-        "broker kills": f"{live_kills} with the ingest live, {away_kills} with it away",
-        "ingest kills": str(ingest_kills),
-        "written, unconfirmed at ingest kills (about)": ", ".join(f"{x:,}" for x in unconfirmed_at_kill),
-        "InfluxDB down": f"{outage:g} s, confirmed meanwhile {confirmed_in_outage:,}",
+        "devices": n,
+        "broker kills, ingest live": live_kills,
+        "broker kills, ingest away": away_kills,
+        "ingest kills": ingest_kills,
+        "written unconfirmed at ingest kills (about)": ", ".join(f"{x:,}" for x in unconfirmed_at_kill),
+        "InfluxDB down s": outage,
+        "confirmed while InfluxDB down": confirmed_in_outage,
         "recoveries": "; ".join(recoveries),
-        "resent after timeout": f"{stats['resent']:,}",
-        "device drops": f"{stats['dropped']:,}",
-        "stored msgs per reading": f"{stats['stored_messages'] / max(1, stats['readings_sent']):.2f}",
+        "resent after timeout": stats["resent"],
+        "device drops": stats["dropped"],
+        "stored msgs per reading": round(stats["stored_messages"] / max(1, stats["readings_sent"]), 3),
     }
     row.ok = (lost == 0 and dup == 0 and extra == 0 and row.recovery_s is not None and stats["dropped"] == 0 and confirmed_in_outage > 0
               and row.rejected == 0)
