@@ -56,7 +56,7 @@ class Connack:
     reason: int  # 0 success; >= 0x80 refused
     # what the broker tells us (MQTT 5.0, 3.2.2.3); None = the property was absent (its default applies)
     server_keep_alive: int | None = None  # we must use this keep alive instead of ours
-    receive_maximum: int = 65535  # QoS 1/2 PUBLISHes we may have in flight to it (we send none)
+    receive_maximum: int = 65535  # QoS 1/2 PUBLISHes we may have in flight to it (our `stored` confirmations)
     maximum_packet_size: int | None = None  # the largest packet it accepts from us
     maximum_qos: int = 2
     topic_alias_maximum: int = 0
