@@ -93,6 +93,19 @@ class Tracker:
 
     def add(self, key: Key, seqs: list[int]) -> None:
         """`seqs` of device `key` are durable."""
+        if len(seqs) == 1:  # the hot path: one reading of a device in a batch
+            s = seqs[0]
+            cur = self._waiting.get(key)
+            if cur is not None:
+                lo, hi = cur[-1]
+                if s == hi + 1:
+                    cur[-1] = (lo, s)
+                    return
+                if s > hi + 1 and len(cur) < self.max_ranges:
+                    cur.append((s, s))
+                    return
+            self.add_ranges(key, [(s, s)])
+            return
         self.add_ranges(key, to_ranges(seqs))
 
     def add_ranges(self, key: Key, ranges: Ranges) -> None:
@@ -103,12 +116,14 @@ class Tracker:
             while len(self._waiting) >= self.max_devices:
                 self._waiting.popitem(last=False)
                 self.devices_forgotten += 1
-            cur = []
-        cur = merge(cur, ranges)
+            cur = self._waiting[key] = []
+        if cur and ranges[0][0] > cur[-1][1] + 1:
+            cur += ranges  # in place: the device's next readings, after a gap
+        else:
+            cur[:] = merge(cur, ranges)
         if len(cur) > self.max_ranges:
             self.ranges_forgotten += len(cur) - self.max_ranges
-            cur = cur[: self.max_ranges]
-        self._waiting[key] = cur
+            del cur[self.max_ranges :]
 
     def add_all(self, done: Iterable[tuple[Key, list[int]]]) -> int:
         """Many devices at once; returns the seqs added."""

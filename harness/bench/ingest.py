@@ -220,8 +220,11 @@ def _last_stats(log: Path, offset: int) -> dict[str, float]:
     return out
 
 
-def bench_confirm(root: Path, n: int, rounds: int = 2) -> tuple[list[Figure], dict[str, float]]:
-    """The ingest's durable rate with its `stored` confirmations on and off, alternated in one run (1 worker)."""
+def bench_confirm(root: Path, n: int, rounds: int = 3) -> tuple[list[Figure], dict[str, float]]:
+    """The ingest's durable rate with its `stored` confirmations on and off, alternated in one run (1 worker).
+
+    On a shared machine one run can be twice as slow as the next: each side is run `rounds` times, in
+    alternating order, and compared by its best run (what the code can do) beside its median."""
     rates: dict[bool, list[float]] = {True: [], False: []}
     msgs = 0.0
     for k in range(rounds):
@@ -231,11 +234,13 @@ def bench_confirm(root: Path, n: int, rounds: int = 2) -> tuple[list[Figure], di
             rates[on].append(bench_ingest(root / "confirm", n, 1, confirm=on, extra=extra)[3])
             if on:
                 msgs = extra.get("confirm_messages", 0.0)
-    on, off = statistics.median(rates[True]), statistics.median(rates[False])
+    on, off = max(rates[True]), max(rates[False])
     per_reading = msgs / n
     figs = [
-        Figure("ingest durable rate, confirmations on (median)", on, "readings/s", ", ".join(f"{r:,.0f}" for r in rates[True])),
-        Figure("ingest durable rate, confirmations off (median)", off, "readings/s", ", ".join(f"{r:,.0f}" for r in rates[False])),
+        Figure("ingest durable rate, confirmations on (best)", on, "readings/s",
+               f"median {statistics.median(rates[True]):,.0f}; runs " + ", ".join(f"{r:,.0f}" for r in rates[True])),
+        Figure("ingest durable rate, confirmations off (best)", off, "readings/s",
+               f"median {statistics.median(rates[False]):,.0f}; runs " + ", ".join(f"{r:,.0f}" for r in rates[False])),
         Figure("stored messages per reading (backlog drain)", per_reading, "msg/reading",
                f"{msgs:,.0f} confirmations for {n:,} readings of 1,000 devices; broker messages per reading {2 + 2 * per_reading:.2f} "
                "(telemetry in and out, stored in and out) against 2 without"),
