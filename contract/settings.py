@@ -91,6 +91,13 @@ class Settings(BaseSettings):
     # Liveness: held work with no batch made durable for this long means stalled (not live).
     ingest_stall_s: Annotated[float, Field(gt=0, le=86_400)] = 120.0
     ingest_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # Store-and-forward (issue 18): after each durable batch the ingest tells each device, on its `stored` topic,
+    # which of its readings it may free; one message per device per round, rounds at most this often.
+    ingest_confirm: bool = True  # false: no confirmations (devices that wait for them replay after their timeout)
+    ingest_confirm_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    # Bound on devices with confirmations waiting to be sent (each holds at most 128 seq ranges); past it, the oldest is
+    # forgotten and counted (its readings are replayed by the device and stored again: idempotent).
+    ingest_confirm_devices: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     ts_max_age_s: Annotated[float, Field(gt=0)] = 35 * 86400
     ts_max_future_s: Annotated[float, Field(ge=0)] = 300
     max_payload_bytes: Annotated[int, Field(ge=256, le=268_435_455)] = 262_144

@@ -9,6 +9,13 @@ goes back to the head of the queue and is retried with backoff: it is never
 dropped and never leaves `pending` stuck; `health()` turns not-live while no
 batch is made durable.
 
+Store-and-forward (DESIGN, Delivery guarantee): once a batch is durable,
+each device's seqs in it (readings stored, spooled, or dead-lettered as bad
+data) go to the confirmation tracker (ingest/confirm.py); the confirmer
+thread sends each waiting device one `stored` message per round (QoS 1, not
+retained), rounds at most every `ingest_confirm_ms`. Nothing is confirmed
+before it is durable, and the broker's PUBACK still goes only after that.
+
 Memory is bounded: at most `ingest_receive_maximum` messages (QoS 0 counted
 as QoS 1) and `ingest_max_pending_mb` of parsed lines and dead letters are
 held un-acked. The first is our MQTT 5 Receive Maximum; past either the
@@ -31,8 +38,10 @@ from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 from contract.payload import Window
 from contract.settings import Settings, read_secret
+from contract.stored import encode_stored
 from ingest import mqttwire
 from ingest.catch import Catch, Marker, retire
+from ingest.confirm import Key, Tracker
 from ingest.deadletter import DeadLetterStore
 from ingest.health import Health, counters, write_file
 from ingest.liveness import Liveness, Observed, assess
@@ -66,6 +75,9 @@ class _Segment:
     session: Session | None = None  # whose acks these are: None the worker's own, else the catch session's
 
 
+Done = dict[Key, list[int]]  # device -> seqs a segment makes done once durable
+
+
 @dataclass
 class _Batch:
     lines: list[str] = field(default_factory=list)
@@ -74,9 +86,11 @@ class _Batch:
     bytes: int = 0
     dead: list[dict[str, object]] = field(default_factory=list)  # emptied once on disk: a retry does not write them twice
     started: float = 0.0
+    done: list[Done] = field(default_factory=list)
 
     def merge(self, other: _Batch) -> None:
         self.dead += other.dead
+        self.done += other.done
         self.lines += other.lines
         self.segments += other.segments
         self.messages += other.messages
@@ -134,6 +148,11 @@ class Worker:
         self._accepting = True
         self._wire_bytes = 200.0  # running mean of a message's size on the wire, to size reads near the bound
         self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full, room=self._room)
+        # store-and-forward confirmations: durable seqs per device, sent in rounds
+        self.confirm = Tracker(settings.ingest_confirm_devices) if settings.ingest_confirm else None
+        self._confirm_lock = threading.Lock()
+        self._confirm_wake = threading.Event()
+        self.session.on_puback = self._confirm_wake.set
         self.connected = self.session.connected
         # Several workers: each marks its shared subscription, worker 0 keeps the catch session (ingest/catch.py)
         catching = settings.ingest_workers > 1 and settings.ingest_share_catch
@@ -183,6 +202,7 @@ class Worker:
         session.subscribe([(f, topics.QOS | mqttwire.RETAIN_IF_NEW) for f in use])
         session.subscribe([(BROKER_DROPPED_TOPIC, 0)], required=False)  # a broker's ACL may keep $SYS from us
         log.info("connected", extra=kv(worker=self.name, session_present=session_present, reconnects=session.reconnects))
+        self._confirm_wake.set()  # confirmations held while away go now
 
     def _full(self) -> bool:
         """The bound on what is held: messages (any QoS) and bytes parsed and not yet acked."""
@@ -257,6 +277,7 @@ class Worker:
         messages = 0
         size = wire_bytes = 0
         dead_keys: dict[int, int] = {}
+        done: Done = {}
         for topic_name, payload, pid in pubs:
             if not pid and topic_name == BROKER_DROPPED_TOPIC:
                 self._broker_dropped(payload)
@@ -266,6 +287,12 @@ class Worker:
                     pids.append(pid)
                 continue
             out = handle(topic_name, payload, clock())
+            if out.seqs:
+                d = done.get(out.device)  # type: ignore[arg-type]
+                if d is None:
+                    done[out.device] = out.seqs  # type: ignore[index]
+                else:
+                    d += out.seqs
             lines += out.lines
             messages += 1
             wire_bytes += len(payload) + len(topic_name) + 9
@@ -290,6 +317,8 @@ class Worker:
         self._wire_bytes = 0.9 * self._wire_bytes + 0.1 * (wire_bytes / messages)
         seg.messages = messages
         seg.bytes = size
+        if done and self.confirm is not None:
+            seg.done.append(done)
         if session is not None:  # counted before it is queued (lock order: _ack_lock is never taken inside _lock)
             with self._ack_lock:
                 self._catch_held += 1
@@ -338,6 +367,8 @@ class Worker:
             self.dead.append(batch.dead)
             batch.dead = []
         self.writer.commit(batch.lines)
+        if batch.done and self.confirm is not None:  # durable now: these readings may be freed
+            self._durable(batch.done)
         self.rollups.touched(batch.lines)
         with self._lock:
             self._progress_at = time.monotonic()
@@ -346,6 +377,57 @@ class Worker:
         with self.stats.lock:
             self.stats.pending_bytes -= batch.bytes
         self._release(batch.segments)
+
+    def _durable(self, done: list[Done]) -> None:
+        assert self.confirm is not None
+        n = 0
+        with self._confirm_lock:
+            for d in done:
+                n += self.confirm.add_all(d.items())
+            waiting = len(self.confirm)
+        with self.stats.lock:
+            self.stats.confirmed_readings += n
+            self.stats.confirm_waiting = waiting
+        self._confirm_wake.set()
+
+    def confirm_round(self) -> int:
+        """Send each device waiting one `stored` message (as many as the publish window takes); returns messages sent."""
+        if self.confirm is None:
+            return 0
+        room = self.session.publish_room()
+        if not room:
+            return 0
+        with self._confirm_lock:
+            items = self.confirm.take(room)
+        if not items:
+            return 0
+        now = time.time()
+        sent = self.session.publish([(topics.topic(city, device, "stored"), encode_stored(ranges, now)) for (city, device), ranges in items])
+        with self._confirm_lock:
+            for key, ranges in items[sent:]:  # the connection went meanwhile: kept for the next round
+                self.confirm.add_ranges(key, ranges)
+            waiting = len(self.confirm)
+            forgotten = self.confirm.ranges_forgotten + self.confirm.devices_forgotten
+        with self.stats.lock:
+            st = self.stats
+            st.confirm_messages += sent
+            st.confirm_waiting = waiting
+            st.confirm_forgotten = forgotten
+            st.confirm_acked = self.session.published
+            st.confirm_refused = self.session.publish_refused
+        return sent
+
+    def _confirmer(self) -> None:
+        period = self.settings.ingest_confirm_ms / 1000
+        while not self._stopping.is_set():
+            if not self._confirm_wake.wait(1.0):
+                continue
+            self._confirm_wake.clear()
+            try:
+                self.confirm_round()
+            except Exception:  # a bug must not stop the confirmations for good: devices replay meanwhile
+                log.exception("confirmation round failed; will retry")
+            self._stopping.wait(period)  # what becomes durable meanwhile joins the next round
 
     def _release(self, segments: list[_Segment]) -> None:
         """Send the acks of every durable segment whose predecessors are all acked."""
@@ -397,8 +479,11 @@ class Worker:
         with self.stats.lock:
             self.stats.save_failures += 1
             self.stats.save_last_error = f"{type(exc).__name__}: {exc}"[:200]
-        log.error("saving a batch failed; kept, will retry", exc_info=exc,
-                  extra=kv(worker=self.name, messages=batch.messages, failing_s=round(failing, 1), retry_s=delay, error=str(exc)[:200]))
+        log.error(
+            "saving a batch failed; kept, will retry",
+            exc_info=exc,
+            extra=kv(worker=self.name, messages=batch.messages, failing_s=round(failing, 1), retry_s=delay, error=str(exc)[:200]),
+        )
         return delay
 
     def reload_credentials(self, why: str) -> bool:
@@ -547,6 +632,7 @@ class Worker:
         self._threads = [
             *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
+            *([threading.Thread(target=self._confirmer, name="confirmer", daemon=True)] if self.confirm is not None else []),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
             threading.Thread(target=self._health, name="health", daemon=True),
         ]
@@ -569,6 +655,9 @@ class Worker:
         except Exception:
             log.exception("final flush failed; un-acked messages will be redelivered")
             acked = 0
+        with contextlib.suppress(Exception):
+            while self.confirm_round():  # what is durable is confirmed before we go (else the devices replay it)
+                pass
         if self.marker is not None:
             self.marker.stop()
         if self.catch is not None:

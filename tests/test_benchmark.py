@@ -24,12 +24,14 @@ GOOD = {
     "sim_sustained": 1.0,
     "fw_cycle_peak_kb": 30.0,
     "fw_replay_peak_kb": 31.0,
+    "confirm_on": 40_000.0,
+    "confirm_off": 42_000.0,
 }
 
 
 def test_every_target_is_met_by_a_run_that_meets_the_issue() -> None:
     got = targets(GOOD)
-    assert len(got) == 13
+    assert len(got) == 14
     assert all(t.met for t in got), [t.what for t in got if not t.met]
 
 
@@ -41,6 +43,7 @@ def test_each_target_fails_on_its_own_figure() -> None:
         "history_p50_ms": 13.1,  # 13.1 / 10 > 1.3
         "sim_sustained": 0.0,
         "fw_replay_peak_kb": 40.0,
+        "confirm_on": 37_000.0,  # more than 10% slower than with confirmations off
     }
     for key, bad in cases.items():
         failed = [t.what for t in targets({**GOOD, key: bad}) if not t.met]

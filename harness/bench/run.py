@@ -31,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.influx import Influx
-from harness.bench.ingest import Figure, bench_broker, bench_influx, bench_ingest, bench_latency
+from harness.bench.ingest import Figure, bench_broker, bench_confirm, bench_influx, bench_ingest, bench_latency
 from harness.progress import say as say_line
 from nakhon.servers import InfluxDB, Mosquitto
 
-SECTIONS = ("limits", "peer", "ingest", "api", "alerts", "sim", "firmware")
+SECTIONS = ("limits", "peer", "ingest", "confirm", "api", "alerts", "sim", "firmware")
 
 
 def _say(msg: str) -> None:
@@ -124,6 +124,12 @@ def ingest(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Fi
     return [multi[0], one[0], *figs[:-2], multi[1], one[1], multi[2], one[2], lat, *figs[-2:]]
 
 
+def confirm(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    figs, values = bench_confirm(root, min(args.messages, 100_000))
+    v.update(values)
+    return figs
+
+
 def api(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
     from harness.bench.api import measure
 
@@ -159,6 +165,7 @@ RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict[str, float]], list[F
     "limits": limits,
     "peer": peer,
     "ingest": ingest,
+    "confirm": confirm,
     "api": api,
     "alerts": alerts,
     "sim": sim,
@@ -219,6 +226,10 @@ def targets(v: dict[str, float]) -> list[Target]:
     if "ingest_alerts_on" in v:
         r = v["ingest_alerts_on"] / v["ingest_alerts_off"]
         out.append(Target("ingest rate, alerts on / off", f"{v['ingest_alerts_on']:,.0f} / {v['ingest_alerts_off']:,.0f}", r, "reported", True))
+    if "confirm_on" in v:
+        r = v["confirm_on"] / v["confirm_off"]
+        out.append(Target("ingest durable rate, stored confirmations on / off", f"{v['confirm_on']:,.0f} / {v['confirm_off']:,.0f} readings/s", r,
+                          ">= 0.9 (at most 10% slower)", r >= 0.9))
     if "sim_connected" in v:
         ok = v["sim_connected"] >= 10_000 and v.get("sim_sustained") == 1.0
         out.append(Target("simulated devices held connected", f"{v['sim_connected']:,.0f}", None, ">= 10,000, all readings acknowledged", ok))
