@@ -41,7 +41,13 @@ log = logging.getLogger("nakhon.alerts")
 
 BATCH_MAX = 2000
 RECEIVE_MAXIMUM = 4000  # two batches: one being judged, the next arriving
+# What the service holds un-judged. The broker is asked for RECEIVE_MAXIMUM, but Mosquitto 2.0 sends a
+# resumed session's whole queue at once (its quota is not counted on reconnect): 100,000 queued readings
+# were 85,000 messages in memory, 840 MB. So the client bounds it too: past this the network thread waits
+# (TCP pushes back on the broker) until the judge has taken a batch.
+INBOX_MAX = RECEIVE_MAXIMUM
 BATCH_WAIT_S = 0.2
+PUBACK_WAIT_S = 30.0
 TICK_S = 1.0
 STATS_S = 30.0
 HEALTH_S = 2.0
@@ -59,7 +65,8 @@ class AlertService:
             self.evaluator.load(city, device, doc)
             loaded += 1
         self.window = Window(settings.ts_max_age_s, settings.ts_max_future_s)
-        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=INBOX_MAX)
+        self.held_max = 0  # the most messages held un-judged at once (health; the bench and tests read it)
         self.stop_event = threading.Event()
         self.client = self._client()
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
@@ -93,7 +100,7 @@ class AlertService:
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = lambda _c, _u, msg: self._inbox.put(msg)
+        client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
 
@@ -105,6 +112,17 @@ class AlertService:
         self.connected = True
         log.info("connected", extra=kv(broker=f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
                                        session_present=bool(getattr(flags, "session_present", False))))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """Network thread: hand the message to the judge, waiting while it holds INBOX_MAX (backpressure, nothing dropped)."""
+        while not self.stop_event.is_set():
+            try:
+                self._inbox.put(msg, timeout=0.5)
+            except queue.Full:
+                continue
+            self.held_max = max(self.held_max, self._inbox.qsize())
+            return
+        # stopping: not acknowledged, so the broker sends it again to the next run
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected = False
@@ -123,11 +141,13 @@ class AlertService:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise Retry(f"publish: {mqtt.error_string(info.rc)}")
             infos.append(info)
-        deadline = time.monotonic() + 10.0
+        # PUBACKs come on the telemetry's connection, behind what the broker has already sent us: while draining a
+        # backlog that is up to INBOX_MAX messages plus the socket's buffers, hence a generous wait
+        deadline = time.monotonic() + PUBACK_WAIT_S
         for info in infos:
             info.wait_for_publish(max(0.01, deadline - time.monotonic()))
             if not info.is_published():
-                raise Retry("no PUBACK within 10 s")
+                raise Retry(f"no PUBACK within {PUBACK_WAIT_S:.0f} s")
         refused = [self._refused.pop(i.mid) for i in infos if i.mid in self._refused]
         if refused:  # a broker that refuses the alerts topic (its ACL): retried until an operator fixes the account, and logged
             raise Retry(f"the broker refused {len(refused)} publish(es): {refused[0]}")
@@ -191,7 +211,8 @@ class AlertService:
         oldest, targets = self.store.oldest_pending()
         try:
             health.write(self.health_path, {
-                "connected": self.connected, "messages": self.messages, "stations": len(self.evaluator.stations), "readings": self.evaluator.counts["readings"],
+                "connected": self.connected, "messages": self.messages, "held_max": self.held_max,
+                "stations": len(self.evaluator.stations), "readings": self.evaluator.counts["readings"],
                 "events": self.evaluator.counts["events"], "pending": counts.get("pending", 0), "failed": counts.get("failed", 0),
                 "oldest_pending_s": None if oldest is None else round(time.time() - oldest, 1), "stuck_targets": targets})
         except OSError as exc:
