@@ -29,7 +29,8 @@ from alerts.core import Evaluator, Event
 from alerts.deliver import InfluxTarget, Retry, Webhook, Worker
 from alerts.rules import RuleBook
 from alerts.store import Item, Store
-from alerts.text import messages, webhook_body
+from alerts.storm import Grouper
+from alerts.text import messages, storm_body, webhook_body
 from contract.alerts import alerts_topic
 from contract.influx import Influx, InfluxError
 from contract.logs import kv
@@ -64,6 +65,9 @@ class AlertService:
         for city, device, doc in self.store.stations():
             self.evaluator.load(city, device, doc)
             loaded += 1
+        self.grouper = Grouper(lambda city: book.for_station(city, None).storm)
+        for city, doc in self.store.storms():
+            self.grouper.load(city, doc)
         self.window = Window(settings.ts_max_age_s, settings.ts_max_future_s)
         self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=INBOX_MAX)
         self.held_max = 0  # the most messages held un-judged at once (health; the bench and tests read it)
@@ -171,11 +175,13 @@ class AlertService:
                 for msg in batch:
                     events += self._message(msg)
                 now = time.monotonic()
+                storms: list[dict[str, Any]] = []
                 if now - last_tick >= TICK_S:
                     events += self.evaluator.tick()
+                    storms = self.grouper.tick(int(self.clock() * 1000))
                     last_tick = now
-                if events or self.evaluator.dirty:
-                    self._commit(events)
+                if events or storms or self.evaluator.dirty or self.grouper.dirty:
+                    self._commit(events, storms)
                 for msg in batch:  # only now: what they changed is durable
                     self.client.ack(msg.mid, msg.qos)
                 if events:
@@ -245,10 +251,17 @@ class AlertService:
             return []
         return self.evaluator.readings(t.city, t.device, parsed.readings)
 
-    def _commit(self, events: list[Event]) -> None:
+    def _commit(self, events: list[Event], storms: list[dict[str, Any]] | None = None) -> None:
         ev = self.evaluator
         stations = [(c, d, ev.stations[(c, d)].to_doc()) for c, d in ev.dirty]
         items: list[tuple[str, str, bytes]] = []
+        # the webhooks (people) get one notification per city per storm; MQTT and InfluxDB get every event
+        notify = {id(e) for e in self.grouper.route(events, int(self.clock() * 1000))}
+        for doc in storms or []:
+            hook = orjson.dumps(storm_body(doc, self.settings.cities))
+            items += [(doc["id"], f"webhook:{i}", hook) for i in range(len(self.webhooks))]
+            log.info("alert storm", extra=kv(city=doc["city"], storm=doc["storm_id"], notification=doc["n"], events=doc["events"],
+                                             storm_events=doc["storm_events"], over=doc["over"]))
         for e in events:
             doc = e.doc()
             doc["message_en"], doc["message_th"] = messages(doc, self.settings.cities)
@@ -257,11 +270,12 @@ class AlertService:
             if e.event == "past":  # history only
                 continue
             items.append((e.id, "mqtt", body))
-            hook = orjson.dumps(webhook_body(e.doc(), self.settings.cities))
-            items += [(e.id, f"webhook:{i}", hook) for i in range(len(self.webhooks))]
+            if id(e) in notify:
+                hook = orjson.dumps(webhook_body(e.doc(), self.settings.cities))
+                items += [(e.id, f"webhook:{i}", hook) for i in range(len(self.webhooks))]
             log.info("alert", extra=kv(alert=e.alert_id, event=e.event, rule=e.rule, city=e.city, device=e.device, value=e.value,
                                        late=e.late))
-        self.store.commit(stations, items)
+        self.store.commit(stations, items, storms=self.grouper.docs())
         ev.dirty.clear()
 
 

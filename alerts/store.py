@@ -25,6 +25,9 @@ PRAGMA journal_mode=WAL;
 CREATE TABLE IF NOT EXISTS stations (
     city TEXT NOT NULL, device TEXT NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (city, device)
 );
+CREATE TABLE IF NOT EXISTS storms (
+    city TEXT PRIMARY KEY, doc BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
@@ -71,14 +74,22 @@ class Store:
         for city, device, doc in rows:
             yield city, device, orjson.loads(doc)
 
-    def commit(self, stations: Iterable[tuple[str, str, dict[str, Any]]], items: Iterable[tuple[str, str, bytes]], now: float | None = None) -> None:
-        """Station states and outbox items (event id, target, body), all or nothing."""
+    def storms(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT city, doc FROM storms").fetchall()
+        for city, doc in rows:
+            yield city, orjson.loads(doc)
+
+    def commit(self, stations: Iterable[tuple[str, str, dict[str, Any]]], items: Iterable[tuple[str, str, bytes]], now: float | None = None,
+               storms: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Station states, cities' storm states and outbox items (event id, target, body), all or nothing."""
         now = time.time() if now is None else now
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO stations (city, device, doc) VALUES (?, ?, ?)",
                                      [(c, d, orjson.dumps(doc)) for c, d, doc in stations])
+                self._db.executemany("INSERT OR REPLACE INTO storms (city, doc) VALUES (?, ?)", [(c, orjson.dumps(doc)) for c, doc in storms])
                 self._db.executemany("INSERT OR IGNORE INTO outbox (event_id, target, body, created, next_at) VALUES (?, ?, ?, ?, ?)",
                                      [(e, t, b, now, now) for e, t, b in items])
                 self._db.execute("COMMIT")
