@@ -45,8 +45,7 @@ RECEIVE_MAXIMUM = 4000  # two batches: one being judged, the next arriving
 # What the service holds un-judged. The broker is asked for RECEIVE_MAXIMUM, but Mosquitto 2.0 sends a
 # resumed session's whole queue at once (its quota is not counted on reconnect): 100,000 queued readings
 # were 85,000 messages in memory, 840 MB. So the client bounds it too: past this the network thread waits
-# (TCP pushes back on the broker) until the judge has taken a batch.
-INBOX_MAX = RECEIVE_MAXIMUM
+# (TCP pushes back on the broker) until the judge has taken a batch: settings.alerts_inbox_max (4,000).
 BATCH_WAIT_S = 0.2
 PUBACK_WAIT_S = 30.0
 TICK_S = 1.0
@@ -69,7 +68,7 @@ class AlertService:
         for city, doc in self.store.storms():
             self.grouper.load(city, doc)
         self.window = Window(settings.ts_max_age_s, settings.ts_max_future_s)
-        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=INBOX_MAX)
+        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=settings.alerts_inbox_max)
         self.held_max = 0  # the most messages held un-judged at once (health; the bench and tests read it)
         self.stop_event = threading.Event()
         self.client = self._client()
@@ -118,7 +117,7 @@ class AlertService:
                                        session_present=bool(getattr(flags, "session_present", False))))
 
     def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        """Network thread: hand the message to the judge, waiting while it holds INBOX_MAX (backpressure, nothing dropped)."""
+        """Network thread: hand the message to the judge, waiting while it holds alerts_inbox_max (backpressure, nothing dropped)."""
         while not self.stop_event.is_set():
             try:
                 self._inbox.put(msg, timeout=0.5)
@@ -146,7 +145,7 @@ class AlertService:
                 raise Retry(f"publish: {mqtt.error_string(info.rc)}")
             infos.append(info)
         # PUBACKs come on the telemetry's connection, behind what the broker has already sent us: while draining a
-        # backlog that is up to INBOX_MAX messages plus the socket's buffers, hence a generous wait
+        # backlog that is up to alerts_inbox_max messages plus the socket's buffers, hence a generous wait
         deadline = time.monotonic() + PUBACK_WAIT_S
         for info in infos:
             info.wait_for_publish(max(0.01, deadline - time.monotonic()))
@@ -195,7 +194,7 @@ class AlertService:
                     self.store.prune()
                 if now - last_stats >= STATS_S:
                     last_stats = now
-                    log.info("alerts stats", extra=kv(**self.evaluator.counts, bad_messages=self.bad_messages, outbox=self.store.counts(),
+                    log.info("alerts stats", extra=kv(**self.evaluator.counts, bad_messages=self.bad_messages, outbox=self.store.undelivered(),
                                                       stations=len(self.evaluator.stations)))
         finally:
             self.stop_event.set()
@@ -213,8 +212,8 @@ class AlertService:
         self.stop_event.set()
 
     def _health(self) -> None:
-        counts = self.store.counts()
-        oldest, targets = self.store.oldest_pending()
+        counts = self.store.undelivered()
+        oldest, targets = self.store.oldest_pending(self.wakes)
         try:
             health.write(self.health_path, {
                 "connected": self.connected, "messages": self.messages, "held_max": self.held_max,

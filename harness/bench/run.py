@@ -190,6 +190,10 @@ def targets(v: dict[str, float]) -> list[Target]:
     if "alerts_service_rate" in v:
         r = v["alerts_service_rate"] / 1000
         out.append(Target("alerts service through the broker / fleet rate", f"{v['alerts_service_rate']:,.0f} / 1,000 readings/s", r, ">= 1", r >= 1))
+    if "alerts_service_mb" in v:
+        r = v["alerts_service_mb"] / v["alerts_service_mb_unbounded"]
+        out.append(Target("alerts service peak memory draining a storm, bounded / unbounded inbox",
+                          f"{v['alerts_service_mb']:,.0f} / {v['alerts_service_mb_unbounded']:,.0f} MB", r, "< 0.5", r < 0.5))
     if "alerts_latency_p99_ms" in v:
         p99 = v["alerts_latency_p99_ms"]
         ok = p99 < 10_000 and v.get("alerts_latency_missing", 1) == 0

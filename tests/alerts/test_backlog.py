@@ -9,7 +9,6 @@ import orjson
 import paho.mqtt.client as mqtt
 import pytest
 
-from alerts.service import INBOX_MAX
 from contract.payload import encode_reading
 from contract.settings import Settings
 from nakhon.procs import Service
@@ -17,7 +16,7 @@ from tests.helpers import wait_until
 
 pytestmark = pytest.mark.e2e
 
-QUEUED = 3 * INBOX_MAX
+QUEUED = 12_000  # three times the inbox's bound
 
 
 def _publish(port: int, n: int) -> None:
@@ -38,6 +37,7 @@ def _publish(port: int, n: int) -> None:
 
 
 def test_a_backlog_is_drained_holding_at_most_inbox_max_messages(settings: Settings, workdir: Path) -> None:
+    assert settings.alerts_inbox_max * 3 == QUEUED
     svc = Service("alerts", ["alerts", "run"], settings, workdir / "logs")
     svc.start()  # the first start makes the persistent session and its subscription
     assert svc.wait_log('"msg":"connected"', 30), svc.log_path.read_text()[-3000:]
@@ -59,4 +59,4 @@ def test_a_backlog_is_drained_holding_at_most_inbox_max_messages(settings: Setti
     finally:
         svc.stop()
     assert doc["messages"] == QUEUED  # every one, none twice
-    assert 0 < doc["held_max"] <= INBOX_MAX  # was ~QUEUED (the whole backlog in memory) before the inbox was bounded
+    assert 0 < doc["held_max"] <= settings.alerts_inbox_max  # was ~QUEUED (the whole backlog in memory) before the inbox was bounded
