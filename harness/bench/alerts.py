@@ -110,8 +110,9 @@ def _drain(root: Path, n: int, inbox_max: int) -> tuple[float, float, float, int
 
 def bench_service(root: Path, n: int) -> tuple[list[Figure], dict[str, float]]:
     """The drain twice in the same run: with the inbox unbounded, as before, and bounded (the default)."""
+    bound = load_settings().alerts_inbox_max
     b_secs, b_cpu, b_mb, b_held = _drain(root / "service-unbounded", n, UNBOUNDED)
-    secs, cpu, mb, held = _drain(root / "service", n, load_settings().alerts_inbox_max)
+    secs, cpu, mb, held = _drain(root / "service", n, bound)
     rate, b_rate = n / secs, n / b_secs
     return [
         Figure("alerts service drain rate (broker -> state committed -> ack)", rate, "readings/s",
@@ -122,7 +123,8 @@ def bench_service(root: Path, n: int) -> tuple[list[Figure], dict[str, float]]:
         Figure("alerts service peak memory, inbox unbounded (before)", b_mb, "MB", f"VmHWM; held up to {b_held:,} messages un-judged"),
         Figure("alerts service peak memory, inbox bounded (now)", mb, "MB",
                f"VmHWM; held up to {held:,} messages (NAKHON_ALERTS_INBOX_MAX); {mb / b_mb:.2f} of before"),
-    ], {"alerts_service_rate": rate, "alerts_service_mb": mb, "alerts_service_mb_unbounded": b_mb}
+    ], {"alerts_service_rate": rate, "alerts_service_rate_unbounded": b_rate, "alerts_service_mb": mb, "alerts_service_mb_unbounded": b_mb,
+        "alerts_service_held": float(held), "alerts_service_held_unbounded": float(b_held), "alerts_service_inbox_max": float(bound)}
 
 
 class _Receiver:
