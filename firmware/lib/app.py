@@ -1,12 +1,19 @@
 # The node: read sensors on a schedule, publish or buffer, keep the link and the clock.
 #
-# One loop, no threads. Every reading gets the next sequence number and enters a small
-# RAM staging list; while online it is published at once (QoS 1) and forgotten on
-# PUBACK. Offline, staged readings go to the flash ring in chunks; on reconnect the
-# ring is replayed oldest first as batches before anything newer, so the platform sees
-# readings in order with their original ts and seq. Readings taken before the time is
-# known go to flash (state/pretime) with the RTC's own count and its power-up epoch, and
-# are dated and moved to the ring once NTP answers (online.backdate).
+# One loop, no threads. Every reading gets the next sequence number and goes to the flash
+# ring at once (`ring.chunk` readings at a time; a small RAM staging list holds them
+# while flash refuses writes) and is published from there (QoS 1), oldest first, as
+# batches. The broker's PUBACK is not the end: a reading stays in flash until the
+# platform says, on the device's `stored` topic, that it is durable (contract/stored.py);
+# after a reconnect, or when no confirmation comes within confirm_ms, whatever is not
+# confirmed is sent again, and the platform's idempotent writes absorb the repeats. When
+# confirmations stop for longer than the ring lasts, its oldest readings are dropped and
+# counted (status `dropped`). A broker that refuses the `stored` subscription (a platform
+# without confirmations) is reported (`stored:refused`) and the PUBACK frees readings, as
+# before. Readings taken before the time is known go to flash (state/pretime) with the
+# RTC's own count and its power-up epoch, and are dated and moved to the ring once the
+# time is known: from NTP, or, while NTP is blocked, from the `t` the platform puts in
+# its `stored` messages (online.backdate).
 #
 # Nothing here resets the board in a loop: a Wi-Fi driver error, a flash that refuses
 # writes, a status field that cannot be read degrade that one function, are reported
@@ -43,6 +50,7 @@ BUF_BYTES = const(512)  # scratch for the ring: a replay batch streams from flas
 _IDLE_MAX_MS = const(1000)
 _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
+CONFIRM_MS = const(60000)  # sent, no `stored` this long (or a keep-alive, if longer): send again
 
 
 class Node:
@@ -53,6 +61,7 @@ class Node:
     t_tel: str
     t_status: str
     t_config: str
+    t_stored: str
     reset: str
     boot: Any  # ticks
     interval_s: int  # the base interval, from config.json or the platform's config
@@ -74,7 +83,12 @@ class Node:
     skip: dict
     rejected: dict
     ring: Any
-    staging: list
+    staging: list  # readings not in flash yet (chunk, or a flash that refuses writes)
+    st_sent: int  # the first st_sent of them were sent and wait for a confirmation
+    rng: list  # 2 * MAX_RANGES ints: the ranges of a `stored` message
+    confirm_t: Any  # ticks of the last progress: a confirmation, or a send when none waited
+    confirm_ms: int  # how long to wait for one before sending again (doubles, up to 32x)
+    confirm_base: int
     pretime: int  # readings in flash waiting for the time
     epoch: int  # power-ups so far: the RTC's own count restarts at each
     uptime_ms: int
@@ -177,6 +191,7 @@ class Node:
             self._pretime(taken, seq, body)
         else:
             self._stage(now, seq, body)
+            self._flush()
         self._check_thresholds(m)
         for name, drv in self.sensors:
             bad = getattr(drv, "bad", 0)
@@ -189,6 +204,8 @@ class Node:
         if len(self.staging) >= _STAGE_MAX:  # only while flash refuses writes
             self.staging.pop(0)
             self.ring.dropped += 1
+            if self.st_sent:
+                self.st_sent -= 1
         self.staging.append(('{"ts":%d.%03d,"seq":%d,"m":%s}\n' % (t_ms // 1000, t_ms % 1000, seq, body)).encode())
         log.info("reading seq=%d ts=%d.%03d" % (seq, t_ms // 1000, t_ms % 1000))
 
@@ -216,11 +233,11 @@ class Node:
         self.interval_ms = max(1000, base // 4) if hot else base
 
     def _flush(self, force: bool = False) -> None:
-        """Move staged readings to flash when they cannot be published now."""
+        """Move staged readings to flash (ring.chunk at a time)."""
         n = len(self.staging)
         if self.inflight is not None and self.inflight[1] == "s":
             return
-        if n and (force or (not self.online and n >= self.chunk) or n > 16):
+        if n and (force or n >= self.chunk or n > 16):
             if "flash" in self.faults and not force and n < self.chunk + 8:
                 return  # flash refused the last write: try again every few readings, not every loop
             try:
@@ -230,10 +247,19 @@ class Node:
                 return
             self.fault("flash", None)
             self.staging = []
+            self.st_sent = 0  # those sent go again from flash, unless confirmed meanwhile
             log.info("ring: stored %d, pending=%d dropped=%d" % (n, self.ring.pending, self.ring.dropped))
 
     # --- config from the platform -------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
+        if topic == self.t_stored:
+            import stored
+
+            try:
+                stored.handle(self, payload)
+            finally:
+                _done()
+            return
         if topic != self.t_config or not payload:
             return
         import retained
@@ -242,6 +268,25 @@ class Node:
             retained.apply(self, payload, True)
         finally:
             _done()
+
+    # --- confirmations from the platform ------------------------------------------------
+    def _unconfirmed(self) -> int:
+        return self.ring.pending - self.ring.unsent + self.st_sent
+
+    def _check_confirmed(self) -> None:
+        # Sent, and no confirmation for confirm_ms: the broker or the platform lost it.
+        # Everything not confirmed goes again, oldest first; the wait doubles each time no
+        # confirmation comes at all (a platform away for long), back to confirm_base on one.
+        if self.inflight is not None or not self._unconfirmed():
+            return
+        now = hal.ticks_ms()
+        quiet = hal.ticks_diff(now, self.confirm_t)
+        if quiet > self.confirm_ms:
+            log.warn("stored: no confirmation for %d s: sending %d again" % (quiet // 1000, self._unconfirmed()))
+            self.ring.rewind()
+            self.st_sent = 0
+            self.confirm_t = now
+            self.confirm_ms = min(self.confirm_ms * 2, self.confirm_base << 5)
 
     # --- the link -------------------------------------------------------------------------
     def _backoff(self, why) -> None:
@@ -293,13 +338,20 @@ class Node:
         if self.link_resets:  # the link carries again
             self.link_resets = 0
             self.fault("link", None)
+        if not self._unconfirmed():
+            self.confirm_t = self.last_ack  # the wait for a confirmation starts now
+        legacy = self.client.refused  # no confirmations: the PUBACK is the end of the chain
         if f[1] == "r":
-            try:
-                self.ring.commit(f[2], f[3], f[4], f[5])
-            except OSError as e:  # the read position moved in RAM; flash gets it at the next commit
-                self.flash_error(e)
-        else:
+            self.ring.sent(f[2], f[3], f[4], f[5])
+            if legacy:
+                try:
+                    self.ring.release()
+                except OSError as e:  # the head moved in RAM; flash gets it at the next release
+                    self.flash_error(e)
+        elif legacy:
             del self.staging[: f[2]]
+        else:
+            self.st_sent += f[2]
         self.published += f[2]
 
     def _pump(self) -> None:
@@ -309,7 +361,7 @@ class Node:
             if hal.ticks_diff(hal.ticks_ms(), f[6]) > self.client.keepalive_ms:
                 raise OSError("no PUBACK")
             return
-        if self.ring.pending > 0:
+        if self.ring.unsent > 0:
             n, nb, seg, off = self.ring.peek(self.buf, self.batch, BATCH_BYTES)
             if n:
                 # Straight from flash: the lines, less the last newline, with each newline
@@ -321,24 +373,26 @@ class Node:
                 c.write(b"]}")
                 self.inflight = (pid, "r", n, nb, seg, off, hal.ticks_ms())
                 return
-        if self.staging:
-            # One reading as itself, several as a batch; written piece by piece (no join).
+        if len(self.staging) > self.st_sent:
+            # Those not sent yet: one reading as itself, several as a batch; written piece
+            # by piece (no join).
             st = self.staging
-            n = len(st)
+            s0 = self.st_sent
+            n = len(st) - s0
             c = self.client
             if n == 1:
-                rec = st[0]
+                rec = st[s0]
                 pid = c.begin(self.t_tel, 7 + len(rec) - 2)
                 c.write(b'{"v":1,')
                 c.write(rec, 1, len(rec) - 1)
             else:
                 size = 16 + 2 - 1
-                for r in st:
-                    size += len(r)
+                for i in range(s0, len(st)):
+                    size += len(st[i])
                 pid = c.begin(self.t_tel, size)
                 c.write(b'{"v":1,"batch":[')
-                for i in range(n):
-                    if i:
+                for i in range(s0, len(st)):
+                    if i > s0:
                         c.write(b",")
                     c.write(st[i], 0, len(st[i]) - 1)
                 c.write(b"]}")
@@ -360,6 +414,11 @@ class Node:
             if not hal.wifi_connected():
                 raise OSError("wifi lost")
             self.client.poll(0)
+            refused = self.client.refused
+            if refused != (self.faults.get("stored") == "refused"):
+                self.fault("stored", "refused" if refused else None)
+            if not refused:
+                self._check_confirmed()
             if self.status_due or hal.ticks_diff(hal.ticks_ms(), self.status_at) > self.status_ms:
                 self._status()
             self._pump()
@@ -391,8 +450,8 @@ class Node:
                 self.safe = False
                 self.fault("boot", None)
                 self.clock._next = now
-        if not (self.ring.pending or self.staging) or not hal.wifi_connected():
-            self.last_ack = now  # nothing to carry, or no Wi-Fi (its own reconnects handle that)
+        if not (self.ring.unsent or len(self.staging) > self.st_sent) or not hal.wifi_connected():
+            self.last_ack = now  # nothing to send, or no Wi-Fi (its own reconnects handle that)
             return
         quiet = hal.ticks_diff(now, self.last_ack)
         if quiet > LINK_REBOOT_MS << (2 if self.faults.get("reset") == "nolink" else 0):  # after one such reset, 4x as long
@@ -430,7 +489,7 @@ class Node:
 
     def idle(self) -> None:
         wait = hal.ticks_diff(self.next_read, hal.ticks_ms())
-        if self.online and (self.inflight is None and (self.ring.pending or self.staging)):
+        if self.online and (self.inflight is None and (self.ring.unsent or len(self.staging) > self.st_sent)):
             wait = 0
         if hal.wifi_connected() and self.clock.due():
             wait = 0
@@ -458,7 +517,7 @@ class Node:
             self.service_clock()
             self.service_link()
             if self.online and not self.status_due and self.inflight is None and not self.ring.pending and not self.staging:
-                break
+                break  # everything confirmed
             self.wdt.feed()
             self.idle()
         self._flush(True)
@@ -476,6 +535,7 @@ def _done() -> None:
     sys.modules.pop("online", None)
     sys.modules.pop("retained", None)
     sys.modules.pop("report", None)
+    sys.modules.pop("stored", None)
 
 
 def main(buf: Any = None) -> None:

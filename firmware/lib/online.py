@@ -1,6 +1,6 @@
 # Coming online, loaded on demand and dropped again (app._done): opening the MQTT session
-# (CONNECT with the Last Will, SUBSCRIBE to the device's config) and setting the clock
-# from NTP. Each runs once per (re)connect or sync, not every cycle, so this code need not
+# (CONNECT with the Last Will, SUBSCRIBE to the device's config and `stored` topics) and
+# setting the clock (from NTP, or from the platform's time while NTP is blocked). Each runs once per (re)connect or sync, not every cycle, so this code need not
 # sit in RAM in between: the running node keeps only what every cycle uses.
 import gc
 import select
@@ -36,6 +36,8 @@ def connect(node: Any) -> None:
         sock = hal.connect(host, port, tls, verify, node.cadata, 10000)
         session(c, sock, node.t_status, OFFLINE)
         subscribe(c, node.t_config)
+        c.refused = False
+        c.optional = subscribe(c, node.t_stored)  # refused by a platform that does not confirm
     except Exception as e:
         c.close()
         node._backoff("mqtt %r" % (e,))
@@ -43,6 +45,10 @@ def connect(node: Any) -> None:
     node.online = True
     node.attempt = 0
     node.status_due = True
+    # A new session: whatever was sent and not confirmed may be lost with the old one.
+    node.ring.rewind()
+    node.st_sent = 0
+    node.confirm_t = hal.ticks_ms()
     log.info("net: online, pending=%d" % (node.ring.pending + len(node.staging)))
 
 
@@ -117,11 +123,7 @@ def sync(node: Any) -> bool:
         log.warn("ntp: attempt %d failed (%s), retry in %d ms" % (clock.tries, e, delay))
         node.fault("ntp", "no_answer" if clock.tries > 3 else None)
         return False
-    if not clock.synced:
-        _offsets(node, t - before)
-    step = t - before
-    hal.set_rtc_ms(t)
-    clock.synced = True
+    _set(node, t, before, "ntp")
     clock.tries = 0
     clock.floor = t
     clock._next = hal.ticks_add(hal.ticks_ms(), _RESYNC_MS)
@@ -130,8 +132,28 @@ def sync(node: Any) -> bool:
         save(STATE + "/floor", str(t))  # a later clock can not be earlier than this
     except OSError as e:
         node.flash_error(e)
-    log.info("ntp: time set %d (RTC was off by %d ms)" % (t, step))
     return True
+
+
+def _set(node: Any, t: int, before: int, source: str) -> None:
+    clock = node.clock
+    if not clock.synced:
+        _offsets(node, t - before)
+    hal.set_rtc_ms(t)
+    clock.synced = True
+    log.info("%s: time set %d (RTC was off by %d ms)" % (source, t, t - before))
+
+
+def set_time(node: Any, t: int) -> None:
+    """The time from the platform (`t` of a `stored` message, ms), while the clock is
+    unknown and NTP does not answer: the RTC is set, and what was read without the time
+    is dated. NTP goes on being asked (it is the finer source; the floor stays its own)."""
+    if t < node.clock.floor:
+        log.warn("platform: implausible time %d" % t)
+        return
+    _set(node, t, hal.rtc_time_ms(), "platform")
+    if node.pretime and not node.safe:
+        backdate(node)
 
 
 def ntp_time_ms(host: str) -> int:

@@ -1,0 +1,417 @@
+# The `stored` confirmation (contract/stored.py) on the device: which of its readings the
+# platform holds durably, as inclusive seq ranges, and the platform's time.
+#
+#     {"v": 1, "seq": [[40, 52], [55, 55]], "t": 1764000000.25}
+#
+# Loaded on demand for each confirmation and dropped again (app._done), like report.py:
+# the resident node keeps only the ring's send position and its `done` ranges.
+# A parser over the payload's bytes rather than json.loads: the ranges go into a list the
+# node made once (no JSON objects on the heap), and the time is read as integer
+# milliseconds (the ESP32's floats are single precision: 1.7e9 s in one is off by up to a
+# minute). It accepts exactly what the contract's parse_stored accepts (a test feeds both
+# the same payloads); keys written with escapes and nesting deeper than _DEPTH are the
+# two corners where it says "invalid" and the contract might not.
+from micropython import const
+
+import hal
+import log
+
+try:
+    from typing import Any  # for the type checker; MicroPython skips annotations
+except ImportError:
+    pass
+
+MAX_RANGES = const(32)  # contract/stored.py MAX_RANGES
+MAX_SEQ = 9007199254740991  # 2^53 - 1, contract/payload.py MAX_SEQ
+_T_END_MS = 8589934592000  # 2^33 s: t is below it
+_BIG = 100000000000000000000  # 10^20: digits beyond it only scale the number
+_DEPTH = const(16)
+_KEEP = const(8)  # confirmed ranges kept for readings beyond the ring's head
+_DONE_BAD = const(6)  # ring._walk kinds: confirmed | damaged
+_ALL = const(0x3FFFFFFF)
+
+_int = -1  # the last number read: its value if an integer >= 0 (else -1) ...
+_ms = -1  # ... and in thousandths, floored (-1 if negative or 2^33 s or more)
+_n = -1  # ranges read by the last _ranges: count, or -1 if they break the contract
+
+
+def _ws(p, i: int) -> int:
+    n = len(p)
+    while i < n:
+        b = p[i]
+        if b != 32 and b != 10 and b != 13 and b != 9:
+            return i
+        i += 1
+    return i
+
+
+def _hex(b: int) -> bool:
+    return 48 <= b <= 57 or 65 <= b <= 70 or 97 <= b <= 102
+
+
+def _str(p, i: int) -> int:
+    # A string starting at p[i] ('"'): the index after its closing quote, or -1.
+    n = len(p)
+    i += 1
+    while i < n:
+        b = p[i]
+        if b == 34:
+            return i + 1
+        if b < 32:
+            return -1
+        if b == 92:
+            i += 1
+            if i >= n:
+                return -1
+            b = p[i]
+            if b == 117:  # \uXXXX
+                if i + 4 >= n or not (_hex(p[i + 1]) and _hex(p[i + 2]) and _hex(p[i + 3]) and _hex(p[i + 4])):
+                    return -1
+                i += 4
+            elif not (b == 34 or b == 92 or b == 47 or b == 98 or b == 102 or b == 110 or b == 114 or b == 116):
+                return -1
+        i += 1
+    return -1
+
+
+def _digits(p, i: int) -> bool:
+    return i < len(p) and 48 <= p[i] <= 57
+
+
+def _num(p, i: int) -> int:
+    # A number at p[i]: the index after it, or -1; sets _int and _ms.
+    global _int, _ms
+    n = len(p)
+    neg = i < n and p[i] == 45
+    if neg:
+        i += 1
+    if not _digits(p, i):
+        return -1
+    m = scale = 0
+    isint = True
+    if p[i] == 48:
+        i += 1
+        if _digits(p, i):
+            return -1  # no leading zeros in JSON
+    while _digits(p, i):
+        if m < _BIG:
+            m = m * 10 + p[i] - 48
+        else:
+            scale += 1
+        i += 1
+    if i < n and p[i] == 46:
+        isint = False
+        i += 1
+        if not _digits(p, i):
+            return -1
+        while _digits(p, i):
+            if m < _BIG:
+                m = m * 10 + p[i] - 48
+                scale -= 1
+            i += 1
+    if i < n and (p[i] == 101 or p[i] == 69):
+        isint = False
+        i += 1
+        sign = 1
+        if i < n and (p[i] == 43 or p[i] == 45):
+            sign = -1 if p[i] == 45 else 1
+            i += 1
+        if not _digits(p, i):
+            return -1
+        e = 0
+        while _digits(p, i):
+            if e < 100000:
+                e = e * 10 + p[i] - 48
+            i += 1
+        scale += sign * e
+    _int = m if isint and scale == 0 and not (neg and m) else -1
+    if neg and m:
+        _ms = -1
+    elif not m:
+        _ms = 0
+    else:
+        x = scale + 3
+        if x > 20:
+            _ms = -1
+        elif x >= 0:
+            _ms = m * 10 ** x
+        elif x < -40:
+            _ms = 0
+        else:
+            _ms = m // 10 ** -x
+        if _ms >= _T_END_MS:
+            _ms = -1
+    return i
+
+
+def _word(p, i: int, w: bytes) -> int:
+    if i + len(w) > len(p):
+        return -1
+    for k in range(len(w)):
+        if p[i + k] != w[k]:
+            return -1
+    return i + len(w)
+
+
+def _val(p, i: int, depth: int) -> int:
+    # Any JSON value at p[i]: the index after it, or -1.
+    if i >= len(p):
+        return -1
+    b = p[i]
+    if b == 34:
+        return _str(p, i)
+    if b == 123 or b == 91:
+        if depth >= _DEPTH:
+            return -1
+        close = b + 2  # '{' -> '}', '[' -> ']'
+        i = _ws(p, i + 1)
+        if i < len(p) and p[i] == close:
+            return i + 1
+        while True:
+            if b == 123:
+                if i >= len(p) or p[i] != 34:
+                    return -1
+                i = _str(p, i)
+                if i < 0:
+                    return -1
+                i = _ws(p, i)
+                if i >= len(p) or p[i] != 58:
+                    return -1
+                i = _ws(p, i + 1)
+            i = _val(p, i, depth + 1)
+            if i < 0:
+                return -1
+            i = _ws(p, i)
+            if i >= len(p):
+                return -1
+            if p[i] == close:
+                return i + 1
+            if p[i] != 44:
+                return -1
+            i = _ws(p, i + 1)
+    if b == 116:
+        return _word(p, i, b"true")
+    if b == 102:
+        return _word(p, i, b"false")
+    if b == 110:
+        return _word(p, i, b"null")
+    return _num(p, i)
+
+
+def _ranges(p, i: int, out) -> int:
+    # `seq` in its expected shape, [[lo, hi], ...], read into out: the index after it, or
+    # -1 if it has another shape (the caller then reads it as any value); sets _n.
+    global _n
+    _n = k = 0
+    last = -1
+    if i >= len(p) or p[i] != 91:
+        return -1
+    i = _ws(p, i + 1)
+    if i < len(p) and p[i] == 93:
+        return i + 1
+    while True:
+        if i >= len(p) or p[i] != 91:
+            return -1
+        i = _num(p, _ws(p, i + 1))
+        if i < 0:
+            return -1
+        lo = _int
+        i = _ws(p, i)
+        if i >= len(p) or p[i] != 44:
+            return -1
+        i = _num(p, _ws(p, i + 1))
+        if i < 0:
+            return -1
+        hi = _int
+        i = _ws(p, i)
+        if i >= len(p) or p[i] != 93:
+            return -1
+        if lo < 0 or hi < 0 or hi > MAX_SEQ or lo > hi or lo <= last or k >= MAX_RANGES:
+            _n = -1
+        elif _n >= 0:
+            out[2 * k] = lo
+            out[2 * k + 1] = hi
+        k += 1
+        last = hi
+        i = _ws(p, i + 1)
+        if i >= len(p):
+            return -1
+        if p[i] == 93:
+            if _n >= 0:
+                _n = k
+            return i + 1
+        if p[i] != 44:
+            return -1
+        i = _ws(p, i + 1)
+
+
+def parse(p, out):
+    """(n, t_ms) of a `stored` payload: its n ranges written to out (lo0, hi0, lo1, hi1, ...;
+    out holds 2 * MAX_RANGES) and the platform's time in ms (-1 if not given); n is -1 for
+    a payload the contract refuses."""
+    v = n = -1
+    t = -1
+    i = _ws(p, 0)
+    if i >= len(p) or p[i] != 123:
+        return -1, -1
+    i = _ws(p, i + 1)
+    if i < len(p) and p[i] == 125:
+        i += 1
+    else:
+        while True:
+            if i >= len(p) or p[i] != 34:
+                return -1, -1
+            k0 = i + 1
+            i = _str(p, i)
+            if i < 0:
+                return -1, -1
+            klen = i - 1 - k0
+            key = 0
+            if klen == 1 and p[k0] == 118:
+                key = 1  # v
+            elif klen == 1 and p[k0] == 116:
+                key = 3  # t
+            elif klen == 3 and _word(p, k0, b"seq") > 0:
+                key = 2
+            i = _ws(p, i)
+            if i >= len(p) or p[i] != 58:
+                return -1, -1
+            i = _ws(p, i + 1)
+            start = i
+            if key == 2:
+                i = _ranges(p, i, out)
+                n = _n
+                if i < 0:
+                    n = -1
+                    i = _val(p, start, 1)
+            else:
+                i = _val(p, i, 1)
+                if key == 1:
+                    v = _int if i > 0 and (p[start] == 45 or 48 <= p[start] <= 57) else -1
+                elif key == 3:
+                    if i > 0 and p[start] == 110:
+                        t = -1  # null: no time given
+                    elif i > 0 and (p[start] == 45 or 48 <= p[start] <= 57):
+                        t = _ms if _ms >= 0 else -2
+                    else:
+                        t = -2
+            if i < 0:
+                return -1, -1
+            i = _ws(p, i)
+            if i >= len(p):
+                return -1, -1
+            if p[i] == 125:
+                i += 1
+                break
+            if p[i] != 44:
+                return -1, -1
+            i = _ws(p, i + 1)
+    if _ws(p, i) != len(p) or v != 1 or n < 0 or t == -2:
+        return -1, -1
+    return n, t
+
+
+# --- acting on it ------------------------------------------------------------------------
+def handle(node: Any, payload: bytes) -> None:
+    """A `stored` message: free what it confirms (RAM staging, then the flash ring, oldest
+    first), and take its time if the clock is unknown."""
+    n, t = parse(payload, node.rng)
+    if n < 0:
+        log.warn("stored: refused %r" % (payload[:80],))
+        node.fault("stored", "invalid")
+        return
+    if node.faults.get("stored") == "invalid":
+        node.fault("stored", None)
+    if t >= 0 and not node.clock.synced:
+        import online  # NTP has not answered: the platform's clock sets the time
+
+        online.set_time(node, t)
+    if not n:
+        return
+    r = node.rng
+    freed = 0
+    st = node.staging
+    if st:  # readings only in RAM: each line's seq is the number after "seq":
+        keep = []
+        for i in range(len(st)):
+            line = st[i]
+            k = line.find(b'"seq":') + 6
+            if _within(r, n, int(line[k : line.find(b",", k)])):
+                freed += 1
+                if i < node.st_sent:
+                    node.st_sent -= 1
+            else:
+                keep.append(line)
+        if freed:
+            node.staging = keep
+    try:
+        freed += confirm(node.ring, r, n, node.buf)
+    except OSError as e:  # the head moved in RAM; flash gets it at the next confirmation
+        node.flash_error(e)
+    if freed:
+        node.confirm_t = hal.ticks_ms()
+        node.confirm_ms = node.confirm_base
+        log.info("stored: %d confirmed, pending=%d" % (freed, node.ring.pending + len(node.staging)))
+
+
+def _within(r, n: int, seq: int) -> bool:
+    for i in range(n):
+        if r[2 * i] <= seq <= r[2 * i + 1]:
+            return True
+    return False
+
+
+def confirm(ring: Any, r, n: int, buf) -> int:
+    """The platform stored the seqs of n ranges (r: lo0, hi0, lo1, hi1, ...): remember
+    them in ring.done and free what they let go; returns how many readings were freed."""
+    for i in range(n):
+        _remember(ring.done, r[2 * i], r[2 * i + 1])
+    return free(ring, buf)
+
+
+def _remember(d: list, lo: int, hi: int) -> None:
+    # Merge [lo, hi] into the sorted, disjoint ranges kept; beyond _KEEP ranges the
+    # highest go (their readings are sent again and confirmed again: harmless).
+    i = 0
+    while i < len(d) and d[i + 1] < lo - 1:
+        i += 2
+    j = i
+    while j < len(d) and d[j] <= hi + 1:
+        lo = min(lo, d[j])
+        hi = max(hi, d[j + 1])
+        j += 2
+    del d[i:j]
+    d.insert(i, hi)
+    d.insert(i, lo)
+    if len(d) > 2 * _KEEP:
+        del d[2 * _KEEP :]
+
+
+def free(ring: Any, buf) -> int:
+    """Forget the readings at the head of the ring that the platform confirmed (and
+    damaged lines, counted as dropped), oldest first, up to the first one it has not:
+    the ring is FIFO. Returns how many were freed."""
+    freed = 0
+    while ring.pending > 0:
+        while ring.hseg < ring.last and ring.hoff >= ring._size(ring.hseg):
+            ring._next_segment()
+        n, nb, _, bad = ring._walk(buf, ring.hseg, ring.hoff, _DONE_BAD, _ALL, _ALL)
+        if not n:
+            break
+        ring.hoff += nb
+        ring.pending -= n
+        ring.dropped += bad
+        freed += n
+    if freed and ring.hseg < ring.last and ring.hoff >= ring._size(ring.hseg):
+        ring._next_segment()
+    if ring.cseg < ring.hseg or (ring.cseg == ring.hseg and ring.coff < ring.hoff):
+        ring.cseg, ring.coff, ring.unsent = ring.hseg, ring.hoff, ring.pending
+    d = ring.done
+    if ring.pending <= 0:
+        d.clear()
+    elif ring.stop >= 0:  # the head waits for ring.stop: ranges below it are of no more use
+        while d and d[1] < ring.stop:
+            del d[0:2]
+    if freed:
+        ring._save()
+    return freed
