@@ -348,9 +348,9 @@ def handle(node: Any, payload: bytes) -> None:
         freed += confirm(node.ring, r, n, node.buf)
     except OSError as e:  # the head moved in RAM; flash gets it at the next confirmation
         node.flash_error(e)
+    node.confirm_ms = node.confirm_base  # the platform answers: what it did not confirm is sent again at the base pace
     if freed:
         node.confirm_t = hal.ticks_ms()
-        node.confirm_ms = node.confirm_base
         log.info("stored: %d confirmed, pending=%d" % (freed, node.ring.pending + len(node.staging)))
 
 
