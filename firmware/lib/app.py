@@ -31,6 +31,7 @@ from micropython import const
 
 import hal
 import log
+import stored
 from catalogue import in_range
 from drivers import SensorError
 from store import STATE, save
@@ -253,12 +254,7 @@ class Node:
     # --- config from the platform -------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.t_stored:
-            import stored
-
-            try:
-                stored.handle(self, payload)
-            finally:
-                _done()
+            stored.handle(self, payload)
             return
         if topic != self.t_config or not payload:
             return
@@ -535,7 +531,6 @@ def _done() -> None:
     sys.modules.pop("online", None)
     sys.modules.pop("retained", None)
     sys.modules.pop("report", None)
-    sys.modules.pop("stored", None)
 
 
 def main(buf: Any = None) -> None:

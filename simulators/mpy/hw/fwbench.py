@@ -13,7 +13,7 @@ import gc
 import json
 import sys
 
-CORE = ("hal", "log", "catalogue", "drivers", "clock", "store", "ring", "mqtt", "app")
+CORE = ("hal", "log", "catalogue", "drivers", "clock", "store", "ring", "stored", "mqtt", "app")
 REPLAY = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 TLS = len(sys.argv) > 2 and sys.argv[2] == "tls"  # only boot and a TLS connect (config.json says tls)
 CONFIG_DOC = b'{"v":1,"seq":7,"interval_s":60,"sensors":{"pm":true},"thresholds":{"pm25":75.0}}'
@@ -79,9 +79,13 @@ def due():
 
 
 def cycle():
-    # one read-publish cycle: read every sensor, publish, wait for the PUBACK
+    # one read-publish-confirm cycle: read every sensor, the reading to flash, publish,
+    # wait for the PUBACK and for the platform's `stored` confirmation that frees it
     node.take_reading()
     publish_wait()
+    while node.ring.pending:
+        node.client.poll(100)
+        node.service_link()
 
 
 def status():
@@ -127,8 +131,10 @@ for row in modules:
 
 import app  # noqa: E402
 import hal  # noqa: E402
+import stored  # noqa: E402
 
-app.gc = probe  # the resident module that collects (between cycles, before status) ...
+app.gc = probe  # the resident modules that collect (between cycles, after a confirmation) ...
+stored.gc = probe
 sys.modules["gc"] = probe  # ... and any loaded on demand (start.py, online.py, before a TLS handshake)
 
 
@@ -167,6 +173,7 @@ for i in range(REPLAY):
     node._flush()
 node.online = True
 published0 = node.published
+pending0 = node.ring.pending
 steps = 0
 t0 = hal.ticks_ms()
 while node.ring.pending or node.inflight is not None:
@@ -190,6 +197,7 @@ print(json.dumps({
     "replay_device_ms": elapsed,
     "dropped": node.ring.dropped,
     "published": node.published - published0,
+    "confirmed": pending0 - node.ring.pending,
     "heap_total": gc.mem_alloc() + gc.mem_free(),
     "batch": node.batch,
 }))
