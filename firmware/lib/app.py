@@ -30,8 +30,8 @@ import sys
 from micropython import const
 
 import hal
+import confirm
 import log
-import stored
 from catalogue import in_range
 from drivers import SensorError
 from store import STATE, save
@@ -254,7 +254,7 @@ class Node:
     # --- config from the platform -------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic == self.t_stored:
-            stored.handle(self, payload)
+            confirm.handle(self, payload)
             return
         if topic != self.t_config or not payload:
             return

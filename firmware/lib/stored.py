@@ -3,33 +3,21 @@
 #
 #     {"v": 1, "seq": [[40, 52], [55, 55]], "t": 1764000000.25}
 #
-# Resident: a confirmation comes for every reading or batch the node sends.
+# The full parser, loaded on demand and dropped again (app._done): confirm.py reads the
+# form the platform sends itself and comes here only for any other.
 # A parser over the payload's bytes rather than json.loads: the ranges go into a list the
 # node made once (no JSON objects on the heap), and the time is read as integer
 # milliseconds (the ESP32's floats are single precision: 1.7e9 s in one is off by up to a
 # minute). It accepts exactly what the contract's parse_stored accepts (a test feeds both
 # the same payloads); keys written with escapes and nesting deeper than _DEPTH are the
 # two corners where it says "invalid" and the contract might not.
-import gc
-
 from micropython import const
-
-import hal
-import log
-
-try:
-    from typing import Any  # for the type checker; MicroPython skips annotations
-except ImportError:
-    pass
 
 MAX_RANGES = const(32)  # contract/stored.py MAX_RANGES
 MAX_SEQ = 9007199254740991  # 2^53 - 1, contract/payload.py MAX_SEQ
 _T_END_MS = 8589934592000  # 2^33 s: t is below it
 _BIG = 100000000000000000000  # 10^20: digits beyond it only scale the number
 _DEPTH = const(16)
-_KEEP = const(8)  # confirmed ranges kept for readings beyond the ring's head
-_DONE_BAD = const(6)  # ring._walk kinds: confirmed | damaged
-_ALL = const(0x3FFFFFFF)
 
 _int = -1  # the last number read: its value if an integer >= 0 (else -1) ...
 _ms = -1  # ... and in thousandths, floored (-1 if negative or 2^33 s or more)
@@ -310,115 +298,3 @@ def parse(p, out):
     if _ws(p, i) != len(p) or v != 1 or n < 0 or t == -2:
         return -1, -1
     return n, t
-
-
-# --- acting on it ------------------------------------------------------------------------
-def handle(node: Any, payload: bytes) -> None:
-    """A `stored` message: free what it confirms (RAM staging, then the flash ring, oldest
-    first), and take its time if the clock is unknown."""
-    n, t = parse(payload, node.rng)
-    if n < 0:
-        log.warn("stored: refused %r" % (payload[:80],))
-        node.fault("stored", "invalid")
-        return
-    if node.faults.get("stored") == "invalid":
-        node.fault("stored", None)
-    if t >= 0 and not node.clock.synced:
-        import sys
-
-        import online  # NTP has not answered: the platform's clock sets the time
-
-        try:
-            online.set_time(node, t)
-        finally:
-            sys.modules.pop("online", None)  # loaded for this once (app._done)
-    if not n:
-        return
-    r = node.rng
-    freed = 0
-    st = node.staging
-    if st:  # readings only in RAM: each line's seq is the number after "seq":
-        keep = []
-        for i in range(len(st)):
-            line = st[i]
-            k = line.find(b'"seq":') + 6
-            if _within(r, n, int(line[k : line.find(b",", k)])):
-                freed += 1
-                if i < node.st_sent:
-                    node.st_sent -= 1
-            else:
-                keep.append(line)
-        if freed:
-            node.staging = keep
-    try:
-        freed += confirm(node.ring, r, n, node.buf)
-    except OSError as e:  # the head moved in RAM; flash gets it at the next confirmation
-        node.flash_error(e)
-    node.confirm_ms = node.confirm_base  # the platform answers: what it did not confirm is sent again at the base pace
-    if freed:
-        node.confirm_t = hal.ticks_ms()
-        log.info("stored: %d confirmed, pending=%d" % (freed, node.ring.pending + len(node.staging)))
-        gc.collect()  # what the scan of flash left: a replay brings one confirmation per batch
-
-
-def _within(r, n: int, seq: int) -> bool:
-    for i in range(n):
-        if r[2 * i] <= seq <= r[2 * i + 1]:
-            return True
-    return False
-
-
-def confirm(ring: Any, r, n: int, buf) -> int:
-    """The platform stored the seqs of n ranges (r: lo0, hi0, lo1, hi1, ...): remember
-    them in ring.done and free what they let go; returns how many readings were freed."""
-    for i in range(n):
-        _remember(ring.done, r[2 * i], r[2 * i + 1])
-    return free(ring, buf)
-
-
-def _remember(d: list, lo: int, hi: int) -> None:
-    # Merge [lo, hi] into the sorted, disjoint ranges kept; beyond _KEEP ranges the
-    # highest go (their readings are sent again and confirmed again: harmless).
-    i = 0
-    while i < len(d) and d[i + 1] < lo - 1:
-        i += 2
-    j = i
-    while j < len(d) and d[j] <= hi + 1:
-        lo = min(lo, d[j])
-        hi = max(hi, d[j + 1])
-        j += 2
-    del d[i:j]
-    d.insert(i, hi)
-    d.insert(i, lo)
-    if len(d) > 2 * _KEEP:
-        del d[2 * _KEEP :]
-
-
-def free(ring: Any, buf) -> int:
-    """Forget the readings at the head of the ring that the platform confirmed (and
-    damaged lines, counted as dropped), oldest first, up to the first one it has not:
-    the ring is FIFO. Returns how many were freed."""
-    freed = 0
-    while ring.pending > 0:
-        while ring.hseg < ring.last and ring.hoff >= ring._size(ring.hseg):
-            ring._next_segment()
-        n, nb, _, bad = ring._walk(buf, ring.hseg, ring.hoff, _DONE_BAD, _ALL, _ALL)
-        if not n:
-            break
-        ring.hoff += nb
-        ring.pending -= n
-        ring.dropped += bad
-        freed += n
-    if freed and ring.hseg < ring.last and ring.hoff >= ring._size(ring.hseg):
-        ring._next_segment()
-    if ring.cseg < ring.hseg or (ring.cseg == ring.hseg and ring.coff < ring.hoff):
-        ring.cseg, ring.coff, ring.unsent = ring.hseg, ring.hoff, ring.pending
-    d = ring.done
-    if ring.pending <= 0:
-        d.clear()
-    elif ring.stop >= 0:  # the head waits for ring.stop: ranges below it are of no more use
-        while d and d[1] < ring.stop:
-            del d[0:2]
-    if freed:
-        ring._save()
-    return freed

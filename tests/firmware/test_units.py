@@ -284,31 +284,37 @@ STORED_PAYLOADS: list[bytes] = [
 ]
 
 STORED_SCRIPT = """
-import json, stored
+import binascii, json, confirm
 out = [0] * 64
 res = []
 for line in open('payloads.txt', 'rb').read().split(b'\\n'):
-    n, t = stored.parse(__import__('binascii').a2b_base64(line), out)
-    res.append([n, [[out[2 * i], out[2 * i + 1]] for i in range(max(n, 0))], t])
+    p = binascii.a2b_base64(line)
+    n, t = confirm.parse(p, out)
+    res.append([n, [[out[2 * i], out[2 * i + 1]] for i in range(max(n, 0))], t, confirm.quick(p, [0] * 64) is not None])
 print(json.dumps(res))
 """
 
 
 def test_device_and_contract_agree_on_stored_payloads(tmp_path: Path) -> None:
-    """The firmware's `stored` parser (firmware/lib/stored.py, bytes in, ranges into a list
-    made once, time in integer ms) accepts exactly what contract.stored.parse_stored does."""
+    """The firmware's `stored` parsing (firmware/lib/confirm.py for the form the platform
+    writes, stored.py for any other; bytes in, ranges into a list made once, time in
+    integer ms) accepts exactly what contract.stored.parse_stored does."""
     import base64
 
-    from contract.stored import StoredError, parse_stored
+    from contract.stored import StoredError, encode_stored, parse_stored
 
-    (tmp_path / "payloads.txt").write_bytes(b"\n".join(base64.b64encode(p) for p in STORED_PAYLOADS))
+    canonical = [encode_stored([]), encode_stored([(0, 0)], 0), encode_stored([(5, 9), (12, 40)], 1764000000.25),
+                 encode_stored([(2 * i, 2 * i) for i in range(32)], 1764000000), encode_stored([(7, 7)], 1764000000.999)]
+    payloads = canonical + STORED_PAYLOADS
+    (tmp_path / "payloads.txt").write_bytes(b"\n".join(base64.b64encode(p) for p in payloads))
     (tmp_path / "judge.py").write_text(STORED_SCRIPT)
     proc = run_mp(tmp_path / "judge.py", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     device = json.loads(proc.stdout.splitlines()[-1])
-    assert len(device) == len(STORED_PAYLOADS)
+    assert len(device) == len(payloads)
+    assert all(d[3] for d in device[: len(canonical)])  # the platform's own form never needs the full parser
     accepted = 0
-    for payload, (n, ranges, t_ms) in zip(STORED_PAYLOADS, device, strict=True):
+    for payload, (n, ranges, t_ms, _) in zip(payloads, device, strict=True):
         try:
             want = parse_stored(payload)
         except StoredError:
@@ -320,7 +326,7 @@ def test_device_and_contract_agree_on_stored_payloads(tmp_path: Path) -> None:
             assert t_ms == -1, payload
         else:
             assert abs(t_ms - want.t * 1000) <= 1, (payload, t_ms, want.t)  # integer ms: exact on a 32-bit float port too
-    assert accepted == 14  # both sides accept the same handful, refuse the rest
+    assert accepted == 14 + len(canonical)  # both sides accept the same handful, refuse the rest
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import gc
 import json
 import sys
 
-CORE = ("hal", "log", "catalogue", "drivers", "clock", "store", "ring", "stored", "mqtt", "app")
+CORE = ("hal", "log", "catalogue", "drivers", "clock", "store", "ring", "confirm", "mqtt", "app")
 REPLAY = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 TLS = len(sys.argv) > 2 and sys.argv[2] == "tls"  # only boot and a TLS connect (config.json says tls)
 CONFIG_DOC = b'{"v":1,"seq":7,"interval_s":60,"sensors":{"pm":true},"thresholds":{"pm25":75.0}}'
@@ -130,12 +130,12 @@ for row in modules:
     prev = now
 
 import app  # noqa: E402
+import confirm  # noqa: E402
 import hal  # noqa: E402
-import stored  # noqa: E402
 
 app.gc = probe  # the resident modules that collect (between cycles, after a confirmation) ...
-stored.gc = probe
-sys.modules["gc"] = probe  # ... and any loaded on demand (start.py, online.py, before a TLS handshake)
+confirm.gc = probe
+sys.modules["gc"] = probe  # ... and any loaded on demand (start.py, online.py before a TLS handshake, stored.py)
 
 
 def boot():
