@@ -402,7 +402,7 @@ def bench_report(r: dict[str, Any]) -> tuple[str, bool]:
     lines.append(f"  peak, {'TLS connect (CA verified; mbedtls buffers incl.)':<44}{tls / kb:6.1f} KB = rest + "
                  f"{(tls - r['tls_rest_bytes']) / kb:4.1f} KB; on an ESP32 mbedtls takes its ~{TLS_EXTRA // 1000} KB from the IDF heap,"
                  f" outside MicroPython's (not a target)")
-    lines.append(f"  replay: {r['published']} of {r['replay_readings']} readings published, {r['confirmed']} confirmed and freed,"
+    lines.append(f"  replay: {r['published']} of {r['replay_readings']} readings published, {r['replay_confirmed']} confirmed and freed,"
                  f" {r['dropped']} dropped")
     lines.append(f"  built firmware (mpy-cross)                             {r['built_bytes'] / kb:6.1f} KB  (source {r['source_bytes'] / kb:.1f} KB)")
     return "\n".join(lines) + "\n", ok

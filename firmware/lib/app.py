@@ -30,8 +30,8 @@ import sys
 from micropython import const
 
 import hal
-import confirm
 import log
+import ring
 from catalogue import in_range
 from drivers import SensorError
 from store import STATE, save
@@ -51,7 +51,6 @@ BUF_BYTES = const(512)  # scratch for the ring: a replay batch streams from flas
 _IDLE_MAX_MS = const(1000)
 _WIFI_WAIT_MS = const(15000)
 _MIN_FREE = const(4096)  # below this the loop is not healthy: let the watchdog reset
-CONFIRM_MS = const(60000)  # sent, no `stored` this long (or a keep-alive, if longer): send again
 
 
 class Node:
@@ -62,7 +61,6 @@ class Node:
     t_tel: str
     t_status: str
     t_config: str
-    t_stored: str
     reset: str
     boot: Any  # ticks
     interval_s: int  # the base interval, from config.json or the platform's config
@@ -84,12 +82,9 @@ class Node:
     skip: dict
     rejected: dict
     ring: Any
-    staging: list  # readings not in flash yet (chunk, or a flash that refuses writes)
-    st_sent: int  # the first st_sent of them were sent and wait for a confirmation
-    rng: list  # 2 * MAX_RANGES ints: the ranges of a `stored` message
+    staging: list  # readings not in flash yet (chunk, or a flash that refuses writes): freed by the PUBACK
     confirm_t: Any  # ticks of the last progress: a confirmation, or a send when none waited
-    confirm_ms: int  # how long to wait for one before sending again (doubles, up to 32x)
-    confirm_base: int
+    confirm_ms: int  # how long to wait for one before sending again: 60 s or a keep-alive, doubling up to 32x
     pretime: int  # readings in flash waiting for the time
     epoch: int  # power-ups so far: the RTC's own count restarts at each
     uptime_ms: int
@@ -205,8 +200,6 @@ class Node:
         if len(self.staging) >= _STAGE_MAX:  # only while flash refuses writes
             self.staging.pop(0)
             self.ring.dropped += 1
-            if self.st_sent:
-                self.st_sent -= 1
         self.staging.append(('{"ts":%d.%03d,"seq":%d,"m":%s}\n' % (t_ms // 1000, t_ms % 1000, seq, body)).encode())
         log.info("reading seq=%d ts=%d.%03d" % (seq, t_ms // 1000, t_ms % 1000))
 
@@ -248,15 +241,14 @@ class Node:
                 return
             self.fault("flash", None)
             self.staging = []
-            self.st_sent = 0  # those sent go again from flash, unless confirmed meanwhile
             log.info("ring: stored %d, pending=%d dropped=%d" % (n, self.ring.pending, self.ring.dropped))
 
     # --- config from the platform -------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic == self.t_stored:
-            confirm.handle(self, payload)
+        if topic != self.t_config:  # the other subscription: `stored`
+            ring.apply(self, payload)
             return
-        if topic != self.t_config or not payload:
+        if not payload:
             return
         import retained
 
@@ -264,25 +256,6 @@ class Node:
             retained.apply(self, payload, True)
         finally:
             _done()
-
-    # --- confirmations from the platform ------------------------------------------------
-    def _unconfirmed(self) -> int:
-        return self.ring.pending - self.ring.unsent + self.st_sent
-
-    def _check_confirmed(self) -> None:
-        # Sent, and no confirmation for confirm_ms: the broker or the platform lost it.
-        # Everything not confirmed goes again, oldest first; the wait doubles each time no
-        # confirmation comes at all (a platform away for long), back to confirm_base on one.
-        if self.inflight is not None or not self._unconfirmed():
-            return
-        now = hal.ticks_ms()
-        quiet = hal.ticks_diff(now, self.confirm_t)
-        if quiet > self.confirm_ms:
-            log.warn("stored: no confirmation for %d s: sending %d again" % (quiet // 1000, self._unconfirmed()))
-            self.ring.rewind()
-            self.st_sent = 0
-            self.confirm_t = now
-            self.confirm_ms = min(self.confirm_ms * 2, self.confirm_base << 5)
 
     # --- the link -------------------------------------------------------------------------
     def _backoff(self, why) -> None:
@@ -334,20 +307,17 @@ class Node:
         if self.link_resets:  # the link carries again
             self.link_resets = 0
             self.fault("link", None)
-        if not self._unconfirmed():
-            self.confirm_t = self.last_ack  # the wait for a confirmation starts now
-        legacy = self.client.refused  # no confirmations: the PUBACK is the end of the chain
+        r = self.ring
+        if r.pending == r.unsent:
+            self.confirm_t = self.last_ack  # nothing waited for a confirmation: the wait starts now
+        legacy = self.client.refused < 0  # no confirmations: the PUBACK is the end of the chain
         if f[1] == "r":
-            self.ring.sent(f[2], f[3], f[4], f[5])
-            if legacy:
-                try:
-                    self.ring.release()
-                except OSError as e:  # the head moved in RAM; flash gets it at the next release
-                    self.flash_error(e)
-        elif legacy:
+            try:
+                r.commit(f[2], f[3], f[4], f[5], legacy)
+            except OSError as e:  # the head moved in RAM; flash gets it at the next PUBACK
+                self.flash_error(e)
+        else:  # from RAM (flash refused them): the PUBACK is as far as they can be kept
             del self.staging[: f[2]]
-        else:
-            self.st_sent += f[2]
         self.published += f[2]
 
     def _pump(self) -> None:
@@ -369,26 +339,24 @@ class Node:
                 c.write(b"]}")
                 self.inflight = (pid, "r", n, nb, seg, off, hal.ticks_ms())
                 return
-        if len(self.staging) > self.st_sent:
-            # Those not sent yet: one reading as itself, several as a batch; written piece
-            # by piece (no join).
+        if self.staging:
+            # One reading as itself, several as a batch; written piece by piece (no join).
             st = self.staging
-            s0 = self.st_sent
-            n = len(st) - s0
+            n = len(st)
             c = self.client
             if n == 1:
-                rec = st[s0]
+                rec = st[0]
                 pid = c.begin(self.t_tel, 7 + len(rec) - 2)
                 c.write(b'{"v":1,')
                 c.write(rec, 1, len(rec) - 1)
             else:
                 size = 16 + 2 - 1
-                for i in range(s0, len(st)):
-                    size += len(st[i])
+                for r in st:
+                    size += len(r)
                 pid = c.begin(self.t_tel, size)
                 c.write(b'{"v":1,"batch":[')
-                for i in range(s0, len(st)):
-                    if i > s0:
+                for i in range(n):
+                    if i:
                         c.write(b",")
                     c.write(st[i], 0, len(st[i]) - 1)
                 c.write(b"]}")
@@ -410,11 +378,22 @@ class Node:
             if not hal.wifi_connected():
                 raise OSError("wifi lost")
             self.client.poll(0)
-            refused = self.client.refused
+            refused = self.client.refused < 0
             if refused != (self.faults.get("stored") == "refused"):
                 self.fault("stored", "refused" if refused else None)
-            if not refused:
-                self._check_confirmed()
+            r = self.ring
+            waiting = r.pending - r.unsent
+            if not refused and waiting and self.inflight is None:
+                # Sent, and no confirmation for confirm_ms: the broker or the platform lost
+                # it. Everything not confirmed goes again, oldest first; the wait doubles
+                # while none comes at all (a platform away for long), back to its base on one.
+                now = hal.ticks_ms()
+                quiet = hal.ticks_diff(now, self.confirm_t)
+                if quiet > self.confirm_ms:
+                    log.warn("stored: no confirmation for %d s: sending %d again" % (quiet // 1000, waiting))
+                    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending
+                    self.confirm_t = now
+                    self.confirm_ms = min(self.confirm_ms * 2, max(60000, self.client.keepalive_ms) << 5)
             if self.status_due or hal.ticks_diff(hal.ticks_ms(), self.status_at) > self.status_ms:
                 self._status()
             self._pump()
@@ -446,7 +425,7 @@ class Node:
                 self.safe = False
                 self.fault("boot", None)
                 self.clock._next = now
-        if not (self.ring.unsent or len(self.staging) > self.st_sent) or not hal.wifi_connected():
+        if not (self.ring.unsent or self.staging) or not hal.wifi_connected():
             self.last_ack = now  # nothing to send, or no Wi-Fi (its own reconnects handle that)
             return
         quiet = hal.ticks_diff(now, self.last_ack)
@@ -485,7 +464,7 @@ class Node:
 
     def idle(self) -> None:
         wait = hal.ticks_diff(self.next_read, hal.ticks_ms())
-        if self.online and (self.inflight is None and (self.ring.unsent or len(self.staging) > self.st_sent)):
+        if self.online and (self.inflight is None and (self.ring.unsent or self.staging)):
             wait = 0
         if hal.wifi_connected() and self.clock.due():
             wait = 0

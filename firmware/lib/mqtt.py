@@ -41,8 +41,9 @@ class Client:
         self._last_tx: Any = 0
         self._last_rx: Any = 0
         self._ping_out = False
-        self.optional = 0  # packet id of a SUBSCRIBE the broker may refuse (then: refused)
-        self.refused = False
+        # A SUBSCRIBE the broker may refuse: its packet id while awaited, -1 if refused,
+        # else 0 (one attribute: MicroPython keeps every name for good)
+        self.refused = 0
 
     # --- framing -----------------------------------------------------------
     def write(self, data, off: int = 0, end: int = -1) -> None:
@@ -173,8 +174,8 @@ class Client:
             body = self._read(n)
             if t == _SUBACK:
                 pid = body[0] << 8 | body[1]
-                if pid == self.optional:
-                    self.refused = body[2] == 0x80
+                if pid == self.refused:
+                    self.refused = -1 if body[2] == 0x80 else 0
                 elif body[2] == 0x80:
                     raise OSError("mqtt: subscription refused")
             elif self.on_ack:

@@ -36,8 +36,7 @@ def connect(node: Any) -> None:
         sock = hal.connect(host, port, tls, verify, node.cadata, 10000)
         session(c, sock, node.t_status, OFFLINE)
         subscribe(c, node.t_config)
-        c.refused = False
-        c.optional = subscribe(c, node.t_stored)  # refused by a platform that does not confirm
+        c.refused = subscribe(c, node.t_config[:-6] + "stored")  # refused by a platform that does not confirm
     except Exception as e:
         c.close()
         node._backoff("mqtt %r" % (e,))
@@ -46,8 +45,8 @@ def connect(node: Any) -> None:
     node.attempt = 0
     node.status_due = True
     # A new session: whatever was sent and not confirmed may be lost with the old one.
-    node.ring.rewind()
-    node.st_sent = 0
+    r = node.ring
+    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending
     node.confirm_t = hal.ticks_ms()
     log.info("net: online, pending=%d" % (node.ring.pending + len(node.staging)))
 
@@ -105,12 +104,28 @@ def subscribe(c: Any, topic: str) -> int:
 
 
 # --- time ----------------------------------------------------------------------------------------
-def sync(node: Any) -> bool:
+def sync(node: Any, ms: int = -1) -> bool:
     """One NTP attempt (node.clock: clock.Clock); on failure the next waits twice as long
     (2 s .. 5 min), on success the next is in _RESYNC_MS. The first success after a
     power-up also fixes where the RTC's own count stands against true time (the offset
-    that dates what was read before), kept in flash with the power-up it belongs to."""
+    that dates what was read before), kept in flash with the power-up it belongs to.
+    ms given: the platform's time (`t` of a `stored` message) while the clock is unknown
+    and NTP does not answer: the RTC is set and what was read without the time dated; NTP
+    goes on being asked (the finer source; the floor stays its own)."""
     clock = node.clock
+    if ms >= 0:
+        if ms < clock.floor:
+            log.warn("platform: implausible time %d" % ms)
+            return False
+        before = hal.rtc_time_ms()
+        if not clock.synced:
+            _offsets(node, ms - before)
+        hal.set_rtc_ms(ms)
+        clock.synced = True
+        log.info("platform: time set %d (RTC was off by %d ms)" % (ms, ms - before))
+        if node.pretime and not node.safe:
+            backdate(node)
+        return True
     clock.tries += 1
     try:
         before = hal.rtc_time_ms()
@@ -123,7 +138,11 @@ def sync(node: Any) -> bool:
         log.warn("ntp: attempt %d failed (%s), retry in %d ms" % (clock.tries, e, delay))
         node.fault("ntp", "no_answer" if clock.tries > 3 else None)
         return False
-    _set(node, t, before, "ntp")
+    if not clock.synced:
+        _offsets(node, t - before)
+    hal.set_rtc_ms(t)
+    clock.synced = True
+    log.info("ntp: time set %d (RTC was off by %d ms)" % (t, t - before))
     clock.tries = 0
     clock.floor = t
     clock._next = hal.ticks_add(hal.ticks_ms(), _RESYNC_MS)
@@ -133,27 +152,6 @@ def sync(node: Any) -> bool:
     except OSError as e:
         node.flash_error(e)
     return True
-
-
-def _set(node: Any, t: int, before: int, source: str) -> None:
-    clock = node.clock
-    if not clock.synced:
-        _offsets(node, t - before)
-    hal.set_rtc_ms(t)
-    clock.synced = True
-    log.info("%s: time set %d (RTC was off by %d ms)" % (source, t, t - before))
-
-
-def set_time(node: Any, t: int) -> None:
-    """The time from the platform (`t` of a `stored` message, ms), while the clock is
-    unknown and NTP does not answer: the RTC is set, and what was read without the time
-    is dated. NTP goes on being asked (it is the finer source; the floor stays its own)."""
-    if t < node.clock.floor:
-        log.warn("platform: implausible time %d" % t)
-        return
-    _set(node, t, hal.rtc_time_ms(), "platform")
-    if node.pretime and not node.safe:
-        backdate(node)
 
 
 def ntp_time_ms(host: str) -> int:

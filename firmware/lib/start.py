@@ -7,7 +7,7 @@ import os
 
 import hal
 import log
-from app import BUF_BYTES, CONFIRM_MS, FW, Node
+from app import BUF_BYTES, FW, Node
 from store import STATE, load, save
 from clock import Clock
 from drivers import SensorError
@@ -44,7 +44,6 @@ def node(buf: Any = None):
     n.t_tel = base + "telemetry"
     n.t_status = base + "status"
     n.t_config = base + "config"
-    n.t_stored = base + "stored"
     n.reset = reset_cause()
     n.boot = hal.ticks_ms()
     n.ticks = n.boot
@@ -82,10 +81,7 @@ def node(buf: Any = None):
     n.ring = open_ring(STATE + "/ring", rc["segments"], rc["segment_bytes"])
     n.chunk = rc["chunk"]
     n.staging = []
-    n.st_sent = 0
-    n.rng = [0] * 64  # the ranges of a `stored` message are read into this (stored.MAX_RANGES of them)
-    n.confirm_base = max(CONFIRM_MS, mq["keepalive_s"] * 1000)
-    n.confirm_ms = n.confirm_base
+    n.confirm_ms = max(60000, mq["keepalive_s"] * 1000)  # sent, no confirmation this long: send again
     n.confirm_t = n.boot
     hung = _restore(n)
     gc.collect()
@@ -269,7 +265,7 @@ def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
     r.pending = 0
     for n in range(r.hseg, r.last + 1):
         r.pending += r._lines(n, r.hoff if n == r.hseg else 0)
-    r.rewind()  # nothing counts as sent after a boot: all that is not confirmed goes again
+    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending  # after a boot all that is not confirmed goes again
     return r
 
 

@@ -3,8 +3,8 @@
 #
 #     {"v": 1, "seq": [[40, 52], [55, 55]], "t": 1764000000.25}
 #
-# The full parser, loaded on demand and dropped again (app._done): confirm.py reads the
-# form the platform sends itself and comes here only for any other.
+# The full parser, loaded on demand and dropped again: ring.check reads the form the
+# platform writes itself, and ring.apply comes here only for any other.
 # A parser over the payload's bytes rather than json.loads: the ranges go into a list the
 # node made once (no JSON objects on the heap), and the time is read as integer
 # milliseconds (the ESP32's floats are single precision: 1.7e9 s in one is off by up to a
