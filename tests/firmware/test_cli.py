@@ -92,4 +92,4 @@ def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> Non
                          "status publish", "retained config document", "reconnect (session, config, status)"}
     assert rows["read-publish-confirm cycle"] < 40.0 and rows["120-reading replay (batches of 50)"] < 40.0
     assert "peak, TLS connect (CA verified; mbedtls buffers incl.)" in text
-    assert "replay: 120 of 120 readings published, 0 dropped" in text
+    assert "replay: 120 of 120 readings published, 120 confirmed and freed, 0 dropped" in text

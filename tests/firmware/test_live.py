@@ -63,7 +63,7 @@ def wait_stored(influx: Influx, dev: Device, seqs: set[int], timeout: float = 60
     wait_until(lambda: seqs <= stored_seqs(influx, dev.config["device_id"]), timeout, what=f"{len(seqs)} readings in InfluxDB")
 
 
-def restart_broker(broker: Mosquitto, ingest: Service, dev: Device) -> None:
+def restart_broker(broker: Mosquitto, ingest: Service, dev: Device, watch: Watch | None = None) -> None:
     """Start the broker again; the device gets its link back once the ingest is reconnected.
 
     Mosquitto 2.0 does not restore shared subscriptions from its persistence file, so a
@@ -76,6 +76,8 @@ def restart_broker(broker: Mosquitto, ingest: Service, dev: Device) -> None:
     n = ingest.log_path.read_text().count('"msg":"connected"')
     broker.start()
     wait_until(lambda: ingest.log_path.read_text().count('"msg":"connected"') > n, 60, what="the ingest back on the broker")
+    if watch is not None:  # the test's stand-in for the platform's confirmations
+        wait_until(watch.ready, 60, what="the watch back on the broker")
     dev.control({})
 
 
@@ -157,7 +159,7 @@ def test_broker_down_ten_device_minutes_every_reading_stored_once(workdir: Path,
         wait_until(lambda: max(dev.readings()) >= before + 60, 60, what="ten device minutes of readings")
         outage = sorted(s for s in dev.readings() if s > before)
         assert dev.readings()[outage[-1]] - t0 >= 590  # ten minutes of device time went by
-        restart_broker(broker, ingest, dev)
+        restart_broker(broker, ingest, dev, watch)
         seqs = set(dev.readings())
         wait_stored(influx, dev, seqs, timeout=90)
     finally:
@@ -185,7 +187,7 @@ def test_full_ring_drops_the_oldest_and_counts_them(workdir: Path, broker: Mosqu
         broker.stop()
         before = max(dev.readings())
         wait_until(lambda: max(dev.readings()) >= before + 60, 60, what="an outage longer than the ring")
-        restart_broker(broker, ingest, dev)
+        restart_broker(broker, ingest, dev, watch)
         wait_until(lambda: (watch.last_status() or {}).get("dropped", 0) > 0 and watch.last_status()["buffered"] == 0,  # type: ignore[index]
                    60, what="a status after the replay")
         taken = set(dev.readings())

@@ -38,7 +38,11 @@ class Watch:
         self._lock = threading.Lock()
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"watch-{device}-{time.time_ns() % 10**6}",
                                   clean_session=False)  # a persistent session: nothing missed across broker restarts
+        self._ready = threading.Event()  # connected and subscribed
         self.client.on_connect = lambda c, *_: c.subscribe([(self.base + "/telemetry", 1), (self.base + "/status", 1)])
+        self.client.on_subscribe = lambda *_: self._ready.set()
+        self.client.on_disconnect = lambda *_: self._ready.clear()
+        self.client.reconnect_delay_set(0.2, 2)  # back soon after a broker restart: the device waits for its confirmations
         self.client.on_message = self._on_message
         if username:
             self.client.username_pw_set(username, password)
@@ -79,6 +83,10 @@ class Watch:
     def publish_config(self, doc: dict[str, Any] | bytes) -> None:
         payload = doc if isinstance(doc, bytes) else orjson.dumps(doc)
         self.client.publish(self.base + "/config", payload, qos=1, retain=True).wait_for_publish(10)
+
+    def ready(self) -> bool:
+        """Connected and subscribed (again, after a broker restart)."""
+        return self._ready.is_set()
 
     def last_status(self) -> dict[str, Any] | None:
         with self._lock:
