@@ -378,3 +378,27 @@ def test_tls_with_verification_and_device_credentials(workdir: Path) -> None:
     assert "reading seq" in wrong.log() and "net: online" not in wrong.log()  # it keeps reading, buffered
     assert "net: online" not in spoofed.log()  # certificate verification failed the handshake
     no_crash(dev)
+
+
+def test_the_ingest_confirms_and_the_device_frees_its_flash(workdir: Path, broker: Mosquitto, influx: Influx, ingest: Service) -> None:
+    """Issue 18 end to end with the real ingest: it confirms what it stored on the device's
+    `stored` topic (the test only watches), and the firmware frees its flash ring on those
+    confirmations, not on the broker's PUBACK."""
+    from tests.firmware.test_confirm import ring_seqs
+
+    dev_id = "cm-fw-confirm-01"
+    watch = Watch(broker.port, CITY, dev_id, confirm=False)  # only watches: the ingest confirms
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port), world(scale=30))
+    try:
+        dev.start()
+        wait_until(lambda: len(re.findall(r"stored: \d+ confirmed", dev.log())) >= 6, 90, what="six confirmations from the ingest")
+        taken = set(dev.readings())
+        wait_stored(influx, dev, taken)
+        wait_until(lambda: not (ring_seqs(dev.folder) & taken), 60, what="what the ingest stored freed from flash")
+        online = [s for s in watch.status if s["state"] == "online"]
+    finally:
+        dev.stop()
+        watch.close()
+    no_crash(dev)
+    assert_stored_exactly(influx, dev, taken)
+    assert online and online[-1]["dropped"] == 0 and "stored:refused" not in online[-1]["faults"]
