@@ -43,14 +43,15 @@ class FirmwareError(RuntimeError):
 
 
 # --- build -----------------------------------------------------------------------------------
-def build(out: Path) -> list[tuple[str, int, int]]:
-    """Compile firmware/lib to .mpy (boot.py and main.py stay source, as the board runs
-    them by name); returns (file, source bytes, built bytes)."""
+def build(out: Path, source: Path | None = None) -> list[tuple[str, int, int]]:
+    """Compile firmware/lib (or `source`/lib) to .mpy (boot.py and main.py stay source, as
+    the board runs them by name); returns (file, source bytes, built bytes)."""
+    source = source or FIRMWARE
     if out.exists():
         shutil.rmtree(out)
     rows = []
-    for src in sorted(FIRMWARE.rglob("*.py")):
-        rel = src.relative_to(FIRMWARE)
+    for src in sorted(source.rglob("*.py")):
+        rel = src.relative_to(source)
         if rel.parts[0] not in ("lib",) and rel.name not in ("boot.py", "main.py"):
             continue
         dst = out / rel

@@ -103,6 +103,7 @@ class Node:
     part: dict
     published: int
     wdt: Any
+    trial_ms = 0  # a new version on probation: ms it has to publish once (main.py, otaboot.select)
 
     # --- state that survives resets --------------------------------------------------
     def _reserve(self, seq: int) -> None:
@@ -235,6 +236,14 @@ class Node:
     # --- config from the platform -------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic != self.t_config or not payload:
+            if payload and (topic.endswith("/ota") or topic.startswith("nakhon/fw/")):
+                import ota  # an update offered, or a piece of one: kept loaded while it downloads
+
+                try:
+                    ota.message(self, topic, payload)
+                finally:
+                    if not ota.busy():
+                        sys.modules.pop("ota", None)
             return
         import retained
 
@@ -301,6 +310,11 @@ class Node:
         else:
             del self.staging[: f[2]]
         self.published += f[2]
+        if self.trial_ms:  # a new version's first reading reached the broker: it stays
+            import ota
+
+            ota.confirm(self)
+            sys.modules.pop("ota", None)
 
     def _pump(self) -> None:
         """Publish the oldest unsent readings: the ring first, then what is staged."""
@@ -391,6 +405,10 @@ class Node:
                 self.safe = False
                 self.fault("boot", None)
                 self.clock._next = now
+        if self.trial_ms and self.uptime_ms > self.trial_ms:  # a new version that never published: roll back
+            import ota
+
+            ota.give_up(self)
         if not (self.ring.pending or self.staging) or not hal.wifi_connected():
             self.last_ack = now  # nothing to carry, or no Wi-Fi (its own reconnects handle that)
             return

@@ -36,6 +36,7 @@ def connect(node: Any) -> None:
         sock = hal.connect(host, port, tls, verify, node.cadata, 10000)
         session(c, sock, node.t_status, OFFLINE)
         subscribe(c, node.t_config)
+        subscribe(c, node.t_config[:-6] + "ota")  # firmware and link offers (ota.py)
     except Exception as e:
         c.close()
         node._backoff("mqtt %r" % (e,))
