@@ -404,11 +404,80 @@ def _run(args: Any) -> int:
         out(proc.stdout)
         sys.stderr.write(proc.stderr)
         return proc.returncode
+    if args.action == "release":
+        return _release(args)
+    if args.action == "rollout":
+        return _rollout(args)
     if args.action == "bench":
         text, ok = bench_report(bench(Path(args.root), args.readings))
         out(text)
         return 0 if ok else 1
     raise FirmwareError(f"unknown action {args.action}")
+
+
+def release_files(version: str, build_dir: Path | None = None) -> dict[str, bytes]:
+    """The lib/ files of a build (made now from firmware/ when no folder is given), checked
+    to be the version they are released as; lib-relative path -> bytes."""
+    if build_dir is None:
+        text = (FIRMWARE / "lib" / "app.py").read_text()
+        if f'FW = "{version}"' not in text:
+            raise FirmwareError(f'firmware/lib/app.py does not say FW = "{version}": set it to the version you release')
+        build_dir = Path(tempfile.mkdtemp(prefix="nakhon-release-"))
+        build(build_dir)
+    lib = build_dir / "lib"
+    if not (lib / "app.mpy").is_file():
+        raise FirmwareError(f"no lib/app.mpy in {build_dir}: make it with `nakhon firmware build --out {build_dir}`")
+    files = {str(p.relative_to(lib)): p.read_bytes() for p in sorted(lib.rglob("*.mpy"))}
+    if version.encode() not in files["app.mpy"]:
+        raise FirmwareError(f"the build in {build_dir} is not version {version} (its app.mpy does not carry that string)")
+    return files
+
+
+def _release(args: Any) -> int:
+    import base64
+
+    from nakhon.apicli import _api, _call
+
+    files = release_files(args.version, Path(args.build) if args.build else None)
+    url, headers = _api(args)
+    body: dict[str, Any] = {"fw": args.version, "files": {p: base64.b64encode(b).decode() for p, b in files.items()},
+                            "boots": args.boots, "minutes": args.minutes, "chunk": args.chunk, "share": args.share}
+    if args.device:
+        body["devices"] = args.device
+    if args.city:
+        body["city"] = args.city
+    if args.all:
+        body["all"] = True
+    out = _call("POST", f"{url}/v1/firmware/releases", headers, json=body)
+    sys.stdout.write(f"release {out['id']}: {out['fw']} ({out['files']} files, {sum(len(b) for b in files.values())} bytes) offered to "
+                     f"{len(out['targets'])} device(s): {', '.join(out['targets'][:10])}{' ...' if len(out['targets']) > 10 else ''}\n"
+                     f"follow it with `nakhon firmware rollout {out['id']}`\n")
+    return 0
+
+
+def rollout_text(r: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(r["counts"].items()))
+    lines = [f"release {r['id']}: {r['fw']} to {r['targets']} device(s): {counts}"]
+    for d in r["devices"]:
+        lines.append(f"  {d['device']:<32} {d['state']:<12} fw {d['fw'] or '-':<12} {d.get('reason') or ''}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _rollout(args: Any) -> int:
+    from nakhon.apicli import _api, _call
+
+    url, headers = _api(args)
+    if args.id is None:
+        rows = _call("GET", f"{url}/v1/firmware/releases", headers)
+        if args.json:
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return 0
+        for r in rows:
+            sys.stdout.write(f"{r['id']:>5}  {r['fw']:<16} {r['created'][:19]}  {len(r['targets'])} device(s)  {json.dumps(r['cohort'])}\n")
+        return 0
+    r = _call("GET", f"{url}/v1/firmware/releases/{args.id}", headers)
+    sys.stdout.write(json.dumps(r, indent=2) + "\n" if args.json else rollout_text(r))
+    return 0
 
 
 def _config(args: Any) -> int:
