@@ -28,7 +28,11 @@ def messages(files: dict[str, bytes], release_id: int, fw: str, targets: Iterabl
     man = manifest(files)
     offer = ota.encode_offer(release_id, fw, man, chunk, boots, minutes)
     out: list[tuple[str, bytes]] = []
+    seen: set[str] = set()
     for path, sha, _ in man:
+        if sha in seen:
+            continue  # the same content under two paths: stored once
+        seen.add(sha)
         for n, piece in enumerate(ota.split(files[path], chunk)):
             out.append((topics.firmware_chunk_topic(sha, n), piece))
     for city, device in targets:

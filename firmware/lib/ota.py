@@ -52,25 +52,50 @@ def _rmtree(path: str) -> None:
     os.rmdir(path)
 
 
+_KEYS = ("v", "id", "fw", "chunk", "boots", "minutes", "files")
+
+
+def _chars(s: str, extra: str) -> bool:
+    for c in s:
+        if not ("a" <= c <= "z" or "0" <= c <= "9" or c in extra):
+            return False
+    return True
+
+
 def offer_ok(doc: Any) -> bool:
-    """The rules of contract/ota.py, checked on the device."""
-    if type(doc) is not dict or doc.get("v") != 1 or type(doc.get("id")) is not int or type(doc.get("fw")) is not str:
+    """The rules of contract/ota.py (check_offer), checked on the device."""
+    if type(doc) is not dict or doc.get("v") != 1 or type(doc.get("id")) is not int or not 0 <= doc["id"] < 1 << 31:
+        return False
+    for k in doc:
+        if k not in _KEYS:
+            return False
+    fw = doc.get("fw")
+    if type(fw) is not str or not 1 <= len(fw) <= 32 or not _chars(fw, "ABCDEFGHIJKLMNOPQRSTUVWXYZ._+-") or fw[0] in "._+-":
         return False
     c = doc.get("chunk", 1024)
-    if type(c) is not int or not 256 <= c <= 3072 or not 1 <= len(doc["fw"]) <= 32:
+    if type(c) is not int or not 256 <= c <= 3072:
         return False
-    if type(doc.get("boots", 3)) is not int or type(doc.get("minutes", 10)) is not int:
-        return False
+    for k, hi in (("boots", 20), ("minutes", 1440)):
+        v = doc.get(k, 1)
+        if type(v) is not int or not 1 <= v <= hi:
+            return False
     files = doc.get("files")
     if type(files) is not list or not files:
         return False
     app = False
     for f in files:
-        if type(f) is not list or len(f) != 3 or type(f[0]) is not str or type(f[1]) is not str or len(f[1]) != 64:
+        if type(f) is not list or len(f) != 3 or type(f[0]) is not str or type(f[1]) is not str or type(f[2]) is not int:
             return False
-        if type(f[2]) is not int or f[2] < 0 or ".." in f[0] or f[0].startswith("/") or not f[0].endswith(".mpy"):
+        p = f[0]
+        if not p.endswith(".mpy") or not _chars(p[:-4], "_/") or len(f[1]) != 64 or not _chars(f[1], "") or f[2] < 0:
             return False
-        app = app or f[0] == "app.mpy"
+        for part in p[:-4].split("/"):
+            if not part:
+                return False
+        for ch in f[1]:
+            if ch > "f":
+                return False
+        app = app or p == "app.mpy"
     return app
 
 
