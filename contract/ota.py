@@ -15,6 +15,15 @@
   version that has not had one reading acknowledged by the broker within `boots` boots
   or `minutes` minutes of running is rolled back by the device.
 
+A link offer on the same topic changes how the device reaches the platform instead:
+      {"v": 1, "id": 8, "minutes": 10, "link": {"wifi": {"ssid": "city-iot-2", "password": "..."},
+                                               "mqtt": {"host": "mqtt.example", "port": 8883, "ca": "-----BEGIN..."}}}
+Any of wifi, mqtt.host, mqtt.port, mqtt.ca may be given. The device keeps the settings
+that worked, tries the new ones (after a reset), and keeps them once a reading has been
+acknowledged through them; without that within `minutes` it falls back to the old ones
+and reports the offer rolled back. (New MQTT credentials travel in the retained config
+with the same old-until-confirmed rule: contract/device_config.py.)
+
     topic nakhon/fw/{sha256}/{n}, retained: bytes [n*chunk, (n+1)*chunk) of that file.
 
 Content-addressed: a file unchanged between releases is stored once. Every device may
@@ -47,6 +56,30 @@ _PATH_RE: Final = re.compile(r"^[a-z0-9_]+(/[a-z0-9_]+)*\.mpy$")
 _SHA_RE: Final = re.compile(r"^[0-9a-f]{64}$")
 _FW_RE: Final = re.compile(FW_PATTERN)
 _REASON_RE: Final = re.compile(REASON_PATTERN)
+_HOST_RE: Final = re.compile(r"^[A-Za-z0-9.-]{1,64}$")
+CA_MAX: Final = 3000
+
+
+def check_link(link: Any) -> dict[str, Any]:
+    """The `link` of a link offer; OtaError says what is wrong."""
+    if type(link) is not dict or not link or link.keys() - {"wifi", "mqtt"}:
+        raise OtaError('link must be an object of "wifi" and/or "mqtt"')
+    wifi = link.get("wifi")
+    if wifi is not None and (type(wifi) is not dict or wifi.keys() - {"ssid", "password"} or type(wifi.get("ssid")) is not str
+                             or not 1 <= len(wifi["ssid"]) <= 32 or type(wifi.get("password", "")) is not str
+                             or len(wifi.get("password", "")) > 64):
+        raise OtaError("link.wifi must be {ssid: 1-32 characters, password: up to 64}")
+    mq = link.get("mqtt")
+    if mq is not None:
+        if type(mq) is not dict or not mq or mq.keys() - {"host", "port", "ca"}:
+            raise OtaError('link.mqtt must be an object of "host", "port" and/or "ca"')
+        if "host" in mq and (type(mq["host"]) is not str or not _HOST_RE.fullmatch(mq["host"])):
+            raise OtaError("link.mqtt.host must be a host name or address")
+        if "port" in mq and (type(mq["port"]) is not int or not 1 <= mq["port"] <= 65535):
+            raise OtaError("link.mqtt.port must be an integer 1..65535")
+        if "ca" in mq and (type(mq["ca"]) is not str or not mq["ca"].startswith("-----BEGIN") or len(mq["ca"]) > CA_MAX):
+            raise OtaError(f"link.mqtt.ca must be PEM text of at most {CA_MAX} characters")
+    return link
 
 
 class OtaError(ValueError):
@@ -57,13 +90,21 @@ def check_offer(doc: Any) -> dict[str, Any]:
     """The offer if a device will act on it; OtaError says what is wrong."""
     if type(doc) is not dict:
         raise OtaError("offer must be a JSON object")
-    extra = sorted(doc.keys() - {"v", "id", "fw", "chunk", "boots", "minutes", "files"})
+    extra = sorted(doc.keys() - {"v", "id", "fw", "chunk", "boots", "minutes", "files", "link"})
     if extra:
         raise OtaError(f"unknown keys {extra}")
     if doc.get("v") != VERSION:
         raise OtaError(f"v must be {VERSION}")
     if type(doc.get("id")) is not int or not 0 <= doc["id"] < 1 << 31:
         raise OtaError("id must be an integer 0..2^31-1")
+    if "link" in doc:
+        if doc.keys() - {"v", "id", "minutes", "link"}:
+            raise OtaError("a link offer holds v, id, minutes and link only")
+        m = doc.get("minutes", 10)
+        if type(m) is not int or not 1 <= m <= 1440:
+            raise OtaError("minutes must be an integer 1..1440")
+        check_link(doc["link"])
+        return doc
     if type(doc.get("fw")) is not str or not _FW_RE.fullmatch(doc["fw"]):
         raise OtaError(f"fw must match {FW_PATTERN}")
     chunk = doc.get("chunk", DEFAULT_CHUNK)
@@ -92,6 +133,13 @@ def encode_offer(release_id: int, fw: str, files: list[tuple[str, str, int]], ch
     raw = orjson.dumps(check_offer(doc))
     if len(raw) > MAX_BYTES:
         raise OtaError(f"offer of {len(raw)} bytes > {MAX_BYTES}: fewer files")
+    return raw
+
+
+def encode_link_offer(offer_id: int, link: dict[str, Any], minutes: int = 10) -> bytes:
+    raw = orjson.dumps(check_offer({"v": VERSION, "id": offer_id, "minutes": minutes, "link": link}))
+    if len(raw) > MAX_BYTES:
+        raise OtaError(f"offer of {len(raw)} bytes > {MAX_BYTES}")
     return raw
 
 

@@ -104,6 +104,7 @@ class Node:
     published: int
     wdt: Any
     trial_ms = 0  # a new version on probation: ms it has to publish once (main.py, otaboot.select)
+    ota_id = -1  # the last update offer handled (start.node, ota.py): its retained copy at each connect costs nothing
 
     # --- state that survives resets --------------------------------------------------
     def _reserve(self, seq: int) -> None:
@@ -237,13 +238,19 @@ class Node:
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic != self.t_config or not payload:
             if payload and (topic.endswith("/ota") or topic.startswith("nakhon/fw/")):
-                import ota  # an update offered, or a piece of one: kept loaded while it downloads
-
+                if topic.endswith("/ota") and ('"id":%d,' % self.ota_id) in payload.decode():
+                    return  # handled already: the retained offer comes again at every connect
                 try:
-                    ota.message(self, topic, payload)
-                finally:
-                    if not ota.busy():
-                        sys.modules.pop("ota", None)
+                    import ota  # an update offered, or a piece of one: kept loaded while it downloads
+
+                    try:
+                        ota.message(self, topic, payload)
+                    finally:
+                        if not ota.busy():
+                            sys.modules.pop("ota", None)
+                except MemoryError:  # a heap too cut up for it now: reported, tried again at the next connect
+                    sys.modules.pop("ota", None)
+                    self.fault("ota", "memory")
             return
         import retained
 
@@ -311,10 +318,10 @@ class Node:
             del self.staging[: f[2]]
         self.published += f[2]
         if self.trial_ms:  # a new version's first reading reached the broker: it stays
-            import ota
+            import probation
 
-            ota.confirm(self)
-            sys.modules.pop("ota", None)
+            probation.confirm(self)
+            sys.modules.pop("probation", None)
 
     def _pump(self) -> None:
         """Publish the oldest unsent readings: the ring first, then what is staged."""
@@ -406,9 +413,9 @@ class Node:
                 self.fault("boot", None)
                 self.clock._next = now
         if self.trial_ms and self.uptime_ms > self.trial_ms:  # a new version that never published: roll back
-            import ota
+            import probation
 
-            ota.give_up(self)
+            probation.give_up(self)
         if not (self.ring.pending or self.staging) or not hal.wifi_connected():
             self.last_ack = now  # nothing to carry, or no Wi-Fi (its own reconnects handle that)
             return

@@ -11,11 +11,14 @@
 # is there, each is read back from flash and hashed again; only then does ota/boot switch
 # (one atomic rename) and the node reset into the new version on probation. The first
 # reading the broker acknowledges confirms it (confirm); `minutes` without one, or
-# `boots` boots without one, roll it back (otaboot.back).
+# `boots` boots without one, roll it back (otaboot.back): probation.py.
 #
-# Loaded on demand when an offer or a chunk arrives, dropped when the download ends.
+# Loaded on demand when an offer or a chunk arrives, dropped when the download ends; the
+# offer's checks (otacheck.py) and the probation's end (probation.py) are modules of their
+# own, so that what the running node loads at one time stays small.
 import json
 import os
+import sys
 
 import hal
 import log
@@ -52,53 +55,6 @@ def _rmtree(path: str) -> None:
     os.rmdir(path)
 
 
-_KEYS = ("v", "id", "fw", "chunk", "boots", "minutes", "files")
-
-
-def _chars(s: str, extra: str) -> bool:
-    for c in s:
-        if not ("a" <= c <= "z" or "0" <= c <= "9" or c in extra):
-            return False
-    return True
-
-
-def offer_ok(doc: Any) -> bool:
-    """The rules of contract/ota.py (check_offer), checked on the device."""
-    if type(doc) is not dict or doc.get("v") != 1 or type(doc.get("id")) is not int or not 0 <= doc["id"] < 1 << 31:
-        return False
-    for k in doc:
-        if k not in _KEYS:
-            return False
-    fw = doc.get("fw")
-    if type(fw) is not str or not 1 <= len(fw) <= 32 or not _chars(fw, "ABCDEFGHIJKLMNOPQRSTUVWXYZ._+-") or fw[0] in "._+-":
-        return False
-    c = doc.get("chunk", 1024)
-    if type(c) is not int or not 256 <= c <= 3072:
-        return False
-    for k, hi in (("boots", 20), ("minutes", 1440)):
-        v = doc.get(k, 1)
-        if type(v) is not int or not 1 <= v <= hi:
-            return False
-    files = doc.get("files")
-    if type(files) is not list or not files:
-        return False
-    app = False
-    for f in files:
-        if type(f) is not list or len(f) != 3 or type(f[0]) is not str or type(f[1]) is not str or type(f[2]) is not int:
-            return False
-        p = f[0]
-        if not p.endswith(".mpy") or not _chars(p[:-4], "_/") or len(f[1]) != 64 or not _chars(f[1], "") or f[2] < 0:
-            return False
-        for part in p[:-4].split("/"):
-            if not part:
-                return False
-        for ch in f[1]:
-            if ch > "f":
-                return False
-        app = app or p == "app.mpy"
-    return app
-
-
 def message(node: Any, topic: str, payload: bytes) -> None:
     """An offer or a chunk (app.Node._on_message)."""
     try:
@@ -119,15 +75,25 @@ def _offer(node: Any, payload: bytes) -> None:
         doc = json.loads(payload)
     except ValueError:
         doc = None
-    if not offer_ok(doc):
+    import otacheck
+
+    ok = otacheck.offer_ok(doc)
+    del otacheck
+    sys.modules.pop("otacheck", None)
+    if not ok:
         log.warn("ota: offer rejected")
         node.fault("ota", "invalid")
         return
     node.fault("ota", None)
-    if doc["fw"] == FW:
-        return  # running it
     done = otaboot.load(otaboot.RESULT) or {}
+    if "link" in doc:
+        _link(node, doc, done)
+        return
+    if doc["fw"] == FW:
+        node.ota_id = doc["id"]
+        return  # running it
     if done.get("id") == doc["id"] and done.get("state") in ("refused", "rolled_back"):
+        node.ota_id = doc["id"]
         return  # tried once: a new release (a new id) tries again
     if node.trial_ms:
         log.warn("ota: %s offered while %s is on probation: later" % (doc["fw"], FW))
@@ -146,6 +112,28 @@ def _offer(node: Any, payload: bytes) -> None:
     node.status_due = True
     log.info("ota: staging %s (%d files) in slot %s" % (doc["fw"], len(doc["files"]), slot))
     _next(node)
+
+
+def _link(node: Any, doc: dict, done: dict) -> None:
+    # New link settings: kept beside the ones that work (ota/link.ok) as ota/link.try,
+    # which the next boot lays over config.json (otaboot.link); kept once a reading has
+    # been acknowledged through them (confirm), dropped after `minutes` without (give_up).
+    if done.get("id") == doc["id"]:
+        node.ota_id = doc["id"]
+        return  # handled: tried, kept or given up
+    if node.trial_ms:
+        log.warn("ota: link offer %d while on probation: later" % doc["id"])
+        return
+    try:
+        os.mkdir("ota")
+    except OSError:
+        pass
+    otaboot.save(otaboot.LINK_TRY, {"id": doc["id"], "minutes": doc.get("minutes", 10), "link": doc["link"]})
+    otaboot.save(otaboot.RESULT, {"id": doc["id"], "fw": FW, "state": "trial"})
+    log.info("ota: link offer %d: reset to try it" % doc["id"])
+    node._flush(True)
+    node._mark("")
+    hal.reset()
 
 
 def _next(node: Any) -> None:
@@ -263,6 +251,7 @@ def _refuse(node: Any, reason: str) -> None:
     _stop(node)
     _rmtree("ota/" + slot)
     _result(doc, "refused", reason)
+    node.ota_id = doc["id"]
     node.status_due = True
 
 
@@ -277,31 +266,6 @@ def _stop(node: Any) -> None:
             d[5].close()
         except OSError:
             pass
-
-
-def confirm(node: Any) -> None:
-    """The version on probation published: it stays."""
-    p = otaboot.load(otaboot.BOOT)
-    node.trial_ms = 0
-    if not p or not p.get("trial"):
-        return
-    p["trial"] = 0
-    p.pop("boots", None)
-    otaboot.save(otaboot.BOOT, p)
-    otaboot.save(otaboot.RESULT, {"id": p.get("id", 0), "fw": p["fw"], "state": "updated"})
-    node.status_due = True
-    log.info("ota: %s confirmed" % p["fw"])
-
-
-def give_up(node: Any) -> None:
-    """Probation over without a publish: back to the previous version (after a reset)."""
-    p = otaboot.load(otaboot.BOOT)
-    node.trial_ms = 0
-    if p and p.get("trial"):
-        otaboot.back(p, "no publish in %d min" % p.get("minutes", 10))
-        node._flush(True)
-        node._mark("")
-        hal.reset()
 
 
 def busy() -> bool:

@@ -19,6 +19,8 @@ import sys
 
 BOOT = "ota/boot"
 RESULT = "ota/result"
+LINK_OK = "ota/link.ok"  # link settings received over the air that have worked
+LINK_TRY = "ota/link.try"  # new ones on probation
 _path = []  # sys.path as main.py set it, before a slot went first
 _slot = ""
 
@@ -108,3 +110,25 @@ def fallback(e) -> int:
         sys.path.pop()
     sys.path.extend(_path)
     return select()
+
+
+def link(cfg: dict) -> int:
+    """Lay the link settings received over the air over config.json's (start.node): those
+    that worked, then those on probation. Returns the ms the latter have to prove
+    themselves (a reading acknowledged through them), else 0."""
+    ms = 0
+    for path in (LINK_OK, LINK_TRY):
+        d = load(path)
+        if not d or type(d.get("link")) is not dict:
+            continue
+        lk = d["link"]
+        if "wifi" in lk:
+            cfg["wifi"] = lk["wifi"]
+        for k, v in (lk.get("mqtt") or {}).items():
+            cfg["mqtt"][k] = v
+            if k == "ca":
+                cfg["mqtt"]["ca_file"] = None
+        if path == LINK_TRY:
+            ms = d.get("minutes", 10) * 60000
+            print("I 0 link: trying offer %d" % d.get("id", 0))
+    return ms

@@ -38,7 +38,16 @@ def node(buf: Any = None):
     if cfg is None:
         log.error("not starting: fix config.json")
         return None
+    import otaboot
+
+    link_ms = otaboot.link(cfg)  # link settings received over the air (ota.py)
+    done = otaboot.load(otaboot.RESULT)
+    sys.modules.pop("otaboot", None)
     n = Node()
+    if link_ms:
+        n.trial_ms = link_ms
+    if done and done.get("state") != "staging":
+        n.ota_id = done.get("id", -1)
     n.buf = buf
     base = "nakhon/v1/%s/%s/" % (cfg["city"], cfg["device_id"])
     n.t_tel = base + "telemetry"

@@ -19,6 +19,7 @@ import app  # noqa: E402  (loaded first, as main.py does)
 import hal  # noqa: E402
 import mqtt  # noqa: E402
 import ota  # noqa: E402
+import probation  # noqa: E402
 import otaboot  # noqa: E402
 
 
@@ -131,7 +132,7 @@ def scenario(log):
     log["allowed"] = ["1.1.0"]
     fw, trial = boot()  # the new version's first boot, on probation
     node.trial_ms = trial
-    ota.confirm(node)  # its first reading acknowledged
+    probation.confirm(node)  # its first reading acknowledged
     log["allowed"] = ["1.1.0", "1.2.0"]
     if not update(node, V2):
         raise RuntimeError("second update did not switch")

@@ -19,7 +19,7 @@ from paho.mqtt import client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from api import releases
-from contract import topics
+from contract import ota, topics
 from nakhon.firmware_tools import FIRMWARE, build
 from nakhon.servers import Mosquitto
 from tests.firmware.device import Device, device_config, world
@@ -151,3 +151,38 @@ def test_version_that_cannot_be_imported_is_left_at_once(node: tuple[Device, Wat
     st = ota_status(watch)
     assert st["fw"] == OLD and st["ota"]["reason"].startswith("import: ImportError")
     assert dev.exit_codes == [75]  # the reset into it; left within that same boot
+
+
+def test_link_change_that_does_not_work_falls_back(node: tuple[Device, Watch], broker: Mosquitto) -> None:
+    """New Wi-Fi settings the site does not have (a wrong password): the node tries them
+    after a reset, cannot publish through them, and after the offer's minutes goes back
+    to the settings that worked, and says so."""
+    dev, watch = node
+    offer = ota.encode_link_offer(11, {"wifi": {"ssid": "field", "password": "not-the-one"}}, minutes=2)
+    publish(broker.port, [(topics.topic(CITY, dev.config["device_id"], "ota"), offer)])
+    wait_until(lambda: ota_status(watch).get("ota", {}).get("state") == "rolled_back", 120, what="link offer rolled back")
+    st = ota_status(watch)
+    assert st["ota"] == {"id": 11, "fw": OLD, "state": "rolled_back", "reason": "link: no publish in 2 min"}
+    assert dev.exit_codes == [75, 75]  # a reset to try the new settings, one back to the old
+    assert "link: trying offer 11" in dev.log()
+    assert not (dev.folder / "ota" / "link.try").exists() and not (dev.folder / "ota" / "link.ok").exists()
+    seen = len(watch.readings())
+    wait_until(lambda: len(watch.readings()) > seen, 60, what="readings through the old settings")
+    no_traceback_but(dev)
+
+
+def test_link_change_that_works_is_kept(node: tuple[Device, Watch], broker: Mosquitto) -> None:
+    """The broker reached by another name: tried, a reading acknowledged through it, kept
+    (ota/link.ok), and used at every boot after."""
+    dev, watch = node
+    offer = ota.encode_link_offer(12, {"mqtt": {"host": "localhost"}}, minutes=5)
+    publish(broker.port, [(topics.topic(CITY, dev.config["device_id"], "ota"), offer)])
+    wait_until(lambda: ota_status(watch).get("ota", {}).get("state") == "updated", 120, what="link offer kept")
+    assert ota_status(watch)["ota"] == {"id": 12, "fw": OLD, "state": "updated"}
+    assert json.loads((dev.folder / "ota" / "link.ok").read_text())["link"] == {"mqtt": {"host": "localhost"}}
+    assert not (dev.folder / "ota" / "link.try").exists()
+    assert dev.exit_codes == [75]
+    dev.control({"power": "cut"})  # a power cut: the next boot comes up with the settings that worked
+    wait_until(lambda: dev.log().count("net: online") >= 3, 60, what="online after the power cut")
+    assert "link: trying" not in dev.log().split("link offer 12 confirmed")[-1]
+    no_traceback_but(dev)

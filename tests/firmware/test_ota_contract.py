@@ -28,6 +28,9 @@ OFFERS: list[Any] = [
     {"v": 1, "id": 0, "fw": "A1+b", "files": [["app.mpy", SHA, 1]]},
     _with(chunk=256),
     _with(chunk=3072, boots=20, minutes=1440),
+    {"v": 1, "id": 8, "minutes": 5, "link": {"wifi": {"ssid": "city-iot-2", "password": "p" * 64}}},
+    {"v": 1, "id": 8, "link": {"mqtt": {"host": "mqtt.example-city.th", "port": 8883, "ca": "-----BEGIN CERTIFICATE-----\nAA==\n"}}},
+    {"v": 1, "id": 8, "link": {"wifi": {"ssid": "x"}, "mqtt": {"port": 1}}},
     _with(v=2),
     _with(id=-1),
     _with(id=1 << 31),
@@ -51,6 +54,19 @@ OFFERS: list[Any] = [
     _with(files=[["app.mpy", SHA, 1], ["drivers//x.mpy", SHA, 1]]),
     _with(files=[["app.mpy", SHA]]),
     _with(extra=1),
+    {"v": 1, "id": 8, "link": {}},
+    {"v": 1, "id": 8, "link": {"wifi": {"ssid": ""}}},
+    {"v": 1, "id": 8, "link": {"wifi": {"ssid": "x" * 33}}},
+    {"v": 1, "id": 8, "link": {"wifi": {"ssid": "x", "password": "p" * 65}}},
+    {"v": 1, "id": 8, "link": {"wifi": {"ssid": "x", "bssid": "y"}}},
+    {"v": 1, "id": 8, "link": {"mqtt": {}}},
+    {"v": 1, "id": 8, "link": {"mqtt": {"host": "bad host"}}},
+    {"v": 1, "id": 8, "link": {"mqtt": {"port": 65536}}},
+    {"v": 1, "id": 8, "link": {"mqtt": {"ca": "not pem"}}},
+    {"v": 1, "id": 8, "link": {"mqtt": {"user": "x"}}},
+    {"v": 1, "id": 8, "link": {"ntp": "x"}},
+    {"v": 1, "id": 8, "minutes": 0, "link": {"wifi": {"ssid": "x"}}},
+    {"v": 1, "id": 8, "fw": "1.0", "link": {"wifi": {"ssid": "x"}}},
     [1, 2],
     "offer",
 ]
@@ -59,7 +75,7 @@ OFFERS: list[Any] = [
 def test_device_and_contract_agree_on_offers(tmp_path: Path) -> None:
     (tmp_path / "docs.json").write_text(json.dumps(OFFERS))
     script = tmp_path / "judge.py"
-    script.write_text("import json, app, ota\nprint(json.dumps([ota.offer_ok(d) for d in json.load(open('docs.json'))]))\n")
+    script.write_text("import json, app, otacheck\nprint(json.dumps([otacheck.offer_ok(d) for d in json.load(open('docs.json'))]))\n")
     proc = run_mp(script, tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     device = json.loads(proc.stdout.splitlines()[-1])
@@ -71,4 +87,4 @@ def test_device_and_contract_agree_on_offers(tmp_path: Path) -> None:
         except OtaError:
             platform.append(False)
     assert device == platform
-    assert platform[:4] == [True] * 4 and not any(platform[4:])
+    assert platform[:7] == [True] * 7 and not any(platform[7:])
