@@ -88,9 +88,9 @@ def influxdb_killed(root: Path, size: Size) -> Row:
         left = spool_left(p)
     row.figures = {
         "outage": f"{down} s at {rate:,}/s",
-        "spooled points": f"{spooled:,}",
-        "spool files left": str(left),
-        "unacked": str(unacked),
+        "spooled points": spooled,
+        "spool files left": left,
+        "unacked": unacked,
     }
     row.ok = t.lost == 0 and t.duplicated == 0 and t.unexpected == 0 and unacked == 0 and row.recovery_s is not None and spooled > 0 and left == 0
     row.note = "recovery: from InfluxDB answering again until every reading sent before then is queryable (the spool is replayed oldest first)."
@@ -120,11 +120,11 @@ def ingest_killed(root: Path, size: Size) -> Row:
         resumed = sum(bool(r.get("session_present")) for r in log_records(p.ingest, "connected")[1:])
     row.recovery_s = None if None in recoveries else max(r for r in recoveries if r is not None)
     row.figures = {
-        "kills": str(kills),
+        "kills": kills,
         "down each": f"{down:g} s at {rate:,}/s",
         "recoveries": ", ".join(_s(r) for r in recoveries),
-        "sessions resumed": f"{resumed}/{kills}",
-        "unacked": str(unacked),
+        "sessions resumed": resumed,
+        "unacked": unacked,
     }
     row.ok = tl.lost == 0 and tl.duplicated == 0 and tl.unexpected == 0 and unacked == 0 and row.recovery_s is not None and resumed == kills
     row.note = (
@@ -163,12 +163,13 @@ def ingest_down(root: Path, size: Size) -> Row:
     survive_s = min(limit / rate, expiry_s)
     row.figures = {
         "outage": f"{down} s at {rate:,}/s",
-        "queued": f"{queued:,}",
-        "drain": f"{queued / waited:,.0f}/s" if waited else "-",
-        "broker dropped": "n/a" if dropped is None else f"{dropped:,}",
-        "broker memory": f"+{broker_rss1 - broker_rss0:.1f} MB (~{per_msg:.0f} B/msg)",
-        "largest outage": f"{survive_s / 60:,.0f} min",
-        "at 1,000/s": f"{limit / 1000 / 60:,.1f} min",
+        "queued": queued,
+        "drain /s": round(queued / waited) if waited else "-",
+        "broker dropped": "n/a" if dropped is None else dropped,
+        "broker memory MB": round(broker_rss1 - broker_rss0, 1),
+        "broker bytes per message": round(per_msg),
+        "largest outage min": round(survive_s / 60),
+        "largest outage at 1,000/s min": round(limit / 1000 / 60, 1),
     }
     row.ok = tl.lost == 0 and tl.duplicated == 0 and tl.unexpected == 0 and unacked == 0 and row.recovery_s is not None and dropped in (0, None)
     row.note = (

@@ -36,7 +36,7 @@ import paho.mqtt.client as mqtt
 from contract import topics
 from contract.influx import Influx
 from contract.payload import encode_reading
-from contract.settings import load_settings
+from contract.settings import Settings, load_settings
 from harness.procstat import group_pids, memory_kb
 from harness.progress import say
 from ingest.deadletter import read_all
@@ -53,17 +53,30 @@ _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9]{1,7}$")
 # --- the platform under test ---------------------------------------------------
 
 
+def free_settings(**overrides: Any) -> Settings:
+    """Settings for a platform of the harness's own: free ports, a stats report every second."""
+    return load_settings(
+        **{
+            "mqtt_port": free_port(),
+            "influx_url": f"http://127.0.0.1:{free_port()}",
+            "api_port": free_port(),
+            "ingest_stats_interval_s": 1.0,
+            **overrides,
+        }
+    )
+
+
+def open_platform(root: Path, *, own_services: tuple[str, ...] = ("ingest", "alerts", "api"), **overrides: Any) -> LocalPlatform:
+    """`nakhon up`'s platform on an open broker and database (not started), without the simulated fleet."""
+    return LocalPlatform(root, free_settings(**overrides), with_fleet=False, secure=False, own_services=own_services)
+
+
 @contextlib.contextmanager
 def platform(root: Path, **overrides: Any) -> Iterator[LocalPlatform]:
-    """Broker, InfluxDB, ingest and API as real processes on free ports, stopped on the way out."""
-    settings = load_settings(
-        mqtt_port=free_port(),
-        influx_url=f"http://127.0.0.1:{free_port()}",
-        api_port=free_port(),
-        ingest_stats_interval_s=1.0,
-        **overrides,
-    )
-    p = LocalPlatform(root, settings, with_fleet=False, secure=False)  # its publishers stand in for many devices at once
+    """Broker, InfluxDB, ingest, alert evaluator and API as real processes on free ports, stopped on the way out.
+
+    The open variant of what `nakhon up` runs: its publishers stand in for many devices at once."""
+    p = open_platform(root, **overrides)
     try:
         p.start()
         yield p
