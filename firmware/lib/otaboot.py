@@ -21,7 +21,7 @@ BOOT = "ota/boot"
 RESULT = "ota/result"
 LINK_OK = "ota/link.ok"  # link settings received over the air that have worked
 LINK_TRY = "ota/link.try"  # new ones on probation
-_path = []  # sys.path as main.py set it, before a slot went first
+_path: list = []  # sys.path as main.py set it, before a slot went first
 _slot = ""
 
 
