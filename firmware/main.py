@@ -23,9 +23,9 @@ except Exception as e:  # noqa: BLE001
     if trial < 0:
         raise
     import app  # noqa: E402
+otaboot.setup(app.Node, trial)
 del otaboot
 sys.modules.pop("otaboot", None)
-app.Node.trial_ms = trial
 
 try:
     app.main(buf)

@@ -104,7 +104,8 @@ class Node:
     published: int
     wdt: Any
     trial_ms = 0  # a new version on probation: ms it has to publish once (main.py, otaboot.select)
-    ota_id = -1  # the last update offer handled (start.node, ota.py): its retained copy at each connect costs nothing
+    ota_id = -1  # the last update offer handled (otaboot.setup, ota.py): its retained copy at each connect costs nothing
+    link: Any = None  # link settings received over the air, for start.node (otaboot.setup)
 
     # --- state that survives resets --------------------------------------------------
     def _reserve(self, seq: int) -> None:
@@ -238,7 +239,7 @@ class Node:
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic != self.t_config or not payload:
             if payload and (topic.endswith("/ota") or topic.startswith("nakhon/fw/")):
-                if topic.endswith("/ota") and ('"id":%d,' % self.ota_id) in payload.decode():
+                if topic.endswith("/ota") and ('"id":%d,' % self.ota_id).encode() in payload:
                     return  # handled already: the retained offer comes again at every connect
                 try:
                     import ota  # an update offered, or a piece of one: kept loaded while it downloads

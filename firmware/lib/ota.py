@@ -160,23 +160,29 @@ def _next(node: Any) -> None:
 
 
 def _want(node: Any, n: int) -> None:
-    import online
-
+    # SUBSCRIBE (QoS 1) to the chunk wanted: its retained message comes at once.
     d = _dl
     c = node.client
     if d[6]:
         _unsubscribe(c, d[6])
     d[6] = "%s%s/%d" % (FW_TOPIC, d[0]["files"][d[2]][1], n)
-    online.subscribe(c, d[6])
+    _packet(c, 0x82, d[6], 1)
 
 
 def _unsubscribe(c: Any, topic: str) -> None:
+    _packet(c, 0xA2, topic, 0)
+
+
+def _packet(c: Any, kind: int, topic: str, extra: int) -> None:
+    # SUBSCRIBE or UNSUBSCRIBE of one topic (their SUBACK / UNSUBACK are read by Client.poll)
     pid = c._next_pid()
-    c._send_header(0xA2, 2 + 2 + len(topic))
+    c._send_header(kind, 2 + 2 + len(topic) + extra)
     c._hdr[0] = pid >> 8
     c._hdr[1] = pid & 0xFF
     c.write(c._hdr, 0, 2)
     c._str(topic)
+    if extra:
+        c.write(b"\x01")
 
 
 def _chunk(node: Any, topic: str, payload: bytes) -> None:
@@ -215,7 +221,7 @@ def _hash(path: str) -> str:
             k = f.readinto(buf)
             if not k:
                 break
-            h.update(buf[:k])
+            h.update(buf if k == 256 else buf[:k])  # a slice (a copy) for the last piece only
     return binascii.hexlify(h.digest()).decode()
 
 

@@ -112,23 +112,28 @@ def fallback(e) -> int:
     return select()
 
 
-def link(cfg: dict) -> int:
-    """Lay the link settings received over the air over config.json's (start.node): those
-    that worked, then those on probation. Returns the ms the latter have to prove
-    themselves (a reading acknowledged through them), else 0."""
-    ms = 0
+
+def setup(node_cls, trial: int) -> None:
+    """After select() and the import of app: hand the node class what the boot needs from
+    ota/ (main.py): the link settings received over the air (those that worked, then
+    those on probation, laid over config.json by start.node), how long the probation has
+    (the version's or the link settings'), and the last offer handled."""
+    lk: dict = {}
     for path in (LINK_OK, LINK_TRY):
         d = load(path)
         if not d or type(d.get("link")) is not dict:
             continue
-        lk = d["link"]
-        if "wifi" in lk:
-            cfg["wifi"] = lk["wifi"]
-        for k, v in (lk.get("mqtt") or {}).items():
-            cfg["mqtt"][k] = v
-            if k == "ca":
-                cfg["mqtt"]["ca_file"] = None
+        if "wifi" in d["link"]:
+            lk["wifi"] = d["link"]["wifi"]
+        if "mqtt" in d["link"]:
+            m = lk.get("mqtt") or {}
+            m.update(d["link"]["mqtt"])
+            lk["mqtt"] = m
         if path == LINK_TRY:
-            ms = d.get("minutes", 10) * 60000
+            trial = max(trial, d.get("minutes", 10) * 60000)
             print("I 0 link: trying offer %d" % d.get("id", 0))
-    return ms
+    node_cls.link = lk or None
+    node_cls.trial_ms = trial
+    r = load(RESULT)
+    if r and r.get("state") != "staging":
+        node_cls.ota_id = r.get("id", -1)

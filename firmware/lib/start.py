@@ -38,16 +38,16 @@ def node(buf: Any = None):
     if cfg is None:
         log.error("not starting: fix config.json")
         return None
-    import otaboot
-
-    link_ms = otaboot.link(cfg)  # link settings received over the air (ota.py)
-    done = otaboot.load(otaboot.RESULT)
-    sys.modules.pop("otaboot", None)
+    lk = Node.link  # link settings received over the air, over config.json's (otaboot.setup)
+    if lk:
+        if "wifi" in lk:
+            cfg["wifi"] = lk["wifi"]
+        for k, v in (lk.get("mqtt") or {}).items():
+            cfg["mqtt"][k] = v
+            if k == "ca":
+                cfg["mqtt"]["ca_file"] = None
+        Node.link = None
     n = Node()
-    if link_ms:
-        n.trial_ms = link_ms
-    if done and done.get("state") != "staging":
-        n.ota_id = done.get("id", -1)
     n.buf = buf
     base = "nakhon/v1/%s/%s/" % (cfg["city"], cfg["device_id"])
     n.t_tel = base + "telemetry"
