@@ -428,6 +428,8 @@ def _run(args: Any) -> int:
         return _release(args)
     if args.action == "rollout":
         return _rollout(args)
+    if args.action == "link":
+        return _link(args)
     if args.action == "bench":
         text, ok = bench_report(bench(Path(args.root), args.readings))
         out(text)
@@ -471,6 +473,35 @@ def _release(args: Any) -> int:
     out = _call("POST", f"{url}/v1/firmware/releases", headers, json=body)
     sys.stdout.write(f"release {out['id']}: {out['fw']} ({out['files']} files, {sum(len(b) for b in files.values())} bytes) offered to "
                      f"{len(out['targets'])} device(s): {', '.join(out['targets'][:10])}{' ...' if len(out['targets']) > 10 else ''}\n"
+                     f"follow it with `nakhon firmware rollout {out['id']}`\n")
+    return 0
+
+
+def _link(args: Any) -> int:
+    from nakhon.apicli import _api, _call
+
+    body: dict[str, Any] = {"minutes": args.minutes, "share": args.share}
+    if args.wifi_ssid:
+        body["wifi"] = {"ssid": args.wifi_ssid, "password": args.wifi_password}
+    mqtt = {k: v for k, v in (("host", args.mqtt_host), ("port", args.mqtt_port)) if v is not None}
+    if args.ca_file:
+        try:
+            mqtt["ca"] = Path(args.ca_file).read_text()
+        except OSError as exc:
+            raise FirmwareError(f"--ca-file {args.ca_file}: {exc.strerror}") from None
+    if mqtt:
+        body["mqtt"] = mqtt
+    if not body.get("wifi") and not mqtt:
+        raise FirmwareError("nothing to change: give --wifi-ssid, --mqtt-host, --mqtt-port and/or --ca-file")
+    if args.device:
+        body["devices"] = args.device
+    if args.city:
+        body["city"] = args.city
+    if args.all:
+        body["all"] = True
+    url, headers = _api(args)
+    out = _call("POST", f"{url}/v1/firmware/links", headers, json=body)
+    sys.stdout.write(f"link offer {out['id']} ({', '.join(out['cohort']['link'])}) to {len(out['targets'])} device(s); "
                      f"follow it with `nakhon firmware rollout {out['id']}`\n")
     return 0
 

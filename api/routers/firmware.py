@@ -21,7 +21,7 @@ from api import releases
 from api.broker import BrokerError
 from api.deps import READ_ERRORS, WRITE_ERRORS, DynSecDep, InfluxDep, RegistryDep
 from api.security import Admin, check_city
-from contract import ota, storage
+from contract import ota, storage, topics
 from contract.catalogue import FW_PATTERN
 from contract.cities import CITY_SLUG_PATTERN
 from contract.influx import InfluxError
@@ -64,10 +64,7 @@ def _out(r: dict[str, Any]) -> ReleaseOut:
 @router.post("/releases", response_model=ReleaseOut, status_code=201, responses=WRITE_ERRORS)
 def publish_release(body: ReleaseIn, key: Admin, registry: RegistryDep, dynsec: DynSecDep) -> ReleaseOut:
     """Publish a firmware version to a cohort: its files retained once on the broker, the offer on each device's `ota` topic."""
-    if bool(body.devices) + (body.city is not None or body.all) != 1:
-        raise HTTPException(400, "give the cohort as devices, or as a city and/or all (with an optional share)")
-    if key.city is not None and (body.all or (body.city is not None and body.city != key.city)):  # its own city only
-        raise HTTPException(403, f"this key manages {key.city} only")
+    targets = _targets(key, registry, body.devices, body.city, body.share, body.all)
     files: dict[str, bytes] = {}
     for path, text in body.files.items():
         try:
@@ -76,15 +73,6 @@ def publish_release(body: ReleaseIn, key: Admin, registry: RegistryDep, dynsec: 
             raise HTTPException(400, f"file {path[:80]!r} is not base64") from None
         if len(files[path]) > MAX_FILE_BYTES:
             raise HTTPException(400, f"file {path[:80]!r} is over {MAX_FILE_BYTES} bytes")
-    active = [(d.city, d.id) for d in registry.devices(state="active")]
-    try:
-        targets = releases.cohort(active, body.devices or None, body.city, body.share)
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
-    for city, _ in targets:
-        check_city(key, city)
-    if not targets:
-        raise HTTPException(400, "the cohort holds no active device")
     cohort: dict[str, Any] = {"devices": body.devices} if body.devices else {"city": body.city, "share": body.share}
     man = releases.manifest(files)
     try:
@@ -94,6 +82,79 @@ def publish_release(body: ReleaseIn, key: Admin, registry: RegistryDep, dynsec: 
     rid = registry.add_release(body.fw, [list(m) for m in man], [d for _, d in targets], cohort, key.id)
     try:
         dynsec.publish_retained(releases.messages(files, rid, body.fw, targets, body.chunk, body.boots, body.minutes))
+    except BrokerError as exc:
+        registry.remove_release(rid)
+        raise HTTPException(503, f"broker: {exc}") from None
+    got = registry.release(rid)
+    assert got is not None
+    return _out(got)
+
+
+class WifiIn(BaseModel):
+    ssid: Annotated[str, Field(min_length=1, max_length=32)]
+    password: Annotated[str, Field(max_length=64)] = ""
+
+
+class MqttLinkIn(BaseModel):
+    host: Annotated[str | None, Field(pattern=r"^[A-Za-z0-9.-]{1,64}$")] = None
+    port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    ca: Annotated[str | None, Field(max_length=ota.CA_MAX, description="the CA bundle devices verify the broker with, PEM")] = None
+
+
+class LinkIn(BaseModel):
+    """New link settings for a cohort: kept by each device once a reading got through them, else dropped after `minutes`."""
+
+    wifi: WifiIn | None = None
+    mqtt: MqttLinkIn | None = None
+    devices: Annotated[list[Annotated[str, Field(pattern=DEVICE_ID_PATTERN)]], Field(max_length=10000)] = []
+    city: Annotated[str | None, Field(pattern=CITY_SLUG_PATTERN)] = None
+    share: Annotated[float, Field(gt=0, le=100)] = 100
+    all: bool = False
+    minutes: Annotated[int, Field(ge=1, le=1440)] = 10
+
+
+def _targets(key: Any, registry: Any, devices: list[str], city: str | None, share: float, every: bool) -> list[tuple[str, str]]:
+    if bool(devices) + (city is not None or every) != 1:
+        raise HTTPException(400, "give the cohort as devices, or as a city and/or all (with an optional share)")
+    if key.city is not None and (every or (city is not None and city != key.city)):  # its own city only
+        raise HTTPException(403, f"this key manages {key.city} only")
+    active = [(d.city, d.id) for d in registry.devices(state="active")]
+    try:
+        targets = releases.cohort(active, devices or None, city, share)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+    for c, _ in targets:
+        check_city(key, c)
+    if not targets:
+        raise HTTPException(400, "the cohort holds no active device")
+    return targets
+
+
+@router.post("/links", response_model=ReleaseOut, status_code=201, responses=WRITE_ERRORS)
+def publish_link(body: LinkIn, key: Admin, registry: RegistryDep, dynsec: DynSecDep) -> ReleaseOut:
+    """Offer new link settings (Wi-Fi, broker host/port, CA) to a cohort over the `ota` topic; followed like a release.
+    What changed is recorded, not the Wi-Fi password."""
+    link: dict[str, Any] = {}
+    if body.wifi is not None:
+        link["wifi"] = body.wifi.model_dump()
+    if body.mqtt is not None:
+        m = {k: v for k, v in body.mqtt.model_dump().items() if v is not None}
+        if m:
+            link["mqtt"] = m
+    try:
+        ota.check_link(link)
+    except ota.OtaError as exc:
+        raise HTTPException(400, f"link: {exc}") from None
+    targets = _targets(key, registry, body.devices, body.city, body.share, body.all)
+    cohort: dict[str, Any] = {"devices": body.devices} if body.devices else {"city": body.city, "share": body.share}
+    cohort["link"] = sorted([*(["wifi"] if "wifi" in link else []), *(f"mqtt.{k}" for k in link.get("mqtt", {}))])
+    rid = registry.add_release("link", [], [d for _, d in targets], cohort, key.id)
+    try:
+        offer = ota.encode_link_offer(rid, link, body.minutes)
+        dynsec.publish_retained([(topics.topic(c, d, "ota"), offer) for c, d in targets])
+    except ota.OtaError as exc:
+        registry.remove_release(rid)
+        raise HTTPException(400, f"link: {exc}") from None
     except BrokerError as exc:
         registry.remove_release(rid)
         raise HTTPException(503, f"broker: {exc}") from None

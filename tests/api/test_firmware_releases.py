@@ -58,3 +58,21 @@ def test_release_cohorts_rights_and_rollout(client: TestClient, keys: Keys) -> N
         assert dev.publish("nakhon/v1/chiang_mai/cm-air-101/ota", b"{}") == "Not authorized"
     finally:
         dev.close()
+
+
+def test_link_offers_are_checked_and_keep_no_secret(client: TestClient, keys: Keys) -> None:
+    _provision(client, keys.admin, "cm-air-201")
+    admin = {"X-API-Key": keys.admin}
+
+    def post(body: dict) -> tuple[int, dict]:
+        r = client.post("/v1/firmware/links", json={"devices": ["cm-air-201"], **body}, headers=admin)
+        return r.status_code, r.json()
+
+    assert post({})[0] == 400  # nothing to change
+    assert post({"mqtt": {"ca": "not a certificate"}})[0] == 400
+    assert post({"mqtt": {"host": "bad host"}})[0] == 422
+    code, body = post({"wifi": {"ssid": "city-iot-2", "password": "s3cret-wifi"}, "mqtt": {"port": 8884}, "minutes": 5})
+    assert code == 201, body
+    assert body["fw"] == "link" and body["targets"] == ["cm-air-201"] and body["cohort"]["link"] == ["mqtt.port", "wifi"]
+    listed = client.get("/v1/firmware/releases", headers=admin).json()
+    assert "s3cret-wifi" not in str(listed) and listed[0]["id"] == body["id"]

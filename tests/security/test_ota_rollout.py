@@ -69,6 +69,23 @@ def test_rollout_shows_updated_and_rolled_back_with_reasons(tmp_path: Path) -> N
         # a release needs an admin key; a wrong version string is refused before anything is published
         bad = run_nakhon("firmware", "release", "--version", "0.9.9", "--build", str(out), "--device", DEVS[0], "--api", api_url(p), env=env)
         assert bad.returncode == 2 and "is not version 0.9.9" in bad.stderr
+        # new link settings that do not work on the site (a wrong Wi-Fi password): tried, dropped, reported
+        r = run_nakhon("firmware", "link", "--device", "cm-ota-01", "--wifi-ssid", "field", "--wifi-password", "wrong",
+                       "--minutes", "1", "--api", api_url(p), env=env)
+        assert r.returncode == 0, r.stderr
+        assert "link offer 2 (wifi) to 1 device(s)" in r.stdout
+
+        def link_rollout() -> dict:
+            got = run_nakhon("firmware", "rollout", "2", "--json", "--api", api_url(p), env=env)
+            assert got.returncode == 0, got.stderr
+            doc: dict = json.loads(got.stdout)
+            return doc
+
+        wait_until(lambda: link_rollout()["counts"] == {"rolled_back": 1}, 120, what="the link offer rolled back")
+        assert link_rollout()["devices"][0] == {"device": "cm-ota-01", "state": "rolled_back", "fw": "0.9.0",
+                                                "reason": "link: no publish in 1 min"}
+        # (the device said so in a status it could only publish once back on its old settings)
+        assert "link: trying offer 2" in boards[0].log()
         assert "Traceback" not in boards[0].log() and "Traceback" not in boards[1].log()
     finally:
         for b in boards:
