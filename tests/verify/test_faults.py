@@ -52,11 +52,10 @@ def test_broker_restart_loses_nothing_and_a_kill_is_bounded(workdir: Path) -> No
     row = broker_faults(workdir, "quick")
     assert row.number == 4 and row.ok, row
     assert row.figures["restart lost"] == "0" and row.duplicated == 0 and row.accepted_bad == 0
-    # a kill: with the ingest live next to nothing is lost (it holds each message within milliseconds; at most the
-    # broker's unsent socket buffer); with the ingest away, at most what came since the last save (10 s at 300/s)
-    assert n(row.figures["kill lost"]) <= 300
-    assert n(row.figures["kill with ingest away lost"]) <= min(n(row.figures["queued at kill"]), 300 * 11)
-    assert row.lost == n(row.figures["kill lost"]) + n(row.figures["kill with ingest away lost"]) and row.stored == row.sent - row.lost
+    # a kill loses nothing, with the ingest live or away: the publishers keep each reading until the platform's
+    # `stored` confirmation covers it and publish again what is unconfirmed after reconnecting (store-and-forward)
+    assert row.figures["kill lost"] == "0" and row.figures["kill with ingest away lost"] == "0"
+    assert n(row.figures["queued at kill"]) > 0 and row.lost == 0 and row.stored == row.sent
     # the persistence cost was measured for the three settings; saving on every change is the slow one
     rates = {}
     for part in row.figures["autosave rates live/queueing"].split("; "):
@@ -64,4 +63,4 @@ def test_broker_restart_loses_nothing_and_a_kill_is_bounded(workdir: Path) -> No
         rates[label] = [n(x) for x in pair.split("/")]
     assert set(rates) == {"every 10 s", "every 1 s", "every change"}
     assert rates["every change"][0] < rates["every 10 s"][0] and rates["every change"][1] < rates["every 10 s"][1]
-    assert "autosave_interval 10 s" in row.note
+    assert "autosave_interval 60 s" in row.note
