@@ -113,6 +113,9 @@ class Node:
     part: dict
     published: int
     wdt: Any
+    trial_ms = 0  # a new version on probation: ms it has to publish once (main.py, otaboot.select)
+    ota_id = -1  # the last update offer handled (otaboot.setup, ota.py): its retained copy at each connect costs nothing
+    link: Any = None  # link settings received over the air, for start.node (otaboot.setup)
 
     # --- state that survives resets --------------------------------------------------
     def _reserve(self, seq: int) -> None:
@@ -245,10 +248,23 @@ class Node:
 
     # --- config from the platform -------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
-        if topic != self.t_config:  # the other subscription: `stored`
-            ring.apply(self, payload)
-            return
-        if not payload:
+        if topic != self.t_config or not payload:
+            if topic.endswith("/stored"):
+                ring.apply(self, payload)
+            elif payload and (topic.endswith("/ota") or topic.startswith("nakhon/fw/")):
+                if topic.endswith("/ota") and ('"id":%d,' % self.ota_id).encode() in payload:
+                    return  # handled already: the retained offer comes again at every connect
+                try:
+                    import ota  # an update offered, or a piece of one: kept loaded while it downloads
+
+                    try:
+                        ota.message(self, topic, payload)
+                    finally:
+                        if not ota.busy():
+                            sys.modules.pop("ota", None)
+                except MemoryError:  # a heap too cut up for it now: reported, tried again at the next connect
+                    sys.modules.pop("ota", None)
+                    self.fault("ota", "memory")
             return
         import retained
 
@@ -319,6 +335,11 @@ class Node:
         else:  # from RAM (flash refused them): the PUBACK is as far as they can be kept
             del self.staging[: f[2]]
         self.published += f[2]
+        if self.trial_ms:  # a new version's first reading reached the broker: it stays
+            import probation
+
+            probation.confirm(self)
+            sys.modules.pop("probation", None)
 
     def _pump(self) -> None:
         """Publish the oldest unsent readings: the ring first, then what is staged."""
@@ -425,6 +446,10 @@ class Node:
                 self.safe = False
                 self.fault("boot", None)
                 self.clock._next = now
+        if self.trial_ms and self.uptime_ms > self.trial_ms:  # a new version that never published: roll back
+            import probation
+
+            probation.give_up(self)
         if not (self.ring.unsent or self.staging) or not hal.wifi_connected():
             self.last_ack = now  # nothing to send, or no Wi-Fi (its own reconnects handle that)
             return

@@ -37,6 +37,7 @@ def connect(node: Any) -> None:
         session(c, sock, node.t_status, OFFLINE)
         subscribe(c, node.t_config)
         c.refused = subscribe(c, node.t_config[:-6] + "stored")  # refused by a platform that does not confirm
+        subscribe(c, node.t_config[:-6] + "ota")  # firmware and link offers (ota.py)
     except Exception as e:
         c.close()
         node._backoff("mqtt %r" % (e,))

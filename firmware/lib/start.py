@@ -38,6 +38,15 @@ def node(buf: Any = None):
     if cfg is None:
         log.error("not starting: fix config.json")
         return None
+    lk = Node.link  # link settings received over the air, over config.json's (otaboot.setup)
+    if lk:
+        if "wifi" in lk:
+            cfg["wifi"] = lk["wifi"]
+        for k, v in (lk.get("mqtt") or {}).items():
+            cfg["mqtt"][k] = v
+            if k == "ca":
+                cfg["mqtt"]["ca_file"] = None
+        Node.link = None
     n = Node()
     n.buf = buf
     base = "nakhon/v1/%s/%s/" % (cfg["city"], cfg["device_id"])

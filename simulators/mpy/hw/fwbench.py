@@ -120,6 +120,16 @@ gc.collect()
 fakes = gc.mem_alloc() - _start  # the stand-ins' own code and data: not on a board
 offset = _start + fakes
 
+# As main.py: the loader that picks the firmware version runs first and is dropped.
+try:
+    import otaboot
+
+    otaboot.select()
+    del otaboot
+    sys.modules.pop("otaboot", None)
+except ImportError:  # a firmware from before over-the-air updates
+    pass
+
 # Where the heap goes: the modules a running node keeps, in the order they load.
 prev = gc.mem_alloc()
 for row in modules:
