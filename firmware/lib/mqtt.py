@@ -41,7 +41,7 @@ class Client:
         self._last_tx: Any = 0
         self._last_rx: Any = 0
         self._ping_out = False
-        # A SUBSCRIBE the broker may refuse: its packet id while awaited, -1 if refused,
+        # The SUBSCRIBE the broker may refuse (`stored`, with `ota`): its packet id while awaited, -1 if `stored` was refused,
         # else 0 (one attribute: MicroPython keeps every name for good)
         self.refused = 0
 

@@ -36,8 +36,9 @@ def connect(node: Any) -> None:
         sock = hal.connect(host, port, tls, verify, node.cadata, 10000)
         session(c, sock, node.t_status, OFFLINE)
         subscribe(c, node.t_config)
-        c.refused = subscribe(c, node.t_config[:-6] + "stored")  # refused by a platform that does not confirm
-        subscribe(c, node.t_config[:-6] + "ota")  # firmware and link offers (ota.py)
+        # one SUBSCRIBE for both: the broker may refuse either without ending the link (a platform that
+        # does not confirm; a device provisioned before over-the-air updates, whose role lacks `ota`)
+        c.refused = subscribe(c, node.t_config[:-6] + "stored", node.t_config[:-6] + "ota")
     except Exception as e:
         c.close()
         node._backoff("mqtt %r" % (e,))
@@ -92,15 +93,18 @@ def session(c: Any, sock, will_topic: str, will_msg: bytes, clean: bool = True, 
     c._ping_out = False
 
 
-def subscribe(c: Any, topic: str) -> int:
-    """SUBSCRIBE at QoS 1 (the SUBACK is checked by Client.poll)."""
+def subscribe(c: Any, topic: str, topic2: str = "") -> int:
+    """SUBSCRIBE to one topic, or two, at QoS 1 (the SUBACK is checked by Client.poll)."""
     pid = c._next_pid()
-    c._send_header(_SUBSCRIBE, 2 + 2 + len(topic) + 1)
+    c._send_header(_SUBSCRIBE, 2 + 2 + len(topic) + 1 + (2 + len(topic2) + 1 if topic2 else 0))
     c._hdr[0] = pid >> 8
     c._hdr[1] = pid & 0xFF
     c.write(c._hdr, 0, 2)
     c._str(topic)
     c.write(b"\x01")
+    if topic2:
+        c._str(topic2)
+        c.write(b"\x01")
     return pid
 
 
