@@ -307,6 +307,7 @@ class Node:
             return
         self.wifi_since = None
         self.fault("wifi", None)
+        gc.collect()  # what the last on-demand module left goes first: its code needs RAM in one piece
         import online
 
         try:
@@ -425,6 +426,7 @@ class Node:
         # NTP when due (at once until it first answers, then every few hours: the RTC
         # drifts, in deep sleep by percent); what was read without the time is dated then.
         if self.clock.due() and hal.wifi_connected():
+            gc.collect()  # as for connect: the module's code needs RAM in one piece
             import online
 
             try:
@@ -531,10 +533,12 @@ class Node:
 
 def _done() -> None:
     # The on-demand modules are needed again only at the next (re)connect, NTP sync or
-    # config document: drop them, and the next collection gives their code's RAM back.
+    # config document: drop them, and collect at once, so their code's RAM is back in one
+    # piece before the replay or a status asks for a buffer.
     sys.modules.pop("online", None)
     sys.modules.pop("retained", None)
     sys.modules.pop("report", None)
+    gc.collect()
 
 
 def main(buf: Any = None) -> None:

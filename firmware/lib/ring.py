@@ -395,6 +395,7 @@ def apply(node: Any, b: bytes) -> None:
     if node.faults.get("stored") == "invalid":
         node.fault("stored", None)
     if ms >= 0 and not node.clock.synced:
+        gc.collect()
         import online
 
         try:
