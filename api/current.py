@@ -151,6 +151,7 @@ class CitySnapshot:
         return hit
 
 
+KEEP_MIN_S = 0.25  # a due snapshot's answers are still kept this long while its reload runs
 EAGER: tuple[Answer, ...] = ("latest", "aqi")  # encoded as the snapshot is built; geojson on first use
 
 
@@ -206,8 +207,11 @@ async def answer(request: Request, now: Current[CitySnapshot], name: Answer, med
     # not built yet (a stale flag, an answer built on first use): in a worker thread, not on the event loop
     body, etag = hit if hit is not None else await asyncio.to_thread(now.value.body, name, now.stale, gz)
     settings: Settings = request.app.state.settings
+    # kept in the process (api.httpcache) until this snapshot is due for reloading, a moment at least
+    keep = max(KEEP_MIN_S, settings.api_live_refresh_s - now.age_s)
     headers = {"ETag": etag, "Age": str(int(now.age_s)),
-               "Cache-Control": f"public, max-age={max(1, math.ceil(settings.api_live_refresh_s))}"}
+               "Cache-Control": f"public, max-age={max(1, math.ceil(settings.api_live_refresh_s))}",
+               "x-nakhon-keep": f"{keep:.3f}"}
     if gz:
         headers["Content-Encoding"] = "gzip"
     return Response(body, media_type=media_type, headers=headers)

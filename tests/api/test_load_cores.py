@@ -352,3 +352,34 @@ def test_a_request_over_its_limit_is_answered_before_fastapi_runs(tmp_path: Path
     asyncio.run(app(scope, None, send))  # type: ignore[arg-type]
     assert sent[0]["status"] == 429
     assert app.middleware_stack is None  # FastAPI's own stack (built on first use) was never needed
+
+
+def test_a_current_answer_is_kept_only_until_its_snapshot_is_due_and_the_hint_never_leaves() -> None:
+    clock = Clock()
+    calls: list[int] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        calls.append(1)
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json"), (b"age", b"1"), (b"x-nakhon-keep", b"0.500")]})
+        await send({"type": "http.response.body", "body": b'{"n": 1}'})  # type: ignore[operator]
+
+    async def ask(cache: HttpCache) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                out.extend(message["headers"])
+
+        await cache({"type": "http", "method": "GET", "path": "/v1/cities/phuket/latest", "query_string": b"", "headers": []}, None, send)
+        return out
+
+    cache = HttpCache(app, recent_s=60, history_s=3600, memory_s=2.0)
+    cache.memory = Memory(2.0, clock=clock)
+    first = asyncio.run(ask(cache))
+    assert b"x-nakhon-keep" not in dict(first) and dict(first)[b"age"] == b"1"
+    clock.t += 0.4
+    assert b"x-nakhon-keep" not in dict(asyncio.run(ask(cache))) and len(calls) == 1  # from memory
+    clock.t += 0.2  # past the snapshot's due time, well inside the cache's 2 s: asked again
+    asyncio.run(ask(cache))
+    assert len(calls) == 2
