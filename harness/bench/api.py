@@ -13,7 +13,11 @@ Fair by construction: the direct requests are the ones the API's client
 sends (same target, same headers, so the same gzip'd answer), sent by the
 same kind of client as the API calls; contenders are timed in turns, so a load
 spike from elsewhere on a shared machine falls on both. Then requests/s with
-N concurrent clients, for the API and straight to InfluxDB alike.
+N concurrent clients, for the API and straight to InfluxDB alike, from a load
+client that costs ~20 us of CPU per request (harness.bench.load: on a 2-core
+machine an ordinary async client took more CPU per request than the API it
+timed), with the CPU the servers spent per answer and the machine's load
+average, which move the rates.
 """
 
 from __future__ import annotations
@@ -127,6 +131,8 @@ def _interleaved(contenders: dict[str, tuple[Timed, int]], n: int) -> dict[str, 
 
 
 def _p(values: list[float], q: float) -> float:
+    if not values:  # nothing answered 200 (counted in FAILED): no latency to show
+        return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
@@ -148,6 +154,8 @@ def _concurrent(urls: dict[str, str], concurrency: int, seconds: float, slices: 
     out: dict[str, list[float]] = {name: [] for name in urls}
     cpu: dict[str, float] = dict.fromkeys(urls, 0.0)
     LOADAVG.append(os.getloadavg()[0])
+    for url in urls.values():  # warm every target (its caches, its processes): answers not counted
+        load(url, ainflux_headers, concurrency, 0.3)
     for _ in range(slices):
         for name, url in urls.items():
             pids = servers[name]() if servers and name in servers else []

@@ -95,7 +95,7 @@ def request_bytes(url: str, headers: Mapping[str, str]) -> tuple[str, int, bytes
     return u.hostname or "127.0.0.1", u.port or 80, f"GET {target} HTTP/1.1\r\nHost: {u.netloc}\r\n{head}\r\n".encode("latin-1")
 
 
-async def _run(url: str, headers: Mapping[str, str], concurrency: int, seconds: float, tally: Tally) -> None:
+async def _run(url: str, headers: Mapping[str, str], concurrency: int, seconds: float, tally: Tally, warm: int) -> None:
     loop = asyncio.get_running_loop()
     host, port, request = request_bytes(url, headers)
     until = time.perf_counter() + seconds
@@ -104,7 +104,7 @@ async def _run(url: str, headers: Mapping[str, str], concurrency: int, seconds: 
         clients: list[_Client] = []
         for _ in range(concurrency):
             done: asyncio.Future[None] = loop.create_future()
-            client = _Client(request, until, tally, done, warm=1)
+            client = _Client(request, until, tally, done, warm)
             await loop.create_connection(lambda c=client: c, host, port)  # type: ignore[misc]
             dones.append(done)
             clients.append(client)
@@ -115,10 +115,10 @@ async def _run(url: str, headers: Mapping[str, str], concurrency: int, seconds: 
                 client._finish()
 
 
-def load(url: str, headers: Mapping[str, str], concurrency: int, seconds: float) -> Tally:
+def load(url: str, headers: Mapping[str, str], concurrency: int, seconds: float, warm: int = 0) -> Tally:
     """`concurrency` clients on keep-alive connections to `url` for `seconds`, each sending the next request
-    as soon as its last is answered; each connection's first answer is a warm-up, not timed."""
+    as soon as its last is answered; the first `warm` answers of each connection are not counted."""
     tally = Tally()
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(_run(url, headers, concurrency, seconds, tally))
+        runner.run(_run(url, headers, concurrency, seconds, tally, warm))
     return tally
