@@ -24,7 +24,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -44,6 +46,7 @@ from contract import storage
 from contract.influx import Influx
 from contract.rollups import RP_LATEST, schema_statements
 from contract.settings import load_settings
+from harness.bench.floor import BODY_FILE
 from harness.bench.load import load
 from harness.procstat import cpu_seconds, group_pids
 from ingest.rollups import Rollups
@@ -128,6 +131,29 @@ def _interleaved(contenders: dict[str, tuple[Timed, int]], n: int) -> dict[str, 
         if (i + 1) % 100 == 0:
             sys.stderr.write(f"  {i + 1}/{n} rounds\n")
     return out
+
+
+FLOOR = "floor: uvicorn answering latest's bytes, nothing else"
+
+
+def _raw(url: str) -> bytes:
+    """The body as the server sent it (not decoded)."""
+    with httpx.stream("GET", url, headers=ainflux_headers, timeout=60) as r:
+        r.raise_for_status()
+        return b"".join(r.iter_raw())
+
+
+def _wait_up(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"api-bench: {url} did not answer within {seconds:g} s")
+        time.sleep(0.2)
 
 
 def _p(values: list[float], q: float) -> float:
@@ -215,6 +241,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
                              api_rate_per_key=10**6, api_rate_per_address=10**6, log_level="WARNING", api_workers=args.workers)
     influx = Influx(db.url, timeout=300)
     api = Service("api", ["api"], settings, root / "logs")
+    floor: subprocess.Popen[bytes] | None = None
     try:
         if fresh:
             influx.execute(['DROP DATABASE "nakhon"'])
@@ -293,6 +320,15 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         sys.stderr.write(f"load: {conc} concurrent clients, {secs:g} s per target\n")
         assert api.proc is not None and db.pid is not None
         api_pgid, influx_pid = api.proc.pid, db.pid  # the API runs in a session of its own: its group is its processes
+        floor_body = root / "floor-body.gz"
+        floor_body.write_bytes(_raw(base + latest_path))  # the API's own answer, as sent (gzip'd)
+        floor_port = free_port()
+        floor = subprocess.Popen([sys.executable, "-m", "uvicorn", "harness.bench.floor:app", "--host", "127.0.0.1", "--port", str(floor_port),
+                                  "--workers", str(settings.api_processes), "--log-level", "warning", "--no-access-log"],
+                                 env={**os.environ, BODY_FILE: str(floor_body)}, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        floor_url, floor_pgid = f"http://127.0.0.1:{floor_port}/", floor.pid
+        _wait_up(floor_url)
         loaded = _concurrent({
             "7-day hourly history: API": base + hist_path,
             "7-day hourly history: same InfluxQL direct": db.url + ainflux.target(hq.statement, hq.params, hist_epoch),
@@ -300,7 +336,8 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
             "latest per city: same InfluxQL direct": db.url + ainflux.target(history.latest_query(), {"city": CITY}),
             "city AQI: API": base + aqi_path,
             "city AQI: same InfluxQL direct": db.url + ainflux.target(aqi_q, aqi_params),
-        }, conc, secs, servers={
+            FLOOR: floor_url,
+        }, conc, secs, servers={FLOOR: lambda: group_pids(floor_pgid)} | {
             name: (lambda: [*group_pids(api_pgid), influx_pid]) if name.endswith(": API") else (lambda: [influx_pid])
             for name in ("7-day hourly history: API", "7-day hourly history: same InfluxQL direct", "latest per city: API",
                          "latest per city: same InfluxQL direct", "city AQI: API", "city AQI: same InfluxQL direct")})
@@ -309,6 +346,9 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         web.close()
         idb.close()
     finally:
+        if floor is not None:
+            os.killpg(floor.pid, signal.SIGTERM)
+            floor.wait(30)
         api.stop()
         influx.close()
         db.stop()
@@ -348,6 +388,7 @@ def measure(
         "freshness_p50_ms": _p(results["freshness: written to latest -> in the API"], 0.5),
         "freshness_p99_ms": _p(results["freshness: written to latest -> in the API"], 0.99),
         "api_clients": float(concurrency), "api_loadavg": max(LOADAVG),
+        "floor_rps": len(loaded[FLOOR]) / seconds, "floor_load_p99_ms": _p(loaded[FLOOR], 0.99),
     }
     for key, name in (("latest", "latest per city"), ("aqi", "city AQI"), ("history", "7-day hourly history")):
         api, direct = loaded[f"{name}: API"], loaded[f"{name}: same InfluxQL direct"]
