@@ -217,6 +217,15 @@ def targets(v: dict[str, float]) -> list[Target]:
     if "alerts_service_rate" in v:
         r = v["alerts_service_rate"] / 1000
         out.append(Target("alerts service through the broker / fleet rate", f"{v['alerts_service_rate']:,.0f} / 1,000 readings/s", r, ">= 1", r >= 1))
+    if "alerts_service_mb" in v:
+        # what the unbounded run holds depends on how far the network outruns the judge (the whole backlog at worst);
+        # the bound is the guarantee, the megabytes are reported beside it
+        r = v["alerts_service_mb"] / v["alerts_service_mb_unbounded"]
+        out.append(Target("alerts service peak memory draining a storm, bounded / unbounded inbox",
+                          f"{v['alerts_service_mb']:,.0f} / {v['alerts_service_mb_unbounded']:,.0f} MB", r, "reported", True))
+        held, bound = v["alerts_service_held"], v["alerts_service_inbox_max"]
+        out.append(Target("alerts service messages held un-judged draining a storm / its bound",
+                          f"{held:,.0f} / {bound:,.0f} (unbounded: {v['alerts_service_held_unbounded']:,.0f})", held / bound, "<= 1", held <= bound))
     if "alerts_latency_p99_ms" in v:
         p99 = v["alerts_latency_p99_ms"]
         ok = p99 < 10_000 and v.get("alerts_latency_missing", 1) == 0
