@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 import aiohttp
 import orjson
 
-from contract.influx import InfluxRejected, InfluxUnavailable, classify, error_text, query_params
+from contract.influx import InfluxRejected, InfluxUnavailable, answer_error, query_params
 
 # What the requests carry besides the target: aiohttp's own defaults, spelled out so that `nakhon api-bench`
 # can send InfluxDB exactly the requests the API sends.
@@ -61,10 +61,10 @@ class AsyncInflux:
     def _query(self, q: str, params: dict[str, Any] | None, epoch: str | None) -> dict[str, str]:
         return query_params(q, self.database, params, epoch)
 
-    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms",
-                     timeout: float | None = None) -> list[dict[str, Any]]:
-        """The series of a single-statement query (empty list when none); epoch=None: times as RFC 3339 text;
-        `timeout`: seconds for this query instead of the client's."""
+    async def fetch(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms",
+                    timeout: float | None = None) -> bytes:
+        """The answer's body, errors of the request raised; `parse_series` reads it (where it suits: a large
+        answer is worth parsing off the event loop). `timeout`: seconds for this query instead of the client's."""
         data = self._query(q, params, epoch)
         try:
             limit = aiohttp.ClientTimeout(total=timeout) if timeout is not None else self._timeout
@@ -72,15 +72,26 @@ class AsyncInflux:
                 status, content = resp.status, await resp.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise InfluxUnavailable(f"query failed: {type(exc).__name__}: {exc}") from exc
-        error = classify(status, error_text(content))  # the same classification as the sync client
+        error = answer_error(status, content)  # the same classification as the sync client
         if error is not None:
             raise error
-        try:
-            body = orjson.loads(content) if content else {}
-        except orjson.JSONDecodeError:
-            raise InfluxUnavailable(f"HTTP {status}: not JSON") from None
-        results = body.get("results", [])
-        for r in results:
-            if "error" in r:
-                raise InfluxRejected(400, str(r["error"])[:2000])
-        return results[0].get("series", []) if results else []
+        return content
+
+    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms",
+                     timeout: float | None = None) -> list[dict[str, Any]]:
+        """The series of a single-statement query (empty list when none); epoch=None: times as RFC 3339 text;
+        `timeout`: seconds for this query instead of the client's."""
+        return parse_series(await self.fetch(q, params, epoch, timeout))
+
+
+def parse_series(content: bytes) -> list[dict[str, Any]]:
+    """The series of a single-statement query's answer (`AsyncInflux.fetch`)."""
+    try:
+        body = orjson.loads(content) if content else {}
+    except orjson.JSONDecodeError:
+        raise InfluxUnavailable("HTTP 200: not JSON") from None
+    results = body.get("results", [])
+    for r in results:
+        if "error" in r:
+            raise InfluxRejected(400, str(r["error"])[:2000])
+    return results[0].get("series", []) if results else []

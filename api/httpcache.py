@@ -17,7 +17,9 @@ while public reading is on, a 200 answer to a call without a key is kept
 for `api_cache_memory_s` (2 s; at most 512 answers of up to 2 MB, least
 recently used out first) and the same question within that time is answered
 from it, with `Age` (a current answer's own age plus its time here, so the
-bound stays visible); while one call asks a question, others asking the same
+bound stays visible). A current answer is kept only until its snapshot is
+due for reloading (it says so in an internal `x-nakhon-keep` header, never
+sent out), so the cache adds nothing to its freshness; while one call asks a question, others asking the same
 wait for its answer instead of sending their own. On a haze day everyone
 asks the same few questions: InfluxDB then sees each of them once every two
 seconds per process, not once per visitor, and FastAPI runs for them as
@@ -86,6 +88,7 @@ class Kept:
     body: bytes
     etag: str
     base_age: int  # the answer's own Age when kept (current values)
+    ttl_s: float  # kept this long: the cache's time to live, or less when the answer said so (KEEP)
 
 
 class Memory:
@@ -104,21 +107,25 @@ class Memory:
         if kept is None:
             return None
         age = self._clock() - kept.stored
-        if age >= self.ttl_s:
+        if age >= kept.ttl_s:
             del self._kept[key]
             return None
         self._kept.move_to_end(key)
         return kept, age
 
-    def put(self, key: str, headers: list[tuple[bytes, bytes]], body: bytes, etag: str, base_age: int = 0) -> None:
-        if self.ttl_s <= 0 or len(body) > self.max_body:
+    def put(self, key: str, headers: list[tuple[bytes, bytes]], body: bytes, etag: str, base_age: int = 0,
+            ttl_s: float | None = None) -> None:
+        """Keep an answer for the time to live, or `ttl_s` if shorter."""
+        ttl = self.ttl_s if ttl_s is None else min(self.ttl_s, ttl_s)
+        if ttl <= 0 or len(body) > self.max_body:
             return
-        self._kept[key] = Kept(self._clock(), headers, body, etag, base_age)
+        self._kept[key] = Kept(self._clock(), headers, body, etag, base_age, ttl)
         self._kept.move_to_end(key)
         while len(self._kept) > self.entries:
             self._kept.popitem(last=False)
 
 
+KEEP = b"x-nakhon-keep"  # set by an answer that may be kept in the process only so long (seconds); never sent out
 _KEEP_304 = {b"etag", b"cache-control", b"vary", b"age", b"date", b"last-modified", b"expires"}
 
 
@@ -198,6 +205,10 @@ class HttpCache:
     async def _finish(self, scope: Scope, start: dict[str, Any], body: bytes, inm: str | None, keyed: bool, send: Any,
                       key: str | None) -> None:
         hdrs: list[tuple[bytes, bytes]] = list(start.get("headers", []))
+        keep = next((float(v) for k, v in hdrs if k.lower() == KEEP), None)
+        if keep is not None:
+            hdrs = [(k, v) for k, v in hdrs if k.lower() != KEEP]
+            start = {**start, "headers": hdrs}
         if start.get("status") != 200:
             await send(start)
             await send({"type": "http.response.body", "body": body})
@@ -216,7 +227,7 @@ class HttpCache:
         if key is not None:  # current values come with their Age (api.live): kept, it grows on
             base_age = next((int(v) for k, v in hdrs if k.lower() == b"age"), 0)
             self.memory.put(key, [(k.lower(), v) for k, v in hdrs if k.lower() not in (b"date", b"server", b"age")], body, etag,
-                            base_age)
+                            base_age, keep)
         if matches(inm, etag):
             await send({"type": "http.response.start", "status": 304, "headers": [(k, v) for k, v in hdrs if k.lower() in _KEEP_304]})
             await send({"type": "http.response.body", "body": b""})

@@ -57,6 +57,11 @@ class LiveCache(Generic[T]):
         self._loading: dict[str, asyncio.Task[None]] = {}
         self._failing: set[str] = set()
 
+    def peek(self, key: str) -> T | None:
+        """The snapshot `key` holds now, whatever its age (None if never loaded)."""
+        e = self._entries.get(key)
+        return None if e is None else e.value
+
     def age(self, key: str) -> float | None:
         e = self._entries.get(key)
         return None if e is None else self._clock() - e.loaded

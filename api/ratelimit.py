@@ -16,6 +16,7 @@ The clock is CLOCK_MONOTONIC, the same for every process of the machine.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import mmap
 import os
@@ -126,6 +127,7 @@ class SharedRateLimiter:
         return oldest, False
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)  # the same few clients call again and again: hashed once
     def _hash(who: str) -> int:
         return int.from_bytes(hashlib.blake2b(who.encode(), digest_size=8).digest(), "little") or 1
 

@@ -81,6 +81,12 @@ def query_params(q: str, database: str, params: dict[str, Any] | None = None, ep
     return data
 
 
+def answer_error(status: int, content: bytes) -> InfluxError | None:
+    """`classify` of an answer, its body read for the message only when it is an error (a query's answer can
+    be megabytes of JSON: parsed once, by the caller, not twice)."""
+    return None if 200 <= status < 300 else classify(status, error_text(content))
+
+
 def error_text(content: bytes, fallback: str = "") -> str:
     """InfluxDB's own error message from an answer body (`{"error": ...}`), else the text."""
     try:
@@ -134,7 +140,7 @@ class Influx:
             resp = self._http.post("/write", params=params, content=body)
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"write failed: {type(exc).__name__}: {exc}") from exc
-        error = classify(resp.status_code, error_text(resp.content))
+        error = answer_error(resp.status_code, resp.content)
         if error is not None:
             raise error
 
@@ -152,7 +158,7 @@ class Influx:
             resp = self._http.post("/query", data=data) if method == "POST" else self._http.get("/query", params=data)
         except httpx.HTTPError as exc:
             raise InfluxUnavailable(f"query failed: {type(exc).__name__}: {exc}") from exc
-        error = classify(resp.status_code, error_text(resp.content))
+        error = answer_error(resp.status_code, resp.content)
         if error is not None:
             raise error
         results: list[dict[str, Any]] = orjson.loads(resp.content).get("results", [])

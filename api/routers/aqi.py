@@ -100,7 +100,7 @@ async def city_aqi(city: CityPath, _key: Reader, request: Request, settings: Set
     """Every device's current AQI and the city's (from the mean concentrations of the latest hour), from memory:
     `as_of`, `stale` and the `Age` header as for the latest values."""
     known_city(settings, city)
-    return answer(request, await city_now(request, city), "aqi")
+    return await answer(request, await city_now(request, city), "aqi")
 
 
 @router.get("/cities/{city}/aqi/history", response_model=AqiHistory)

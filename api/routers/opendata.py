@@ -128,7 +128,7 @@ async def latest_geojson(city: CityPath, _key: Reader, request: Request, setting
 
     From memory, as `/v1/cities/{city}/latest`: `metadata.as_of` and `metadata.stale`, and the `Age` header."""
     known_city(settings, city)
-    return answer(request, await city_now(request, city), "geojson", media_type="application/geo+json")
+    return await answer(request, await city_now(request, city), "geojson", media_type="application/geo+json")
 
 
 @router.get("/cities/{city}/dataset.json", response_model=CkanPackage)

@@ -119,4 +119,4 @@ async def city_latest(city: CityPath, _key: Reader, request: Request, settings: 
     the data was read, the `Age` header how many seconds ago, and `stale` is true when that is beyond the bound
     (InfluxDB not answering: the last values known are served)."""
     known_city(settings, city)
-    return answer(request, await city_now(request, city), "latest")
+    return await answer(request, await city_now(request, city), "latest")

@@ -13,14 +13,20 @@ Fair by construction: the direct requests are the ones the API's client
 sends (same target, same headers, so the same gzip'd answer), sent by the
 same kind of client as the API calls; contenders are timed in turns, so a load
 spike from elsewhere on a shared machine falls on both. Then requests/s with
-N concurrent clients, for the API and straight to InfluxDB alike.
+N concurrent clients, for the API and straight to InfluxDB alike, from a load
+client that costs ~20 us of CPU per request (harness.bench.load: on a 2-core
+machine an ordinary async client took more CPU per request than the API it
+timed), with the CPU the servers spent per answer and the machine's load
+average, which move the rates.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import os
+import signal
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -40,6 +46,9 @@ from contract import storage
 from contract.influx import Influx
 from contract.rollups import RP_LATEST, schema_statements
 from contract.settings import load_settings
+from harness.bench.floor import BODY_FILE
+from harness.bench.load import load
+from harness.procstat import cpu_seconds, group_pids
 from ingest.rollups import Rollups
 from nakhon.procs import Service
 from nakhon.servers import InfluxDB, free_port
@@ -124,7 +133,32 @@ def _interleaved(contenders: dict[str, tuple[Timed, int]], n: int) -> dict[str, 
     return out
 
 
+FLOOR = "floor: uvicorn answering latest's bytes, nothing else"
+
+
+def _raw(url: str) -> bytes:
+    """The body as the server sent it (not decoded)."""
+    with httpx.stream("GET", url, headers=ainflux_headers, timeout=60) as r:
+        r.raise_for_status()
+        return b"".join(r.iter_raw())
+
+
+def _wait_up(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if httpx.get(url, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"api-bench: {url} did not answer within {seconds:g} s")
+        time.sleep(0.2)
+
+
 def _p(values: list[float], q: float) -> float:
+    if not values:  # nothing answered 200 (counted in FAILED): no latency to show
+        return float("nan")
     s = sorted(values)
     return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
@@ -132,31 +166,35 @@ def _p(values: list[float], q: float) -> float:
 FAILED: dict[str, int] = {}  # load requests not answered 200, per target (the API sheds load with 503 rather than pile up)
 
 
-async def _concurrent(urls: dict[str, str], concurrency: int, seconds: float, slices: int = 4) -> dict[str, list[float]]:
-    """Closed-loop load: `concurrency` clients, each on its own keep-alive connection, sending the next request
-    as soon as the last is answered. The targets take turns in `slices` slices each, as in `_interleaved`.
-    Only answers 200 count (their latencies); the others are counted in FAILED."""
-    import aiohttp  # the load client only: lighter on the shared CPU than httpx's async client
+CPU_US: dict[str, float] = {}  # CPU per answer 200 (microseconds) of the servers behind each target, per target
+LOADAVG: list[float] = []  # the machine's 1-minute load average as the load part starts and ends
 
+
+def _concurrent(urls: dict[str, str], concurrency: int, seconds: float, slices: int = 4,
+                servers: dict[str, Callable[[], list[int]]] | None = None) -> dict[str, list[float]]:
+    """Closed-loop load (harness.bench.load): `concurrency` clients, each on its own keep-alive connection, sending
+    the next request as soon as the last is answered. The targets take turns in `slices` slices each, as in
+    `_interleaved`. Only answers 200 count (their latencies); the others are counted in FAILED. `servers`: per
+    target, the processes that serve it (the API's and InfluxDB's for the API: its reloads too), whose CPU per
+    answer goes in CPU_US: a figure that a loaded machine moves less than a rate."""
     out: dict[str, list[float]] = {name: [] for name in urls}
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency), headers=ainflux_headers) as session:
-
-        async def client(name: str, url: str, until: float, lat: list[float]) -> None:
-            while (t := time.perf_counter()) < until:
-                async with session.get(url) as r:
-                    await r.read()
-                    ok = r.status == 200
-                if ok:
-                    lat.append((time.perf_counter() - t) * 1000)
-                else:
-                    FAILED[name] = FAILED.get(name, 0) + 1
-
-        for url in urls.values():  # warm every connection
-            await asyncio.gather(*(client("warm-up", url, time.perf_counter() + 0.3, []) for _ in range(concurrency)))
-        for _ in range(slices):
-            for name, url in urls.items():
-                until = time.perf_counter() + seconds / slices
-                await asyncio.gather(*(client(name, url, until, out[name]) for _ in range(concurrency)))
+    cpu: dict[str, float] = dict.fromkeys(urls, 0.0)
+    LOADAVG.append(os.getloadavg()[0])
+    for url in urls.values():  # warm every target (its caches, its processes): answers not counted
+        load(url, ainflux_headers, concurrency, 0.3)
+    for _ in range(slices):
+        for name, url in urls.items():
+            pids = servers[name]() if servers and name in servers else []
+            before = {p: cpu_seconds(p) for p in pids}
+            tally = load(url, ainflux_headers, concurrency, seconds / slices)
+            cpu[name] += sum(cpu_seconds(p) - before[p] for p in pids)
+            out[name] += tally.ms
+            if tally.failed:
+                FAILED[name] = FAILED.get(name, 0) + tally.failed
+    LOADAVG.append(os.getloadavg()[0])
+    for name, v in out.items():
+        if servers and name in servers and v:
+            CPU_US[name] = cpu[name] / len(v) * 1e6
     return out
 
 
@@ -203,6 +241,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
                              api_rate_per_key=10**6, api_rate_per_address=10**6, log_level="WARNING", api_workers=args.workers)
     influx = Influx(db.url, timeout=300)
     api = Service("api", ["api"], settings, root / "logs")
+    floor: subprocess.Popen[bytes] | None = None
     try:
         if fresh:
             influx.execute(['DROP DATABASE "nakhon"'])
@@ -278,19 +317,37 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         }, n)
         conc, secs = args.concurrency, args.seconds
         sys.stderr.write(f"load: {conc} concurrent clients, {secs:g} s per target\n")
-        loaded = asyncio.run(_concurrent({
+        assert api.proc is not None and db.pid is not None
+        api_pgid, influx_pid = api.proc.pid, db.pid  # the API runs in a session of its own: its group is its processes
+        floor_body = root / "floor-body.gz"
+        floor_body.write_bytes(_raw(base + latest_path))  # the API's own answer, as sent (gzip'd)
+        floor_port = free_port()
+        floor = subprocess.Popen([sys.executable, "-m", "uvicorn", "harness.bench.floor:app", "--host", "127.0.0.1", "--port", str(floor_port),
+                                  "--workers", str(settings.api_processes), "--log-level", "warning", "--no-access-log"],
+                                 env={**os.environ, BODY_FILE: str(floor_body)}, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        floor_url, floor_pgid = f"http://127.0.0.1:{floor_port}/", floor.pid
+        _wait_up(floor_url)
+        loaded = _concurrent({
             "7-day hourly history: API": base + hist_path,
             "7-day hourly history: same InfluxQL direct": db.url + ainflux.target(hq.statement, hq.params, hist_epoch),
             "latest per city: API": base + latest_path,
             "latest per city: same InfluxQL direct": db.url + ainflux.target(queries.latest_city(CITY).statement, {"city": CITY}),
             "city AQI: API": base + aqi_path,
             "city AQI: same InfluxQL direct": db.url + ainflux.target(aqi_q, aqi_params),
-        }, conc, secs))
+            FLOOR: floor_url,
+        }, conc, secs, servers={FLOOR: lambda: group_pids(floor_pgid)} | {
+            name: (lambda: [*group_pids(api_pgid), influx_pid]) if name.endswith(": API") else (lambda: [influx_pid])
+            for name in ("7-day hourly history: API", "7-day hourly history: same InfluxQL direct", "latest per city: API",
+                         "latest per city: same InfluxQL direct", "city AQI: API", "city AQI: same InfluxQL direct")})
         sys.stderr.write("freshness: new latest values written, time until the API shows them\n")
         results["freshness: written to latest -> in the API"] = freshness(influx, web, devices[0])
         web.close()
         idb.close()
     finally:
+        if floor is not None:
+            os.killpg(floor.pid, signal.SIGTERM)
+            floor.wait(30)
         api.stop()
         influx.close()
         db.stop()
@@ -316,7 +373,8 @@ def measure(
         for name, v in results.items()
     ]
     figs += [Figure(f"{name} at {concurrency} clients", len(v) / seconds, "req/s",
-                    f"p50 {_p(v, 0.5):.1f} ms, p99 {_p(v, 0.99):.1f} ms, not 200: {FAILED.get(name, 0)}")
+                    f"p50 {_p(v, 0.5):.1f} ms, p99 {_p(v, 0.99):.1f} ms, not 200: {FAILED.get(name, 0)}, "
+                    f"server CPU {CPU_US.get(name, 0):.0f} us/answer, load average {LOADAVG[0]:.1f} -> {LOADAVG[-1]:.1f}")
              for name, v in loaded.items()]
     figs.append(Figure("history check", len(check["points"]), "hourly points", f"from {check['source']}, equal to InfluxDB's answer"))
     values = {
@@ -328,11 +386,13 @@ def measure(
         "history_raw_p50_ms": _p(h_raw, 0.5), "history_raw_p99_ms": _p(h_raw, 0.99),
         "freshness_p50_ms": _p(results["freshness: written to latest -> in the API"], 0.5),
         "freshness_p99_ms": _p(results["freshness: written to latest -> in the API"], 0.99),
-        "api_clients": float(concurrency),
+        "api_clients": float(concurrency), "api_loadavg": max(LOADAVG),
+        "floor_rps": len(loaded[FLOOR]) / seconds, "floor_load_p99_ms": _p(loaded[FLOOR], 0.99),
     }
     for key, name in (("latest", "latest per city"), ("aqi", "city AQI"), ("history", "7-day hourly history")):
         api, direct = loaded[f"{name}: API"], loaded[f"{name}: same InfluxQL direct"]
-        values |= {f"{key}_rps": len(api) / seconds, f"{key}_load_p99_ms": _p(api, 0.99),
+        values |= {f"{key}_rps": len(api) / seconds, f"{key}_load_p99_ms": _p(api, 0.99), f"{key}_cpu_us": CPU_US.get(f"{name}: API", 0.0),
+                   f"{key}_direct_cpu_us": CPU_US.get(f"{name}: same InfluxQL direct", 0.0),
                    f"{key}_direct_rps": len(direct) / seconds, f"{key}_failed": float(FAILED.get(f"{name}: API", 0))}
     return figs, values
 
@@ -354,10 +414,13 @@ def run(args: argparse.Namespace) -> int:
         _ratio("history: API / same InfluxQL direct", h_api, h_direct, "<= 1.30", lambda r: r <= 1.3),
         _ratio("history: API / InfluxQL mean per hour over raw", h_api, results["7-day hourly history: InfluxQL mean per hour over raw"],
                "<= 1.30", lambda r: r <= 1.3),
-        f"  under load: {conc} concurrent clients (aiohttp, keep-alive), {secs:g} s each, in turns",
+        f"  under load: {conc} concurrent clients (keep-alive, harness.bench.load), {secs:g} s each, in turns; "
+        f"load average {LOADAVG[0]:.1f} -> {LOADAVG[-1]:.1f} on {os.cpu_count()} cores; server CPU: the API's processes "
+        "and InfluxDB's for the API, InfluxDB's for direct",
     ]
     for name, v in loaded.items():
-        out.append(f"  {name:<58} {len(v) / secs:8.0f} req/s  p50 {_p(v, 0.5):7.1f}  p99 {_p(v, 0.99):7.1f}  not 200: {FAILED.get(name, 0)}")
+        out.append(f"  {name:<58} {len(v) / secs:8.0f} req/s  p50 {_p(v, 0.5):7.1f}  p99 {_p(v, 0.99):7.1f}  not 200: {FAILED.get(name, 0)}"
+                   f"  server CPU {CPU_US.get(name, 0):6.0f} us/answer")
     sys.stdout.write("\n".join(out) + "\n")
     return 0
 

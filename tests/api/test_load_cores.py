@@ -5,18 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import orjson
 import pytest
 
-from api.current import CitySnapshot
+from api.app import create_app
+from api.current import CitySnapshot, build_snapshot, city_aqi
 from api.guard import Breaker
 from api.history import open_end
 from api.httpcache import HttpCache, Memory, cacheable, matches, max_age
 from api.live import LiveCache
 from api.ratelimit import RateLimiter, SharedRateLimiter
+from api.registry import Device
 from api.throttle import Throttle
 from contract.influx import InfluxError, InfluxUnavailable
 from contract.settings import ConfigError, load_settings
@@ -296,3 +298,88 @@ def test_one_question_asked_by_many_at_once_reaches_the_app_once() -> None:
         return statuses
 
     assert asyncio.run(run()) == [200] * 50 and calls == ["/v1/cities/phuket/readings"]
+
+
+def _aqi_series(rows: dict[str, tuple[int, float]]) -> list[dict]:
+    cols = ["time", "pm25_24h", "pm10_24h", "o3_8h", "co_8h", "no2_1h", "so2_1h"]
+    return [{"name": "aqi", "tags": {"device": d}, "columns": cols, "values": [[t, pm, pm * 1.5, None, None, None, None]]}
+            for d, (t, pm) in rows.items()]
+
+
+def test_a_reload_computes_the_aqi_only_of_the_stations_whose_hour_changed() -> None:
+    hour = 1_772_323_200_000  # 2026-03-01 00:00 UTC
+    first, per_device, memo = city_aqi("chiang_mai", _aqi_series({"a": (hour, 20.0), "b": (hour, 40.0), "c": (hour, 80.0)}))
+    assert [d["current"]["aqi"] for d in first["devices"]] == [per_device[d]["aqi"] for d in "abc"]  # type: ignore[index]
+    # an hour later only b has a new hour: a and c keep the very values computed before, b's is new
+    again, per_device2, memo2 = city_aqi("chiang_mai", _aqi_series({"a": (hour, 20.0), "b": (hour + 3_600_000, 90.0),
+                                                                  "c": (hour, 80.0)}), memo)
+    assert per_device2["a"] is per_device["a"] and per_device2["c"] is per_device["c"]
+    assert per_device2["b"] is not per_device["b"] and per_device2["b"]["aqi"] > per_device["b"]["aqi"]  # type: ignore[index]
+    assert again == city_aqi("chiang_mai", _aqi_series({"a": (hour, 20.0), "b": (hour + 3_600_000, 90.0), "c": (hour, 80.0)}))[0]
+    assert len(memo2) == 3  # only what the stations report now is kept for the next reload
+
+
+def test_a_built_snapshot_has_latest_and_aqi_encoded_and_builds_geojson_on_first_use() -> None:
+    hour = 1_772_323_200_000
+    latest = orjson.dumps({"results": [{"statement_id": 0, "series": [
+        {"name": "air", "columns": ["time", "city", "device", "pm25", "ts"], "values": [[0, "chiang_mai", "a", 31.5, hour]]}]}]})
+    aqi_answer = orjson.dumps({"results": [{"statement_id": 0, "series": _aqi_series({"a": (hour, 20.0)})}]})
+    dev = Device(id="a", city="chiang_mai", kind="air", sensors=["pm25"], lat=18.79, lon=98.98, installed=date(2026, 1, 1),
+                 fw="1.0.0", interval_s=60)
+    snap = build_snapshot("chiang_mai", datetime(2026, 3, 1, tzinfo=UTC), latest, aqi_answer, [dev])
+    for name in ("latest", "aqi"):
+        for gz in (False, True):
+            assert snap.encoded(name, False, gz) is not None, (name, gz)  # type: ignore[arg-type]
+    assert orjson.loads(snap.encoded("latest", False)[0])["devices"][0]["values"] == {"pm25": 31.5}  # type: ignore[index]
+    assert snap.encoded("geojson", False) is None and "geojson" not in snap.answers
+    feature = orjson.loads(snap.body("geojson", False)[0])["features"][0]
+    assert feature["geometry"]["coordinates"] == [98.98, 18.79] and feature["properties"]["pm25"] == 31.5
+    assert snap.encoded("aqi", True) is None  # the stale flag's bytes only when asked
+
+
+def test_a_request_over_its_limit_is_answered_before_fastapi_runs(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, influx_url="http://127.0.0.1:9", api_rate_per_address=2, log_level="WARNING")
+    app = create_app(settings)
+    for _ in range(2):
+        app.state.limiter.take("addr:203.0.113.7", 2)
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/v1/cities/chiang_mai/latest", "query_string": b"", "headers": [],
+             "client": ("203.0.113.7", 40000)}
+    asyncio.run(app(scope, None, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 429
+    assert app.middleware_stack is None  # FastAPI's own stack (built on first use) was never needed
+
+
+def test_a_current_answer_is_kept_only_until_its_snapshot_is_due_and_the_hint_never_leaves() -> None:
+    clock = Clock()
+    calls: list[int] = []
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        calls.append(1)
+        await send({"type": "http.response.start", "status": 200,  # type: ignore[operator]
+                    "headers": [(b"content-type", b"application/json"), (b"age", b"1"), (b"x-nakhon-keep", b"0.500")]})
+        await send({"type": "http.response.body", "body": b'{"n": 1}'})  # type: ignore[operator]
+
+    async def ask(cache: HttpCache) -> list[tuple[bytes, bytes]]:
+        out: list[tuple[bytes, bytes]] = []
+
+        async def send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                out.extend(message["headers"])
+
+        await cache({"type": "http", "method": "GET", "path": "/v1/cities/phuket/latest", "query_string": b"", "headers": []}, None, send)
+        return out
+
+    cache = HttpCache(app, recent_s=60, history_s=3600, memory_s=2.0)
+    cache.memory = Memory(2.0, clock=clock)
+    first = asyncio.run(ask(cache))
+    assert b"x-nakhon-keep" not in dict(first) and dict(first)[b"age"] == b"1"
+    clock.t += 0.4
+    assert b"x-nakhon-keep" not in dict(asyncio.run(ask(cache))) and len(calls) == 1  # from memory
+    clock.t += 0.2  # past the snapshot's due time, well inside the cache's 2 s: asked again
+    asyncio.run(ask(cache))
+    assert len(calls) == 2
