@@ -191,3 +191,9 @@ def ingest_reports(window_s: int) -> Query:
 def config_acknowledged(device: str) -> Query:
     """The newest config `seq` the device confirmed in a status document."""
     return Query(f'SELECT last("config_seq") AS seq FROM {_src(storage.RP_RAW, storage.STATUS_MEASUREMENT)} WHERE "device" = $d', {"d": device})
+
+
+def firmware_by_device() -> Query:
+    """Each device's newest firmware version and over-the-air state (its status documents of the last 30 days)."""
+    return Query('SELECT last("fw") AS fw, last("ota_id") AS ota_id, last("ota_state") AS ota_state, last("ota_reason") AS ota_reason '
+                 f'FROM {_src(storage.RP_RAW, storage.STATUS_MEASUREMENT)} WHERE time > now() - 30d GROUP BY "device"', {})
