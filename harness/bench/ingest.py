@@ -46,7 +46,7 @@ def _payload(i: int, t0: float) -> tuple[str, bytes]:
     dev = f"bench-{i % 1000:04d}"
     ts = round(t0 + i * 0.001, 3)
     m = {"pm25": 10 + i % 90 + 0.5, "pm10": 20.0 + i % 50, "temp_c": 30.1, "rh": 61.5}
-    return topics.topic(city, dev, "telemetry"), encode_reading(ts, i, m)
+    return topics.topic(city, dev, "telemetry"), encode_reading(ts, i // 3000, m)  # each (city, device) counts its seq up, as devices do
 
 
 def _publisher(port: int, start: int, stop: int, t0: float, rate: float | None, sent_at: object | None) -> None:
