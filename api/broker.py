@@ -88,6 +88,9 @@ def platform_roles() -> list[dict[str, Any]]:
         if not pattern.startswith("$"):
             ingest.append(_acl("subscribePattern", f"$share/+/{pattern}"))
     ingest.append(_acl("publishClientSend", f"{topics.PREFIX}/+/+/stored"))
+    # the workers' marks to their catch session (ingest/catch.py)
+    mark = topics.INGEST_MARK_TOPIC
+    ingest += [_acl("publishClientSend", mark), _acl("subscribeLiteral", mark), _acl("publishClientReceive", mark)]
     everything = f"{topics.PREFIX}/#"
     observer = [_acl("subscribePattern", everything), _acl("publishClientReceive", everything)]
     # the alert evaluator: reads telemetry (its own persistent session, not the ingest's share), publishes alert events

@@ -117,6 +117,7 @@ def connect(
 # Subscription options (MQTT 5, 3.8.3.1) beside the QoS in the low bits: retained messages
 # only when the subscription is new, not again at every re-subscribe of a resumed session.
 RETAIN_IF_NEW: Final = 1 << 4
+RETAIN_NEVER: Final = 2 << 4  # no retained messages at all (the catch session: the shared group gets them)
 
 
 def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:

@@ -201,6 +201,15 @@ class Session:
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+    def publish_if_subscribed(self, topic: str, payload: bytes) -> bool:
+        """Publish at QoS 1 on this connection only if every required subscription of it is granted
+        (so the broker handles it after them). Not resent if lost; False when not sent."""
+        with self._lock:
+            if not (self.subscribed and self.connected.is_set()):
+                return False
+            self._out.append(wire.publish(topic, payload, self._pid_locked()))
+        self._wake()
+        return True
 
     def subscribe(self, filters: list[tuple[str, int]], required: bool = True) -> None:
         """Subscribe; a refused required filter drops the connection (then retried with backoff)."""
@@ -453,5 +462,5 @@ class Session:
             if reason == 0x8E:
                 log.error("another client took our session", extra=kv(client_id=self.endpoint.client_id))
             raise ConnectionError(f"broker disconnected us: {text}")
-        elif kind not in (wire.PINGRESP, wire.UNSUBACK):
+        elif kind not in (wire.PINGRESP, wire.UNSUBACK, wire.PUBACK):  # PUBACK: of a publish_if_subscribed
             raise wire.ProtocolError(f"unexpected packet type {kind}")

@@ -84,7 +84,7 @@ class LocalPlatform:
         else:  # a bare rig for fault scenarios that publish without accounts (nakhon verify's stream checks)
             self.secrets = {}
             self.broker = Mosquitto(self.root / "mosquitto", pick_port(settings.mqtt_port))
-        self.influxdb = InfluxDB(self.root / "influxdb", pick_port(settings.influx_url_port()), pick_port(18088), auth=secure)
+        self.influxdb = InfluxDB(self.root / "influxdb", pick_port(settings.influx_url_port()), auth=secure)  # backup port: any free one (run.json names it)
         # after a crash InfluxDB replays its write-ahead log before it answers: minutes with a big one
         self.influxdb.ready_timeout_s = 300.0
         api_port = pick_port(settings.api_port)

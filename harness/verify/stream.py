@@ -229,7 +229,7 @@ class Stream:
 
     def _on_stored(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
         try:
-            ranges = parse_stored(msg.payload).ranges
+            ranges = parse_stored(bytes(msg.payload)).ranges
         except StoredError:
             return
         dev = msg.topic.split("/")[3]
