@@ -94,7 +94,7 @@ class Settings(BaseSettings):
     # Store-and-forward (issue 18): after each durable batch the ingest tells each device, on its `stored` topic,
     # which of its readings it may free; one message per device per round, rounds at most this often.
     ingest_confirm: bool = True  # false: no confirmations (devices that wait for them replay after their timeout)
-    ingest_confirm_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    ingest_confirm_ms: Annotated[int, Field(ge=1, le=60_000)] = 1000
     # Bound on devices with confirmations waiting to be sent (each holds at most 128 seq ranges); past it, the oldest is
     # forgotten and counted (its readings are replayed by the device and stored again: idempotent).
     ingest_confirm_devices: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000

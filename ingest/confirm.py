@@ -93,18 +93,19 @@ class Tracker:
 
     def add(self, key: Key, seqs: list[int]) -> None:
         """`seqs` of device `key` are durable."""
-        if len(seqs) == 1:  # the hot path: one reading of a device in a batch
-            s = seqs[0]
+        first, last = seqs[0], seqs[-1]
+        # the hot path: a device's next readings in a batch, in order and without a gap (one range)
+        if last - first == len(seqs) - 1 and (len(seqs) < 3 or all(b - a == 1 for a, b in itertools.pairwise(seqs))) and last >= first:
             cur = self._waiting.get(key)
             if cur is not None:
                 lo, hi = cur[-1]
-                if s == hi + 1:
-                    cur[-1] = (lo, s)
+                if first == hi + 1:
+                    cur[-1] = (lo, last)
                     return
-                if s > hi + 1 and len(cur) < self.max_ranges:
-                    cur.append((s, s))
+                if first > hi + 1 and len(cur) < self.max_ranges:
+                    cur.append((first, last))
                     return
-            self.add_ranges(key, [(s, s)])
+            self.add_ranges(key, [(first, last)])
             return
         self.add_ranges(key, to_ranges(seqs))
 

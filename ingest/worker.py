@@ -152,6 +152,7 @@ class Worker:
         self.confirm = Tracker(settings.ingest_confirm_devices) if settings.ingest_confirm else None
         self._confirm_lock = threading.Lock()
         self._confirm_wake = threading.Event()
+        self._stored_topics: dict[Key, str] = {}  # each device's `stored` topic, built once
         self.session.on_puback = self._confirm_wake.set
         self.connected = self.session.connected
         # Several workers: each marks its shared subscription, worker 0 keeps the catch session (ingest/catch.py)
@@ -380,6 +381,16 @@ class Worker:
 
     def _durable(self, done: list[Done]) -> None:
         assert self.confirm is not None
+        if len(done) > 1:  # a device in several segments of the batch: one merge into the tracker, not one per segment
+            joined: Done = {}
+            for d in done:
+                for key, seqs in d.items():
+                    have = joined.get(key)
+                    if have is None:
+                        joined[key] = seqs
+                    else:
+                        have += seqs
+            done = [joined]
         n = 0
         with self._confirm_lock:
             for d in done:
@@ -402,7 +413,16 @@ class Worker:
         if not items:
             return 0
         now = time.time()
-        sent = self.session.publish([(topics.topic(city, device, "stored"), encode_stored(ranges, now)) for (city, device), ranges in items])
+        names = self._stored_topics
+        if len(names) > 2 * self.settings.ingest_confirm_devices:
+            names.clear()  # bounded like the tracker
+        out = []
+        for key, ranges in items:
+            name = names.get(key)
+            if name is None:
+                name = names[key] = topics.topic(key[0], key[1], "stored")
+            out.append((name, encode_stored(ranges, now)))
+        sent = self.session.publish(out)
         with self._confirm_lock:
             for key, ranges in items[sent:]:  # the connection went meanwhile: kept for the next round
                 self.confirm.add_ranges(key, ranges)

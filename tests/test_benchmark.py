@@ -26,12 +26,14 @@ GOOD = {
     "fw_replay_peak_kb": 31.0,
     "confirm_on": 40_000.0,
     "confirm_off": 42_000.0,
+    "confirm_cpu_on": 2.6,
+    "confirm_cpu_off": 2.5,
 }
 
 
 def test_every_target_is_met_by_a_run_that_meets_the_issue() -> None:
     got = targets(GOOD)
-    assert len(got) == 14
+    assert len(got) == 15
     assert all(t.met for t in got), [t.what for t in got if not t.met]
 
 
@@ -44,6 +46,7 @@ def test_each_target_fails_on_its_own_figure() -> None:
         "sim_sustained": 0.0,
         "fw_replay_peak_kb": 40.0,
         "confirm_on": 37_000.0,  # more than 10% slower than with confirmations off
+        "confirm_cpu_on": 2.8,  # 2.5 / 2.8 < 0.9
     }
     for key, bad in cases.items():
         failed = [t.what for t in targets({**GOOD, key: bad}) if not t.met]

@@ -46,7 +46,7 @@ def _payload(i: int, t0: float) -> tuple[str, bytes]:
     dev = f"bench-{i % 1000:04d}"
     ts = round(t0 + i * 0.001, 3)
     m = {"pm25": 10 + i % 90 + 0.5, "pm10": 20.0 + i % 50, "temp_c": 30.1, "rh": 61.5}
-    return topics.topic(city, dev, "telemetry"), encode_reading(ts, i, m)
+    return topics.topic(city, dev, "telemetry"), encode_reading(ts, i // 3000, m)  # each (city, device) counts its seq up, as devices do
 
 
 def _publisher(port: int, start: int, stop: int, t0: float, rate: float | None, sent_at: object | None) -> None:
@@ -173,7 +173,10 @@ def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False, co
         svc.start()
         begin = time.perf_counter()
         last_log = begin
+        cpu_first: tuple[float, int] | None = None  # (ingest CPU, acked) when the first acks showed: start-up is not draining
         while not (rows := _acked(svc.log_path, offset)) or rows[-1][1] < n:
+            if cpu_first is None and rows and rows[-1][1] > 0:
+                cpu_first = (_cpu_seconds(svc), rows[-1][1])
             now = time.perf_counter()
             if now - begin > 600:
                 raise RuntimeError(f"ingest acked only {rows[-1][1] if rows else 0} of {n} in 600s")
@@ -187,6 +190,8 @@ def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False, co
         t_end = next(t for t, a in rows if a >= n)
         secs = t_end - t0
         cpu = _cpu_seconds(svc)
+        if extra is not None and cpu_first is not None and n > cpu_first[1]:
+            extra["drain_cpu_per_100k"] = (cpu - cpu_first[0]) / (n - cpu_first[1]) * 100_000
         peak_mb = _peak_rss_mb(svc)
         svc.stop()
         if extra is not None:
@@ -227,29 +232,38 @@ def _last_stats(log: Path, offset: int) -> dict[str, float]:
 def bench_confirm(root: Path, n: int, rounds: int = 3) -> tuple[list[Figure], dict[str, float]]:
     """The ingest's durable rate with its `stored` confirmations on and off, alternated in one run (1 worker).
 
-    On a shared machine one run can be twice as slow as the next: each side is run `rounds` times, in
-    alternating order, and compared by its best run (what the code can do) beside its median."""
+    On a shared machine one run can be twice as slow as the next, so beside the rates (best of `rounds` runs
+    each, in alternating order) the ingest's own CPU per reading while draining (from its first acks, start-up
+    left out) is compared (median): the ingest is CPU-bound when draining, so its CPU per reading is what
+    bounds its rate, and other processes change it little."""
     rates: dict[bool, list[float]] = {True: [], False: []}
+    cpu: dict[bool, list[float]] = {True: [], False: []}
     msgs = 0.0
     for k in range(rounds):
         for on in (False, True) if k % 2 == 0 else (True, False):
             _say(f"confirm: ingest with confirmations {'on' if on else 'off'}, {n} queued readings (round {k + 1}/{rounds})")
             extra: dict[str, float] = {}
-            rates[on].append(bench_ingest(root / "confirm", n, 1, confirm=on, extra=extra)[3])
+            got = bench_ingest(root / "confirm", n, 1, confirm=on, extra=extra)
+            rates[on].append(got[3])
+            cpu[on].append(extra.get("drain_cpu_per_100k", got[1].value))
             if on:
                 msgs = extra.get("confirm_messages", 0.0)
     best_on, best_off = max(rates[True]), max(rates[False])
+    cpu_on, cpu_off = statistics.median(cpu[True]), statistics.median(cpu[False])
     per_reading = msgs / n
     figs = [
         Figure("ingest durable rate, confirmations on (best)", best_on, "readings/s",
                f"median {statistics.median(rates[True]):,.0f}; runs " + ", ".join(f"{r:,.0f}" for r in rates[True])),
         Figure("ingest durable rate, confirmations off (best)", best_off, "readings/s",
                f"median {statistics.median(rates[False]):,.0f}; runs " + ", ".join(f"{r:,.0f}" for r in rates[False])),
+        Figure("ingest CPU per 100,000 readings drained, confirmations on (median)", cpu_on, "cpu-s", ", ".join(f"{c:.2f}" for c in cpu[True])),
+        Figure("ingest CPU per 100,000 readings drained, confirmations off (median)", cpu_off, "cpu-s", ", ".join(f"{c:.2f}" for c in cpu[False])),
         Figure("stored messages per reading (backlog drain)", per_reading, "msg/reading",
                f"{msgs:,.0f} confirmations for {n:,} readings of 1,000 devices; broker messages per reading {2 + 2 * per_reading:.2f} "
                "(telemetry in and out, stored in and out) against 2 without"),
     ]
-    return figs, {"confirm_on": best_on, "confirm_off": best_off, "confirm_per_reading": per_reading}
+    return figs, {"confirm_on": best_on, "confirm_off": best_off, "confirm_cpu_on": cpu_on, "confirm_cpu_off": cpu_off,
+                  "confirm_per_reading": per_reading}
 
 
 def _acked(log: Path, offset: int) -> list[tuple[float, int]]:

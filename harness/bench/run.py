@@ -241,8 +241,12 @@ def targets(v: dict[str, float]) -> list[Target]:
         out.append(Target("ingest rate, alerts on / off", f"{v['ingest_alerts_on']:,.0f} / {v['ingest_alerts_off']:,.0f}", r, "reported", True))
     if "confirm_on" in v:
         r = v["confirm_on"] / v["confirm_off"]
-        out.append(Target("ingest durable rate, stored confirmations on / off", f"{v['confirm_on']:,.0f} / {v['confirm_off']:,.0f} readings/s", r,
-                          ">= 0.9 (at most 10% slower)", r >= 0.9))
+        out.append(Target("ingest durable rate, stored confirmations on / off (best runs)", f"{v['confirm_on']:,.0f} / {v['confirm_off']:,.0f} readings/s",
+                          r, ">= 0.9 (at most 10% slower)", r >= 0.9))
+    if "confirm_cpu_on" in v:  # the rate's bound when draining, and steady on a shared machine
+        r = v["confirm_cpu_off"] / v["confirm_cpu_on"]
+        out.append(Target("ingest CPU per reading, stored confirmations off / on", f"{v['confirm_cpu_off']:.2f} / {v['confirm_cpu_on']:.2f} cpu-s",
+                          r, ">= 0.9 (at most 10% slower)", r >= 0.9))
     if "sim_connected" in v:
         ok = v["sim_connected"] >= 10_000 and v.get("sim_sustained") == 1.0
         out.append(Target("simulated devices held connected", f"{v['sim_connected']:,.0f}", None, ">= 10,000, all readings acknowledged", ok))

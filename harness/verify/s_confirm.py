@@ -71,7 +71,7 @@ def store_and_forward(root: Path, size: Size) -> Row:
     timeout_s = 20.0 if full else 5.0  # the devices' confirmation timeout
     rng = random.Random(18)
     row = Row(18, T18)
-    # confirmation rounds once a second: a kill of the ingest then surely lands between writes and their confirmations
+    # confirmation rounds once a second (the default, said here because the ingest kills rely on it: each lands between writes and their confirmations)
     with platform(root, ingest_confirm_ms=1000) as p, Influx(p.influxdb.url) as db:
         devices = make_fleet(list(BUILTIN_CITIES), -(-n // len(BUILTIN_CITIES)), seed=18, prefix=PREFIX)[:n]
         cfg = RunConfig(port=p.broker.port, interval_s=interval, keep_ledger=True, seed=18, confirm=True, confirm_timeout_s=timeout_s,

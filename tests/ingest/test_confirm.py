@@ -256,3 +256,10 @@ def test_confirmations_can_be_turned_off(tmp_path: Path) -> None:
         w._on_publishes(_pubs(A, [1, 2]), 1)
         w.flush()
         assert w.confirm_round() == 0 and _sent(w) == {} and w.stats.confirmed_readings == 0
+
+
+def test_the_fast_path_takes_only_a_run_without_gaps() -> None:
+    for seqs, want in (([1, 1, 3], [(1, 1), (3, 3)]), ([3, 2, 1], [(1, 3)]), ([4, 5, 6], [(4, 6)]), ([7, 9, 8], [(7, 9)]), ([2, 2], [(2, 2)])):
+        t = Tracker()
+        t.add(A, seqs)
+        assert t.take(1) == [(A, want)], seqs
