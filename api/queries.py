@@ -191,3 +191,9 @@ def ingest_reports(window_s: int) -> Query:
 def config_acknowledged(device: str) -> Query:
     """The newest config `seq` the device confirmed in a status document."""
     return Query(f'SELECT last("config_seq") AS seq FROM {_src(storage.RP_RAW, storage.STATUS_MEASUREMENT)} WHERE "device" = $d', {"d": device})
+
+
+def ota_status_by_device(days: int = 30) -> Query:
+    """Each device's last reported firmware version and over-the-air update (id, state, reason), one series per device."""
+    return Query('SELECT last("fw") AS fw, last("ota_id") AS ota_id, last("ota_state") AS ota_state, last("ota_reason") AS ota_reason '
+                 f'FROM {_src(storage.RP_RAW, storage.STATUS_MEASUREMENT)} WHERE time > now() - {int(days)}d GROUP BY "device"', {})

@@ -17,11 +17,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, HTTPException, Path
 from pydantic import BaseModel, Field
 
-from api import releases
+from api import queries, releases
 from api.broker import BrokerError
 from api.deps import READ_ERRORS, WRITE_ERRORS, DynSecDep, InfluxDep, RegistryDep
 from api.security import Admin, check_city
-from contract import ota, storage, topics
+from contract import ota, topics
 from contract.catalogue import FW_PATTERN
 from contract.cities import CITY_SLUG_PATTERN
 from contract.influx import InfluxError
@@ -169,10 +169,6 @@ def list_releases(key: Admin, registry: RegistryDep) -> list[ReleaseOut]:
     return [_out(r) for r in registry.releases()]
 
 
-_STATUS_QUERY = (f'SELECT last("fw") AS fw, last("ota_id") AS ota_id, last("ota_state") AS ota_state, last("ota_reason") AS ota_reason '
-                 f'FROM "{storage.RP_RAW}"."{storage.STATUS_MEASUREMENT}" WHERE time > now() - 30d GROUP BY "device"')
-
-
 class RolloutDevice(BaseModel):
     device: str
     state: str = Field(description="pending, staging, trial, updated, refused or rolled_back")
@@ -200,7 +196,8 @@ def rollout(release: Annotated[int, Path(ge=1)], key: Admin, registry: RegistryD
         targets = [t for t in targets if t in mine]
     status: dict[str, dict[str, Any]] = {}
     try:
-        for s in influx.series(_STATUS_QUERY):
+        q = queries.ota_status_by_device()
+        for s in influx.series(q.statement, q.params):
             cols = s["columns"]
             dev = s.get("tags", {}).get("device")
             if dev and s["values"]:
