@@ -235,10 +235,50 @@ _BASELINE = ("import gc\ngc.collect()\na = gc.mem_alloc()\nsrc = open('main.py')
              "code = compile(src, 'main.py', 'exec')\ngc.collect()\nprint(a, gc.mem_alloc() - b)\n")
 
 
+class _Confirmer:
+    """Stands in for the ingest's confirmations during the bench: every telemetry message
+    is confirmed on its device's `stored` topic (contract/stored.py), so the device frees
+    its flash ring as it would on a platform."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages = 0
+        ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="nakhon_fwbench")
+        self.client.on_connect = lambda c, *_: c.subscribe("nakhon/v1/+/+/telemetry", 1)
+        self.client.on_subscribe = lambda *_: ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not ready.wait(30):
+            raise FirmwareError("bench: the stand-in platform could not subscribe to the broker")
+
+    def _on_message(self, client: Any, userdata: object, msg: Any) -> None:
+        import orjson
+
+        from contract.stored import MAX_RANGES, encode_stored, to_ranges
+
+        doc = orjson.loads(msg.payload)
+        seqs = [r["seq"] for r in doc["batch"]] if "batch" in doc else [doc["seq"]]
+        ranges = to_ranges(seqs)
+        for i in range(0, len(ranges), MAX_RANGES):
+            client.publish(msg.topic.rsplit("/", 1)[0] + "/stored", encode_stored(ranges[i : i + MAX_RANGES]), qos=1)
+        self.messages += 1
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str, Any]:
-    """Peak heap of a read-publish cycle, a replay, a status publish, a retained config
-    and a reconnect, measured inside the unix port against a real Mosquitto, running the
-    mpy-cross build (what a board imports), plus the size of that build."""
+    """Peak heap of a read-publish-confirm cycle, a replay, a status publish, a retained
+    config and a reconnect, measured inside the unix port against a real Mosquitto (and a
+    stand-in platform that confirms what it receives), running the mpy-cross build (what a
+    board imports), plus the size of that build."""
     import time
 
     from nakhon.servers import Mosquitto
@@ -249,7 +289,9 @@ def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str
     dev.mkdir(parents=True)
     broker = Mosquitto(root / "mosquitto")
     broker.start()
+    confirmer = None
     try:
+        confirmer = _Confirmer(broker.port)
         cfg = make_config("cm-bench-001", "chiang_mai", "air", 18.79, 98.98, "field", "secret", "127.0.0.1", broker.port)
         (dev / "config.json").write_text(json.dumps(cfg))
         # "control": false: no run-time faults to poll for, so the fakes allocate nothing
@@ -276,6 +318,8 @@ def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str
         ota = subprocess.run([MICROPYTHON, "-X", f"heapsize={heapsize + OTA_EXTRA}", "-m", "fwota"],
                              cwd=dev_ota, env=env, capture_output=True, text=True, timeout=600)
     finally:
+        if confirmer is not None:
+            confirmer.close()
         broker.stop()
     tls = _bench_tls(root, env, world, heapsize)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -355,7 +399,7 @@ def bench_report(r: dict[str, Any]) -> tuple[str, bool]:
     ]
     rows = [
         ("boot", "boot (config check, drivers, state restore)", False),
-        ("cycle", "read-publish cycle", True),
+        ("cycle", "read-publish-confirm cycle", True),
         ("replay", f"{r['replay_readings']}-reading replay (batches of {r['batch']})", True),
         ("status", "status publish", False),
         ("config", "retained config document", False),
@@ -377,7 +421,8 @@ def bench_report(r: dict[str, Any]) -> tuple[str, bool]:
     lines.append(f"  peak, {'TLS connect (CA verified; mbedtls buffers incl.)':<44}{tls / kb:6.1f} KB = rest + "
                  f"{(tls - r['tls_rest_bytes']) / kb:4.1f} KB; on an ESP32 mbedtls takes its ~{TLS_EXTRA // 1000} KB from the IDF heap,"
                  f" outside MicroPython's (not a target)")
-    lines.append(f"  replay: {r['published']} of {r['replay_readings']} readings published, {r['dropped']} dropped")
+    lines.append(f"  replay: {r['published']} of {r['replay_readings']} readings published, {r['replay_confirmed']} confirmed and freed,"
+                 f" {r['dropped']} dropped")
     lines.append(f"  OTA: this build ({r.get('ota_files', 0)} files) staged, checked and switched to: {'yes' if r.get('ota_switched') else 'NO'}"
                  f" (run with {OTA_EXTRA // 1000} KB more heap for the bench's own code; the peak is the firmware's)")
     lines.append(f"  built firmware (mpy-cross)                             {r['built_bytes'] / kb:6.1f} KB  (source {r['source_bytes'] / kb:.1f} KB)")

@@ -1,6 +1,6 @@
 # Coming online, loaded on demand and dropped again (app._done): opening the MQTT session
-# (CONNECT with the Last Will, SUBSCRIBE to the device's config) and setting the clock
-# from NTP. Each runs once per (re)connect or sync, not every cycle, so this code need not
+# (CONNECT with the Last Will, SUBSCRIBE to the device's config and `stored` topics) and
+# setting the clock (from NTP, or from the platform's time while NTP is blocked). Each runs once per (re)connect or sync, not every cycle, so this code need not
 # sit in RAM in between: the running node keeps only what every cycle uses.
 import gc
 import select
@@ -36,6 +36,7 @@ def connect(node: Any) -> None:
         sock = hal.connect(host, port, tls, verify, node.cadata, 10000)
         session(c, sock, node.t_status, OFFLINE)
         subscribe(c, node.t_config)
+        c.refused = subscribe(c, node.t_config[:-6] + "stored")  # refused by a platform that does not confirm
         subscribe(c, node.t_config[:-6] + "ota")  # firmware and link offers (ota.py)
     except Exception as e:
         c.close()
@@ -44,6 +45,10 @@ def connect(node: Any) -> None:
     node.online = True
     node.attempt = 0
     node.status_due = True
+    # A new session: whatever was sent and not confirmed may be lost with the old one.
+    r = node.ring
+    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending
+    node.confirm_t = hal.ticks_ms()
     log.info("net: online, pending=%d" % (node.ring.pending + len(node.staging)))
 
 
@@ -100,12 +105,28 @@ def subscribe(c: Any, topic: str) -> int:
 
 
 # --- time ----------------------------------------------------------------------------------------
-def sync(node: Any) -> bool:
+def sync(node: Any, ms: int = -1) -> bool:
     """One NTP attempt (node.clock: clock.Clock); on failure the next waits twice as long
     (2 s .. 5 min), on success the next is in _RESYNC_MS. The first success after a
     power-up also fixes where the RTC's own count stands against true time (the offset
-    that dates what was read before), kept in flash with the power-up it belongs to."""
+    that dates what was read before), kept in flash with the power-up it belongs to.
+    ms given: the platform's time (`t` of a `stored` message) while the clock is unknown
+    and NTP does not answer: the RTC is set and what was read without the time dated; NTP
+    goes on being asked (the finer source; the floor stays its own)."""
     clock = node.clock
+    if ms >= 0:
+        if ms < clock.floor:
+            log.warn("platform: implausible time %d" % ms)
+            return False
+        before = hal.rtc_time_ms()
+        if not clock.synced:
+            _offsets(node, ms - before)
+        hal.set_rtc_ms(ms)
+        clock.synced = True
+        log.info("platform: time set %d (RTC was off by %d ms)" % (ms, ms - before))
+        if node.pretime and not node.safe:
+            backdate(node)
+        return True
     clock.tries += 1
     try:
         before = hal.rtc_time_ms()
@@ -120,9 +141,9 @@ def sync(node: Any) -> bool:
         return False
     if not clock.synced:
         _offsets(node, t - before)
-    step = t - before
     hal.set_rtc_ms(t)
     clock.synced = True
+    log.info("ntp: time set %d (RTC was off by %d ms)" % (t, t - before))
     clock.tries = 0
     clock.floor = t
     clock._next = hal.ticks_add(hal.ticks_ms(), _RESYNC_MS)
@@ -131,7 +152,6 @@ def sync(node: Any) -> bool:
         save(STATE + "/floor", str(t))  # a later clock can not be earlier than this
     except OSError as e:
         node.flash_error(e)
-    log.info("ntp: time set %d (RTC was off by %d ms)" % (t, step))
     return True
 
 

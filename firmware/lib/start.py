@@ -90,6 +90,8 @@ def node(buf: Any = None):
     n.ring = open_ring(STATE + "/ring", rc["segments"], rc["segment_bytes"])
     n.chunk = rc["chunk"]
     n.staging = []
+    n.confirm_ms = max(60000, mq["keepalive_s"] * 1000)  # sent, no confirmation this long: send again
+    n.confirm_t = n.boot
     hung = _restore(n)
     gc.collect()
     floor = load(STATE + "/floor")
@@ -272,6 +274,7 @@ def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
     r.pending = 0
     for n in range(r.hseg, r.last + 1):
         r.pending += r._lines(n, r.hoff if n == r.hseg else 0)
+    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending  # after a boot all that is not confirmed goes again
     return r
 
 
