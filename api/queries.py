@@ -193,7 +193,7 @@ def config_acknowledged(device: str) -> Query:
     return Query(f'SELECT last("config_seq") AS seq FROM {_src(storage.RP_RAW, storage.STATUS_MEASUREMENT)} WHERE "device" = $d', {"d": device})
 
 
-def firmware_by_device() -> Query:
-    """Each device's newest firmware version and over-the-air state (its status documents of the last 30 days)."""
+def ota_status_by_device(days: int = 30) -> Query:
+    """Each device's last reported firmware version and over-the-air update (id, state, reason), one series per device."""
     return Query('SELECT last("fw") AS fw, last("ota_id") AS ota_id, last("ota_state") AS ota_state, last("ota_reason") AS ota_reason '
-                 f'FROM {_src(storage.RP_RAW, storage.STATUS_MEASUREMENT)} WHERE time > now() - 30d GROUP BY "device"', {})
+                 f'FROM {_src(storage.RP_RAW, storage.STATUS_MEASUREMENT)} WHERE time > now() - {int(days)}d GROUP BY "device"', {})

@@ -196,7 +196,7 @@ def rollout(release: Annotated[int, Path(ge=1)], key: Admin, registry: RegistryD
         targets = [t for t in targets if t in mine]
     status: dict[str, dict[str, Any]] = {}
     try:
-        q = queries.firmware_by_device()
+        q = queries.ota_status_by_device()
         for s in influx.series(q.statement, q.params):
             cols = s["columns"]
             dev = s.get("tags", {}).get("device")
