@@ -415,10 +415,39 @@ class Node:
         return late < self.watchdog_ms // 2 and gc.mem_free() > _MIN_FREE
 
     # --- main loops -----------------------------------------------------------------------
+    def _warm(self) -> int:
+        # Laser PM sensors sleep between readings (drivers/pm.py): each is woken its
+        # warm-up time before the reading; ms until the last of them is warm. A reading
+        # due before then (the first after boot) waits for it, and the schedule with it.
+        left = 0
+        ahead = hal.ticks_diff(self.next_read, hal.ticks_ms())
+        for name, drv in self.sensors:
+            w = getattr(drv, "warm_ms", 0)
+            if w and ahead <= w and name not in self.disabled:
+                left = max(left, drv.warming())
+        if left and ahead < left:
+            self.next_read = hal.ticks_add(hal.ticks_ms(), left)
+        return left
+
+    def _rest(self, interval_ms: int) -> None:
+        # After a reading: PM sensors sleep when the interval leaves them long enough asleep
+        # (interval_ms 0: before a deep sleep, always).
+        for _, drv in self.sensors:
+            if getattr(drv, "warm_ms", 0):
+                try:
+                    if interval_ms:
+                        drv.rest(interval_ms)
+                    else:
+                        drv.sleep()
+                except Exception as e:
+                    log.error("sensor rest: %r" % (e,))
+
     def step(self) -> None:
         self.tick()
+        self._warm()
         if hal.ticks_diff(hal.ticks_ms(), self.next_read) >= 0:
             self.take_reading()
+            self._rest(self.interval_ms)
             self.next_read = hal.ticks_add(self.next_read, self.interval_ms)
             if hal.ticks_diff(hal.ticks_ms(), self.next_read) >= 0:  # fell behind: do not burst
                 self.next_read = hal.ticks_add(hal.ticks_ms(), self.interval_ms)
@@ -430,6 +459,9 @@ class Node:
 
     def idle(self) -> None:
         wait = hal.ticks_diff(self.next_read, hal.ticks_ms())
+        for _, drv in self.sensors:
+            if getattr(drv, "warm_ms", 0) and not drv.awake:  # ... until a sleeping PM sensor is to wake
+                wait = min(wait, wait - drv.warm_ms)
         if self.online and (self.inflight is None and (self.ring.pending or self.staging)):
             wait = 0
         if hal.wifi_connected() and self.clock.due():
@@ -451,9 +483,26 @@ class Node:
     def run_once(self) -> None:
         """Deep-sleep mode: read, publish or buffer, sleep. Ring and seq survive the sleep."""
         start = hal.ticks_ms()
+        self.next_read = start
+        left = self._warm()
+        while left:  # the PM sensors slept with the chip: they warm up while the link comes up
+            self.tick()
+            self.service_clock()
+            self.service_link()
+            self.wdt.feed()
+            if self.online:
+                try:
+                    self.client.poll(min(left, _IDLE_MAX_MS))
+                except Exception as e:
+                    self._go_offline("link lost: %r" % (e,))
+            else:
+                hal.sleep_ms(min(left, _IDLE_MAX_MS))
+            left = self._warm()
         self.take_reading()
+        self._rest(0)
+        read = hal.ticks_ms()
         budget = min(30000, self.interval_ms // 2)
-        while hal.ticks_diff(hal.ticks_ms(), start) < budget:
+        while hal.ticks_diff(hal.ticks_ms(), read) < budget:
             self.tick()
             self.service_clock()
             self.service_link()

@@ -330,7 +330,8 @@ def make(spec: dict):
         from drivers import pm
 
         uart = hal.uart(spec["uart"], 9600, spec["rx"], spec["tx"])
-        return pm.PMS5003(uart) if t == "pms5003" else pm.SDS011(uart)
+        cls = pm.PMS5003 if t == "pms5003" else pm.SDS011
+        return cls(uart, spec.get("name", "pm"), spec.get("warm_s"))
     if t == "sht3x" or t == "bme280":
         bus = hal.i2c(spec["i2c"], spec["scl"], spec["sda"])
         if t == "sht3x":

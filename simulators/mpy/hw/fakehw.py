@@ -203,8 +203,11 @@ def _power_faults() -> None:
     if not what or _state.get("power_rev") == rev:
         return
     if what == "cut":
+        pm = _state.get("pm", {})
         _state.clear()
         _state["power_rev"] = rev
+        now = world_ms()  # the PM sensors lose power too: they come back awake, in active mode
+        _state["pm"] = {k: [1, 0, now, st[3] + (now - st[2] if st[0] else 0)] for k, st in pm.items()}
         global _mem
         _mem = None
         with _real_open("fakestate.json", "w") as f:
@@ -373,22 +376,38 @@ class _UART:
         self.frames = 0
         self.corrupt = 0
         self.overflow = 0
+        # The sensor's own state, kept across the chip's resets (the sensor has its own
+        # supply): [awake, passive, woken at (world ms), laser on-time before that (ms)].
+        # Power-up: awake, in active mode (both parts' defaults).
+        pm = _state.setdefault("pm", {})
+        st = pm.get(str(uid))
+        if st is None:
+            st = pm[str(uid)] = [1, 0, world_ms(), 0]
+        self.st = st
+        self.cmd = bytearray(19)  # the command being received
+        self.cn = 0
+        self.sent = 0  # frames sent on request (passive mode)
+        self.warm_ms = int(spec.get("warm_ms", 30000 if spec["type"] == "pms5003" else 15000))
 
-    def _frame(self, k: int) -> int:
-        """Frame k into self.f; returns its length. A frame is made once per value and
-        kept (memo slot: good frames by k % 5, the corrupt one apart), so the fake
-        allocates nothing per frame."""
+    def _frame(self, k: int, sent: int = -1) -> int:
+        """Frame k (the sensor's k-th measurement, one a second) into self.f; returns its
+        length. `sent`: frames sent so far, where line corruption is counted (k in active
+        mode). A frame is made once per value and kept (memo slot: good frames by k % 5,
+        the corrupt one apart), so the fake allocates nothing per frame."""
         s = self.spec
         every = s.get("corrupt_every", 0)
-        bad = every and k % every == every - 1
+        n = k if sent < 0 else sent
+        bad = every and n % every == every - 1
         pm25 = s.get("corrupt_value", 999) if bad else s.get("pm25", 30) + k % 5  # a corrupt one carries a value that must never get out
+        if not bad and world_ms() - self.st[2] < self.warm_ms:
+            pm25 = pm25 // 2  # still warming up: the fan is not at speed, too little air passes the laser
         slot = self.memo[5 if bad else k % 5]
         f = self.f = slot[2]
         if slot[0] != pm25 or slot[1] != s["type"]:
             slot[0], slot[1], slot[3] = pm25, s["type"], self._make(f, pm25, bad)
         if bad:
             self.corrupt += 1
-            print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, k + 1))
+            print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, n + 1))
         return slot[3]
 
     def _make(self, f, pm25, bad) -> int:
@@ -423,7 +442,7 @@ class _UART:
 
     def _gen(self) -> None:
         due = ticks_diff(ticks_ms(), self.t0) // 1000  # one frame a second
-        if ctl("uart_silent"):
+        if ctl("uart_silent") or not self.st[0] or self.st[1]:  # silent, asleep, or passive (frames on request only)
             self.frames = due
             return
         while self.frames < due:
@@ -451,7 +470,71 @@ class _UART:
         return n
 
     def write(self, data) -> int:
+        # Commands, byte by byte as the sensor's MCU receives them; a bad checksum is ignored.
+        pms = self.spec["type"] == "pms5003"
+        size = 7 if pms else 19
+        c = self.cmd
+        for b in data:
+            if self.cn == 0 and b != (0x42 if pms else 0xAA):
+                continue
+            if self.cn == 1 and b != (0x4D if pms else 0xB4):
+                self.cn = 0
+                continue
+            c[self.cn] = b
+            self.cn += 1
+            if self.cn == size:
+                self.cn = 0
+                self._command(pms)
         return len(data)
+
+    def _command(self, pms: bool) -> None:
+        c = self.cmd
+        if pms:
+            if (c[0] + c[1] + c[2] + c[3] + c[4]) & 0xFFFF != c[5] << 8 | c[6]:
+                return
+            if c[2] == 0xE4:
+                self._power(c[4] == 1)
+            elif c[2] == 0xE1 and self.st[0]:
+                self.st[1] = 1 if c[4] == 0 else 0
+            elif c[2] == 0xE2 and self.st[0] and self.st[1] and not ctl("uart_silent"):
+                self.sent += 1  # the latest measurement (updated once a second)
+                n = self._frame(ticks_diff(ticks_ms(), self.t0) // 1000, self.sent)
+                for i in range(n):
+                    self._push(self.f[i])
+            return
+        s = 0
+        for i in range(2, 17):
+            s += c[i]
+        if c[18] != 0xAB or s & 0xFF != c[17]:
+            return
+        if c[2] == 0x06 and c[3] == 1:  # set sleep / work
+            self._power(c[4] == 1)
+            r = (0xAA, 0xC5, 0x06, 0x01, c[4], 0x00, 0x12, 0x34)
+            for b in r:
+                self._push(b)
+            self._push((0x06 + 0x01 + c[4] + 0x12 + 0x34) & 0xFF)
+            self._push(0xAB)
+
+    def _power(self, on: bool) -> None:
+        st = self.st
+        if on and not st[0]:
+            st[0], st[2] = 1, world_ms()
+            self.frames = ticks_diff(ticks_ms(), self.t0) // 1000  # nothing streamed while it slept
+        elif not on and st[0]:
+            st[0], st[3] = 0, st[3] + world_ms() - st[2]
+
+    def laser_ms(self) -> int:
+        st = self.st
+        return st[3] + (world_ms() - st[2] if st[0] else 0)
+
+
+def laser_ms() -> int:
+    """Laser on-time of every PM sensor of the world so far (device ms), as a meter on the part would count it."""
+    t = 0
+    now = world_ms()
+    for st in _state.get("pm", {}).values():
+        t += st[3] + (now - st[2] if st[0] else 0)
+    return t
 
 
 def _fifo():
