@@ -437,9 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     fwc.add_argument("--deep-sleep", action="store_true", help="battery node: read, publish or buffer, deep-sleep")
     fwc.add_argument("--out", default="config.json", help="file to write, - for stdout (default config.json)")
     fw_sub.add_parser("typecheck", help="mypy over firmware/ against the MicroPython ESP32 stubs")
-    fwn = fw_sub.add_parser("bench", help="peak heap of a read-publish cycle and of a replay on the unix port, and the built size")
+    fwn = fw_sub.add_parser("bench", help="peak heap of a read-publish cycle and of a replay on the unix port, the built size, "
+                                            "and the PM sensors' laser hours per day")
     fwn.add_argument("--readings", type=int, default=500, help="readings to replay (default 500)")
     fwn.add_argument("--root", default="var/fwbench", help="folder for the benchmark's broker and device (default var/fwbench)")
+    fwn.add_argument("--laser-hours", type=float, default=2.0,
+                     help="device-hours each laser on-time run covers (PM sensor sleep at 60 s and 300 s vs running on; default 2)")
     fw.set_defaults(func=cmd_firmware)
     return p
 
