@@ -152,6 +152,8 @@ class Node:
             self._mark(name)
             part.clear()
             try:
+                if hasattr(drv, "air"):  # the air it measures through (ultrasonic: the speed of sound)
+                    drv.air(m)
                 drv.read(part)
                 problem = None
             except SensorError as e:
@@ -432,10 +434,10 @@ class Node:
     def _rest(self, interval_ms: int) -> None:
         # After a reading: PM sensors sleep when the interval leaves them long enough asleep
         # (interval_ms 0: before a deep sleep, always).
-        for _, drv in self.sensors:
+        for name, drv in self.sensors:
             if getattr(drv, "warm_ms", 0):
                 try:
-                    if interval_ms:
+                    if interval_ms and name not in self.disabled:  # (one the platform switched off sleeps)
                         drv.rest(interval_ms)
                     else:
                         drv.sleep()

@@ -102,6 +102,7 @@ def node(buf: Any = None):
         except Exception as e:
             log.error("sensor %s: %s" % (spec["name"], e))
             n.faults[spec["name"]] = "absent"
+    n.sensors.sort(key=lambda s: hasattr(s[1], "air"))  # those that need the air's temperature read after it
     if hung and n.reset == "watchdog":
         # The watchdog fired while this sensor was being read: it hangs the bus.
         n.faults[hung] = "hang"
@@ -330,8 +331,7 @@ def make(spec: dict):
         from drivers import pm
 
         uart = hal.uart(spec["uart"], 9600, spec["rx"], spec["tx"])
-        cls = pm.PMS5003 if t == "pms5003" else pm.SDS011
-        return cls(uart, spec.get("name", "pm"), spec.get("warm_s"))
+        return pm.PM(uart, t == "pms5003", spec.get("name", "pm"), spec.get("warm_s"))
     if t == "sht3x" or t == "bme280":
         bus = hal.i2c(spec["i2c"], spec["scl"], spec["sda"])
         if t == "sht3x":
@@ -344,7 +344,8 @@ def make(spec: dict):
     if t == "ultrasonic":
         from drivers.ultrasonic import Ultrasonic
 
-        return Ultrasonic(hal.pin_out(spec["trig"]), hal.pin_in(spec["echo"], False), spec["mount_cm"])
+        return Ultrasonic(hal.pin_out(spec["trig"]), hal.pin_in(spec["echo"], False), spec["mount_cm"],
+                          spec.get("blind_cm", 20), spec.get("air_c", 30.0))
     if t == "rain":
         from drivers.rain import Rain
 

@@ -14,7 +14,7 @@ fakehw.configure({
         "68": {"type": "sht3x", "temp_c": 28.5, "rh": 71.25, "bad_crc_every": 3},
         "118": {"type": "bme280", "temp_c": 33.4, "pressure_hpa": 1003.7, "rh": 82.5},
     }},
-    "ultrasonic": {"distance_cm": 120},
+    "ultrasonic": {"distance_cm": 120, "air_c": 28.5, "rh": 71.25},
     "rain": {"pin": 27, "tip_every_s": 10, "bounces": 4},
     "adc": {"34": {"db": 72.0, "cal_db": 28.0}},
 })
@@ -51,6 +51,7 @@ m, err = read(bme)
 out("bme280", m=m, err=err)
 
 us = make({"type": "ultrasonic", "trig": 5, "echo": 18, "mount_cm": 400})
+us.air({"temp_c": 28.5, "rh": 71.25})  # the air the world's SHT3x is in (the node hands it over each cycle)
 out("ultrasonic", m=read(us)[0])
 
 rain = make({"type": "rain", "pin": 27, "mm_per_tip": 0.2, "debounce_ms": 50})

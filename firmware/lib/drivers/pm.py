@@ -1,100 +1,99 @@
 # Laser PM sensors on a UART, spared between readings:
 #   PMS5003: 32-byte frames, 0x42 0x4D, length 28, 13 big-endian words, 16-bit sum of bytes
-#     0..29. Commands (7 bytes: 0x42 0x4D cmd 0x00 data, 16-bit sum): 0xE1 mode (0 passive,
-#     1 active), 0xE4 sleep (0) / wake (1), 0xE2 "read" in passive mode (one frame back).
-#     Its datasheet: stable data no sooner than 30 s after waking (the fan's spin-up).
+#     0..29. Commands (0x42 0x4D cmd 0x00 data, 16-bit sum): 0xE1 mode (0 passive, 1
+#     active), 0xE4 sleep (0) / wake (1), 0xE2 read (passive mode: one frame back). Its
+#     datasheet: stable data no sooner than 30 s after waking (the fan's spin-up).
 #   SDS011: 10-byte frames, 0xAA 0xC0, PM2.5 and PM10 (little-endian, x10), sum of bytes
-#     2..7, 0xAB. Commands (19 bytes: 0xAA 0xB4 cmd data[12] 0xFF 0xFF sum 0xAB): 0x06 1 0
-#     sleep, 0x06 1 1 work; it answers 0xAA 0xC5 ... (skipped by the frame hunter). In
-#     work it reports a frame a second (active reporting); warm-up 15 s (as airrohr).
+#     2..7, 0xAB. Commands (0xAA 0xB4 cmd data x12 0xFF 0xFF sum 0xAB): 0x06 1 0 sleep,
+#     0x06 1 1 work, answered 0xAA 0xC5 ... (skipped by the frame hunter). At work it
+#     sends a frame a second; warm-up 15 s (as airrohr).
 #
 # Between readings the sensor sleeps (laser and fan off) when the interval leaves it at
-# least REST_MIN_MS asleep; the node wakes it `warm_ms` before the reading (app._ready).
+# least REST_MIN_MS asleep; the node wakes it `warm_ms` before the reading (app._warm).
 # A reading is the mean of FRAMES frames without their minimum and maximum, each channel
-# apart (one odd frame, a passing insect or a burst of smoke, does not make the reading).
-# Frames with a bad header, length or checksum are counted in `bad` and never used.
-# Laser on-time is counted from wake to sleep and kept in flash (state/laser.<name>),
-# written when the sensor goes to sleep: status reports it as `laser_s`.
+# apart (an odd frame, an insect or a puff of smoke, does not make the reading). Frames
+# with a bad header, length or checksum are counted in `bad` and never used.
+# Laser on-time is counted from wake to sleep and kept in flash (state/laser.<name>,
+# written at each sleep, and every ten minutes of running on): status `laser_s`.
 from micropython import const
 
 import hal
 from drivers import SensorError
 from store import STATE, load, save
 
+try:
+    from typing import Any  # for the type checker; MicroPython skips annotations
+except ImportError:
+    pass
+
 FRAMES = const(5)  # frames per reading (the mean of the middle three)
 REST_MIN_MS = const(15000)  # sleep only when it stays asleep at least this long
 _WAIT_MS = const(5000)  # a frame comes every 0.2-2.3 s: this long without a good one is a fault
 
+# The commands, checksums included (wake = wake + passive mode for the PMS5003)
+_PMS_WAKE = b"BM\xe4\x00\x01\x01tBM\xe1\x00\x00\x01p"
+_PMS_SLEEP = b"BM\xe4\x00\x00\x01s"
+_PMS_READ = b"BM\xe2\x00\x00\x01q"
+_SDS_WAKE = b"\xaa\xb4\x06\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\x06\xab"
+_SDS_SLEEP = b"\xaa\xb4\x06\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\x05\xab"
 
-class _UartFrames:
-    SIZE = 0
-    H0 = 0
-    H1 = 0
-    WARM_MS = 0
 
-    def __init__(self, uart, name: str = "pm", warm_s=None) -> None:
+class PM:
+    def __init__(self, uart, pms: bool, name: str = "pm", warm_s=None) -> None:
         self.uart = uart
-        self.buf = bytearray(self.SIZE)
+        self.pms = pms
+        self.size = 32 if pms else 10
+        self.h0, self.h1 = (0x42, 0x4D) if pms else (0xAA, 0xC0)
+        self.buf = bytearray(self.size)
         self.mv = memoryview(self.buf)
-        self.body = self.mv[2:]  # the usual read after a header, made once (a slice per frame is heap)
         self.one = bytearray(1)  # header hunting byte by byte, without a new slice each time
         self.n = 0  # bytes of the current frame received so far
         self.good = 0
         self.bad = 0
-        self.vals = [0] * (3 * FRAMES)  # raw channel values of the frames of one reading
+        self.vals = [0] * (3 * FRAMES)  # the channels of the frames of one reading
         self.k = 0  # frames of the current reading so far
-        self.warm_ms = self.WARM_MS if warm_s is None else int(warm_s * 1000)
+        self.warm_ms = (30000 if pms else 15000) if warm_s is None else int(warm_s * 1000)
         self.path = STATE + "/laser." + name
         try:
-            self.laser_done = int(load(self.path) or 0)  # ms of laser on-time before this boot
+            self.laser = self.saved = int(load(self.path) or 0)  # ms of laser on-time, kept in flash
         except ValueError:
-            self.laser_done = 0
-        self.saved = self.laser_done
+            self.laser = self.saved = 0
         self.awake = False
         self.hot = False  # warmed up since it woke
-        self.woke = self.lit = hal.ticks_ms()  # woken at; on-time counted up to
+        self.woke: Any = 0  # ticks: woken at
+        self.lit: Any = 0  # ticks: on-time counted up to
         self.wake()  # its state after a reset is not known: wake it (and set its mode)
 
-    # --- power ------------------------------------------------------------------------
-    def _cmd(self, cmd: int, data: int) -> None:
-        raise NotImplementedError
-
+    # --- power and laser on-time ------------------------------------------------------------
     def wake(self) -> None:
         if not self.awake:
-            self._wake()
+            self.uart.write(_PMS_WAKE if self.pms else _SDS_WAKE)
             self.awake = True
             self.hot = False
             self.woke = self.lit = hal.ticks_ms()
 
-    def _wake(self) -> None:
-        raise NotImplementedError
-
     def sleep(self) -> None:
         if self.awake:
-            self._sleep()
+            self.uart.write(_PMS_SLEEP if self.pms else _SDS_SLEEP)
             self.laser_ms()
             self.awake = False
-            self.keep(1000)
+            self._keep(1000)
 
-    def _sleep(self) -> None:
-        raise NotImplementedError
-
-    def keep(self, step: int) -> None:
-        """The laser on-time to flash, when it grew by `step` ms since it was last written."""
-        if self.laser_done - self.saved >= step:
+    def _keep(self, step: int) -> None:
+        if self.laser - self.saved >= step:  # grown by `step` ms since it was last written
             try:
-                save(self.path, str(self.laser_done))
-                self.saved = self.laser_done
+                save(self.path, str(self.laser))
+                self.saved = self.laser
             except OSError:
                 pass  # flash refuses writes: the node reports that fault; kept in RAM meanwhile
 
     def laser_ms(self) -> int:
-        """Laser on-time so far (counted in steps, right across the ticks wrap)."""
+        """Laser on-time so far (counted in steps: right across the ticks wrap)."""
         if self.awake:
             now = hal.ticks_ms()
-            self.laser_done += hal.ticks_diff(now, self.lit)
+            self.laser += hal.ticks_diff(now, self.lit)
             self.lit = now
-        return self.laser_done
+        return self.laser
 
     def warming(self) -> int:
         """ms until a reading may start (0: warm); wakes the sensor if it sleeps."""
@@ -112,135 +111,13 @@ class _UartFrames:
             self.sleep()
         else:  # running on: its on-time to flash every ten minutes of it
             self.laser_ms()
-            self.keep(600000)
+            self._keep(600000)
 
-    # --- frames -------------------------------------------------------------------------
-    def _check(self) -> bool:
-        raise NotImplementedError
-
-    def _store(self, v: list, i: int) -> None:
-        raise NotImplementedError
-
-    def _pump(self) -> bool:
-        """Consume what the UART holds; True if any bytes came."""
-        got = False
-        while True:
-            if self.n < 2:
-                k = self.uart.readinto(self.one)
-                if not k:
-                    return got
-                got = True
-                b = self.one[0]
-                self.buf[self.n] = b
-                if self.n == 0:
-                    if b == self.H0:
-                        self.n = 1
-                elif b == self.H1:
-                    self.n = 2
-                else:
-                    self.n = 1 if b == self.H0 else 0
-                continue
-            k = self.uart.readinto(self.body if self.n == 2 else self.mv[self.n :])
-            if not k:
-                return got
-            got = True
-            self.n += k
-            if self.n == self.SIZE:
-                self.n = 0
-                if self._check():
-                    self.good += 1
-                    if self.k < FRAMES:
-                        self._store(self.vals, 3 * self.k)
-                        self.k += 1
-                else:
-                    self.bad += 1
-
-    def _drop(self) -> None:
-        # What waited in the UART is old (a full buffer keeps the oldest bytes): drop it,
-        # not counted as corrupt (those frames were never looked at).
-        while self.uart.readinto(self.buf):
-            pass
-        self.n = 0
-
-    def _collect(self, want: int, wait_ms: int, one: bool = False) -> None:
-        """Frames until self.k reaches `want` or `wait_ms` pass (`one`: or a bad frame came)."""
-        deadline = hal.ticks_add(hal.ticks_ms(), wait_ms)
-        bad = self.bad
-        while self.k < want and not (one and self.bad > bad):
-            late = hal.ticks_diff(deadline, hal.ticks_ms()) <= 0  # judged before the last look
-            if not self._pump():
-                if late:
-                    return
-                hal.sleep_ms(50)
-
-    def _frames(self) -> None:
-        raise NotImplementedError
-
-    def read(self, m: dict) -> None:
-        left = self.warming()
-        if left:  # the node wakes it early (app._ready); a caller that did not, waits
-            hal.sleep_ms(left)
-        self._drop()
-        self.k = 0
-        bad0 = self.bad
-        self._frames()
-        if self.k < 3:
-            raise SensorError("checksum" if self.bad > bad0 else "timeout")
-        self._result(m)
-
-    def _mean(self, ch: int) -> float:
-        """Mean of channel ch over the frames, without its minimum and maximum."""
-        v = self.vals
-        lo = hi = total = v[ch]
-        for i in range(1, self.k):
-            x = v[3 * i + ch]
-            total += x
-            if x < lo:
-                lo = x
-            if x > hi:
-                hi = x
-        return (total - lo - hi) / (self.k - 2)
-
-    def _result(self, m: dict) -> None:
-        raise NotImplementedError
-
-
-class PMS5003(_UartFrames):
-    SIZE = 32
-    H0 = 0x42
-    H1 = 0x4D
-    WARM_MS = 30000
-
-    def _cmd(self, cmd: int, data: int) -> None:
-        s = 0x42 + 0x4D + cmd + data
-        self.uart.write(bytes((0x42, 0x4D, cmd, 0, data, s >> 8, s & 0xFF)))
-
-    def _wake(self) -> None:
-        self._cmd(0xE4, 1)
-        self._cmd(0xE1, 0)  # passive: a frame only when asked (nothing piles up in the UART)
-
-    def _sleep(self) -> None:
-        self._cmd(0xE4, 0)
-
-    def _frames(self) -> None:
-        # Passive mode: ask for a frame once a second (the sensor updates its figures
-        # about that often; asking faster would return the same measurement). A frame
-        # spoilt on the line is asked for again at once (up to FRAMES times in a reading).
-        retries = FRAMES
-        while self.k < FRAMES:
-            k, bad = self.k, self.bad
-            self._cmd(0xE2, 0)
-            self._collect(k + 1, 1500, True)
-            if self.k > k:
-                if self.k < FRAMES:
-                    hal.sleep_ms(1000)
-            elif self.bad > bad and retries:
-                retries -= 1
-            else:
-                return  # no answer: a fault (or fewer frames)
-
+    # --- frames ---------------------------------------------------------------------------
     def _check(self) -> bool:
         b = self.buf
+        if not self.pms:
+            return b[9] == 0xAB and (b[2] + b[3] + b[4] + b[5] + b[6] + b[7]) & 0xFF == b[8]
         if b[2] != 0 or b[3] != 28:
             return False
         s = 0
@@ -248,49 +125,91 @@ class PMS5003(_UartFrames):
             s += b[i]
         return s & 0xFFFF == (b[30] << 8 | b[31])
 
-    def _store(self, v: list, i: int) -> None:
+    def _pump(self) -> bool:
+        """Consume what the UART holds; True if any bytes came."""
+        got = False
         b = self.buf
-        # words 4..6: "atmospheric environment" concentrations, µg/m³
-        v[i] = b[10] << 8 | b[11]
-        v[i + 1] = b[12] << 8 | b[13]
-        v[i + 2] = b[14] << 8 | b[15]
+        while True:
+            if self.n < 2:
+                if not self.uart.readinto(self.one):
+                    return got
+                got = True
+                c = self.one[0]
+                b[self.n] = c
+                if self.n == 0:
+                    if c == self.h0:
+                        self.n = 1
+                elif c == self.h1:
+                    self.n = 2
+                else:
+                    self.n = 1 if c == self.h0 else 0
+                continue
+            k = self.uart.readinto(self.mv[self.n :])
+            if not k:
+                return got
+            got = True
+            self.n += k
+            if self.n == self.size:
+                self.n = 0
+                if not self._check():
+                    self.bad += 1
+                    continue
+                self.good += 1
+                if self.k < FRAMES:
+                    v, i = self.vals, 3 * self.k
+                    if self.pms:  # words 4..6: "atmospheric environment" µg/m³
+                        v[i], v[i + 1], v[i + 2] = b[10] << 8 | b[11], b[12] << 8 | b[13], b[14] << 8 | b[15]
+                    else:  # PM2.5, PM10 x10
+                        v[i], v[i + 1], v[i + 2] = b[3] << 8 | b[2], b[5] << 8 | b[4], 0
+                    self.k += 1
 
-    def _result(self, m: dict) -> None:
-        m["pm1"] = round(self._mean(0), 1)
-        m["pm25"] = round(self._mean(1), 1)
-        m["pm10"] = round(self._mean(2), 1)
+    def _collect(self, want: int, wait_ms: int) -> None:
+        """Frames until self.k reaches `want`, a bad frame came, or `wait_ms` pass."""
+        deadline = hal.ticks_add(hal.ticks_ms(), wait_ms)
+        bad = self.bad
+        while self.k < want and self.bad == bad:
+            late = hal.ticks_diff(deadline, hal.ticks_ms()) <= 0  # judged before the last look
+            if not self._pump():
+                if late:
+                    return
+                hal.sleep_ms(50)
 
-
-class SDS011(_UartFrames):
-    SIZE = 10
-    H0 = 0xAA
-    H1 = 0xC0
-    WARM_MS = 15000
-
-    def _cmd(self, cmd: int, data: int) -> None:
-        # 0xAA 0xB4 cmd data1 data2 0 x 10 0xFF 0xFF (all sensors) checksum 0xAB
-        s = (cmd + 1 + data + 0xFF + 0xFF) & 0xFF
-        self.uart.write(bytes((0xAA, 0xB4, cmd, 1, data, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, s, 0xAB)))
-
-    def _wake(self) -> None:
-        self._cmd(0x06, 1)  # work (in active reporting: a frame a second)
-
-    def _sleep(self) -> None:
-        self._cmd(0x06, 0)
-
-    def _frames(self) -> None:
-        self._collect(FRAMES, FRAMES * 1000 + _WAIT_MS)
-
-    def _check(self) -> bool:
-        b = self.buf
-        return b[9] == 0xAB and (b[2] + b[3] + b[4] + b[5] + b[6] + b[7]) & 0xFF == b[8]
-
-    def _store(self, v: list, i: int) -> None:
-        b = self.buf
-        v[i] = b[3] << 8 | b[2]  # PM2.5 x10
-        v[i + 1] = b[5] << 8 | b[4]  # PM10 x10
-        v[i + 2] = 0
-
-    def _result(self, m: dict) -> None:
-        m["pm25"] = round(self._mean(0) / 10, 1)
-        m["pm10"] = round(self._mean(1) / 10, 1)
+    def read(self, m: dict) -> None:
+        left = self.warming()
+        if left:  # the node wakes it early (app._warm); a caller that did not, waits
+            hal.sleep_ms(left)
+        # What waited in the UART is old (a full buffer keeps the oldest bytes): drop it,
+        # not counted as corrupt (those frames were never looked at).
+        while self.uart.readinto(self.buf):
+            pass
+        self.n = self.k = 0
+        bad0 = self.bad
+        tries = 2 * FRAMES
+        while self.k < FRAMES and tries:
+            tries -= 1
+            k, b = self.k, self.bad
+            if self.pms:  # passive: ask once a second (its figures change about that often)
+                self.uart.write(_PMS_READ)
+                self._collect(k + 1, 1500)
+            else:  # at work: a frame a second
+                self._collect(k + 1, _WAIT_MS)
+            if self.k == k and self.bad == b:
+                break  # no answer at all: a fault (or fewer frames)
+            if self.pms and self.k > k and self.k < FRAMES:
+                hal.sleep_ms(1000)
+        if self.k < 3:
+            raise SensorError("checksum" if self.bad > bad0 else "timeout")
+        n = self.k - 2
+        for ch in range(3 if self.pms else 2):
+            v = self.vals
+            lo = hi = total = v[ch]
+            for i in range(1, self.k):
+                x = v[3 * i + ch]
+                total += x
+                lo = x if x < lo else lo
+                hi = x if x > hi else hi
+            mean = (total - lo - hi) / n  # without the minimum and the maximum
+            if self.pms:
+                m[("pm1", "pm25", "pm10")[ch]] = round(mean, 1)
+            else:
+                m[("pm25", "pm10")[ch]] = round(mean / 10, 1)

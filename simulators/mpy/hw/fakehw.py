@@ -730,16 +730,47 @@ def irq_falling(pin, handler) -> None:
 _pings = [0]
 
 
+def _air() -> tuple:
+    """The air between the ranger and the water: the world's ultrasonic air_c/rh, else what
+    its temperature/humidity sensor reads (the air the node measures), else 30 °C, dry."""
+    u = _world.get("ultrasonic", {})
+    t, rh, p = u.get("air_c"), u.get("rh"), u.get("pressure_hpa", 1013.25)
+    for bus in _world.get("i2c", {}).values():
+        for d in bus.values():
+            t = d.get("temp_c") if t is None else t
+            rh = d.get("rh") if rh is None else rh
+    return (30.0 if t is None else t), (rh or 0.0), p
+
+
+def sound_speed(t_c: float, rh: float, p_hpa: float) -> float:
+    """The speed of sound (m/s) from first principles: an ideal mix of dry air (γ 1.400,
+    28.965 g/mol) and water vapour (γ 1.330, 18.015 g/mol) at the vapour's mole fraction
+    (saturation pressure by Buck's equation), c = sqrt(γ R T / M)."""
+    p_sat = 6.1121 * math.exp((18.678 - t_c / 234.5) * (t_c / (257.14 + t_c)))
+    x = rh / 100 * p_sat / p_hpa
+    cv = (1 - x) / 0.400 + x / 0.330  # Cv / R of the mix
+    gamma = (cv + 1) / cv
+    m = ((1 - x) * 28.965 + x * 18.015) / 1000
+    return math.sqrt(gamma * 8.314462 * (t_c + 273.15) / m)
+
+
 def pulse_us(trig, echo, timeout_us: int) -> int:
+    """The echo's round trip through the world's air. Water closer than the ranger's blind
+    zone (`blind_cm`) is heard as the transducer's own ringing: a short echo (`ring_cm`)."""
     u = _world.get("ultrasonic", {})
     if u.get("absent") or ctl("ultrasonic_absent"):
         return -1  # machine.time_pulse_us: timeout waiting for the echo
+    us_cm = 20000 / sound_speed(*_air())
     echoes = u.get("echoes_cm")  # a cycle of pings, None for a missed echo
     if echoes:
         cm = echoes[_pings[0] % len(echoes)]
         _pings[0] += 1
-        return -1 if cm is None else int(cm * 58.3)
-    return int(u.get("distance_cm", 150) * 58.3)
+        return -1 if cm is None else int(cm * us_cm + 0.5)
+    cm = u.get("distance_cm", 150)
+    if cm < u.get("blind_cm", 20):
+        _pings[0] += 1
+        return int((u.get("ring_cm", 12) + _pings[0] % 3) * us_cm)
+    return int(cm * us_cm + 0.5)
 
 
 def _rain_edges() -> None:
