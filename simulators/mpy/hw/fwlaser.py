@@ -12,7 +12,6 @@ import fakehw
 hours = float(sys.argv[1]) if len(sys.argv) > 1 else 2.0
 
 import app  # noqa: E402
-import hal  # noqa: E402
 
 node = app.boot()
 if node is None:
