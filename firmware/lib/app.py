@@ -517,6 +517,12 @@ class Node:
             self.client.disconnect()
         self._mark("")
         rest = max(1000, self.interval_ms - hal.ticks_diff(hal.ticks_ms(), start))
+        for _, drv in self.sensors:
+            if hasattr(drv, "arm"):  # the rain gauge: its tips to flash, its pin a wake source
+                try:
+                    drv.arm(rest)
+                except Exception as e:
+                    log.error("sensor arm: %r" % (e,))
         log.info("sleep %d ms, pending=%d" % (rest, self.ring.pending))
         hal.deepsleep(rest)
 
@@ -530,6 +536,11 @@ def _done() -> None:
 
 
 def main(buf: Any = None) -> None:
+    if hal.woke_by_pin():  # a rain tip woke the chip from deep sleep: count it, sleep on
+        from drivers import rain
+
+        rain.tipped()
+        sys.modules.pop("drivers.rain", None)
     node = boot(buf)
     if node is None:
         return

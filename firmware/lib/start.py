@@ -349,7 +349,7 @@ def make(spec: dict):
     if t == "rain":
         from drivers.rain import Rain
 
-        return Rain(hal.pin_in(spec["pin"]), spec.get("mm_per_tip", 0.2794), spec.get("debounce_ms", 50))
+        return Rain(spec["pin"], spec.get("mm_per_tip", 0.2794), spec.get("debounce_ms", 50), hal.counter(spec["pin"]))
     if t == "sound":
         from drivers.sound import Sound
 

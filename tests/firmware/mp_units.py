@@ -57,7 +57,7 @@ out("ultrasonic", m=read(us)[0])
 rain = make({"type": "rain", "pin": 27, "mm_per_tip": 0.2, "debounce_ms": 50})
 hal.sleep_ms(35000)  # three tips, each with four bounces
 m = read(rain)[0]
-out("rain", m=m, bounces=rain.bounces)
+out("rain", m=m, bounces=rain.bounces, counter=rain.counter is not None)
 
 snd = make({"type": "sound", "adc": 34, "cal_db": 28.0})
 out("sound", m=read(snd)[0])

@@ -33,7 +33,7 @@ def edge(rain, t):
 
 
 # Rain: one tip, seven dry days (read once a day), then three tips with two bounces each.
-rain = Rain(hal.pin_in(27), 0.2, 50)
+rain = Rain(27, 0.2, 50)  # no counter: the pin-interrupt path, debounced in software
 t0 = hal.ticks_ms()
 edge(rain, t0)
 m = {}

@@ -273,6 +273,11 @@ def machine_reset_cause() -> int:
 
 def _reset(cause: str) -> None:
     _state["reset"] = cause
+    if cause != "deepsleep":
+        _state.pop("wake", None)
+    for c in _counters:  # tips while the fake restarts (real time, device seconds) go to the next boot's counter
+        c.value()
+        _state["rain_last"] = c.last
     _save_state()
     print("FAKE reset", cause)
     sys.exit(RESET_EXIT)
@@ -283,8 +288,52 @@ def reset() -> None:
 
 
 def deepsleep(ms: int) -> None:
-    _real_sleep(ms // _scale())  # the world moves on while the chip sleeps
-    _reset("deepsleep")
+    """The world moves on while the chip sleeps. The pulse counter stops: a rain tip in
+    that time is lost, unless the gauge pin is a wake source (wake_on_pin), when the first
+    tip wakes the chip (woke_by_pin() then says so)."""
+    r = _world.get("rain")
+    now = world_ms()
+    end = now + ms
+    _state["wake"] = "timer"
+    last = _state.get("rain_last")  # (a boot that made no counter: the one woken by a tip)
+    if _counters:
+        _counters[0].value()
+        last = _counters[0].last
+    if r and last is not None:
+        period = int(r["tip_every_s"] * 1000)
+        t = last + period
+        if _wake_pin[0] == r["pin"] and t < end:
+            end = t  # woken by the tip
+            _state["wake"] = "pin"
+            last = t
+            _state["tips"] = _state.get("tips", 0) + 1
+        else:
+            while t <= end:  # tips nobody counts
+                last = t
+                _state["rain_lost"] = _state.get("rain_lost", 0) + 1
+                t += period
+        _state["rain_last"] = last
+    _wake_pin[0] = None
+    _real_sleep(max(0, end - now) // _scale())
+    _state["reset"] = "deepsleep"
+    _save_state()
+    print("FAKE reset deepsleep", _state["wake"])
+    sys.exit(RESET_EXIT)
+
+
+_wake_pin = [None]
+
+
+def wake_on_pin(num: int) -> None:
+    # A world's rain gauge with "wake": false is wired to a pin that cannot wake the chip
+    # (ext0 takes RTC GPIOs only): tips in deep sleep are then lost, as without the wake path.
+    r = _world.get("rain") or {}
+    if r.get("pin") != num or r.get("wake", True):
+        _wake_pin[0] = num
+
+
+def woke_by_pin() -> bool:
+    return _state.get("reset") == "deepsleep" and _state.get("wake") == "pin"
 
 
 def rtc_memory(data=None) -> bytes:
@@ -771,6 +820,42 @@ def pulse_us(trig, echo, timeout_us: int) -> int:
         _pings[0] += 1
         return int((u.get("ring_cm", 12) + _pings[0] % 3) * us_cm)
     return int(cm * us_cm + 0.5)
+
+
+class _Counter:
+    """machine.Counter on the rain gauge's pin: counts the world's tips (one every
+    `tip_every_s`) while the chip runs, whatever the firmware is doing. The board's RC
+    filter keeps the reed's bounces off it (README), so it sees one edge per tip.
+    At a boot it resumes from the last tip accounted before the reset, as if the reboot
+    took no time (the fake's restart takes real time, which is device seconds at scale;
+    a board boots in about a second); after a power cut it starts from now."""
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.n = 0
+        last = _state.get("rain_last")
+        self.last = world_ms() if last is None else last
+
+    def value(self) -> int:
+        period = int(self.spec["tip_every_s"] * 1000)
+        now = world_ms()
+        while now - self.last >= period:
+            self.last += period
+            self.n += 1
+            _state["tips"] = _state.get("tips", 0) + 1
+        return self.n
+
+
+_counters = []
+
+
+def counter(num: int):
+    r = _world.get("rain")
+    if not r or r.get("pin") != num or r.get("counter") is False:  # "counter": false: a port without machine.Counter
+        return None
+    c = _Counter(r)
+    _counters.append(c)
+    return c
 
 
 def _rain_edges() -> None:
