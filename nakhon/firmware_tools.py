@@ -64,7 +64,43 @@ def build(out: Path) -> list[tuple[str, int, int]]:
         else:
             shutil.copyfile(src, dst)
         rows.append((str(dst.relative_to(out)), src.stat().st_size, dst.stat().st_size))
+    keep = sorted(r[0] for r in rows if r[0].startswith("lib/"))
+    (out / CLEAN).write_text(_CLEAN_SCRIPT.replace("KEEP = ()", f"KEEP = {tuple(keep)!r}"))
     return rows
+
+
+# Run on the board (`mpremote run`) before the build is copied: removes what lib/ holds that
+# the new build does not (a stale lib/x.py would be imported before the new lib/x.mpy, an
+# old module would linger), and empty folders. Nothing outside lib/ is touched (config.json,
+# the CA, state/ with the ring and seq stay).
+CLEAN = "clean_board.py"
+_CLEAN_SCRIPT = '''# nakhon firmware flash: remove what lib/ holds that this build does not
+import os
+
+KEEP = ()
+
+
+def walk(d):
+    try:
+        entries = list(os.ilistdir(d))
+    except OSError:
+        return
+    for e in entries:
+        p = d + "/" + e[0]
+        if e[1] == 0x4000:
+            walk(p)
+            try:
+                os.rmdir(p)  # only when empty
+                print("removed", p + "/")
+            except OSError:
+                pass
+        elif p not in KEEP:
+            os.remove(p)
+            print("removed", p)
+
+
+walk("lib")
+'''
 
 
 # --- flash -----------------------------------------------------------------------------------
@@ -75,7 +111,7 @@ def flash_commands(port: str, build_dir: Path, config: Path | None, image: Path 
     if image is not None:
         cmds.append(["esptool", "--chip", "esp32", "--port", port, "erase-flash"])
         cmds.append(["esptool", "--chip", "esp32", "--port", port, "--baud", str(baud), "write-flash", "-z", "0x1000", str(image)])
-    mp = ["mpremote", "connect", port, "fs", "cp", "-r", str(build_dir / "lib"), ":"]
+    mp = ["mpremote", "connect", port, "run", str(build_dir / CLEAN), "+", "fs", "cp", "-r", str(build_dir / "lib"), ":"]
     mp += ["+", "fs", "cp", str(build_dir / "boot.py"), ":boot.py", "+", "fs", "cp", str(build_dir / "main.py"), ":main.py"]
     if config is not None:
         mp += ["+", "fs", "cp", str(config), ":config.json"]
