@@ -444,8 +444,18 @@ class Node:
                 except Exception as e:
                     log.error("sensor rest: %r" % (e,))
 
+    def _sample(self) -> None:
+        # Sensors that sample across the interval (sound: an energy mean, laeq_db)
+        for name, drv in self.sensors:
+            if hasattr(drv, "sample") and name not in self.disabled:
+                try:
+                    drv.sample()
+                except Exception as e:
+                    log.error("sensor %s: %r" % (name, e))
+
     def step(self) -> None:
         self.tick()
+        self._sample()
         self._warm()
         if hal.ticks_diff(hal.ticks_ms(), self.next_read) >= 0:
             self.take_reading()

@@ -30,8 +30,9 @@ _NEEDS = {
 
 # Optional numbers of a sensor entry: (key, lo, hi). warm_s: a PM sensor's warm-up after
 # waking (PMS5003 30, SDS011 15); blind_cm: an ultrasonic ranger's blind zone (JSN-SR04T
-# 20-25 cm); air_c: the air temperature it assumes until the node has measured one.
-_OPTIONAL = (("warm_s", 0, 120), ("blind_cm", 2, 100), ("air_c", -10, 60))
+# 20-25 cm); air_c: the air temperature it assumes until the node has measured one;
+# dba_per_v: a sound level module's dB(A) per volt; sample_s: how often sound is sampled.
+_OPTIONAL = (("warm_s", 0, 120), ("blind_cm", 2, 100), ("air_c", -10, 60), ("dba_per_v", 1, 1000), ("sample_s", 1, 60))
 
 DEFAULTS = {
     "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "ca": None, "username": None, "password": None, "keepalive_s": 60},

@@ -353,5 +353,5 @@ def make(spec: dict):
     if t == "sound":
         from drivers.sound import Sound
 
-        return Sound(hal.adc(spec["adc"]), spec.get("cal_db", 28.0))
+        return Sound(hal.adc(spec["adc"]), spec.get("cal_db", 28.0), spec.get("dba_per_v"), spec.get("sample_s", 2))
     raise SensorError("unknown_type")

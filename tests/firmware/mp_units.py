@@ -16,7 +16,6 @@ fakehw.configure({
     }},
     "ultrasonic": {"distance_cm": 120, "air_c": 28.5, "rh": 71.25},
     "rain": {"pin": 27, "tip_every_s": 10, "bounces": 4},
-    "adc": {"34": {"db": 72.0, "cal_db": 28.0}},
 })
 
 import hal  # noqa: E402
@@ -59,10 +58,8 @@ hal.sleep_ms(35000)  # three tips, each with four bounces
 m = read(rain)[0]
 out("rain", m=m, bounces=rain.bounces, counter=rain.counter is not None)
 
-snd = make({"type": "sound", "adc": 34, "cal_db": 28.0})
-out("sound", m=read(snd)[0])
 
-del sht, missing, bme, us, rain, snd, results
+del sht, missing, bme, us, rain, results
 gc.collect()  # the heap is an ESP32's: the script itself takes much of it
 # The flash ring: rotation, oldest dropped first, read position and counts across "reboots".
 # A small scratch buffer, so scans and streams cross its boundary mid-line.

@@ -10,7 +10,7 @@ import fakehw
 W = {"scale": 50, "ultrasonic": {"distance_cm": 300}, "i2c": {"0": {"68": {"type": "sht3x", "temp_c": 40.0, "rh": 50.0}}}}
 fakehw.configure(W)
 
-import app  # noqa: E402, F401  (loaded first, as main.py does)
+import app  # noqa: E402  (loaded first, as main.py does)
 from drivers import SensorError  # noqa: E402
 from start import make  # noqa: E402
 
@@ -58,3 +58,4 @@ node.take_reading()
 with open("state/pretime") as f:
     line = f.read().strip().split("\n")[-1]
 out("water_node", m=json.loads(line.split(" ", 3)[3]), order=[n for n, _ in node.sensors])
+

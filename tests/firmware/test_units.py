@@ -98,11 +98,10 @@ def test_bme280_compensation(checks: dict[str, dict[str, Any]]) -> None:
     assert abs(m["rh"] - 82.5) <= 0.1
 
 
-def test_ultrasonic_rain_sound(checks: dict[str, dict[str, Any]]) -> None:
+def test_ultrasonic_and_rain(checks: dict[str, dict[str, Any]]) -> None:
     assert checks["ultrasonic"]["m"] == {"water_level_cm": 280.0, "water_capped": 0}  # mounted at 400 cm, water 120 cm below
     assert checks["rain"]["m"] == {"rain_mm": 0.6}  # three tips of 0.2 mm, counted by the hardware counter
     assert checks["rain"]["counter"] and checks["rain"]["bounces"] == 0  # (the pin-interrupt path: test_esp32_time)
-    assert abs(checks["sound"]["m"]["laeq_db"] - 72.0) <= 0.3
 
 
 @pytest.fixture(scope="module")
@@ -133,6 +132,17 @@ def test_the_node_hands_the_ranger_the_air_it_measured(water_checks: dict[str, d
     assert c["order"] == ["th", "level"]  # the temperature first, whatever the config's order
     assert abs(c["m"]["water_level_cm"] - 100.0) <= 1.0 and c["m"]["water_capped"] == 0
     assert c["m"]["temp_c"] == pytest.approx(40.0, abs=0.2)
+
+
+def test_laeq_is_the_energy_mean_across_the_interval(tmp_path: Path) -> None:
+    proc = run_mp(HERE / "mp_noise.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    c = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    assert 25 <= c["samples"] <= 35  # every 2 s across the minute
+    # half the time 60, half 80 dB(A): 10 log10((10^6 + 10^8) / 2) = 77.0, not 70
+    assert c["leq"][1] is None and abs(c["leq"][0]["laeq_db"] - 77.0) <= 0.5
+    assert c["mic"][1] is None and abs(c["mic"][0]["laeq_db"] - 72.0) <= 0.3
+    assert c["dead"] == [{}, "absent"]  # a module reading 0 V is not silence
 
 
 def test_ring_drops_oldest_and_survives_reboot(checks: dict[str, dict[str, Any]]) -> None:

@@ -895,7 +895,13 @@ class _ADC:
     def read_uv(self) -> int:
         if self.spec.get("adc2") and wlan.requested:
             raise OSError(263)  # ESP_ERR_TIMEOUT: ADC2 is taken by the Wi-Fi driver
-        return int(self.spec.get("volts", 3.9) / self.spec.get("divider", 2.0) * 1000000)
+        s = self.spec
+        if "dba" in s:  # an A-weighted sound level module: volts in proportion to dB(A);
+            lv = s["dba"]  # a list: the level steps through it, `step_s` device-seconds each
+            if type(lv) is list:
+                lv = lv[world_ms() // int(s.get("step_s", 10) * 1000) % len(lv)]
+            return int(lv / s.get("dba_per_v", 50) * 1000000)
+        return int(s.get("volts", 3.9) / s.get("divider", 2.0) * 1000000)
 
 
 def adc(num: int):
