@@ -417,15 +417,19 @@ class Node:
         return late < self.watchdog_ms // 2 and gc.mem_free() > _MIN_FREE
 
     # --- main loops -----------------------------------------------------------------------
-    def _warm(self) -> int:
-        # Laser PM sensors sleep between readings (drivers/pm.py): each is woken its
-        # warm-up time before the reading; ms until the last of them is warm. A reading
-        # due before then (the first after boot) waits for it, and the schedule with it.
+    def _prep(self) -> int:
+        # Sensors that act between readings: sound samples across the interval (laeq_db,
+        # an energy mean); laser PM sensors sleep between readings (drivers/pm.py) and are
+        # woken their warm-up time before one. Returns ms until the last of them is warm:
+        # a reading due before then (the first after boot) waits, and the schedule with it.
         left = 0
         ahead = hal.ticks_diff(self.next_read, hal.ticks_ms())
         for name, drv in self.sensors:
-            w = getattr(drv, "warm_ms", 0)
-            if w and ahead <= w and name not in self.disabled:
+            if name in self.disabled:
+                continue
+            if hasattr(drv, "sample"):
+                drv.sample()
+            if hasattr(drv, "warm_ms") and ahead <= drv.warm_ms:
                 left = max(left, drv.warming())
         if left and ahead < left:
             self.next_read = hal.ticks_add(hal.ticks_ms(), left)
@@ -433,30 +437,14 @@ class Node:
 
     def _rest(self, interval_ms: int) -> None:
         # After a reading: PM sensors sleep when the interval leaves them long enough asleep
-        # (interval_ms 0: before a deep sleep, always).
+        # (interval 0, before a deep sleep: always; one the platform switched off: too).
         for name, drv in self.sensors:
-            if getattr(drv, "warm_ms", 0):
-                try:
-                    if interval_ms and name not in self.disabled:  # (one the platform switched off sleeps)
-                        drv.rest(interval_ms)
-                    else:
-                        drv.sleep()
-                except Exception as e:
-                    log.error("sensor rest: %r" % (e,))
-
-    def _sample(self) -> None:
-        # Sensors that sample across the interval (sound: an energy mean, laeq_db)
-        for name, drv in self.sensors:
-            if hasattr(drv, "sample") and name not in self.disabled:
-                try:
-                    drv.sample()
-                except Exception as e:
-                    log.error("sensor %s: %r" % (name, e))
+            if hasattr(drv, "rest"):
+                drv.rest(0 if name in self.disabled else interval_ms)
 
     def step(self) -> None:
         self.tick()
-        self._sample()
-        self._warm()
+        self._prep()
         if hal.ticks_diff(hal.ticks_ms(), self.next_read) >= 0:
             self.take_reading()
             self._rest(self.interval_ms)
@@ -472,7 +460,7 @@ class Node:
     def idle(self) -> None:
         wait = hal.ticks_diff(self.next_read, hal.ticks_ms())
         for _, drv in self.sensors:
-            if getattr(drv, "warm_ms", 0) and not drv.awake:  # ... until a sleeping PM sensor is to wake
+            if hasattr(drv, "warm_ms") and not drv.awake:  # ... until a sleeping PM sensor is to wake
                 wait = min(wait, wait - drv.warm_ms)
         if self.online and (self.inflight is None and (self.ring.pending or self.staging)):
             wait = 0
@@ -496,20 +484,12 @@ class Node:
         """Deep-sleep mode: read, publish or buffer, sleep. Ring and seq survive the sleep."""
         start = hal.ticks_ms()
         self.next_read = start
-        left = self._warm()
-        while left:  # the PM sensors slept with the chip: they warm up while the link comes up
+        while self._prep():  # the PM sensors slept with the chip: they warm up while the link comes up
             self.tick()
             self.service_clock()
             self.service_link()
             self.wdt.feed()
-            if self.online:
-                try:
-                    self.client.poll(min(left, _IDLE_MAX_MS))
-                except Exception as e:
-                    self._go_offline("link lost: %r" % (e,))
-            else:
-                hal.sleep_ms(min(left, _IDLE_MAX_MS))
-            left = self._warm()
+            self.idle()
         self.take_reading()
         self._rest(0)
         read = hal.ticks_ms()
@@ -547,10 +527,9 @@ def _done() -> None:
 
 def main(buf: Any = None) -> None:
     if hal.woke_by_pin():  # a rain tip woke the chip from deep sleep: count it, sleep on
-        from drivers import rain
+        from drivers import rainwake
 
-        rain.tipped()
-        sys.modules.pop("drivers.rain", None)
+        rainwake.tipped()
     node = boot(buf)
     if node is None:
         return
@@ -559,10 +538,26 @@ def main(buf: Any = None) -> None:
     node.run()
 
 
+_DRIVERS = (("pms5003", "pm"), ("sds011", "pm"), ("sht3x", "sht3x"), ("bme280", "bme280"), ("ultrasonic", "ultrasonic"),
+            ("rain", "rain"), ("sound", "sound"))
+
+
 def boot(buf: Any = None):
     """The node built from config.json and flash (None after logging why it cannot start).
     The code that builds it (config check, drivers' factory, state restore) is needed at
     boot only: it is loaded here and its memory given back before the node runs."""
+    # The drivers the config names are loaded first, below the boot code: the boot code's
+    # memory, given back, is then one piece (the on-demand modules need it whole).
+    try:
+        with open("config.json") as f:
+            text = f.read()
+        for t, mod in _DRIVERS:
+            if t in text:
+                __import__("drivers." + mod)
+        text = None
+        gc.collect()
+    except OSError:
+        pass
     import start
 
     node = start.node(buf)

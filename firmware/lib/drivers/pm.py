@@ -29,22 +29,18 @@ except ImportError:
 FRAMES = const(5)  # frames per reading (the mean of the middle three)
 REST_MIN_MS = const(15000)  # sleep only when it stays asleep at least this long
 _WAIT_MS = const(5000)  # a frame comes every 0.2-2.3 s: this long without a good one is a fault
+# The commands are written out where they are sent, checksums included (a named constant
+# per command would cost the heap a name each): PMS5003 wake + passive mode, sleep, read;
+# SDS011 work, sleep.
 
 # The commands, checksums included (wake = wake + passive mode for the PMS5003)
-_PMS_WAKE = b"BM\xe4\x00\x01\x01tBM\xe1\x00\x00\x01p"
-_PMS_SLEEP = b"BM\xe4\x00\x00\x01s"
-_PMS_READ = b"BM\xe2\x00\x00\x01q"
-_SDS_WAKE = b"\xaa\xb4\x06\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\x06\xab"
-_SDS_SLEEP = b"\xaa\xb4\x06\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\x05\xab"
 
 
 class PM:
     def __init__(self, uart, pms: bool, name: str = "pm", warm_s=None) -> None:
         self.uart = uart
         self.pms = pms
-        self.size = 32 if pms else 10
-        self.h0, self.h1 = (0x42, 0x4D) if pms else (0xAA, 0xC0)
-        self.buf = bytearray(self.size)
+        self.buf = bytearray(32 if pms else 10)
         self.mv = memoryview(self.buf)
         self.one = bytearray(1)  # header hunting byte by byte, without a new slice each time
         self.n = 0  # bytes of the current frame received so far
@@ -67,14 +63,14 @@ class PM:
     # --- power and laser on-time ------------------------------------------------------------
     def wake(self) -> None:
         if not self.awake:
-            self.uart.write(_PMS_WAKE if self.pms else _SDS_WAKE)
+            self.uart.write(b"BM\xe4\x00\x01\x01tBM\xe1\x00\x00\x01p" if self.pms else b"\xaa\xb4\x06\x01\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\x06\xab")
             self.awake = True
             self.hot = False
             self.woke = self.lit = hal.ticks_ms()
 
     def sleep(self) -> None:
         if self.awake:
-            self.uart.write(_PMS_SLEEP if self.pms else _SDS_SLEEP)
+            self.uart.write(b"BM\xe4\x00\x00\x01s" if self.pms else b"\xaa\xb4\x06\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\xff\xff\x05\xab")
             self.laser_ms()
             self.awake = False
             self._keep(1000)
@@ -106,25 +102,14 @@ class PM:
         return max(0, left)
 
     def rest(self, interval_ms: int) -> None:
-        """After a reading: sleep if the interval leaves it asleep long enough."""
-        if interval_ms - self.warm_ms - FRAMES * 1000 >= REST_MIN_MS:
+        """After a reading: sleep if the interval leaves it asleep long enough (0: sleep)."""
+        if not interval_ms or interval_ms - self.warm_ms - FRAMES * 1000 >= REST_MIN_MS:
             self.sleep()
         else:  # running on: its on-time to flash every ten minutes of it
             self.laser_ms()
             self._keep(600000)
 
     # --- frames ---------------------------------------------------------------------------
-    def _check(self) -> bool:
-        b = self.buf
-        if not self.pms:
-            return b[9] == 0xAB and (b[2] + b[3] + b[4] + b[5] + b[6] + b[7]) & 0xFF == b[8]
-        if b[2] != 0 or b[3] != 28:
-            return False
-        s = 0
-        for i in range(30):
-            s += b[i]
-        return s & 0xFFFF == (b[30] << 8 | b[31])
-
     def _pump(self) -> bool:
         """Consume what the UART holds; True if any bytes came."""
         got = False
@@ -136,47 +121,44 @@ class PM:
                 got = True
                 c = self.one[0]
                 b[self.n] = c
+                h0 = 0x42 if self.pms else 0xAA
                 if self.n == 0:
-                    if c == self.h0:
+                    if c == h0:
                         self.n = 1
-                elif c == self.h1:
+                elif c == (0x4D if self.pms else 0xC0):
                     self.n = 2
                 else:
-                    self.n = 1 if c == self.h0 else 0
+                    self.n = 1 if c == h0 else 0
                 continue
             k = self.uart.readinto(self.mv[self.n :])
             if not k:
                 return got
             got = True
             self.n += k
-            if self.n == self.size:
-                self.n = 0
-                if not self._check():
-                    self.bad += 1
-                    continue
+            if self.n < len(b):
+                continue
+            self.n = 0
+            if self.pms:
+                s = 0
+                for i in range(30):
+                    s += b[i]
+                ok = b[2] == 0 and b[3] == 28 and s & 0xFFFF == (b[30] << 8 | b[31])
+            else:
+                ok = b[9] == 0xAB and (b[2] + b[3] + b[4] + b[5] + b[6] + b[7]) & 0xFF == b[8]
+            if not ok:
+                self.bad += 1
+            elif self.k < FRAMES:
                 self.good += 1
-                if self.k < FRAMES:
-                    v, i = self.vals, 3 * self.k
-                    if self.pms:  # words 4..6: "atmospheric environment" µg/m³
-                        v[i], v[i + 1], v[i + 2] = b[10] << 8 | b[11], b[12] << 8 | b[13], b[14] << 8 | b[15]
-                    else:  # PM2.5, PM10 x10
-                        v[i], v[i + 1], v[i + 2] = b[3] << 8 | b[2], b[5] << 8 | b[4], 0
-                    self.k += 1
-
-    def _collect(self, want: int, wait_ms: int) -> None:
-        """Frames until self.k reaches `want`, a bad frame came, or `wait_ms` pass."""
-        deadline = hal.ticks_add(hal.ticks_ms(), wait_ms)
-        bad = self.bad
-        while self.k < want and self.bad == bad:
-            late = hal.ticks_diff(deadline, hal.ticks_ms()) <= 0  # judged before the last look
-            if not self._pump():
-                if late:
-                    return
-                hal.sleep_ms(50)
+                v, i = self.vals, 3 * self.k
+                if self.pms:  # words 4..6: "atmospheric environment" µg/m³
+                    v[i], v[i + 1], v[i + 2] = b[10] << 8 | b[11], b[12] << 8 | b[13], b[14] << 8 | b[15]
+                else:  # PM2.5, PM10 x10
+                    v[i], v[i + 1], v[i + 2] = b[3] << 8 | b[2], b[5] << 8 | b[4], 0
+                self.k += 1
 
     def read(self, m: dict) -> None:
         left = self.warming()
-        if left:  # the node wakes it early (app._warm); a caller that did not, waits
+        if left:  # the node wakes it early (app._prep); a caller that did not, waits
             hal.sleep_ms(left)
         # What waited in the UART is old (a full buffer keeps the oldest bytes): drop it,
         # not counted as corrupt (those frames were never looked at).
@@ -184,24 +166,31 @@ class PM:
             pass
         self.n = self.k = 0
         bad0 = self.bad
-        tries = 2 * FRAMES
+        tries = 3 * FRAMES
         while self.k < FRAMES and tries:
+            # PMS5003 (passive): ask, a frame a second (its figures change about that
+            # often); SDS011 (at work): it sends a frame a second. A frame spoilt on the
+            # line is asked for again at once; no answer at all ends the reading.
             tries -= 1
-            k, b = self.k, self.bad
-            if self.pms:  # passive: ask once a second (its figures change about that often)
-                self.uart.write(_PMS_READ)
-                self._collect(k + 1, 1500)
-            else:  # at work: a frame a second
-                self._collect(k + 1, _WAIT_MS)
-            if self.k == k and self.bad == b:
-                break  # no answer at all: a fault (or fewer frames)
-            if self.pms and self.k > k and self.k < FRAMES:
+            k, bad = self.k, self.bad
+            if self.pms:
+                self.uart.write(b"BM\xe2\x00\x00\x01q")
+            deadline = hal.ticks_add(hal.ticks_ms(), 1500 if self.pms else _WAIT_MS)
+            while self.k == k and self.bad == bad:
+                late = hal.ticks_diff(deadline, hal.ticks_ms()) <= 0  # judged before the last look
+                if not self._pump():
+                    if late:
+                        break
+                    hal.sleep_ms(50)
+            if self.k == k and self.bad == bad:
+                break
+            if self.pms and k < self.k < FRAMES:
                 hal.sleep_ms(1000)
         if self.k < 3:
             raise SensorError("checksum" if self.bad > bad0 else "timeout")
         n = self.k - 2
+        v = self.vals
         for ch in range(3 if self.pms else 2):
-            v = self.vals
             lo = hi = total = v[ch]
             for i in range(1, self.k):
                 x = v[3 * i + ch]

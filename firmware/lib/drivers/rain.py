@@ -5,18 +5,15 @@
 #   debounce for a reed that bounces for milliseconds: the board puts an RC low-pass on the
 #   gauge input (README). A port without machine.Counter falls back to the pin interrupt
 #   with a software debounce (edges within `debounce_ms` of a counted tip are bounces).
-# - in deep sleep (the counter stops): the gauge pin is an ext0 wake source. A tip wakes
-#   the chip; main's first step (tipped()) appends it to flash (state/tips) and sends the
-#   chip back to sleep until the reading is due, without booting the node. Before each
-#   deep sleep, arm() moves what the counter counted since the reading to flash too.
+# - in deep sleep (the counter stops): the gauge pin is an ext0 wake source (rainwake.py,
+#   loaded only by a deep-sleep node: arm() before the sleep, tipped() at a tip's wake).
 # A reading reports the tips since the previous reading (rain_mm): every tip falls in
 # exactly one reading, so rain_mm over the time between two readings is the intensity,
 # across deep sleep as across a long day awake.
 import hal
-from store import STATE, load, save
+from store import STATE
 
 TIPS = STATE + "/tips"  # one byte per tip counted in deep sleep (or before one), not yet read
-WAKE = STATE + "/wake"  # "<RTC ms the reading is due> <gauge pin>", written before a deep sleep
 
 
 class Rain:
@@ -74,35 +71,7 @@ class Rain:
         m["rain_mm"] = round(n * self.mm_per_tip, 3)
 
     def arm(self, sleep_ms: int) -> None:
-        """Before a deep sleep: the tips counted since the reading to flash (the counter
-        stops in deep sleep), and the gauge pin made a wake source."""
-        n = self._count()
-        if n:
-            with open(TIPS, "a") as f:
-                f.write("t" * n)
-        _released(self.pin)  # a contact still closed would wake the chip at once: counted already
-        save(WAKE, "%d %d" % (hal.rtc_time_ms() + sleep_ms, self.num))
-        hal.wake_on_pin(self.num)
+        """Before a deep sleep: see rainwake.arm."""
+        from drivers import rainwake
 
-
-def _released(pin) -> None:
-    for _ in range(20):  # the bucket swings past the magnet in well under a second
-        if pin.value():
-            return
-        hal.sleep_ms(50)
-
-
-def tipped() -> None:
-    """The gauge woke the chip from deep sleep: one tip. Kept in flash; the chip sleeps
-    on until the reading is due (returns, to boot the node, when that is near)."""
-    try:
-        due, num = (int(x) for x in (load(WAKE) or "").split())
-    except ValueError:
-        return
-    with open(TIPS, "a") as f:
-        f.write("t")
-    _released(hal.pin_in(num))
-    left = due - hal.rtc_time_ms()
-    if left > 1000:
-        hal.wake_on_pin(num)
-        hal.deepsleep(left)
+        rainwake.arm(self, sleep_ms)

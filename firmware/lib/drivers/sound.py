@@ -66,6 +66,8 @@ class Sound:
             self.n += 1
         except SensorError as e:
             self.err = e.problem
+        except Exception:  # an ADC that raises: a fault at the reading, never a crash of the loop
+            self.err = "error"
 
     def sample(self) -> None:
         now = hal.ticks_ms()
