@@ -25,6 +25,8 @@ import os
 import secrets
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,9 @@ def platform_roles() -> list[dict[str, Any]]:
         if not pattern.startswith("$"):
             ingest.append(_acl("subscribePattern", f"$share/+/{pattern}"))
     ingest.append(_acl("publishClientSend", f"{topics.PREFIX}/+/+/stored"))
+    # the workers' marks to their catch session (ingest/catch.py)
+    mark = topics.INGEST_MARK_TOPIC
+    ingest += [_acl("publishClientSend", mark), _acl("subscribeLiteral", mark), _acl("publishClientReceive", mark)]
     everything = f"{topics.PREFIX}/#"
     observer = [_acl("subscribePattern", everything), _acl("publishClientReceive", everything)]
     # the alert evaluator: reads telemetry (its own persistent session, not the ingest's share), publishes alert events
@@ -171,6 +176,28 @@ class DynSec:
         self.tls, self.ca_file, self.timeout = tls, ca_file, timeout
         self._lock = threading.Lock()  # one command batch at a time keeps responses unambiguous
 
+    def _client(self) -> mqtt.Client:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{topics.API_USER}_{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
+        client.username_pw_set(self.username, self.password)
+        if self.tls:
+            client.tls_set(ca_certs=self.ca_file)
+        return client
+
+    @contextmanager
+    def _connected(self, client: mqtt.Client) -> Iterator[None]:
+        """One short connection, one at a time, closed whatever happens."""
+        with self._lock:
+            try:
+                client.connect(self.host, self.port, keepalive=30)
+            except OSError as exc:
+                raise BrokerError(f"broker unreachable at {self.host}:{self.port}: {exc}") from None
+            client.loop_start()
+            try:
+                yield
+            finally:
+                client.disconnect()
+                client.loop_stop()
+
     def run(self, commands: list[dict[str, Any]], allow: tuple[str, ...] = ()) -> list[dict[str, Any]]:
         """Send commands; raises BrokerError on any error not in `allow` (matched as a substring)."""
         tag = uuid.uuid4().hex
@@ -207,25 +234,13 @@ class DynSec:
             if len(answers) >= len(commands):
                 done.set()
 
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{topics.API_USER}_{tag[:8]}", protocol=mqtt.MQTTv5)
-        client.username_pw_set(self.username, self.password)
-        if self.tls:
-            client.tls_set(ca_certs=self.ca_file)
+        client = self._client()
         client.on_connect = on_connect
         client.on_subscribe = on_subscribe
         client.on_message = on_message
-        with self._lock:
-            try:
-                client.connect(self.host, self.port, keepalive=30)
-            except OSError as exc:
-                raise BrokerError(f"broker unreachable at {self.host}:{self.port}: {exc}") from None
-            client.loop_start()
-            try:
-                if not done.wait(self.timeout):
-                    raise BrokerError("the broker did not answer the provisioning command in time")
-            finally:
-                client.disconnect()
-                client.loop_stop()
+        with self._connected(client):
+            if not done.wait(self.timeout):
+                raise BrokerError("the broker did not answer the provisioning command in time")
         if failure:
             raise BrokerError(failure[0])
         errors = [str(r["error"]) for r in answers if r.get("error") and not any(a in str(r["error"]) for a in allow)]
@@ -254,10 +269,7 @@ class DynSec:
 
     def publish_config(self, topic: str, payload: bytes) -> None:
         """A retained QoS 1 publish on a device's config topic, confirmed by the broker's PUBACK."""
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{topics.API_USER}_{uuid.uuid4().hex[:8]}", protocol=mqtt.MQTTv5)
-        client.username_pw_set(self.username, self.password)
-        if self.tls:
-            client.tls_set(ca_certs=self.ca_file)
+        client = self._client()
         acked = threading.Event()
         reason: list[mqtt.ReasonCode] = []
 
@@ -266,21 +278,12 @@ class DynSec:
             acked.set()
 
         client.on_publish = on_publish
-        with self._lock:
-            try:
-                client.connect(self.host, self.port, keepalive=30)
-            except OSError as exc:
-                raise BrokerError(f"broker unreachable at {self.host}:{self.port}: {exc}") from None
-            client.loop_start()
-            try:
-                client.publish(topic, payload, qos=1, retain=True)
-                if not acked.wait(self.timeout):
-                    raise BrokerError("the broker did not acknowledge the config in time")
-                if reason[0].is_failure:
-                    raise BrokerError(f"the broker refused the config: {reason[0]}")
-            finally:
-                client.disconnect()
-                client.loop_stop()
+        with self._connected(client):
+            client.publish(topic, payload, qos=1, retain=True)
+            if not acked.wait(self.timeout):
+                raise BrokerError("the broker did not acknowledge the config in time")
+            if reason[0].is_failure:
+                raise BrokerError(f"the broker refused the config: {reason[0]}")
 
     def set_password(self, device: str, password: str) -> None:
         # Kick the live session too: whoever held the old secret is out at once.

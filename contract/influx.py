@@ -106,6 +106,10 @@ class Influx:
         auth = (username, password or "") if username else None
         self._http = httpx.Client(base_url=self.url, timeout=timeout, auth=auth)
 
+    def set_credentials(self, username: str, password: str) -> None:
+        """Log in with these from the next request on (a rotated password)."""
+        self._http.auth = httpx.BasicAuth(username, password)
+
     def close(self) -> None:
         self._http.close()
 

@@ -28,6 +28,18 @@ class ConfigError(ValueError):
     """Configuration that cannot work; str() is a message for the operator."""
 
 
+def read_secret(path: Path, var: str) -> str:
+    """A secret kept in a file: its first line, without the line end. Raises ValueError saying what to fix."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{var}={path} cannot be read ({exc.__class__.__name__}): give a readable file holding the secret") from None
+    secret = text.split("\n", 1)[0].rstrip("\r")
+    if not secret:
+        raise ValueError(f"{var}={path} is empty: put the secret on its first line")
+    return secret
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="NAKHON_", extra="forbid", frozen=True)
 
@@ -48,6 +60,9 @@ class Settings(BaseSettings):
     influx_db: str = "nakhon"
     influx_username: str | None = None
     influx_password: str | None = None
+    # The password in a file instead (one line): the ingest reads it again when InfluxDB refuses its
+    # credentials and on SIGHUP, so a rotated secret is taken up without a restart.
+    influx_password_file: Path | None = None
     influx_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     raw_retention: str = "400d"
     hourly_retention: str = "INF"
@@ -56,6 +71,10 @@ class Settings(BaseSettings):
     ingest_client_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
     ingest_share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,48}$")] = topics.INGEST_USER
     ingest_workers: Annotated[int, Field(ge=1, le=64)] = 1
+    # With several workers: worker 0 also keeps the catch session (ingest/catch.py), a plain persistent
+    # subscription that covers the gap after a broker restart that forgets `$share` subscriptions
+    # (Mosquitto 2.0). Off only on a broker that restores them (EMQX, HiveMQ, VerneMQ clusters).
+    ingest_share_catch: bool = True
     ingest_batch_size: Annotated[int, Field(ge=1, le=100_000)] = 20_000  # lines per write; InfluxDB 1.x takes large batches cheapest
     ingest_batch_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
     # writes in flight at once per worker: one waits on InfluxDB while the next is sent
@@ -72,6 +91,13 @@ class Settings(BaseSettings):
     # Liveness: held work with no batch made durable for this long means stalled (not live).
     ingest_stall_s: Annotated[float, Field(gt=0, le=86_400)] = 120.0
     ingest_stats_interval_s: Annotated[float, Field(gt=0, le=3600)] = 10.0
+    # Store-and-forward (issue 18): after each durable batch the ingest tells each device, on its `stored` topic,
+    # which of its readings it may free; one message per device per round, rounds at most this often.
+    ingest_confirm: bool = True  # false: no confirmations (devices that wait for them replay after their timeout)
+    ingest_confirm_ms: Annotated[int, Field(ge=1, le=60_000)] = 200
+    # Bound on devices with confirmations waiting to be sent (each holds at most 128 seq ranges); past it, the oldest is
+    # forgotten and counted (its readings are replayed by the device and stored again: idempotent).
+    ingest_confirm_devices: Annotated[int, Field(ge=1, le=10_000_000)] = 100_000
     ts_max_age_s: Annotated[float, Field(gt=0)] = 35 * 86400
     ts_max_future_s: Annotated[float, Field(ge=0)] = 300
     max_payload_bytes: Annotated[int, Field(ge=256, le=268_435_455)] = 262_144
@@ -189,6 +215,11 @@ class Settings(BaseSettings):
         for var, f in (("NAKHON_API_TLS_CERT_FILE", self.api_tls_cert_file), ("NAKHON_API_TLS_KEY_FILE", self.api_tls_key_file)):
             if f is not None and not f.is_file():
                 raise ValueError(f"{var}={f} is not a file")
+        if self.influx_password_file is not None:
+            if self.influx_password is not None:
+                raise ValueError("set NAKHON_INFLUX_PASSWORD or NAKHON_INFLUX_PASSWORD_FILE, not both")
+            # frozen settings: filled in once, here, as if it had been given
+            object.__setattr__(self, "influx_password", read_secret(self.influx_password_file, "NAKHON_INFLUX_PASSWORD_FILE"))
         if (self.influx_username is None) != (self.influx_password is None):
             raise ValueError("set both NAKHON_INFLUX_USERNAME and NAKHON_INFLUX_PASSWORD, or neither")
         for var, value in (("NAKHON_INGEST_CLIENT_ID", self.ingest_client_id), ("NAKHON_MQTT_USERNAME", self.mqtt_username),

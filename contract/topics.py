@@ -38,6 +38,9 @@ RESERVED_PREFIXES: Final = ("nakhon", "admin", "root", "mosquitto")
 # Subscriptions used by the platform.
 TELEMETRY_FILTER: Final = f"{PREFIX}/+/+/telemetry"
 STATUS_FILTER: Final = f"{PREFIX}/+/+/status"
+# Ingest workers' marks for their catch session (ingest/catch.py): outside nakhon/v1, so
+# nothing that reads the device stream sees them, and outside every device's ACL.
+INGEST_MARK_TOPIC: Final = "nakhon/_ingest/mark"
 
 
 class TopicError(ValueError):

@@ -1,7 +1,8 @@
 """The MQTT 5 packets the ingest speaks, as pure functions: values in, bytes out, and back.
 
 Only what a durable subscriber needs: CONNECT/CONNACK, SUBSCRIBE/SUBACK,
-UNSUBSCRIBE/UNSUBACK, PUBLISH in, PUBACK out, PINGREQ/PINGRESP, DISCONNECT.
+UNSUBSCRIBE/UNSUBACK, PUBLISH in, PUBACK out, PINGREQ/PINGRESP, DISCONNECT;
+and, for the `stored` confirmations, PUBLISH out at QoS 1 and PUBACK in.
 `split` cuts a receive buffer into whole packets in one pass; it is the hot
 loop of the ingest, so it works on `bytes` with plain indexing.
 """
@@ -55,7 +56,7 @@ class Connack:
     reason: int  # 0 success; >= 0x80 refused
     # what the broker tells us (MQTT 5.0, 3.2.2.3); None = the property was absent (its default applies)
     server_keep_alive: int | None = None  # we must use this keep alive instead of ours
-    receive_maximum: int = 65535  # QoS 1/2 PUBLISHes we may have in flight to it (we send none)
+    receive_maximum: int = 65535  # QoS 1/2 PUBLISHes we may have in flight to it (our `stored` confirmations)
     maximum_packet_size: int | None = None  # the largest packet it accepts from us
     maximum_qos: int = 2
     topic_alias_maximum: int = 0
@@ -116,6 +117,7 @@ def connect(
 # Subscription options (MQTT 5, 3.8.3.1) beside the QoS in the low bits: retained messages
 # only when the subscription is new, not again at every re-subscribe of a resumed session.
 RETAIN_IF_NEW: Final = 1 << 4
+RETAIN_NEVER: Final = 2 << 4  # no retained messages at all (the catch session: the shared group gets them)
 
 
 def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
@@ -129,6 +131,24 @@ def subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
 def unsubscribe(packet_id: int, filters: list[str]) -> bytes:
     body = packet_id.to_bytes(2, "big") + b"\x00" + b"".join(_utf8(f) for f in filters)
     return _packet(UNSUBSCRIBE << 4 | 2, body)
+
+
+def publish(topic: str, payload: bytes, packet_id: int, dup: bool = False) -> bytes:
+    """A QoS 1 PUBLISH, not retained, no properties (DUP set when sent again on a resumed session)."""
+    body = _utf8(topic) + packet_id.to_bytes(2, "big") + b"\x00" + payload
+    return _packet(PUBLISH << 4 | (0x08 if dup else 0) | 0x02, body)
+
+
+def as_dup(packet: bytes) -> bytes:
+    """The same PUBLISH with its DUP flag set (MQTT 5, 3.3.1.1)."""
+    return bytes((packet[0] | 0x08,)) + packet[1:]
+
+
+def parse_puback(body: bytes) -> tuple[int, int]:
+    """(packet id, reason code) of a PUBACK; the reason is 0 (success) when omitted, >= 0x80 a refusal."""
+    if len(body) < 2:
+        raise ProtocolError("short PUBACK", MALFORMED_PACKET)
+    return int.from_bytes(body[:2], "big"), body[2] if len(body) > 2 else 0
 
 
 def pubacks(packet_ids: list[int]) -> bytes:

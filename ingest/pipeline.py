@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from contract import storage
 from contract.lineprotocol import encode_point, encode_reading, series_tags
-from contract.payload import Reason, Rejection, Window, parse_telemetry
+from contract.payload import MAX_SEQ, Reason, Rejection, Window, parse_telemetry
 from contract.status import StatusError, parse_status
 from contract.topics import Topic, TopicError, TopicIdError, parse_topic
 from ingest import deadletter
@@ -23,6 +25,9 @@ class Outcome:
     accepted: int = 0
     dead: dict[str, Any] | None = None  # the dead-letter record, if anything was rejected
     rejections: list[Rejection] = field(default_factory=list)
+    # the device's reading seqs this message makes done once durable (stored or dead-lettered as bad data)
+    device: tuple[str, str] | None = None
+    seqs: list[int] = field(default_factory=list)
 
 
 class Pipeline:
@@ -109,11 +114,29 @@ class Pipeline:
             parsed = parse_telemetry(payload, now, self.window, self.max_bytes)
             out.rejections = parsed.rejections
             out.accepted = len(parsed.readings)
+            out.device = (t.city, t.device)
+            seqs = out.seqs
             for reading in parsed.readings:
                 out.lines += encode_reading(t.city, t.device, reading, tags)
+                seqs.append(reading.seq)
+            if parsed.rejections and len(payload) <= self.max_bytes:  # the whole message goes to the dead letters: its bad readings are done too
+                out.seqs = _all_seqs(payload)
         if out.rejections:
             out.dead = deadletter.record(topic_name, payload, out.rejections, now)
         return out
+
+
+def _all_seqs(payload: bytes) -> list[int]:
+    """Every well-formed seq in a telemetry payload (the rare path: a message with a rejected reading)."""
+    try:
+        doc = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return []
+    if type(doc) is not dict:
+        return []
+    batch = doc.get("batch")
+    items = batch if type(batch) is list and "batch" in doc else [doc]
+    return [s for r in items if type(r) is dict and type(s := r.get("seq")) is int and 0 <= s <= MAX_SEQ]
 
 
 def _topic_rejection(err: TopicError) -> Rejection:

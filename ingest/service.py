@@ -7,12 +7,15 @@ disconnect).
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import logging
 import multiprocessing as mp
+import os
 import signal
 import threading
 import time
+from collections.abc import Sequence
 
 from contract.logs import kv, setup_logging
 from contract.settings import Settings
@@ -27,16 +30,27 @@ WORKER_BACKOFF_CAP_S = 30.0
 def run_worker(settings: Settings, index: int = 0) -> None:
     setup_logging(settings.log_level)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
-    stop = threading.Event()
+    stop, hup = threading.Event(), threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: hup.set())  # read NAKHON_INFLUX_PASSWORD_FILE again
     worker = Worker(settings, index)
     worker.start()
     # Wake up now and then: a signal delivered to another thread does not
     # interrupt a wait without timeout, and the handler would never run.
     while not stop.wait(0.5):
-        pass
+        if hup.is_set():
+            hup.clear()
+            worker.reload_credentials("SIGHUP")
     worker.stop()
+
+
+def _forward(procs: Sequence[mp.process.BaseProcess], sig: int) -> None:
+    """A signal for the workers (SIGHUP: read the password file again) goes to each one alive."""
+    for p in procs:
+        if p.pid and p.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, sig)
 
 
 def run(settings: Settings) -> None:
@@ -53,6 +67,7 @@ def run(settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_: _forward(procs, signal.SIGHUP))
     started = [time.monotonic()] * len(procs)
     deaths = [0] * len(procs)
     due: list[float | None] = [None] * len(procs)  # when a dead worker starts again

@@ -6,6 +6,11 @@ away), reads in large chunks and hands every PUBLISH in a chunk to
 queued (PUBACKs). Nothing else touches the socket, so a TLS socket is never
 used from two threads at once.
 
+It also publishes at QoS 1 (the `stored` confirmations): at most
+`PUBLISH_WINDOW` in flight, and never more than the broker's Receive
+Maximum; what is not PUBACKed when a connection ends is sent again on the
+next one (DUP set when the broker kept our session), as MQTT 5 asks (4.4).
+
 Acks carry the connection's generation: an ack for a message received on an
 earlier connection is not sent on the new one. The broker redelivers that
 message instead; writing it again is harmless (same series and timestamp).
@@ -69,6 +74,7 @@ _DISCONNECTS = {
 }
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 10.0  # a broker back after an outage waits at most this long for us (and for $share subscriptions)
+PUBLISH_WINDOW = 4096  # our own QoS 1 publishes un-acked at most
 STABLE_S = 30.0  # a connection that lasted this long was healthy: the next reconnect starts from the base delay
 
 Publishes = list[tuple[str, bytes, int]]
@@ -132,6 +138,10 @@ class Session:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
         self._next_pid = 0
+        self._inflight: dict[int, bytes] = {}  # our QoS 1 PUBLISHes not yet PUBACKed, by packet id
+        self.published = 0  # our publishes the broker accepted (PUBACK below 0x80)
+        self.publish_refused = 0  # ... and refused (an ACL that does not let us write there, say)
+        self.on_puback: Callable[[], None] = lambda: None  # room again in the publish window
         self._thread = threading.Thread(target=self._run, name="mqtt", daemon=True)
 
     # --- what other threads call ---------------------------------------------
@@ -163,6 +173,44 @@ class Session:
             self._out.append(packet)
         self._wake()
 
+    def publish_room(self) -> int:
+        """QoS 1 publishes we may queue now: 0 while not connected."""
+        with self._lock:
+            return self._room_locked()
+
+    def _room_locked(self) -> int:
+        if not self.connected.is_set():
+            return 0
+        limit = min(PUBLISH_WINDOW, self.connack.receive_maximum if self.connack else PUBLISH_WINDOW)
+        return max(0, limit - len(self._inflight))
+
+    def publish(self, messages: list[tuple[str, bytes]]) -> int:
+        """Queue QoS 1 PUBLISHes (not retained), as many as the window takes; returns how many, in order."""
+        with self._lock:
+            room = self._room_locked()
+            taken = messages[:room]
+            for topic, payload in taken:
+                pid = self._pid_locked()
+                packet = wire.publish(topic, payload, pid)
+                self._inflight[pid] = packet
+                self._out.append(packet)
+        if taken:
+            self._wake()
+        return len(taken)
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+    def publish_if_subscribed(self, topic: str, payload: bytes) -> bool:
+        """Publish at QoS 1 on this connection only if every required subscription of it is granted
+        (so the broker handles it after them). Not resent if lost; False when not sent."""
+        with self._lock:
+            if not (self.subscribed and self.connected.is_set()):
+                return False
+            self._out.append(wire.publish(topic, payload, self._pid_locked()))
+        self._wake()
+        return True
+
     def subscribe(self, filters: list[tuple[str, int]], required: bool = True) -> None:
         """Subscribe; a refused required filter drops the connection (then retried with backoff)."""
         pid = self._pid()
@@ -188,8 +236,14 @@ class Session:
 
     def _pid(self) -> int:
         with self._lock:
+            return self._pid_locked()
+
+    def _pid_locked(self) -> int:
+        """The next packet id not held by one of our publishes in flight."""
+        while True:
             self._next_pid = self._next_pid % 0xFFFF + 1
-            return self._next_pid
+            if self._next_pid not in self._inflight:
+                return self._next_pid
 
     def wake(self) -> None:
         """Make the session thread look again (room under the bound, something to send)."""
@@ -250,6 +304,8 @@ class Session:
             self._generation += 1
             self._out.clear()  # acks of the last connection are void: the broker redelivers
             self._subs.clear()
+            # our publishes it did not acknowledge go again, first (MQTT 5, 4.4): DUP when it kept our session
+            self._out += [wire.as_dup(p) if connack.session_present else p for p in self._inflight.values()]
         if connack.session_present is False and self.connections:
             self.sessions_lost += 1
             log.warning("the broker had no session for us: what it queued while we were away is gone; devices replay what is unconfirmed",
@@ -384,11 +440,27 @@ class Session:
                 was, self.subscribed = self.subscribed, not any(req for _, req in self._subs.values())
             if self.subscribed and not was:  # from here on the broker delivers to us (and a $share group counts us)
                 log.info("subscribed", extra=kv(client_id=self.endpoint.client_id))
+        elif kind == wire.PUBACK:
+            pid, reason = wire.parse_puback(body)
+            with self._lock:
+                known = self._inflight.pop(pid, None)
+            if known is None:
+                return  # an ack of a publish from before a lost session: nothing waits for it
+            if reason >= 0x80:
+                self.publish_refused += 1
+                if self.publish_refused == 1 or self.publish_refused % 1000 == 0:
+                    log.error(
+                        "broker refused our publish: check this account's ACL",
+                        extra=kv(client_id=self.endpoint.client_id, reason=hex(reason), refused=self.publish_refused),
+                    )
+            else:
+                self.published += 1
+            self.on_puback()
         elif kind == wire.DISCONNECT_TYPE:
             reason = wire.parse_disconnect(body)
             text = _DISCONNECTS.get(reason, hex(reason))
             if reason == 0x8E:
                 log.error("another client took our session", extra=kv(client_id=self.endpoint.client_id))
             raise ConnectionError(f"broker disconnected us: {text}")
-        elif kind not in (wire.PINGRESP, wire.UNSUBACK):
+        elif kind not in (wire.PINGRESP, wire.UNSUBACK, wire.PUBACK):  # PUBACK: of a publish_if_subscribed
             raise wire.ProtocolError(f"unexpected packet type {kind}")

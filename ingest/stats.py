@@ -35,6 +35,12 @@ class Stats:
     influx_last_error: str = ""
     schema_created: int = 0  # the database or a retention policy was missing and created again
     broker_dropped: int = 0
+    confirmed_readings: int = 0  # seqs made durable and handed to the confirmation rounds
+    confirm_messages: int = 0  # `stored` messages sent (one per device per round)
+    confirm_acked: int = 0  # ... that the broker acknowledged
+    confirm_refused: int = 0  # ... that the broker refused (the ingest account may not write `stored`: fix its ACL)
+    confirm_waiting: int = 0  # devices with confirmations not sent yet (broker away, window full)
+    confirm_forgotten: int = 0  # ranges or devices forgotten past the tracker's bound (those devices replay)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def snapshot(self) -> dict[str, float | int]:
@@ -60,6 +66,12 @@ class Stats:
                 "influx_too_large": self.influx_too_large,
                 "schema_created": self.schema_created,
                 "broker_dropped": self.broker_dropped,
+                "confirmed_readings": self.confirmed_readings,
+                "confirm_messages": self.confirm_messages,
+                "confirm_acked": self.confirm_acked,
+                "confirm_refused": self.confirm_refused,
+                "confirm_waiting": self.confirm_waiting,
+                "confirm_forgotten": self.confirm_forgotten,
             }
             if lat:
                 snap["write_ms_p50"] = lat[len(lat) // 2]

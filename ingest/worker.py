@@ -9,6 +9,13 @@ goes back to the head of the queue and is retried with backoff: it is never
 dropped and never leaves `pending` stuck; `health()` turns not-live while no
 batch is made durable.
 
+Store-and-forward (DESIGN, Delivery guarantee): once a batch is durable,
+each device's seqs in it (readings stored, spooled, or dead-lettered as bad
+data) go to the confirmation tracker (ingest/confirm.py); the confirmer
+thread sends each waiting device one `stored` message per round (QoS 1, not
+retained), rounds at most every `ingest_confirm_ms`. Nothing is confirmed
+before it is durable, and the broker's PUBACK still goes only after that.
+
 Memory is bounded: at most `ingest_receive_maximum` messages (QoS 0 counted
 as QoS 1) and `ingest_max_pending_mb` of parsed lines and dead letters are
 held un-acked. The first is our MQTT 5 Receive Maximum; past either the
@@ -30,8 +37,11 @@ from contract import topics
 from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 from contract.payload import Window
-from contract.settings import Settings
+from contract.settings import Settings, read_secret
+from contract.stored import encode_stored
 from ingest import mqttwire
+from ingest.catch import Catch, Marker, retire
+from ingest.confirm import Key, Tracker
 from ingest.deadletter import DeadLetterStore
 from ingest.health import Health, counters, write_file
 from ingest.liveness import Liveness, Observed, assess
@@ -62,6 +72,10 @@ class _Segment:
     acks: dict[int, list[int]]  # connection generation -> packet ids
     messages: int
     dead_keys: dict[int, int] = field(default_factory=dict)  # packet id -> key of its dead-lettered message
+    session: Session | None = None  # whose acks these are: None the worker's own, else the catch session's
+
+
+Done = dict[Key, list[int]]  # device -> seqs a segment makes done once durable
 
 
 @dataclass
@@ -72,9 +86,11 @@ class _Batch:
     bytes: int = 0
     dead: list[dict[str, object]] = field(default_factory=list)  # emptied once on disk: a retry does not write them twice
     started: float = 0.0
+    done: list[Done] = field(default_factory=list)
 
     def merge(self, other: _Batch) -> None:
         self.dead += other.dead
+        self.done += other.done
         self.lines += other.lines
         self.segments += other.segments
         self.messages += other.messages
@@ -95,7 +111,12 @@ class Worker:
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
         self.dead = DeadLetterStore(settings.path("deadletter"), self.name, settings.ingest_deadletter_max_mb * 1024 * 1024)
         self.spool = Spool(settings.path("spool", self.name))
-        self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema)
+        self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema,
+                                    credentials=lambda: self.reload_credentials("refused"))
+        self._influx_password = settings.influx_password
+        self._creds_lock = threading.Lock()
+        self._creds_read_at = -1.0
+        self.credentials_reloaded = 0
         # self-metrics have a client of their own with a short timeout: a hanging InfluxDB must
         # not silence the reports that show it hanging
         self._stats_influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password,
@@ -127,12 +148,27 @@ class Worker:
         self._accepting = True
         self._wire_bytes = 200.0  # running mean of a message's size on the wire, to size reads near the bound
         self.session = Session(self._endpoint(), self._on_connect, self._on_publishes, full=self._full, room=self._room)
+        # store-and-forward confirmations: durable seqs per device, sent in rounds
+        self.confirm = Tracker(settings.ingest_confirm_devices) if settings.ingest_confirm else None
+        self._confirm_lock = threading.Lock()
+        self._confirm_wake = threading.Event()
+        self.session.on_puback = self._confirm_wake.set
         self.connected = self.session.connected
+        # Several workers: each marks its shared subscription, worker 0 keeps the catch session (ingest/catch.py)
+        catching = settings.ingest_workers > 1 and settings.ingest_share_catch
+        self.marker = Marker(self.session, self.name) if catching else None
+        self.catch = (
+            Catch(self._endpoint(settings.ingest_client_id), self, state_file=settings.path("catch") / "state.json") if catching and index == 0 else None
+        )
+        self._catch_pipeline = Pipeline(settings.cities, Window(settings.ts_max_age_s, settings.ts_max_future_s), settings.max_payload_bytes)
+        self._catch_held = 0  # catch segments queued and not yet acked (its acks go in order behind them)
+        self._retire = index == 0 and self.catch is None
         self.health = Health(self.name)
         self.health_dir = settings.path("health")
 
     # --- MQTT -------------------------------------------------------------
-    def _endpoint(self) -> Endpoint:
+    def _endpoint(self, client_id: str | None = None) -> Endpoint:
+        """Our session's endpoint; the catch session's names itself after `client_id` (ingest/catch.py)."""
         s = self.settings
         tls = None
         if s.mqtt_tls:
@@ -140,7 +176,7 @@ class Worker:
         return Endpoint(
             host=s.mqtt_host,
             port=s.mqtt_port,
-            client_id=self.name,
+            client_id=client_id or self.name,
             keepalive=s.mqtt_keepalive_s,
             session_expiry=s.ingest_session_expiry_s,
             receive_maximum=s.ingest_receive_maximum,
@@ -166,6 +202,7 @@ class Worker:
         session.subscribe([(f, topics.QOS | mqttwire.RETAIN_IF_NEW) for f in use])
         session.subscribe([(BROKER_DROPPED_TOPIC, 0)], required=False)  # a broker's ACL may keep $SYS from us
         log.info("connected", extra=kv(worker=self.name, session_present=session_present, reconnects=session.reconnects))
+        self._confirm_wake.set()  # confirmations held while away go now
 
     def _full(self) -> bool:
         """The bound on what is held: messages (any QoS) and bytes parsed and not yet acked."""
@@ -197,8 +234,40 @@ class Worker:
         for k in range(0, len(pubs), SEGMENT):
             self._parse(pubs[k : k + SEGMENT], generation)
 
-    def _parse(self, pubs: Publishes, generation: int) -> None:
-        handle = self.pipeline.message
+    # --- what the catch session hands over (its own thread) -----------------
+    def take(self, pubs: Publishes, generation: int, session: Session) -> None:
+        """The catch session's messages while it covers: stored like ours, acked on its session in order."""
+        if not self._accepting:
+            return
+        for k in range(0, len(pubs), SEGMENT):
+            self._parse(pubs[k : k + SEGMENT], generation, session)
+
+    def pass_on(self, packet_ids: list[int], generation: int, session: Session) -> None:
+        """Acknowledge the catch session's messages without storing them, behind any it still holds."""
+        if not packet_ids:
+            return
+        with self._ack_lock:
+            if not self._catch_held:
+                session.ack(packet_ids, generation)
+                return
+            self._catch_held += 1
+        with self._lock:
+            self._pending.append(_Batch(segments=[_Segment(self._next_seq, {generation: packet_ids}, 0, session=session)], started=time.monotonic()))
+            self._next_seq += 1
+
+    def full(self) -> bool:
+        return self._full()
+
+    def catch_held(self) -> int:
+        with self._ack_lock:
+            return self._catch_held
+
+    def room(self) -> int:
+        return self._room()
+
+    def _parse(self, pubs: Publishes, generation: int, session: Session | None = None) -> None:
+        handle = (self.pipeline if session is None else self._catch_pipeline).message
+        skip = topics.INGEST_MARK_TOPIC if session is not None else None  # a stale mark in the catch's stream: ack only
         clock = time.time  # per message: a status document is stamped with its arrival
         seg = _Batch(started=time.monotonic())
         lines = seg.lines
@@ -208,11 +277,22 @@ class Worker:
         messages = 0
         size = wire_bytes = 0
         dead_keys: dict[int, int] = {}
+        done: Done = {}
         for topic_name, payload, pid in pubs:
             if not pid and topic_name == BROKER_DROPPED_TOPIC:
                 self._broker_dropped(payload)
                 continue
+            if skip is not None and topic_name == skip:
+                if pid:
+                    pids.append(pid)
+                continue
             out = handle(topic_name, payload, clock())
+            if out.seqs:
+                d = done.get(out.device)  # type: ignore[arg-type]
+                if d is None:
+                    done[out.device] = out.seqs  # type: ignore[index]
+                else:
+                    d += out.seqs
             lines += out.lines
             messages += 1
             wire_bytes += len(payload) + len(topic_name) + 9
@@ -231,14 +311,21 @@ class Worker:
                 if not out.accepted:
                     rejected_msgs += 1
         if not messages:
+            if pids and session is not None:
+                self.pass_on(pids, generation, session)
             return
         self._wire_bytes = 0.9 * self._wire_bytes + 0.1 * (wire_bytes / messages)
         seg.messages = messages
         seg.bytes = size
+        if done and self.confirm is not None:
+            seg.done.append(done)
+        if session is not None:  # counted before it is queued (lock order: _ack_lock is never taken inside _lock)
+            with self._ack_lock:
+                self._catch_held += 1
         with self._lock:
             if not self._pending and not self.stats.pending:
                 self._progress_at = time.monotonic()  # idle until now: the stall clock starts with this work
-            seg.segments.append(_Segment(self._next_seq, {generation: pids}, messages, dead_keys))
+            seg.segments.append(_Segment(self._next_seq, {generation: pids}, messages, dead_keys, session))
             self._next_seq += 1
             self._pending.append(seg)
             self._pending_lines += len(lines)
@@ -262,7 +349,7 @@ class Worker:
         """The oldest segments, up to ingest_batch_size lines (at least one segment)."""
         batch = _Batch()
         with self._lock:
-            while self._pending and (not batch.messages or len(batch.lines) + len(self._pending[0].lines) <= self.settings.ingest_batch_size):
+            while self._pending and (not batch.segments or len(batch.lines) + len(self._pending[0].lines) <= self.settings.ingest_batch_size):
                 seg = self._pending.popleft()
                 self._pending_lines -= len(seg.lines)
                 batch.merge(seg)
@@ -280,6 +367,8 @@ class Worker:
             self.dead.append(batch.dead)
             batch.dead = []
         self.writer.commit(batch.lines)
+        if batch.done and self.confirm is not None:  # durable now: these readings may be freed
+            self._durable(batch.done)
         self.rollups.touched(batch.lines)
         with self._lock:
             self._progress_at = time.monotonic()
@@ -288,6 +377,57 @@ class Worker:
         with self.stats.lock:
             self.stats.pending_bytes -= batch.bytes
         self._release(batch.segments)
+
+    def _durable(self, done: list[Done]) -> None:
+        assert self.confirm is not None
+        n = 0
+        with self._confirm_lock:
+            for d in done:
+                n += self.confirm.add_all(d.items())
+            waiting = len(self.confirm)
+        with self.stats.lock:
+            self.stats.confirmed_readings += n
+            self.stats.confirm_waiting = waiting
+        self._confirm_wake.set()
+
+    def confirm_round(self) -> int:
+        """Send each device waiting one `stored` message (as many as the publish window takes); returns messages sent."""
+        if self.confirm is None:
+            return 0
+        room = self.session.publish_room()
+        if not room:
+            return 0
+        with self._confirm_lock:
+            items = self.confirm.take(room)
+        if not items:
+            return 0
+        now = time.time()
+        sent = self.session.publish([(topics.topic(city, device, "stored"), encode_stored(ranges, now)) for (city, device), ranges in items])
+        with self._confirm_lock:
+            for key, ranges in items[sent:]:  # the connection went meanwhile: kept for the next round
+                self.confirm.add_ranges(key, ranges)
+            waiting = len(self.confirm)
+            forgotten = self.confirm.ranges_forgotten + self.confirm.devices_forgotten
+        with self.stats.lock:
+            st = self.stats
+            st.confirm_messages += sent
+            st.confirm_waiting = waiting
+            st.confirm_forgotten = forgotten
+            st.confirm_acked = self.session.published
+            st.confirm_refused = self.session.publish_refused
+        return sent
+
+    def _confirmer(self) -> None:
+        period = self.settings.ingest_confirm_ms / 1000
+        while not self._stopping.is_set():
+            if not self._confirm_wake.wait(1.0):
+                continue
+            self._confirm_wake.clear()
+            try:
+                self.confirm_round()
+            except Exception:  # a bug must not stop the confirmations for good: devices replay meanwhile
+                log.exception("confirmation round failed; will retry")
+            self._stopping.wait(period)  # what becomes durable meanwhile joins the next round
 
     def _release(self, segments: list[_Segment]) -> None:
         """Send the acks of every durable segment whose predecessors are all acked."""
@@ -299,8 +439,11 @@ class Worker:
                 seg = self._ack_ready.pop(self._ack_next)
                 self._ack_next += 1
                 held += seg.messages
+                session = self.session if seg.session is None else seg.session
+                if seg.session is not None:
+                    self._catch_held -= 1
                 for generation, pids in seg.acks.items():
-                    if self.session.ack(pids, generation):  # refused for a lost connection: redelivered, rewritten
+                    if session.ack(pids, generation):  # refused for a lost connection: redelivered, rewritten
                         acked += len(pids)
                     elif seg.dead_keys:
                         self._expect_redelivery(seg.dead_keys)
@@ -336,9 +479,43 @@ class Worker:
         with self.stats.lock:
             self.stats.save_failures += 1
             self.stats.save_last_error = f"{type(exc).__name__}: {exc}"[:200]
-        log.error("saving a batch failed; kept, will retry", exc_info=exc,
-                  extra=kv(worker=self.name, messages=batch.messages, failing_s=round(failing, 1), retry_s=delay, error=str(exc)[:200]))
+        log.error(
+            "saving a batch failed; kept, will retry",
+            exc_info=exc,
+            extra=kv(worker=self.name, messages=batch.messages, failing_s=round(failing, 1), retry_s=delay, error=str(exc)[:200]),
+        )
         return delay
+
+    def reload_credentials(self, why: str) -> bool:
+        """Read NAKHON_INFLUX_PASSWORD_FILE again (InfluxDB refused us, or SIGHUP); True when the password changed.
+
+        Every InfluxDB client of the worker logs in with it from the next request: the spooled
+        batches go out at the replayer's next try."""
+        path, user = self.settings.influx_password_file, self.settings.influx_username
+        if path is None or user is None:
+            if why == "SIGHUP":
+                log.warning("SIGHUP: no NAKHON_INFLUX_PASSWORD_FILE to read again; a password from the environment needs a restart")
+            return False
+        with self._creds_lock:
+            now = time.monotonic()
+            if why == "refused" and now - self._creds_read_at < 1.0:
+                return False  # every refused write asks: read the file at most once a second
+            self._creds_read_at = now
+            try:
+                password = read_secret(path, "NAKHON_INFLUX_PASSWORD_FILE")
+            except ValueError as exc:
+                log.error("cannot read the InfluxDB password again", extra=kv(worker=self.name, error=str(exc)))
+                return False
+            if password == self._influx_password:
+                if why == "SIGHUP":
+                    log.info("SIGHUP: the InfluxDB password is unchanged", extra=kv(worker=self.name))
+                return False
+            self._influx_password = password
+            for client in (self.influx, self._stats_influx, self.rollups.influx):
+                client.set_credentials(user, password)
+            self.credentials_reloaded += 1
+        log.warning("influxdb password read again from its file: a new one is in use", extra=kv(worker=self.name, why=why, file=str(path)))
+        return True
 
     def liveness(self) -> Liveness:
         """Live: held work is being made durable; ready: also connected and subscribed."""
@@ -364,7 +541,7 @@ class Worker:
     def flush(self) -> int:
         """Make everything pending durable and ack it. Returns messages acked."""
         done = 0
-        while (batch := self._take_batch()).messages:
+        while (batch := self._take_batch()).segments:  # a segment may be acks only (the catch's)
             self._write_batch(batch)
             done += batch.messages
         return done
@@ -446,9 +623,16 @@ class Worker:
             else:
                 log.warning("influxdb not reachable at start; spooling until it is", extra=kv(error=str(exc)[:200]))
         self.session.start()
+        if self.marker is not None:
+            self.marker.start()
+        if self.catch is not None:
+            self.catch.start()
+        elif self._retire:  # one worker (or the catch off): a catch session left by an earlier run would queue for nobody
+            threading.Thread(target=retire, args=(self._endpoint(s.ingest_client_id), self._stopping), name="retire", daemon=True).start()
         self._threads = [
             *(threading.Thread(target=self._flusher, name="flusher", daemon=True) for _ in range(s.ingest_writers)),
             threading.Thread(target=self._replayer, name="replayer", daemon=True),
+            *([threading.Thread(target=self._confirmer, name="confirmer", daemon=True)] if self.confirm is not None else []),
             threading.Thread(target=self._reporter, name="reporter", daemon=True),
             threading.Thread(target=self._health, name="health", daemon=True),
         ]
@@ -471,6 +655,13 @@ class Worker:
         except Exception:
             log.exception("final flush failed; un-acked messages will be redelivered")
             acked = 0
+        with contextlib.suppress(Exception):
+            while self.confirm_round():  # what is durable is confirmed before we go (else the devices replay it)
+                pass
+        if self.marker is not None:
+            self.marker.stop()
+        if self.catch is not None:
+            self.catch.stop()
         self.session.stop()  # sends the queued PUBACKs, then DISCONNECT
         self.rollups.stop()
         self.report()

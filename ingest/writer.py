@@ -40,8 +40,10 @@ class DurableWriter:
         dead: DeadLetterStore,
         stats: Stats,
         schema: Callable[[], None] | None = None,
+        credentials: Callable[[], object] | None = None,
     ) -> None:
         self.influx = influx
+        self.credentials = credentials or (lambda: None)  # reads a rotated secret when InfluxDB refuses ours
         self.schema = schema or (lambda: None)  # creates the database and retention policies (idempotent)
         self.spool = spool
         self.dead = dead
@@ -72,6 +74,8 @@ class DurableWriter:
             if isinstance(exc, InfluxRefused):
                 self.stats.influx_refused += 1
             self.stats.influx_last_error = str(exc)[:200]
+        if isinstance(exc, InfluxRefused) and exc.status in (401, 403):
+            self.credentials()
         now = time.monotonic()
         if now - self._logged_at < LOG_EVERY_S:
             return  # the replayer retries every second: say it once in a while, the stats count every one

@@ -54,9 +54,14 @@ CERT_DAYS = 825
 
 class LocalPlatform:
     def __init__(self, root: Path, settings: Settings, *, fleet_per_city: int = 20, interval_s: float = 10.0, with_fleet: bool = True,
-                 seed: int = 1, prefix: str = "sim", secure: bool = True, tls_port: int | None = None) -> None:
+                 seed: int = 1, prefix: str = "sim", secure: bool = True, tls_port: int | None = None,
+                 own_services: tuple[str, ...] = ("ingest", "alerts", "api")) -> None:
         self.root = Path(root).resolve()
         self.secure = secure
+        # which of the platform's own services start (the harness may want the servers and an ingest only)
+        self.own_services = own_services
+        if with_fleet and "api" not in own_services:
+            raise ValueError("the simulated fleet registers through the API: run the API with it")
         self.fleet_per_city = fleet_per_city
         self.interval_s = interval_s
         self.certs = self.root / "certs"
@@ -79,7 +84,7 @@ class LocalPlatform:
         else:  # a bare rig for fault scenarios that publish without accounts (nakhon verify's stream checks)
             self.secrets = {}
             self.broker = Mosquitto(self.root / "mosquitto", pick_port(settings.mqtt_port))
-        self.influxdb = InfluxDB(self.root / "influxdb", pick_port(settings.influx_url_port()), pick_port(18088), auth=secure)
+        self.influxdb = InfluxDB(self.root / "influxdb", pick_port(settings.influx_url_port()), auth=secure)  # backup port: any free one (run.json names it)
         # after a crash InfluxDB replays its write-ahead log before it answers: minutes with a big one
         self.influxdb.ready_timeout_s = 300.0
         api_port = pick_port(settings.api_port)
@@ -187,15 +192,19 @@ class LocalPlatform:
         log.info("influxdb started", extra=kv(url=self.influxdb.url, auth=self.secure, config=str(self.influxdb.config_path)))
         # where `nakhon backup` finds this running platform's database
         (self.root / "run.json").write_text(json.dumps({"pid": os.getpid(), "influx_rpc": self.influxdb.rpc_port, "database": s.influx_db}))
-        self.ingest.start()
-        if not self.ingest.wait_log('"msg":"connected"', 30):
-            raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
-        self.alerts.start()
-        if not self.alerts.wait_log('"msg":"connected"', 30):
-            raise RuntimeError(f"the alert evaluator did not connect; see {self.alerts.log_path}")
+        if "ingest" in self.own_services:
+            self.ingest.start()
+            if not self.ingest.wait_log('"msg":"connected"', 30):
+                raise RuntimeError(f"ingest did not connect; see {self.ingest.log_path}")
+        if "alerts" in self.own_services:
+            self.alerts.start()
+            if not self.alerts.wait_log('"msg":"connected"', 30):
+                raise RuntimeError(f"the alert evaluator did not connect; see {self.alerts.log_path}")
         if self.fleet and not self.secure:  # the open rig: registered directly (secured, they are provisioned below)
             n = register_fleet(self.settings, *self.fleet_spec)
             log.info("simulated fleet registered", extra=kv(devices=n, registry=str(self.settings.registry_path)))
+        if "api" not in self.own_services:
+            return
         self.api.start()
         api_up = self._api_answers(60)
         if not api_up:  # the supervisor takes it from here (restarts, or gives up loudly); the rest runs on
@@ -211,7 +220,8 @@ class LocalPlatform:
     @property
     def services(self) -> list[Any]:
         """Everything `nakhon up` runs, in start order."""
-        return [self.broker, self.influxdb, self.ingest, self.alerts, self.api, *([self.fleet] if self.fleet else [])]
+        own = [svc for svc in (self.ingest, self.alerts, self.api) if svc.name in self.own_services]
+        return [self.broker, self.influxdb, *own, *([self.fleet] if self.fleet else [])]
 
     def supervise(self, policy: Policy | None = None) -> Supervisor:
         """Restart whatever dies from now on (see nakhon.supervisor)."""

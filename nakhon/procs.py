@@ -17,6 +17,8 @@ def settings_env(settings: Settings, **extra: Any) -> dict[str, str]:
     """The environment that reproduces `settings` in a child process."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NAKHON_") or k in ("NAKHON_MOSQUITTO_BIN", "NAKHON_INFLUXD_BIN")}
     values = settings.model_dump(exclude_none=True)
+    if settings.influx_password_file is not None:
+        values.pop("influx_password", None)  # the child reads it from its file, as this process did; never in the environment
     values.update(extra)
     for key, value in values.items():
         if isinstance(value, bool):

@@ -114,14 +114,29 @@ class _Process:
         timeout = self.ready_timeout_s if timeout is None else timeout
         if self.running:
             return
-        self._write_config()
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        if not self._ready(timeout):
-            tail = self.log_path.read_text(errors="replace")[-2000:]
+        for attempt in range(3):
+            self._write_config()
+            offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+            log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child
+            self.proc = subprocess.Popen(self._command(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log.close()
+            t0 = time.monotonic()
+            if self._ready(timeout):
+                return
+            waited = time.monotonic() - t0
+            with open(self.log_path, "rb") as fh:
+                fh.seek(offset)
+                said = fh.read().decode(errors="replace")
             self.stop()
-            raise ServerError(f"{self.name} did not become ready in {timeout:.0f}s; log tail:\n{tail}")
+            # a port only we use was free when picked and taken before the server bound it: pick again
+            if attempt < 2 and self._repick_internal_port(said):
+                continue
+            how = "exited" if waited < timeout else f"did not become ready in {timeout:.0f}s"
+            raise ServerError(f"{self.name} {how}; its log:\n{said[-2000:]}")
+
+    def _repick_internal_port(self, said: str) -> bool:
+        """Whether the server failed on a port of its own (no client is told it) that is now picked again."""
+        return False
 
     def _write_config(self) -> None:
         raise NotImplementedError
@@ -252,6 +267,12 @@ class InfluxDB(_Process):
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    def _repick_internal_port(self, said: str) -> bool:
+        if f"127.0.0.1:{self.rpc_port}: bind: address already in use" not in said:
+            return False
+        self.rpc_port = free_port()  # the backup/restore port: nothing else was told it yet
+        return True
 
     def config_text(self) -> str:
         r = self.root

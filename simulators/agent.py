@@ -7,6 +7,13 @@ in order as batches on reconnect, and reconnects with exponential backoff
 and full jitter. A reading stays with the device until the broker has
 acknowledged it, so a dropped connection costs nothing (at worst a
 duplicate, which the platform stores once).
+
+With `confirm` on (store-and-forward, as the firmware): a reading stays until
+the platform's `stored` message covers its seq, not only until the broker's
+PUBACK; it is sent again when no confirmation came within
+`confirm_timeout_s`, and everything unconfirmed is replayed after a
+reconnect. The device holds at most `buffer_max` readings (unsent and
+unconfirmed together); past it the oldest is dropped and counted.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ import functools
 import logging
 import math
 import random
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 import orjson
@@ -25,6 +32,7 @@ import orjson
 from contract import topics
 from contract.payload import encode_batch, encode_reading
 from contract.status import encode_status
+from contract.stored import StoredError, parse_stored
 from simulators.blocks import Block, BlockMaker
 from simulators.clock import Clock
 from simulators.devices import SimDevice
@@ -54,6 +62,7 @@ class Agent:
         self.tele = topics.topic(dev.city, dev.device_id, "telemetry")
         self.status_topic = topics.topic(dev.city, dev.device_id, "status")
         self.config_topic = topics.topic(dev.city, dev.device_id, "config")
+        self.stored_topic = topics.topic(dev.city, dev.device_id, "stored")
         self.password = cfg.passwords.get(dev.device_id)
         self.rng = random.Random(cfg.seed * 1_000_003 + dev.key)
         self.interval = cfg.interval_s
@@ -64,6 +73,9 @@ class Agent:
         self.buffer: deque[Reading] = deque()
         self.dropped = 0
         self.inflight: deque[tuple[asyncio.Future[None], list[Reading]]] = deque()
+        # confirm on: every reading sent and not yet confirmed, by seq, with when it was (last) sent; oldest send first
+        self.unconfirmed: OrderedDict[int, tuple[Reading, float]] = OrderedDict()
+        self.all_confirmed = asyncio.Event()
         self.offline_until: float | None = None  # simulated time an offline fault ends
         self.closing = False
         self.last: dict[str, Any] = {}
@@ -125,6 +137,8 @@ class Agent:
             conn.closed.add_done_callback(functools.partial(self._lost_cb, conn))
             try:
                 conn.subscribe(self.config_topic)
+                if cfg.confirm:
+                    conn.subscribe(self.stored_topic)
                 self._publish_status()
                 await self._replay()
             except MqttError:
@@ -147,13 +161,17 @@ class Agent:
         self.ready.clear()
         self.stats.connected -= 1
         back: list[Reading] = []
-        for fut, readings in self.inflight:
-            if fut.cancelled() or fut.exception() is not None:
-                back.extend(readings)
+        if self.cfg.confirm:  # everything unconfirmed (in flight or not) is replayed on the next connection
+            back = [r for r, _ in self.unconfirmed.values()]
+            self.unconfirmed.clear()
+            self.stats.unconfirmed -= len(back)
+        else:
+            for fut, readings in self.inflight:
+                if fut.cancelled() or fut.exception() is not None:
+                    back.extend(readings)
         self.inflight.clear()
-        if back:  # not acknowledged: keep them, in order, ahead of what was buffered
-            back.sort(key=lambda r: r[1])
-            self.buffer.extendleft(reversed(back))
+        if back:  # not acknowledged (or not confirmed): keep them, in order, with what was buffered
+            self.buffer = deque(sorted([*back, *self.buffer], key=lambda r: r[1]))
             self.stats.buffered += len(back)
         self._reset = "unknown"
         if not self.closing:
@@ -175,7 +193,7 @@ class Agent:
             return
         doc: dict[str, Any] = {
             "fw": self.cfg.fw, "reset": self._reset, "kind": self.dev.kind, "lat": self.dev.lat, "lon": self.dev.lon,
-            "interval_s": self.interval, "buffered": len(self.buffer), "dropped": self.dropped,
+            "interval_s": self.interval, "buffered": len(self.buffer) + len(self.unconfirmed), "dropped": self.dropped,
             "uptime_s": int(max(0.0, self.clock.now() - self._started)),
         }
         for k in ("battery_v", "rssi_dbm"):
@@ -187,7 +205,10 @@ class Agent:
         self.stats.status_sent += 1
 
     def _on_message(self, topic: str, payload: bytes, retained: bool) -> None:
-        """Retained config: apply the interval, acknowledge its seq in the status."""
+        """Retained config: apply the interval, acknowledge its seq in the status. `stored`: free what it covers."""
+        if topic == self.stored_topic:
+            self._on_stored(payload)
+            return
         if topic != self.config_topic or not payload:
             return
         try:
@@ -204,6 +225,98 @@ class Agent:
             self.config_seq = seq
         self.stats.config_applied += 1
         self._publish_status()
+
+    def _on_stored(self, payload: bytes) -> None:
+        st = self.stats
+        try:
+            ranges = parse_stored(payload).ranges
+        except StoredError:
+            st.stored_bad += 1
+            return
+        st.stored_messages += 1
+        u = self.unconfirmed
+        freed = 0
+        for lo, hi in ranges:
+            if hi - lo < len(u):
+                for seq in range(lo, hi + 1):
+                    if u.pop(seq, None) is not None:
+                        freed += 1
+            else:
+                for seq in [q for q in u if lo <= q <= hi]:
+                    del u[seq]
+                    freed += 1
+        st.confirmed += freed
+        st.unconfirmed -= freed
+        if not u:
+            self.all_confirmed.set()
+
+    def _hold(self, readings: list[Reading]) -> None:
+        """Sent: keep them until confirmed (moved to the back: the timeout counts from this send)."""
+        now = asyncio.get_running_loop().time()
+        u = self.unconfirmed
+        added = 0
+        for r in readings:
+            if u.pop(r[1], None) is None:
+                added += 1
+            u[r[1]] = (r, now)
+        self.stats.unconfirmed += added
+        self.all_confirmed.clear()
+        self._bound()
+
+    def _bound(self) -> None:
+        """At most buffer_max readings held, unsent and unconfirmed together: the oldest (lowest seq) is dropped."""
+        u, buf, st = self.unconfirmed, self.buffer, self.stats
+        while len(buf) + len(u) > self.cfg.buffer_max:
+            if u and (not buf or next(iter(u)) < buf[0][1]):
+                oldest = min(u)  # usually the first; a resent reading moved back
+                del u[oldest]
+                st.unconfirmed -= 1
+            else:
+                buf.popleft()
+                st.buffered -= 1
+            self.dropped += 1
+            st.dropped += 1
+
+    async def resend_due(self) -> int:
+        """Send again what waited confirm_timeout_s without a confirmation (the ingest or the broker lost it)."""
+        u = self.unconfirmed
+        if not u or not self.ready.is_set():
+            return 0
+        now = asyncio.get_running_loop().time()
+        limit = now - self.cfg.confirm_timeout_s
+        if next(iter(u.values()))[1] > limit:
+            return 0
+        due: list[Reading] = []
+        for r, t in u.values():
+            if t > limit:
+                break
+            due.append(r)
+        due.sort(key=lambda r: r[1])
+        for k in range(0, len(due), self.cfg.batch):
+            chunk = [r for r in due[k : k + self.cfg.batch] if r[1] in u]  # a confirmation may have come meanwhile
+            if not chunk:
+                continue
+            try:
+                await self._send(chunk)
+            except MqttError:
+                return k  # lost again: _lost moved everything unconfirmed to the replay
+            self.stats.resent += len(chunk)
+        return len(due)
+
+    async def settle_confirmed(self, timeout: float) -> None:
+        """End of the run: wait up to `timeout` for every reading to be confirmed, sending again what times out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.unconfirmed or self.buffer:
+            left = deadline - loop.time()
+            if left <= 0:
+                return
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self.all_confirmed.wait(), min(left, 1.0))
+            if self.buffer and self.ready.is_set():
+                with contextlib.suppress(MqttError):
+                    await self._replay()
+            await self.resend_due()
 
     # --- sending ----------------------------------------------------------------------
     async def _window(self) -> None:
@@ -230,6 +343,8 @@ class Agent:
         fut = conn.publish(self.tele, payload)
         fut.add_done_callback(functools.partial(self._acked, len(readings)))
         self.inflight.append((fut, readings))
+        if self.cfg.confirm:
+            self._hold(readings)
         self.stats.messages_sent += 1
         self.stats.readings_sent += len(readings)
         if duplicate:
@@ -261,14 +376,21 @@ class Agent:
         self.buffer.append(reading)
         self.stats.buffered += 1
         self.stats.buffered_total += 1
+        if self.unconfirmed:
+            self._bound()
 
     async def deliver(self, reading: Reading, duplicate: bool = False) -> None:
+        if self.unconfirmed:
+            await self.resend_due()
         if self.ready.is_set():
             try:
                 await self._send([reading], duplicate)
                 return
             except MqttError:
                 pass
+            except asyncio.CancelledError:  # the run ends while it waits for the window: keep it (the ledger has it)
+                self._keep(reading)
+                raise
         self._keep(reading)
 
     # --- readings -----------------------------------------------------------------------

@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="inject a fault, e.g. offline:devices=2,at_s=30,for_s=60 or malformed:reasons=bad_json+empty (repeatable)")
     p.add_argument("--firmware", type=int, default=None, metavar="K",
                    help="also run K devices that are the real firmware/ on the MicroPython unix port, fed by the same city signals")
+    p.add_argument("--no-confirm", dest="confirm", action="store_false",
+                   help="free a reading at the broker's PUBACK instead of keeping it until the platform's `stored` confirmation "
+                        "(the firmware's way, and the default)")
+    p.add_argument("--confirm-timeout", type=float, default=None, metavar="S",
+                   help="send a reading again when no `stored` confirmation came within S seconds (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--list-presets", action="store_true", help="print the preset scenarios and exit")
     # bench only

@@ -2,7 +2,8 @@
 
 `Fleet.run()` connects every device (ramped at `connect_rate`), runs the
 time mode, fires the event faults (offline, storm, malformed) at their
-time, and at the end waits for the broker's acknowledgements, publishes
+time, and at the end waits for the broker's acknowledgements (and, with
+`confirm`, for the platform's `stored` confirmations), publishes
 each device's `offline` status and disconnects cleanly. `run_fleet()` does
 the same over several processes when one core is not enough.
 """
@@ -98,7 +99,10 @@ class Fleet:
         elif f.kind == "malformed":
             await asyncio.gather(*(a.send_malformed(f.reasons, f.count) for a in hit))
 
-    async def run(self, stop: asyncio.Event | None = None, tick: Tick | None = None, tick_s: float = 1.0, settle_s: float = 60.0) -> Stats:
+    async def run(self, stop: asyncio.Event | None = None, tick: Tick | None = None, tick_s: float = 1.0, settle_s: float = 60.0,
+                  settle_on_stop: bool = False) -> Stats:
+        """Run to the end or until `stop`; then settle (replays, acks, confirmations) for up to `settle_s`, after a stop
+        too when `settle_on_stop` (a harness that ends the stream and wants everything delivered)."""
         cfg = self.cfg
         self.clock, backfill_end = self._make_clock()
         blocks = BlockMaker(self.signals)
@@ -132,12 +136,15 @@ class Fleet:
         with contextlib.suppress(asyncio.CancelledError):
             await everyone
         stopper.cancel()
+        settle = settle_on_stop or not stop.is_set()
         # devices still reconnecting (offline fault, storm) get their chance to replay
-        if not stop.is_set():
+        if settle and not cfg.confirm:  # (with confirm, settle_confirmed below replays and waits)
             deadline = loop.time() + settle_s
-            while any(a.buffer or not a.ready.is_set() for a in self.agents) and loop.time() < deadline and not stop.is_set():
+            while any(a.buffer or not a.ready.is_set() for a in self.agents) and loop.time() < deadline and (settle_on_stop or not stop.is_set()):
                 await asyncio.sleep(0.1)
         await asyncio.gather(*(a.settle(settle_s) for a in self.agents))
+        if cfg.confirm and settle:  # store-and-forward: done when the platform confirmed it, not at PUBACK
+            await asyncio.gather(*(a.settle_confirmed(settle_s) for a in self.agents))
         await asyncio.gather(*(a.close() for a in self.agents))
         if ticker is not None:
             ticker.cancel()

@@ -70,6 +70,8 @@ def summary(snap: dict[str, Any]) -> str:
         ("configs applied", _n(snap["config_applied"])),
         ("buffered while offline / replayed / dropped", f"{_n(snap['buffered_total'])} / {_n(snap['replayed'])} / {_n(snap['dropped'])}"),
         ("still buffered at the end (unsent)", _n(snap["unsent"])),
+        ("stored confirmed / resent / unconfirmed",
+         f"{_n(snap.get('confirmed', 0))} / {_n(snap.get('resent', 0))} / {_n(snap.get('unconfirmed', 0))}"),
         ("duplicates sent", _n(snap["duplicates_sent"])),
         ("elapsed", f"{el:.1f} s"),
         ("simulator cpu / memory", f"{snap.get('cpu_s', 0):.1f} s ({100 * snap.get('cpu_s', 0) / el:.0f}%) / {snap.get('rss_mb', 0):.0f} MB"),

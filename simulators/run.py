@@ -40,6 +40,10 @@ def scenario_from_args(args: argparse.Namespace) -> Scenario:
             over[key] = getattr(args, arg)
     if args.cities:
         over["cities"] = args.cities
+    if not args.confirm:
+        over["confirm"] = False
+    if args.confirm_timeout is not None:
+        over["confirm_timeout_s"] = args.confirm_timeout
     if args.realtime:
         over["mode"] = "realtime"
     if args.speed is not None:
@@ -63,7 +67,7 @@ def run_config(sc: Scenario, settings: Settings, **extra: Any) -> RunConfig:
         connect_rate=sc.connect_rate, passwords=load_credentials(sc.credentials) if sc.credentials else {}, seed=sc.seed,
         tls_ca=(str(settings.mqtt_ca_file) if settings.mqtt_ca_file else "") if settings.mqtt_tls else None,
         max_payload_bytes=settings.max_payload_bytes, ts_max_age_s=settings.ts_max_age_s, ts_max_future_s=settings.ts_max_future_s,
-        **extra,
+        confirm=sc.confirm, confirm_timeout_s=sc.confirm_timeout_s, **extra,
     )
 
 
@@ -156,4 +160,5 @@ def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths |
     sys.stdout.flush()
     log.info("fleet done", extra=kv(**{k: v for k, v in snap.items() if not isinstance(v, dict)}))
     complete = snap["readings_acked"] == snap["readings_sent"] and not snap["unsent"] and not snap.get("lost_processes")
+    complete = complete and not (cfg.confirm and snap.get("unconfirmed"))
     return 0 if complete or stop.is_set() else 1

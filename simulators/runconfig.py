@@ -36,6 +36,11 @@ class RunConfig:
     ts_max_age_s: float = 35 * 86400  # the ingest's window, to count skew it will refuse
     ts_max_future_s: float = 300.0
     keep_ledger: bool = False  # remember (ts, seq) of every reading (tests)
+    # Store-and-forward (issue 18), as the firmware does it: a reading is kept until the platform's `stored`
+    # message covers it (not freed at the broker's PUBACK), sent again after confirm_timeout_s without one,
+    # and replayed after a reconnect; off = the old behaviour, freed at PUBACK (for the bench's comparison).
+    confirm: bool = False
+    confirm_timeout_s: float = 30.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -44,6 +49,8 @@ class RunConfig:
             raise ValueError(f"batch must be 1..{MAX_BATCH} (the contract's largest batch)")
         if self.interval_s <= 0 or self.window < 1 or self.buffer_max < 1:
             raise ValueError("interval_s must be > 0, window and buffer_max >= 1")
+        if self.confirm_timeout_s <= 0:
+            raise ValueError("confirm_timeout_s must be > 0")
 
     @property
     def open_broker(self) -> bool:

@@ -16,6 +16,8 @@
     firmware: 2                    # plus K devices running the real firmware (realtime/accelerated)
     connect_rate: 1000             # new connections per second at start
     credentials: creds.json        # {"device_id": "password", ...} from provisioning
+    confirm: true                  # keep readings until the platform confirms them stored (false: free at PUBACK)
+    confirm_timeout_s: 30          # send an unconfirmed reading again after this long
     faults:
       - {kind: offline, devices: 2, at_s: 60, for_s: 90}
 
@@ -73,6 +75,8 @@ class Scenario:
     credentials: str | None = None
     prefix: str = "sim"
     firmware: int = 0  # devices that are the real firmware on the MicroPython unix port
+    confirm: bool = True  # keep each reading until the platform's `stored` confirmation covers it (store-and-forward)
+    confirm_timeout_s: float = 30.0  # send an unconfirmed reading again after this long
     faults: list[Fault] = field(default_factory=list)
 
     @classmethod
@@ -100,6 +104,8 @@ class Scenario:
             raise ScenarioError(f"{where}: mode {self.mode!r} must be one of {', '.join(MODES)}")
         if self.per_city < 1 or self.procs < 1 or self.interval_s <= 0:
             raise ScenarioError(f"{where}: per_city and procs must be >= 1 and interval_s > 0")
+        if self.confirm_timeout_s <= 0:
+            raise ScenarioError(f"{where}: confirm_timeout_s must be > 0")
         if self.mode == "accelerated" and self.speed <= 1:
             raise ScenarioError(f"{where}: accelerated mode needs speed > 1")
         if self.firmware and self.mode == "backfill":

@@ -68,7 +68,9 @@ def test_compose_publishes_no_database_and_no_plain_listener() -> None:
     assert published == {"8883", "8443", "3000"}
     assert services["grafana"]["environment"]["GF_SERVER_PROTOCOL"] == "https"
     assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
-    assert services["ingest"]["environment"]["NAKHON_INGEST_WORKERS"] == "1"
+    # several workers, with the catch session that covers Mosquitto 2.0's forgotten $share subscriptions
+    assert services["ingest"]["environment"]["NAKHON_INGEST_WORKERS"] == "2"
+    assert services["ingest"]["environment"]["NAKHON_INGEST_SHARE_CATCH"] == "true"
 
 
 def test_every_secret_comes_from_the_environment_and_is_required() -> None:

@@ -135,23 +135,29 @@ def _count(db: Influx) -> int:
     return int(rows[0]["count"]) if rows else 0
 
 
-def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False) -> tuple[Figure, Figure, Figure, float]:
+def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False, confirm: bool = True, catch: bool = True,
+                 extra: dict[str, float] | None = None) -> tuple[Figure, Figure, Figure, float]:
     """The ingest draining n queued messages durably; returns (rate, cpu, memory) figures and readings/s.
 
-    `with_alerts`: the alert evaluator drains the same messages on its own session at the same time."""
-    root = root / f"ingest-{workers}w"
+    `with_alerts`: the alert evaluator drains the same messages on its own session at the same time.
+    `confirm`: the ingest's `stored` confirmations on or off; `extra` gets its final counters (confirm_messages...).
+    `catch`: with several workers, worker 0's catch session (ingest/catch.py) is on, as by default."""
+    root = root / f"ingest-{workers}w{'' if catch else '-nocatch'}{'' if confirm else '-noconfirm'}"
     shutil.rmtree(root, ignore_errors=True)
     with Mosquitto(root / "broker") as broker, InfluxDB(root / "influxdb") as server, Influx(server.url) as db:
         db.ensure_schema()
         # stats every 0.2 s: the run is timed from the ingest's own count of acked (durable)
         # messages, so the benchmark does not load InfluxDB with counts while it is measured
         settings = load_settings(mqtt_port=broker.port, influx_url=server.url, data_dir=root / "data", ingest_workers=workers,
-                                 log_level="WARNING", ingest_stats_interval_s=0.2)
+                                 log_level="WARNING", ingest_stats_interval_s=0.2, ingest_confirm=confirm, ingest_share_catch=catch)
         svc = Service("ingest", ["ingest"], settings, root / "logs", log_level="INFO")
         alerts = Service("alerts", ["alerts", "run"], settings, root / "logs", log_level="INFO") if with_alerts else None
         svc.start()  # first start: creates the persistent sessions and shared subscription
         if not svc.wait_log('"msg":"connected"', 30):
             raise RuntimeError("ingest did not connect")
+        # as in production the catch session has run before the backlog: it exists, and has stood down once
+        if workers > 1 and catch and not svc.wait_log('"msg":"catch session stands down', 60):
+            raise RuntimeError("the catch session did not stand down")
         if alerts is not None:
             alerts.start()
             if not alerts.wait_log('"msg":"connected"', 30):
@@ -183,6 +189,8 @@ def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False) ->
         cpu = _cpu_seconds(svc)
         peak_mb = _peak_rss_mb(svc)
         svc.stop()
+        if extra is not None:
+            extra.update(_last_stats(svc.log_path, offset))
         if alerts is not None:
             alerts.stop()
         time.sleep(0.5)
@@ -193,11 +201,55 @@ def bench_ingest(root: Path, n: int, workers: int, with_alerts: bool = False) ->
     note = (f"{n - c0} readings = {2 * (n - c0)} points acked in {secs:.2f}s after the first batch; {end - begin:.2f}s from process start;"
             f" {final} stored by a count afterwards")
     return (
-        Figure(f"ingest, {workers} worker(s), durable (acks after write)", rate, "readings/s", note),
+        Figure(f"ingest, {workers} worker(s){'' if catch or workers == 1 else ', catch session off'}, durable (acks after write)", rate, "readings/s", note),
         Figure(f"ingest CPU per 100,000 readings ({workers} worker(s))", cpu / n * 100_000, "cpu-s", "user+sys of the ingest processes"),
         Figure(f"ingest peak memory ({workers} worker(s))", peak_mb, "MB", "sum of VmHWM over the ingest processes"),
         rate,
     )
+
+
+def _last_stats(log: Path, offset: int) -> dict[str, float]:
+    """The ingest's counters, summed over its workers, from the last stats line each logged since `offset`."""
+    latest: dict[str, dict[str, float]] = {}
+    with open(log, "rb") as fh:
+        fh.seek(offset)
+        for line in fh:
+            if b'"msg":"stats"' in line:
+                d = orjson.loads(line)
+                latest[d["worker"]] = {k: v for k, v in d.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    out: dict[str, float] = {}
+    for counters in latest.values():
+        for k, v in counters.items():
+            out[k] = out.get(k, 0) + v
+    return out
+
+
+def bench_confirm(root: Path, n: int, rounds: int = 3) -> tuple[list[Figure], dict[str, float]]:
+    """The ingest's durable rate with its `stored` confirmations on and off, alternated in one run (1 worker).
+
+    On a shared machine one run can be twice as slow as the next: each side is run `rounds` times, in
+    alternating order, and compared by its best run (what the code can do) beside its median."""
+    rates: dict[bool, list[float]] = {True: [], False: []}
+    msgs = 0.0
+    for k in range(rounds):
+        for on in (False, True) if k % 2 == 0 else (True, False):
+            _say(f"confirm: ingest with confirmations {'on' if on else 'off'}, {n} queued readings (round {k + 1}/{rounds})")
+            extra: dict[str, float] = {}
+            rates[on].append(bench_ingest(root / "confirm", n, 1, confirm=on, extra=extra)[3])
+            if on:
+                msgs = extra.get("confirm_messages", 0.0)
+    best_on, best_off = max(rates[True]), max(rates[False])
+    per_reading = msgs / n
+    figs = [
+        Figure("ingest durable rate, confirmations on (best)", best_on, "readings/s",
+               f"median {statistics.median(rates[True]):,.0f}; runs " + ", ".join(f"{r:,.0f}" for r in rates[True])),
+        Figure("ingest durable rate, confirmations off (best)", best_off, "readings/s",
+               f"median {statistics.median(rates[False]):,.0f}; runs " + ", ".join(f"{r:,.0f}" for r in rates[False])),
+        Figure("stored messages per reading (backlog drain)", per_reading, "msg/reading",
+               f"{msgs:,.0f} confirmations for {n:,} readings of 1,000 devices; broker messages per reading {2 + 2 * per_reading:.2f} "
+               "(telemetry in and out, stored in and out) against 2 without"),
+    ]
+    return figs, {"confirm_on": best_on, "confirm_off": best_off, "confirm_per_reading": per_reading}
 
 
 def _acked(log: Path, offset: int) -> list[tuple[float, int]]:

@@ -6,7 +6,9 @@ machine moves both sides together:
 
   limits    Mosquitto -> one C subscriber at QoS 1; InfluxDB's direct write rate
   peer      Node-RED doing the ingest's job (installed with npm on first use)
-  ingest    durable rate with 2 workers and 1, CPU per 100k, peak memory,
+  ingest    durable rate with 2 workers (with and without the catch session) and 1,
+            against the broker's ceiling measured in the same run (by limits, or
+            here when limits is not run), CPU per 100k, peak memory,
             publish-to-queryable latency at half the sustained rate
   api       latest-per-city, city AQI and 7-day history against the same InfluxQL
             sent straight to InfluxDB; requests/s at 64 clients; how soon a new
@@ -29,11 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from contract.influx import Influx
-from harness.bench.ingest import Figure, bench_broker, bench_influx, bench_ingest, bench_latency
+from harness.bench.ingest import Figure, bench_broker, bench_confirm, bench_influx, bench_ingest, bench_latency
 from harness.progress import say as say_line
 from nakhon.servers import InfluxDB, Mosquitto
 
-SECTIONS = ("limits", "peer", "ingest", "api", "alerts", "sim", "firmware")
+SECTIONS = ("limits", "peer", "ingest", "confirm", "api", "alerts", "sim", "firmware")
 
 
 def _say(msg: str) -> None:
@@ -92,16 +94,36 @@ def peer(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figu
 
 def ingest(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
     n = args.messages
+    figs: list[Figure] = []
+    load = os.getloadavg()
+    if "broker" not in v:  # the ceiling the ingest is judged against, measured in this run (limits measures it when it runs)
+        _say(f"ingest: the broker's ceiling, {n} queued QoS 1 messages to mosquitto_sub")
+        broker = bench_broker(root, n)
+        v["broker"] = broker.value
+        figs.append(broker)
     _say(f"ingest: {args.workers} workers on a shared subscription, {n} queued readings")
     multi = bench_ingest(root, n, args.workers)
     _say(f"ingest: 1 worker, {n} queued readings")
     one = bench_ingest(root, n, 1)
+    if args.workers > 1:
+        _say(f"ingest: {args.workers} workers without the catch session, {n} queued readings")
+        bare = bench_ingest(root, n, args.workers, catch=False)
+        figs.append(bare[0])
     best = max(multi[3], one[3])
     workers = args.workers if multi[3] >= one[3] else 1
     _say(f"ingest: latency at half the sustained rate ({best / 2:,.0f} readings/s, {workers} worker(s))")
     lat, p99_ms = bench_latency(root, best / 2, 20.0, workers)
     v["ingest"], v["latency_p99_ms"] = best, p99_ms
-    return [multi[0], one[0], multi[1], one[1], multi[2], one[2], lat]
+    after = os.getloadavg()
+    figs.append(Figure("load average during the ingest section (1/5/15 min)", after[0], "", f"before {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, "
+                       f"after {after[0]:.1f}/{after[1]:.1f}/{after[2]:.1f} on {os.cpu_count()} CPUs: other work on the machine takes its share"))
+    return [*figs[:-1], multi[0], one[0], multi[1], one[1], multi[2], one[2], lat, figs[-1]]
+
+
+def confirm(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
+    figs, values = bench_confirm(root, min(args.messages, 100_000))
+    v.update(values)
+    return figs
 
 
 def api(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
@@ -139,6 +161,7 @@ RUNNERS: dict[str, Callable[[Path, argparse.Namespace, dict[str, float]], list[F
     "limits": limits,
     "peer": peer,
     "ingest": ingest,
+    "confirm": confirm,
     "api": api,
     "alerts": alerts,
     "sim": sim,
@@ -154,7 +177,7 @@ def targets(v: dict[str, float]) -> list[Target]:
         out.append(Target("ingest durable rate", f"{v['ingest']:,.0f} readings/s", None, ">= 40,000 readings/s", v["ingest"] >= 40_000))
         if "broker" in v:
             r = v["ingest"] / v["broker"]
-            out.append(Target("ingest / broker ceiling", f"{v['ingest']:,.0f} / {v['broker']:,.0f}", r, ">= 0.5 (half the ceiling)", r >= 0.5))
+            out.append(Target("ingest / broker ceiling (same run)", f"{v['ingest']:,.0f} / {v['broker']:,.0f}", r, ">= 0.65", r >= 0.65))
         if "peer" in v:
             r = v["ingest"] / v["peer"]
             out.append(Target("ingest / Node-RED batched", f"{v['ingest']:,.0f} / {v['peer']:,.0f}", r, ">= 2.5", r >= 2.5))
@@ -197,6 +220,10 @@ def targets(v: dict[str, float]) -> list[Target]:
     if "ingest_alerts_on" in v:
         r = v["ingest_alerts_on"] / v["ingest_alerts_off"]
         out.append(Target("ingest rate, alerts on / off", f"{v['ingest_alerts_on']:,.0f} / {v['ingest_alerts_off']:,.0f}", r, "reported", True))
+    if "confirm_on" in v:
+        r = v["confirm_on"] / v["confirm_off"]
+        out.append(Target("ingest durable rate, stored confirmations on / off", f"{v['confirm_on']:,.0f} / {v['confirm_off']:,.0f} readings/s", r,
+                          ">= 0.9 (at most 10% slower)", r >= 0.9))
     if "sim_connected" in v:
         ok = v["sim_connected"] >= 10_000 and v.get("sim_sustained") == 1.0
         out.append(Target("simulated devices held connected", f"{v['sim_connected']:,.0f}", None, ">= 10,000, all readings acknowledged", ok))

@@ -8,6 +8,9 @@ from typing import Literal
 Size = Literal["quick", "full"]
 
 
+Figure = int | float | str | bool
+
+
 @dataclass
 class Row:
     """What one scenario sent, what came out, and how long recovery took.
@@ -31,11 +34,24 @@ class Row:
     accepted_bad: int = 0
     recovery_s: float | None = None
     ok: bool = False
-    figures: dict[str, str] = field(default_factory=dict)  # scenario-specific figures, e.g. {"p99": "12 ms"}
+    # scenario-specific figures, kept as values (the unit in the name: {"p99 ms": 12.0}) so that
+    # tests compare numbers; a string only for what is text (a list of reasons, a description)
+    figures: dict[str, Figure] = field(default_factory=dict)
     note: str = ""
 
     def figure_text(self) -> str:
-        return "; ".join(f"{k} {v}" for k, v in self.figures.items())
+        return "; ".join(f"{k} {fmt(v)}" for k, v in self.figures.items())
+
+
+def fmt(v: Figure) -> str:
+    """A figure as the report prints it: 12,345; 16.7; 0.25; yes/no."""
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.3g}"
+    return v
 
 
 HEADER = ("#", "scenario", "unit", "sent", "stored", "lost", "dup", "rejected", "bad accepted", "recovery", "figures", "verdict")

@@ -20,14 +20,15 @@ import paho.mqtt.client as mqtt
 
 from api.broker import DynSec, new_password
 from contract.influx import Influx
-from contract.settings import Settings, load_settings
+from contract.settings import Settings
 from harness.procstat import memory_kb
 from harness.progress import say as say_line
+from harness.verify.stream import free_settings, open_platform
 from ingest.deadletter import read_all
 from nakhon import accounts
 from nakhon.local import LocalPlatform
 from nakhon.procs import Service
-from nakhon.servers import InfluxDB, Mosquitto, free_port
+from nakhon.servers import free_port
 
 # InfluxQL, SQL and path injection attempts, sent through every API parameter (scenario 12, tests/api/test_auth.py)
 INJECTIONS = [
@@ -78,66 +79,47 @@ def wait_for(fn: Callable[[], T], timeout: float, interval: float = 0.2) -> T:
 
 
 class Stack:
-    """Broker + InfluxDB + ingest, fresh, under `root`.
+    """Broker + InfluxDB + ingest, fresh, under `root`: the platform `nakhon up` runs (nakhon/local.py).
 
-    `secure` is the platform exactly as `nakhon up` starts it (nakhon/local.py: generated broker
-    config with dynamic security and a TLS listener, InfluxDB with authentication, the ingest and
-    the API as real processes), not a rig of its own; without it, an open broker and database for
-    the input scenarios, whose publishers stand in for many devices at once."""
+    `secure` is that platform exactly (generated broker config with dynamic security and a TLS
+    listener, InfluxDB with authentication, the ingest, the alert evaluator and the API as real
+    processes); without it, its open variant with the ingest only (and none with `ingest=False`),
+    for the input scenarios, whose publishers stand in for many devices at once."""
 
     def __init__(self, root: Path, *, secure: bool = False, ingest: bool = True, **overrides: Any) -> None:
         self.root = Path(root).resolve()
         self.secure = secure
         self.tls_port: int | None = None
         self.ca: Path | None = None
-        self.platform: LocalPlatform | None = None
+        overrides = {"ingest_batch_ms": 50, **overrides}
         if secure:
-            settings = load_settings(mqtt_port=free_port(), influx_url=f"http://127.0.0.1:{free_port()}", api_port=free_port(),
-                                     ingest_stats_interval_s=1.0, ingest_batch_ms=50, **overrides)
-            self.platform = LocalPlatform(self.root, settings, with_fleet=False, tls_port=free_port())
-            self.broker, self.influxdb = self.platform.broker, self.platform.influxdb
-            self.tls_port, self.ca = self.broker.tls_port, self.platform.ca
+            self.platform = LocalPlatform(self.root, free_settings(**overrides), with_fleet=False, tls_port=free_port())
+            self.tls_port, self.ca = self.platform.broker.tls_port, self.platform.ca
             self.admin = (accounts.BROKER_ADMIN, self.platform.secrets["broker_admin"])
         else:
-            self.broker = Mosquitto(self.root / "mosquitto")
-            self.influxdb = InfluxDB(self.root / "influxdb")
-        self._want_ingest = ingest
-        self._overrides = overrides
+            self.platform = open_platform(self.root, own_services=("ingest",) if ingest else (), **overrides)
+        self.broker, self.influxdb = self.platform.broker, self.platform.influxdb
         self.settings: Settings | None = None
         self.ingest: Service | None = None
         self.influx: Influx | None = None
 
     def start(self) -> Stack:
-        if self.platform is not None:
-            p = self.platform
-            p.start()
+        p = self.platform
+        p.start()
+        if "ingest" in p.own_services:
             self.ingest = p.ingest
+        if self.secure:
             self.settings = p.api_settings  # what the API runs with: the read-only InfluxDB user, the provisioning account
             self.influx = Influx(p.influxdb.url, p.settings.influx_db, accounts.INFLUX_ADMIN, p.secrets["influx_admin"])  # the operator's
-            return self
-        self.broker.start()
-        self.influxdb.start()
-        self.settings = load_settings(mqtt_port=self.broker.port, influx_url=self.influxdb.url, data_dir=self.root / "data",
-                                      ingest_stats_interval_s=1.0, ingest_batch_ms=50, **self._overrides)
-        self.influx = Influx(self.influxdb.url)
-        self.influx.ensure_schema(self.settings.raw_retention, self.settings.hourly_retention)
-        if self._want_ingest:
-            self.ingest = Service("ingest", ["ingest"], self.settings, self.root / "logs")
-            self.ingest.start()
-            if not self.ingest.wait_log('"msg":"connected"', 30):
-                raise RuntimeError(f"ingest did not connect:\n{self.ingest.log_path.read_text()[-2000:]}")
+        else:
+            self.settings = p.settings
+            self.influx = Influx(p.influxdb.url)
         return self
 
     def stop(self) -> None:
         if self.influx is not None:
             self.influx.close()
-        if self.platform is not None:
-            self.platform.stop()
-            return
-        if self.ingest is not None:
-            self.ingest.stop()
-        self.influxdb.stop()
-        self.broker.stop()
+        self.platform.stop()
 
     def __enter__(self) -> Stack:
         try:

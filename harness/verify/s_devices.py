@@ -168,12 +168,13 @@ def devices_offline(root: Path, size: Size) -> Row:
     row.sent, row.stored, row.lost, row.duplicated, row.recovery_s = generated, stored, lost, dup, drain_s
     row.accepted_bad = mismatched
     row.figures = {
-        "devices": str(n_devices),
+        "devices": n_devices,
         "offline": f"{offline_s // 60} device-min at {scale}x",
-        "taken offline": f"{offline_taken:,}",
-        "ts mismatches": str(mismatched),
-        "ring dropped": str(ring_dropped),
-        "resets/crashes": f"{summary['resets']}/{summary['crashes']}",
+        "taken offline": offline_taken,
+        "ts mismatches": mismatched,
+        "ring dropped": ring_dropped,
+        "resets": summary["resets"],
+        "crashes": summary["crashes"],
     }
     row.ok = (generated > 0 and lost == 0 and mismatched == 0 and dup == 0 and gaps == 0 and ring_dropped == 0
               and summary["crashes"] == 0 and drain_s is not None and offline_taken >= n_devices * (offline_s // interval_s) * 0.9)
@@ -298,14 +299,16 @@ def reconnect_storm(root: Path, size: Size) -> Row:
     row.rejected = stats.get("readings_rejected", 0)
     row.recovery_s = times[-1] if times else None
     row.figures = {
-        "devices": f"{n:,}",
-        "reconnected": f"{len(back):,}/{n:,}",
-        "reconnect p50/p99/max": f"{_pct(times, 50):.2f}/{_pct(times, 99):.2f}/{(times[-1] if times else float('nan')):.2f} s",
-        "broker dropped": str(dropped),
-        "broker clients after": f"{clients_end:,}",
-        "ingest broker_dropped": str(stats.get("broker_dropped", "-")),
-        "connect failures": f"{snap['connect_failures']:,}",
-        "buffered in storm": f"{snap['buffered_total']:,}",
+        "devices": n,
+        "reconnected": len(back),
+        "reconnect p50 s": round(_pct(times, 50), 2),
+        "reconnect p99 s": round(_pct(times, 99), 2),
+        "reconnect max s": round(times[-1], 2) if times else "never",
+        "broker dropped": dropped,
+        "broker clients after": clients_end,
+        "ingest broker_dropped": stats.get("broker_dropped", "-"),
+        "connect failures": snap["connect_failures"],
+        "buffered in storm": snap["buffered_total"],
     }
     row.ok = (len(back) == n and dropped == 0 and stats.get("broker_dropped", -1) == 0 and clients_end >= n
               and row.lost == 0 and row.duplicated == 0 and row.rejected == 0 and snap["readings_sent"] == snap["readings_acked"]

@@ -47,6 +47,8 @@ def finish(db: Influx, stream: Stream, timeout: float = 300.0, quiet: float | No
     """Stop the stream, wait for its acks and for storage to catch up, count. Returns (tally, still unacked)."""
     stream.stop()
     unacked = stream.settle()
+    if stream.confirm:  # store-and-forward: the publishers hold each reading until the platform confirms it
+        stream.settle_confirmed(timeout)
     wait_stored(db, stream, stream.mark(), timeout, what="the rest", quiet=quiet)
     stream.close()
     return tally(db, stream), unacked
@@ -88,9 +90,9 @@ def influxdb_killed(root: Path, size: Size) -> Row:
         left = spool_left(p)
     row.figures = {
         "outage": f"{down} s at {rate:,}/s",
-        "spooled points": f"{spooled:,}",
-        "spool files left": str(left),
-        "unacked": str(unacked),
+        "spooled points": spooled,
+        "spool files left": left,
+        "unacked": unacked,
     }
     row.ok = t.lost == 0 and t.duplicated == 0 and t.unexpected == 0 and unacked == 0 and row.recovery_s is not None and spooled > 0 and left == 0
     row.note = "recovery: from InfluxDB answering again until every reading sent before then is queryable (the spool is replayed oldest first)."
@@ -120,11 +122,11 @@ def ingest_killed(root: Path, size: Size) -> Row:
         resumed = sum(bool(r.get("session_present")) for r in log_records(p.ingest, "connected")[1:])
     row.recovery_s = None if None in recoveries else max(r for r in recoveries if r is not None)
     row.figures = {
-        "kills": str(kills),
+        "kills": kills,
         "down each": f"{down:g} s at {rate:,}/s",
         "recoveries": ", ".join(_s(r) for r in recoveries),
-        "sessions resumed": f"{resumed}/{kills}",
-        "unacked": str(unacked),
+        "sessions resumed": resumed,
+        "unacked": unacked,
     }
     row.ok = tl.lost == 0 and tl.duplicated == 0 and tl.unexpected == 0 and unacked == 0 and row.recovery_s is not None and resumed == kills
     row.note = (
@@ -163,12 +165,13 @@ def ingest_down(root: Path, size: Size) -> Row:
     survive_s = min(limit / rate, expiry_s)
     row.figures = {
         "outage": f"{down} s at {rate:,}/s",
-        "queued": f"{queued:,}",
-        "drain": f"{queued / waited:,.0f}/s" if waited else "-",
-        "broker dropped": "n/a" if dropped is None else f"{dropped:,}",
-        "broker memory": f"+{broker_rss1 - broker_rss0:.1f} MB (~{per_msg:.0f} B/msg)",
-        "largest outage": f"{survive_s / 60:,.0f} min",
-        "at 1,000/s": f"{limit / 1000 / 60:,.1f} min",
+        "queued": queued,
+        "drain /s": round(queued / waited) if waited else "-",
+        "broker dropped": "n/a" if dropped is None else dropped,
+        "broker memory MB": round(broker_rss1 - broker_rss0, 1),
+        "broker bytes per message": round(per_msg),
+        "largest outage min": round(survive_s / 60),
+        "largest outage at 1,000/s min": round(limit / 1000 / 60, 1),
     }
     row.ok = tl.lost == 0 and tl.duplicated == 0 and tl.unexpected == 0 and unacked == 0 and row.recovery_s is not None and dropped in (0, None)
     row.note = (
@@ -242,7 +245,7 @@ def broker_faults(root: Path, size: Size) -> Row:
         bound = int(rate * (autosave + 1))  # what a kill can lose: accepted since the last save, not yet with the ingest
 
         # A: clean restart (SIGTERM: mosquitto saves its state on the way out)
-        a = Stream(p.broker.port, rate, prefix="s4a").start()
+        a = Stream(p.broker.port, rate, prefix="s4a", confirm=True).start()
         sleep_until(time.monotonic() + seg / 2, "A streaming")
         t = time.monotonic()
         p.broker.restart()
@@ -254,7 +257,7 @@ def broker_faults(root: Path, size: Size) -> Row:
         ta, unacked_a = finish(db, a)
 
         # B: SIGKILL while the ingest is live
-        b = Stream(p.broker.port, rate, prefix="s4b").start()
+        b = Stream(p.broker.port, rate, prefix="s4b", confirm=True).start()
         sleep_until(time.monotonic() + seg / 2, "B streaming")
         inflight_b = b.unacked()
         p.broker.kill()
@@ -266,7 +269,7 @@ def broker_faults(root: Path, size: Size) -> Row:
 
         # C: SIGKILL while the ingest is away: its queue exists only in the broker's memory and last save
         p.ingest.stop()
-        c = Stream(p.broker.port, rate, prefix="s4c").start()
+        c = Stream(p.broker.port, rate, prefix="s4c", confirm=True).start()
         sleep_until(time.monotonic() + seg, "C queueing for the absent ingest")
         queued_c = c.sent
         p.broker.kill()
@@ -297,19 +300,22 @@ def broker_faults(root: Path, size: Size) -> Row:
         "in flight at kill": f"{inflight_b:,}",
         "kill with ingest away lost": f"{tc.lost:,}",
         "queued at kill": f"{queued_c:,}",
+        "resent by the publishers (unconfirmed)": f"{tb.resent + tc.resent:,}",
         "autosave rates live/queueing": "; ".join(f"{k} {v[0]:,.0f}/{v[1]:,.0f} msg/s" for k, v in costs.items()),
     }
     unacked = unacked_a + unacked_b + unacked_c
-    row.ok = ta.lost == 0 and row.duplicated == 0 and row.accepted_bad == 0 and unacked == 0 and tb.lost <= bound and tc.lost <= bound
+    # store-and-forward (issue 18): the publishers keep each reading until the platform confirms it, so a kill loses nothing
+    row.ok = row.lost == 0 and row.duplicated == 0 and row.accepted_bad == 0 and unacked == 0
     live10, queue10, per_msg = costs["every 10 s"]
     live1, queue1, _ = costs["every 1 s"]
     live_c, queue_c, _ = costs["every change"]
     row.note = (
-        f"Persistence: autosave_interval {autosave} s, time-based (nakhon/servers.py). A clean restart saves on the way out and loses nothing. "
-        f"A SIGKILL loses what the broker acknowledged since its last save and had not yet handed to the ingest. With the ingest live that is "
-        f"next to nothing (measured {tb.lost:,}): the ingest holds each message within milliseconds, and the older state restored re-delivers "
-        f"what is already stored, which the same timestamp overwrites. With the ingest away it is up to {autosave} s of the stream "
-        f"({bound:,} readings at {rate:,}/s; measured {tc.lost:,} of {queued_c:,} queued). Publishers re-send what was in flight at the kill. "
+        f"Persistence: autosave_interval {autosave} s, time-based (nakhon/brokerconf.py). A clean restart saves on the way out. "
+        f"A SIGKILL drops what the broker acknowledged since its last save and had not yet handed to the ingest: with the ingest away up to "
+        f"{autosave} s of the stream ({bound:,} readings at {rate:,}/s). The publishers keep each reading until the platform's `stored` "
+        f"confirmation covers it (store-and-forward, as devices do) and publish again what is unconfirmed after reconnecting "
+        f"({tb.resent + tc.resent:,} readings resent), so nothing is lost (measured {tb.lost:,} with the ingest live, {tc.lost:,} of "
+        f"{queued_c:,} queued with it away); repeats overwrite themselves (same timestamp). "
         f"Saving on every change would close that window but cuts live delivery {live10 / live_c:,.1f}x ({live10:,.0f} -> {live_c:,.0f} msg/s) "
         f"and publishing into a queue {queue10 / queue_c:,.1f}x ({queue10:,.0f} -> {queue_c:,.0f} msg/s, worse as the queue grows: every save "
         f"rewrites the whole store), exactly when the ingest is away. A 1 s interval measured {live1:,.0f}/{queue1:,.0f} msg/s (live/queueing) "

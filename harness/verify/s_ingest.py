@@ -91,11 +91,11 @@ def database_dropped(root: Path, size: Size) -> Row:
     row.stored = got
     row.lost = max(0, expected - got)
     row.figures = {
-        "dropped after": f"{at_drop:,}",
-        "schema created again": str(last.get("schema_created", 0)),
-        "refused requests": str(last.get("influx_refused", 0)),
-        "dead-lettered": str(row.rejected),
-        "unacked": str(unacked),
+        "dropped after": at_drop,
+        "schema created again": int(last.get("schema_created", 0)),
+        "refused requests": int(last.get("influx_refused", 0)),
+        "dead-lettered": row.rejected,
+        "unacked": unacked,
     }
     row.ok = row.lost == 0 and row.rejected == 0 and unacked == 0 and row.recovery_s is not None and int(last.get("schema_created", 0)) >= 1
     row.note = (
@@ -140,7 +140,7 @@ def one_identity_twice(root: Path, size: Size) -> Row:
     row.sent, row.stored, row.lost, row.duplicated, row.accepted_bad = tl.sent, tl.stored, tl.lost, tl.duplicated, tl.unexpected
     row.recovery_s = waited
     row.unit = "readings"
-    row.figures = {"connections": f"{conns} in {span:.0f} s", "per second": f"{per_s:.2f}", "unacked": str(unacked)}
+    row.figures = {"connections": conns, "over s": round(span, 1), "per second": round(per_s, 2), "unacked": unacked}
     row.ok = tl.lost == 0 and tl.duplicated == 0 and unacked == 0 and waited is not None and per_s <= 2.0
     row.note = (
         "Each ingest takes the session from the other (the broker sends DISCONNECT 0x8E). Every reconnect waits an exponential "
@@ -218,10 +218,11 @@ def qos0_flood(root: Path, size: Size) -> Row:
         row.rejected = rejected(p)
     peak_held = max(held, default=0)
     row.figures = {
-        "bound": f"{bound:,} messages",
-        "peak held": f"{peak_held:,}",
-        "ingest memory": f"{base_mb:.0f} -> peak {peak_mb:.0f} MB",
-        "stored after": f"{stored:,}",
+        "bound messages": bound,
+        "peak held": peak_held,
+        "ingest memory MB first": round(base_mb, 1),
+        "ingest memory MB peak": round(peak_mb, 1),
+        "stored after": stored,
     }
     # reads are sized to the room left under the bound: one may overshoot it by a few messages
     row.ok = peak_held <= bound + 1_000 and peak_mb - base_mb < 200 and row.rejected == 0
@@ -288,9 +289,9 @@ def disk_fills(root: Path, size: Size) -> Row:
     row.figures = {
         "outage": f"{down:.0f} s at {rate:,}/s",
         "spool disk": "256 KB, then 256 MB",
-        "failed saves (retried)": str(last.get("save_failures", len(failing))),
-        "points spooled": f"{int(last.get('points_spooled', 0)):,}",
-        "unacked": str(unacked),
+        "failed saves (retried)": int(last.get("save_failures", len(failing))),
+        "points spooled": int(last.get("points_spooled", 0)),
+        "unacked": unacked,
     }
     row.ok = tl.lost == 0 and tl.duplicated == 0 and unacked == 0 and row.recovery_s is not None and int(last.get("save_failures", 0)) > 0
     row.note = (

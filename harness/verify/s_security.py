@@ -132,12 +132,12 @@ def broker_intruders(root: Path, size: Size) -> Row:
     row.lost = 2 - min(2, stored.get(a[1], 0))
     answers = Counter(o[1].split(":")[0][:60] for o in outcomes)
     row.figures = {
-        "let in": str(len(let_in)),
-        "landed from intruders": str(landed_bad),
-        "v3.1.1 forged publishes acked then dropped": f"{v3_acked}",
-        "dead letters": str(len(dead)),
-        "ingest kicked off": "yes" if ingest_kicked else "no",
-        "control (plain, TLS) stored": f"{stored.get(a[1], 0)}/2",
+        "let in": len(let_in),
+        "landed from intruders": landed_bad,
+        "v3.1.1 forged publishes acked then dropped": v3_acked,
+        "dead letters": len(dead),
+        "ingest kicked off": ingest_kicked,
+        "control stored (of 2: plain, TLS)": stored.get(a[1], 0),
         "answers": ", ".join(f"{k} {n}" for k, n in answers.most_common()),
     }
     row.ok = not let_in and landed_bad == 0 and not ingest_kicked and all(c in ("Success", "No matching subscribers") for c in control) and \
@@ -445,15 +445,25 @@ def api_intruders(root: Path, size: Size) -> Row:
     row.rejected = auth_sent - len(breaches) + inj_sent - inj_accepted + flood.get(429, 0)
     row.accepted_bad = len(breaches) + inj_accepted + leaks + (1 if changed else 0)
     row.figures = {
-        "unauthorised successes": str(len(breaches)),
-        "auth requests": str(auth_sent),
-        "injection requests": f"{inj_sent} ({client_refused} refused by the client)",
-        "injection accepted / 5xx / leaks": f"{inj_accepted} / {inj_5xx} / {leaks}",
-        "storage or registry changed": "yes" if changed else "no",
-        "flood": f"{flood_total:,} requests at {flood_rate_got:.0f}/s, 429 {flood.get(429, 0):,}, 200 {flood.get(200, 0):,}, errors {flood.get(0, 0)}",
-        "others p50/p99": f"{_pct(base_lat, 0.5):.0f}/{_pct(base_lat, 0.99):.0f} ms before, {_pct(lat, 0.5):.0f}/{_pct(lat, 0.99):.0f} ms during",
-        "others 429": str(others_429),
-        "others p99 during / before": f"{_pct(lat, 0.99) / _pct(base_lat, 0.99):.2f} (target: p99 during under 100 ms)",
+        "unauthorised successes": len(breaches),
+        "auth requests": auth_sent,
+        "injection requests": inj_sent,
+        "injection refused by the client": client_refused,
+        "injection accepted": inj_accepted,
+        "injection 5xx": inj_5xx,
+        "leaks": leaks,
+        "storage or registry changed": changed,
+        "flood requests": flood_total,
+        "flood rate /s": round(flood_rate_got, 1),
+        "flood 429": flood.get(429, 0),
+        "flood 200": flood.get(200, 0),
+        "flood errors": flood.get(0, 0),
+        "others p50 ms before": round(_pct(base_lat, 0.5), 1),
+        "others p99 ms before": round(_pct(base_lat, 0.99), 1),
+        "others p50 ms during": round(_pct(lat, 0.5), 1),
+        "others p99 ms during (target under 100)": round(_pct(lat, 0.99), 1),
+        "others 429": others_429,
+        "others p99 during / before": round(_pct(lat, 0.99) / _pct(base_lat, 0.99), 2),
     }
     row.ok = (not breaches and inj_accepted == 0 and inj_5xx == 0 and leaks == 0 and not changed and flood.get(429, 0) > 0
               and others_bad == 0 and alive and (size == "quick" or _pct(lat, 0.99) < 100))

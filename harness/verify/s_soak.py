@@ -140,14 +140,13 @@ def soak(root: Path, size: Size) -> Row:
     growth = {k: rss1[k] - rss0[k] for k in rss0}
     row.figures = {
         "load": f"{devices:,} devices every {every_s:g} s = {rate:,.0f}/s for {seconds / 60:.1f} min",
-        "API requests": f"{len(reader.latencies):,}",
-        "API errors": str(sum(reader.errors.values())),
+        "API requests": len(reader.latencies),
+        "API errors": sum(reader.errors.values()),
         "API p50/p99": reader.percentiles(),
-        "ingest RSS": f"{rss0['ingest']:.0f} -> {rss1['ingest']:.0f} MB (peak {peak['ingest']:.0f})",
-        "API RSS": f"{rss0['API']:.0f} -> {rss1['API']:.0f} MB (peak {peak['API']:.0f})",
-        "ingest reconnects": str(lost_connection),
-        "publisher reconnects": str(stream.reconnects),
-        "unacked": str(unacked),
+        **{f"{k} RSS MB {when}": round(v[k], 1) for k in rss0 for when, v in (("first", rss0), ("last", rss1), ("peak", peak))},
+        "ingest reconnects": lost_connection,
+        "publisher reconnects": stream.reconnects,
+        "unacked": unacked,
     }
     row.ok = (
         t.lost == 0 and t.duplicated == 0 and t.unexpected == 0 and unacked == 0 and row.recovery_s is not None

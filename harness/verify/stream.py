@@ -16,6 +16,11 @@ what arrived:
 paho re-sends a QoS 1 message that was in flight when the connection dropped,
 and keeps publishing into its own queue while disconnected, so a broker
 restart costs the stream nothing on the publishing side.
+
+With `confirm` the stream does what a device does (store-and-forward): it
+keeps every reading until the platform's `stored` message for that device
+covers its seq, publishes again what is unconfirmed after a reconnect, and
+what waited `confirm_timeout_s` without a confirmation.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ import paho.mqtt.client as mqtt
 from contract import topics
 from contract.influx import Influx
 from contract.payload import encode_reading
-from contract.settings import load_settings
+from contract.settings import Settings, load_settings
+from contract.stored import StoredError, parse_stored
 from harness.procstat import group_pids, memory_kb
 from harness.progress import say
 from ingest.deadletter import read_all
@@ -53,17 +59,30 @@ _PREFIX_RE = re.compile(r"^[a-z0-9][a-z0-9]{1,7}$")
 # --- the platform under test ---------------------------------------------------
 
 
+def free_settings(**overrides: Any) -> Settings:
+    """Settings for a platform of the harness's own: free ports, a stats report every second."""
+    return load_settings(
+        **{
+            "mqtt_port": free_port(),
+            "influx_url": f"http://127.0.0.1:{free_port()}",
+            "api_port": free_port(),
+            "ingest_stats_interval_s": 1.0,
+            **overrides,
+        }
+    )
+
+
+def open_platform(root: Path, *, own_services: tuple[str, ...] = ("ingest", "alerts", "api"), **overrides: Any) -> LocalPlatform:
+    """`nakhon up`'s platform on an open broker and database (not started), without the simulated fleet."""
+    return LocalPlatform(root, free_settings(**overrides), with_fleet=False, secure=False, own_services=own_services)
+
+
 @contextlib.contextmanager
 def platform(root: Path, **overrides: Any) -> Iterator[LocalPlatform]:
-    """Broker, InfluxDB, ingest and API as real processes on free ports, stopped on the way out."""
-    settings = load_settings(
-        mqtt_port=free_port(),
-        influx_url=f"http://127.0.0.1:{free_port()}",
-        api_port=free_port(),
-        ingest_stats_interval_s=1.0,
-        **overrides,
-    )
-    p = LocalPlatform(root, settings, with_fleet=False, secure=False)  # its publishers stand in for many devices at once
+    """Broker, InfluxDB, ingest, alert evaluator and API as real processes on free ports, stopped on the way out.
+
+    The open variant of what `nakhon up` runs: its publishers stand in for many devices at once."""
+    p = open_platform(root, **overrides)
     try:
         p.start()
         yield p
@@ -157,7 +176,8 @@ class Stream:
     """Contract readings at `rate` per second, QoS 1, from `devices` devices over `connections` connections."""
 
     def __init__(self, port: int, rate: float, *, prefix: str, devices: int = 300, connections: int = 4,
-                 username: str | None = None, password: str | None = None) -> None:
+                 username: str | None = None, password: str | None = None, confirm: bool = False,
+                 confirm_timeout_s: float = 10.0) -> None:
         if not _PREFIX_RE.match(prefix):
             raise ValueError("prefix: 2-8 lower-case letters or digits (it goes into device ids and a regex)")
         if not 0 < rate <= 1000:
@@ -184,7 +204,72 @@ class Stream:
         self._sent = 0
         self._t0_ms = int(time.time() * 1000)
         self._stop = threading.Event()
+        self._closed = threading.Event()
         self._thread: threading.Thread | None = None
+        # store-and-forward: (device, seq) -> (k, monotonic time last sent) until a `stored` message covers it
+        self.confirm = confirm
+        self.confirm_timeout_s = confirm_timeout_s
+        self._held: dict[tuple[str, int], tuple[int, float]] = {}
+        self.resent = 0
+        self.confirmations = 0
+        self._listener: mqtt.Client | None = None
+        self._resender: threading.Thread | None = None
+        if confirm:
+            lc = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"verify-{prefix}-stored")
+            lc.reconnect_delay_set(0.2, 2)  # type: ignore[arg-type]
+            lc.on_connect = lambda client, *_: client.subscribe(f"{topics.PREFIX}/+/+/stored", qos=1)
+            lc.on_message = self._on_stored
+            if username is not None:
+                lc.username_pw_set(username, password)
+            lc.connect("127.0.0.1", port)
+            lc.loop_start()
+            self._listener = lc
+            self._resender = threading.Thread(target=self._resend_loop, name=f"stream-{prefix}-resend", daemon=True)
+            self._resender.start()
+
+    def _on_stored(self, client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            ranges = parse_stored(bytes(msg.payload)).ranges
+        except StoredError:
+            return
+        dev = msg.topic.split("/")[3]
+        with self._lock:
+            self.confirmations += 1
+            for lo, hi in ranges:
+                for seq in range(lo, hi + 1):
+                    self._held.pop((dev, seq), None)
+
+    def _resend_loop(self) -> None:
+        seen = 0
+        while not self._closed.wait(1.0):
+            with self._lock:
+                again = self.reconnects != seen  # a reconnect: what the broker had may be gone with it
+                seen = self.reconnects
+                limit = time.monotonic() - self.confirm_timeout_s
+                due = sorted(k for k, t in self._held.values() if again or t <= limit)
+            for k in due:
+                name, body = self._reading(k)
+                with self._lock:
+                    key = self._key(k)
+                    if key not in self._held:
+                        continue  # confirmed meanwhile
+                    self._held[key] = (k, time.monotonic())
+                    self._pending.append(self._clients[k % len(self._clients)].publish(name, body, qos=1))
+                    self.resent += 1
+
+    def _key(self, k: int) -> tuple[str, int]:
+        return self.devices[k % len(self.devices)][1], k // len(self.devices)
+
+    def unconfirmed(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def settle_confirmed(self, timeout: float = 300.0) -> int:
+        """Wait until the platform has confirmed everything; returns how many are still unconfirmed."""
+        deadline = time.monotonic() + timeout
+        while (left := self.unconfirmed()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return left
 
     def _on_connect(self, client: mqtt.Client, userdata: object, flags: object, rc: mqtt.ReasonCode, props: object) -> None:
         with self._lock:
@@ -216,6 +301,8 @@ class Stream:
                 info = self._clients[k % len(self._clients)].publish(name, body, qos=1)
                 self._pending.append(info)
                 self._sent += 1
+                if self.confirm:
+                    self._held[self._key(k)] = (k, time.monotonic())
             k += 1
             if k % 256 == 0:
                 self._prune()
@@ -267,8 +354,11 @@ class Stream:
 
     def close(self) -> None:
         self._stop.set()
+        self._closed.set()
         self.wait()
-        for c in self._clients:
+        if self._resender is not None:
+            self._resender.join(10)
+        for c in [*self._clients, *([self._listener] if self._listener else [])]:
             c.disconnect()
             c.loop_stop()
 
@@ -283,6 +373,7 @@ class Tally:
     lost: int  # readings sent and not found
     duplicated: int  # extra copies in storage (points minus distinct (device, seq))
     unexpected: int  # (device, seq) in storage that the stream never sent
+    resent: int = 0  # readings the stream published again because no confirmation came
 
 
 def stored_until(db: Influx, prefix: str, cut_ms: int) -> int:
@@ -349,4 +440,4 @@ def tally(db: Influx, stream: Stream) -> Tally:
                 duplicated += max(0, max(found) - 1)
             unexpected += len({s for c in copies[dev] for s in c if not 0 <= s < n})
     unexpected += sum(int(agg[m][dev]["d"]) for m in MEASUREMENTS for dev in strangers if dev in agg[m])
-    return Tally(sent=stream.sent, stored=stream.sent - lost, lost=lost, duplicated=duplicated, unexpected=unexpected)
+    return Tally(sent=stream.sent, stored=stream.sent - lost, lost=lost, duplicated=duplicated, unexpected=unexpected, resent=stream.resent)

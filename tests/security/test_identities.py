@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.broker import bootstrap_config, device_acls
+from api.broker import INGEST_ROLE, bootstrap_config, device_acls, platform_roles
 from contract import topics
 from contract.device_config import DeviceConfigError, check_device_config, encode_device_config
 from contract.settings import ConfigError, load_settings
@@ -58,3 +58,14 @@ def test_settings_pairs_and_files() -> None:
         load_settings(api_tls_cert_file="/nonexistent.pem")
     with pytest.raises(ConfigError, match=r"NAKHON_DEVICE_CA_FILE=.* is not a file"):
         load_settings(device_ca_file="/nonexistent/ca.pem")
+
+
+def test_the_ingest_role_carries_the_workers_marks_and_no_device_can() -> None:
+    """Workers publish marks for their catch session (ingest/catch.py); it reads them and the broker's uptime."""
+    acls = next(r["acls"] for r in platform_roles() if r["rolename"] == INGEST_ROLE)
+    mark = topics.INGEST_MARK_TOPIC
+    assert {(a["acltype"], a["topic"]) for a in acls} >= {
+        ("publishClientSend", mark), ("subscribeLiteral", mark), ("publishClientReceive", mark), ("subscribePattern", "$SYS/#"),
+    }
+    assert not mark.startswith(topics.PREFIX + "/")  # outside what devices and the observer's stream cover
+    assert all(a["topic"] != mark for a in device_acls("chiang_mai", "cm-air-001"))

@@ -240,3 +240,25 @@ def test_device_lifecycle_provision_config_rotate_revoke_keeps_its_data(platform
     assert not again.accepted(5)
     again.close()
     assert stored(platform, "cm-life-001") == 4  # its data stays
+
+
+def test_a_device_hears_its_own_stored_confirmations_and_no_one_elses(platform: LocalPlatform) -> None:
+    a_cfg, b_cfg = provision(platform, "cm-sto-401"), provision(platform, "cm-sto-402")
+    a, b = device_from(platform, a_cfg), device_from(platform, b_cfg)
+    try:
+        assert a.accepted() and b.accepted()
+        mine = _Listener(a, a_cfg["topics"]["stored"])
+        # the other device may not read it, by its name or by a wildcard, nor write its own confirmations
+        for topic in (a_cfg["topics"]["stored"], "nakhon/v1/+/+/stored", "nakhon/v1/chiang_mai/+/stored"):
+            assert not b.subscribe(topic)[0].startswith("Granted"), topic
+        assert b.publish(b_cfg["topics"]["stored"], b'{"v":1,"seq":[[1,9]]}') == "Not authorized"
+        overheard: list[bytes] = []
+        b.client.on_message = lambda _c, _u, msg: overheard.append(msg.payload)
+        assert a.publish(a_cfg["topics"]["telemetry"], reading(41, 12.0)) in ("Success", "No matching subscribers")
+        assert mine.event.wait(30), "no confirmation from the ingest (its account must be allowed to write nakhon/v1/+/+/stored)"
+        assert json.loads(mine.got[-1])["seq"] == [[41, 41]]
+        assert stored(platform, "cm-sto-401") == 1  # confirmed only once it is stored
+        assert overheard == []
+    finally:
+        a.close()
+        b.close()

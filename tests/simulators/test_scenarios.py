@@ -73,7 +73,7 @@ def test_simulate_command_runs_and_summarises(broker: Mosquitto) -> None:
     env = dict(os.environ, NAKHON_MQTT_PORT=str(broker.port))
     proc = subprocess.run(
         [sys.executable, "-m", "nakhon", "simulate", "--per-city", "2", "--interval", "1", "--duration", "3s", "--quiet",
-         "--fault", "duplicate:devices=1"],
+         "--fault", "duplicate:devices=1", "--no-confirm"],  # a bare broker: no ingest to confirm anything
         env=env, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -20,3 +20,9 @@ def test_a_partial_run_replaces_its_rows_and_keeps_the_others(tmp_path: Path) ->
     assert len(rows) == 2
     assert "1. first" in text and "3. lost two" in text
     assert text.index("- A: `nakhon verify --only 1,3`") < text.index("- B: `nakhon verify --only 3`")
+
+
+def test_figures_are_values_printed_for_people() -> None:
+    row = Row(4, "four", figures={"lost": 0, "queued": 12_345, "p99 ms": 16.66, "ratio": 0.254, "kicked off": False, "reasons": "bad_json 3"})
+    assert row.figures["queued"] == 12_345  # what tests compare
+    assert row.figure_text() == "lost 0; queued 12,345; p99 ms 16.7; ratio 0.254; kicked off no; reasons bad_json 3"

@@ -1,0 +1,30 @@
+"""`nakhon verify` scenario 18, quick size: store-and-forward through broker kills, ingest kills and an InfluxDB outage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.verify.s_confirm import store_and_forward
+from harness.verify.scenarios import load_all
+
+pytestmark = pytest.mark.e2e  # the scenario starts its own platform
+
+
+def test_scenario_is_registered() -> None:
+    assert load_all()[18][1] is store_and_forward
+
+
+def test_nothing_is_lost_or_duplicated_through_every_fault(workdir: Path) -> None:
+    row = store_and_forward(workdir, "quick")
+    assert row.number == 18 and row.ok, row
+    assert row.sent >= 1000 and row.stored == row.sent and row.lost == 0 and row.duplicated == 0 and row.accepted_bad == 0
+    # every fault happened and was recovered from
+    recoveries = row.figures["recoveries"]
+    assert recoveries.count("broker kill") == 2 and "ingest away" in recoveries and "ingest kill 1" in recoveries
+    assert "never" not in recoveries and row.recovery_s is not None
+    assert row.figures["broker kills, ingest live"] == 2 and row.figures["broker kills, ingest away"] == 1 and row.figures["ingest kills"] == 1
+    # with InfluxDB down the spool is durable: confirmations went on
+    assert row.figures["confirmed while InfluxDB down"] > 0
+    assert row.figures["device drops"] == 0 and 0 < row.figures["stored msgs per reading"] <= 1
