@@ -919,7 +919,8 @@ class _WLAN:
     driver retries by itself (reconnects forever) until disconnect(); connect() again
     while it is at it raises "Wifi Internal Error". {"wifi_down": true} takes the access
     point away; {"wifi_zombie": true} leaves the station associated ("connected") while
-    nothing passes (sockets die, new ones time out) until it re-associates."""
+    nothing passes (sockets die, new ones time out) until it re-associates;
+    {"wifi_zombie": "uplink"}: the same, and no re-association helps."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -943,8 +944,9 @@ class _WLAN:
     def disconnect(self) -> None:
         self.requested = False
         self.at = None
-        if ctl("wifi_zombie"):
+        if ctl("wifi_zombie") and ctl("wifi_zombie") != "uplink":
             self.zombie_rev = _ctl.get("rev")  # a fresh association gets a working link
+            # ("uplink": the access point's own uplink is dead: no association helps)
 
     def isconnected(self) -> bool:
         if ctl("wifi_crash"):  # a driver bug the firmware does not expect: an exception it does not catch
