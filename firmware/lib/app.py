@@ -538,29 +538,36 @@ def main(buf: Any = None) -> None:
     node.run()
 
 
-_DRIVERS = (("pms5003", "pm"), ("sds011", "pm"), ("sht3x", "sht3x"), ("bme280", "bme280"), ("ultrasonic", "ultrasonic"),
-            ("rain", "rain"), ("sound", "sound"))
-
-
 def boot(buf: Any = None):
     """The node built from config.json and flash (None after logging why it cannot start).
     The code that builds it (config check, drivers' factory, state restore) is needed at
     boot only: it is loaded here and its memory given back before the node runs."""
-    # The drivers the config names are loaded first, below the boot code: the boot code's
-    # memory, given back, is then one piece (the on-demand modules need it whole).
-    try:
-        with open("config.json") as f:
-            text = f.read()
-        for t, mod in _DRIVERS:
-            if t in text:
+    # The config is checked first (its code dropped), then the drivers it names are
+    # loaded, and only then the rest of the boot code: the boot code's memory, given
+    # back, is one piece (the modules loaded on demand need it whole).
+    import config
+
+    cfg = config.load()
+    del config
+    sys.modules.pop("config", None)
+    gc.collect()
+    if cfg is None:
+        log.error("not starting: fix config.json")
+        return None
+    drivers = {"pms5003": "pm", "sds011": "pm", "sht3x": "sht3x", "bme280": "bme280", "ultrasonic": "ultrasonic",
+               "rain": "rain", "sound": "sound"}
+    for spec in cfg["sensors"]:
+        mod = drivers.get(spec.get("type"))
+        if mod:
+            try:
                 __import__("drivers." + mod)
-        text = None
-        gc.collect()
-    except OSError:
-        pass
+            except ImportError:
+                pass  # start.make says so, for that sensor
+    del drivers
     import start
 
-    node = start.node(buf)
+    node = start.node(buf, cfg)
+    del cfg
     del start
     sys.modules.pop("start", None)
     sys.modules.pop("config", None)

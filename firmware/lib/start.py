@@ -23,20 +23,14 @@ _HANG_SKIP = 30  # readings a sensor that hung (watchdog reset) sits out
 _SAFE_AFTER = 3  # crashes in a row before the node boots in safe mode
 
 
-def node(buf: Any = None):
-    """The node for this board's config.json, or None (after logging every mistake)."""
+def node(buf: Any = None, cfg: Any = None):
+    """The node for this board's config.json (checked already when given as cfg), or
+    None (after logging every mistake)."""
     if buf is None or len(buf) < BUF_BYTES:
         buf = bytearray(BUF_BYTES)
-    import sys
-
-    import config
-
-    cfg = config.load()
-    del config
-    sys.modules.pop("config", None)  # the check's code is needed no more
-    gc.collect()  # boot's peak: give back what the check and the JSON parser left
     if cfg is None:
-        log.error("not starting: fix config.json")
+        cfg = checked()
+    if cfg is None:
         return None
     n = Node()
     n.buf = buf
@@ -322,6 +316,21 @@ def _ca(data: bytes) -> list:
     if not certs:
         raise ValueError("no certificate in the CA")
     return certs
+
+
+def checked():
+    """config.json, checked (None after logging every mistake)."""
+    import sys
+
+    import config
+
+    cfg = config.load()
+    del config
+    sys.modules.pop("config", None)  # the check's code is needed no more
+    gc.collect()  # boot's peak: give back what the check and the JSON parser left
+    if cfg is None:
+        log.error("not starting: fix config.json")
+    return cfg
 
 
 def make(spec: dict):
