@@ -23,7 +23,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
+from datetime import date
 from typing import Any
 
 from alerts.rules import RuleBook, Rules
@@ -111,6 +111,21 @@ class Station:
         st.open = {k: Open(*v) for k, v in d.get("open", {}).items()}
         st.past = {k: Past(*v) for k, v in d.get("past", {}).items()}
         return st
+
+
+_EPOCH = date(1970, 1, 1).toordinal()
+_DAYS: dict[int, date] = {}
+
+
+def _bangkok_day(ts_ms: int) -> date:
+    """The Bangkok date of a time (as contract.aqi takes a datetime's), without a datetime per reading."""
+    n = (ts_ms + 7 * HOUR_MS) // 86_400_000
+    d = _DAYS.get(n)
+    if d is None:
+        if len(_DAYS) > 1000:
+            _DAYS.clear()
+        d = _DAYS[n] = date.fromordinal(_EPOCH + n)
+    return d
 
 
 def _mean(vals: list[float]) -> float | None:
@@ -281,7 +296,7 @@ class Evaluator:
              late: bool) -> list[Event]:
         if not rules.aqi.enabled:
             return []
-        result = aqi.thai_aqi({"pm25": pm25, "pm10": pm10}, datetime.fromtimestamp(ts_ms / 1000, UTC))
+        result = aqi.thai_aqi({"pm25": pm25, "pm10": pm10}, _bangkok_day(ts_ms))
         if result is None:
             return []
         a = rules.aqi

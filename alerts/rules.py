@@ -78,16 +78,30 @@ class SilentRule:
 
 
 @dataclass(frozen=True, slots=True)
+class StormRule:
+    """Alert storms (alerts/storm.py): when many of a city's stations have alert events at once, the webhooks get one
+    grouped notification instead of one per event. Set per city (or in defaults), not per station."""
+
+    enabled: bool = True
+    stations: int = 5  # a storm: this many of a city's stations with an alert event within window_s
+    window_s: float = 600.0
+    gather_s: float = 30.0  # its first notification this long after it began (the burst gathered in one message)
+    digest_s: float = 900.0  # then at most one notification this often, and only with news
+    quiet_s: float = 1800.0  # it ends after this long without an event (news not yet sent go out then)
+
+
+@dataclass(frozen=True, slots=True)
 class Rules:
     aqi: AqiRule = AqiRule()
     pm25: Pm25Rule = Pm25Rule()
     water: WaterRule = WaterRule()
     rain: RainRule = RainRule()
     silent: SilentRule = SilentRule()
+    storm: StormRule = StormRule()
 
 
 SECTIONS = {f.name: f.type for f in fields(Rules)}
-_CLASSES: dict[str, type] = {"aqi": AqiRule, "pm25": Pm25Rule, "water": WaterRule, "rain": RainRule, "silent": SilentRule}
+_CLASSES: dict[str, type] = {"aqi": AqiRule, "pm25": Pm25Rule, "water": WaterRule, "rain": RainRule, "silent": SilentRule, "storm": StormRule}
 
 
 def _apply(rules: Rules, doc: Any, where: str) -> Rules:
@@ -119,6 +133,11 @@ def _apply(rules: Rules, doc: Any, where: str) -> Rules:
         raise RulesError(f"{where}.aqi.min_band: must be 3 (yellow), 4 (orange) or 5 (red)")
     if rules.rain.window_s <= 0:
         raise RulesError(f"{where}.rain.window_s: must be more than 0")
+    st = rules.storm
+    if st.stations < 2:
+        raise RulesError(f"{where}.storm.stations: must be 2 or more (one station is not a storm)")
+    if st.quiet_s < st.window_s:
+        raise RulesError(f"{where}.storm.quiet_s: must be at least window_s ({st.window_s:g}), or a storm would end while it still holds")
     return rules
 
 
@@ -135,7 +154,10 @@ class RuleBook:
         rules = _apply(Rules(), self.defaults, "defaults")
         rules = _apply(rules, self.cities.get(city), f"cities.{city}")
         if device is not None:
-            rules = _apply(rules, self.stations.get(device), f"stations.{device}")
+            station = self.stations.get(device)
+            if isinstance(station, dict) and "storm" in station:
+                raise RulesError(f"stations.{device}.storm: storms are a city's; set them under cities.{city} or defaults")
+            rules = _apply(rules, station, f"stations.{device}")
         w = rules.water
         levels = water_level(city)
         warning = w.warning_cm if w.warning_cm is not None else levels.warning_cm

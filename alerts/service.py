@@ -29,7 +29,8 @@ from alerts.core import Evaluator, Event
 from alerts.deliver import InfluxTarget, Retry, Webhook, Worker
 from alerts.rules import RuleBook
 from alerts.store import Item, Store
-from alerts.text import messages, webhook_body
+from alerts.storm import Grouper
+from alerts.text import messages, storm_body, webhook_body
 from contract.alerts import alerts_topic
 from contract.influx import Influx, InfluxError
 from contract.logs import kv
@@ -41,7 +42,12 @@ log = logging.getLogger("nakhon.alerts")
 
 BATCH_MAX = 2000
 RECEIVE_MAXIMUM = 4000  # two batches: one being judged, the next arriving
+# What the service holds un-judged. The broker is asked for RECEIVE_MAXIMUM, but Mosquitto 2.0 sends a
+# resumed session's whole queue at once (its quota is not counted on reconnect): 100,000 queued readings
+# were 85,000 messages in memory, 840 MB. So the client bounds it too: past this the network thread waits
+# (TCP pushes back on the broker) until the judge has taken a batch: settings.alerts_inbox_max (4,000).
 BATCH_WAIT_S = 0.2
+PUBACK_WAIT_S = 30.0
 TICK_S = 1.0
 STATS_S = 30.0
 HEALTH_S = 2.0
@@ -58,8 +64,12 @@ class AlertService:
         for city, device, doc in self.store.stations():
             self.evaluator.load(city, device, doc)
             loaded += 1
+        self.grouper = Grouper(lambda city: book.for_station(city, None).storm)
+        for city, doc in self.store.storms():
+            self.grouper.load(city, doc)
         self.window = Window(settings.ts_max_age_s, settings.ts_max_future_s)
-        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self._inbox: queue.Queue[mqtt.MQTTMessage] = queue.Queue(maxsize=settings.alerts_inbox_max)
+        self.held_max = 0  # the most messages held un-judged at once (health; the bench and tests read it)
         self.stop_event = threading.Event()
         self.client = self._client()
         self.influx = Influx(settings.influx_url, settings.influx_db, settings.influx_username, settings.influx_password, settings.influx_timeout_s)
@@ -93,7 +103,7 @@ class AlertService:
         client.max_inflight_messages_set(100)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
-        client.on_message = lambda _c, _u, msg: self._inbox.put(msg)
+        client.on_message = self._on_message
         client.on_publish = self._on_publish
         return client
 
@@ -105,6 +115,17 @@ class AlertService:
         self.connected = True
         log.info("connected", extra=kv(broker=f"{self.settings.mqtt_host}:{self.settings.mqtt_port}",
                                        session_present=bool(getattr(flags, "session_present", False))))
+
+    def _on_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        """Network thread: hand the message to the judge, waiting while it holds alerts_inbox_max (backpressure, nothing dropped)."""
+        while not self.stop_event.is_set():
+            try:
+                self._inbox.put(msg, timeout=0.5)
+            except queue.Full:
+                continue
+            self.held_max = max(self.held_max, self._inbox.qsize())
+            return
+        # stopping: not acknowledged, so the broker sends it again to the next run
 
     def _on_disconnect(self, _c: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self.connected = False
@@ -123,11 +144,13 @@ class AlertService:
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 raise Retry(f"publish: {mqtt.error_string(info.rc)}")
             infos.append(info)
-        deadline = time.monotonic() + 10.0
+        # PUBACKs come on the telemetry's connection, behind what the broker has already sent us: while draining a
+        # backlog that is up to alerts_inbox_max messages plus the socket's buffers, hence a generous wait
+        deadline = time.monotonic() + PUBACK_WAIT_S
         for info in infos:
             info.wait_for_publish(max(0.01, deadline - time.monotonic()))
             if not info.is_published():
-                raise Retry("no PUBACK within 10 s")
+                raise Retry(f"no PUBACK within {PUBACK_WAIT_S:.0f} s")
         refused = [self._refused.pop(i.mid) for i in infos if i.mid in self._refused]
         if refused:  # a broker that refuses the alerts topic (its ACL): retried until an operator fixes the account, and logged
             raise Retry(f"the broker refused {len(refused)} publish(es): {refused[0]}")
@@ -151,11 +174,13 @@ class AlertService:
                 for msg in batch:
                     events += self._message(msg)
                 now = time.monotonic()
+                storms: list[dict[str, Any]] = []
                 if now - last_tick >= TICK_S:
                     events += self.evaluator.tick()
+                    storms = self.grouper.tick(int(self.clock() * 1000))
                     last_tick = now
-                if events or self.evaluator.dirty:
-                    self._commit(events)
+                if events or storms or self.evaluator.dirty or self.grouper.dirty:
+                    self._commit(events, storms)
                 for msg in batch:  # only now: what they changed is durable
                     self.client.ack(msg.mid, msg.qos)
                 if events:
@@ -169,7 +194,7 @@ class AlertService:
                     self.store.prune()
                 if now - last_stats >= STATS_S:
                     last_stats = now
-                    log.info("alerts stats", extra=kv(**self.evaluator.counts, bad_messages=self.bad_messages, outbox=self.store.counts(),
+                    log.info("alerts stats", extra=kv(**self.evaluator.counts, bad_messages=self.bad_messages, outbox=self.store.undelivered(),
                                                       stations=len(self.evaluator.stations)))
         finally:
             self.stop_event.set()
@@ -187,11 +212,12 @@ class AlertService:
         self.stop_event.set()
 
     def _health(self) -> None:
-        counts = self.store.counts()
-        oldest, targets = self.store.oldest_pending()
+        counts = self.store.undelivered()
+        oldest, targets = self.store.oldest_pending(self.wakes)
         try:
             health.write(self.health_path, {
-                "connected": self.connected, "messages": self.messages, "stations": len(self.evaluator.stations), "readings": self.evaluator.counts["readings"],
+                "connected": self.connected, "messages": self.messages, "held_max": self.held_max,
+                "stations": len(self.evaluator.stations), "readings": self.evaluator.counts["readings"],
                 "events": self.evaluator.counts["events"], "pending": counts.get("pending", 0), "failed": counts.get("failed", 0),
                 "oldest_pending_s": None if oldest is None else round(time.time() - oldest, 1), "stuck_targets": targets})
         except OSError as exc:
@@ -224,10 +250,17 @@ class AlertService:
             return []
         return self.evaluator.readings(t.city, t.device, parsed.readings)
 
-    def _commit(self, events: list[Event]) -> None:
+    def _commit(self, events: list[Event], storms: list[dict[str, Any]] | None = None) -> None:
         ev = self.evaluator
         stations = [(c, d, ev.stations[(c, d)].to_doc()) for c, d in ev.dirty]
         items: list[tuple[str, str, bytes]] = []
+        # the webhooks (people) get one notification per city per storm; MQTT and InfluxDB get every event
+        notify = {id(e) for e in self.grouper.route(events, int(self.clock() * 1000))}
+        for doc in storms or []:
+            hook = orjson.dumps(storm_body(doc, self.settings.cities))
+            items += [(doc["id"], f"webhook:{i}", hook) for i in range(len(self.webhooks))]
+            log.info("alert storm", extra=kv(city=doc["city"], storm=doc["storm_id"], notification=doc["n"], events=doc["events"],
+                                             storm_events=doc["storm_events"], over=doc["over"]))
         for e in events:
             doc = e.doc()
             doc["message_en"], doc["message_th"] = messages(doc, self.settings.cities)
@@ -236,11 +269,12 @@ class AlertService:
             if e.event == "past":  # history only
                 continue
             items.append((e.id, "mqtt", body))
-            hook = orjson.dumps(webhook_body(e.doc(), self.settings.cities))
-            items += [(e.id, f"webhook:{i}", hook) for i in range(len(self.webhooks))]
+            if id(e) in notify:
+                hook = orjson.dumps(webhook_body(e.doc(), self.settings.cities))
+                items += [(e.id, f"webhook:{i}", hook) for i in range(len(self.webhooks))]
             log.info("alert", extra=kv(alert=e.alert_id, event=e.event, rule=e.rule, city=e.city, device=e.device, value=e.value,
                                        late=e.late))
-        self.store.commit(stations, items)
+        self.store.commit(stations, items, storms=self.grouper.docs())
         ev.dirty.clear()
 
 

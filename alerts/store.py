@@ -25,6 +25,9 @@ PRAGMA journal_mode=WAL;
 CREATE TABLE IF NOT EXISTS stations (
     city TEXT NOT NULL, device TEXT NOT NULL, doc BLOB NOT NULL, PRIMARY KEY (city, device)
 );
+CREATE TABLE IF NOT EXISTS storms (
+    city TEXT PRIMARY KEY, doc BLOB NOT NULL
+);
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
@@ -38,6 +41,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     UNIQUE (event_id, target)
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (target, state, seq);
+CREATE INDEX IF NOT EXISTS outbox_state ON outbox (state, created);
 """
 
 
@@ -71,14 +75,22 @@ class Store:
         for city, device, doc in rows:
             yield city, device, orjson.loads(doc)
 
-    def commit(self, stations: Iterable[tuple[str, str, dict[str, Any]]], items: Iterable[tuple[str, str, bytes]], now: float | None = None) -> None:
-        """Station states and outbox items (event id, target, body), all or nothing."""
+    def storms(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        with self._lock:
+            rows = self._db.execute("SELECT city, doc FROM storms").fetchall()
+        for city, doc in rows:
+            yield city, orjson.loads(doc)
+
+    def commit(self, stations: Iterable[tuple[str, str, dict[str, Any]]], items: Iterable[tuple[str, str, bytes]], now: float | None = None,
+               storms: Iterable[tuple[str, dict[str, Any]]] = ()) -> None:
+        """Station states, cities' storm states and outbox items (event id, target, body), all or nothing."""
         now = time.time() if now is None else now
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR REPLACE INTO stations (city, device, doc) VALUES (?, ?, ?)",
                                      [(c, d, orjson.dumps(doc)) for c, d, doc in stations])
+                self._db.executemany("INSERT OR REPLACE INTO storms (city, doc) VALUES (?, ?)", [(c, orjson.dumps(doc)) for c, doc in storms])
                 self._db.executemany("INSERT OR IGNORE INTO outbox (event_id, target, body, created, next_at) VALUES (?, ?, ?, ?, ?)",
                                      [(e, t, b, now, now) for e, t, b in items])
                 self._db.execute("COMMIT")
@@ -94,9 +106,17 @@ class Store:
         return [Item(*r) for r in rows]
 
     def done(self, seqs: list[int]) -> None:
+        """One transaction (in autocommit each UPDATE of executemany was its own, an fsync each: a batch of 1,000
+        delivered held the lock, and so the judge's commit, for seconds)."""
         with self._lock:
-            self._db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL WHERE seq = ?",
-                                 [(s,) for s in seqs])
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("UPDATE outbox SET state = 'done', attempts = attempts + 1, last_error = NULL WHERE seq = ?",
+                                     [(s,) for s in seqs])
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def retry(self, seq: int, next_at: float, error: str) -> None:
         with self._lock:
@@ -111,13 +131,22 @@ class Store:
             rows = self._db.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall()
         return {state: n for state, n in rows}
 
-    def oldest_pending(self) -> tuple[float | None, list[str]]:
-        """When the oldest undelivered item was queued, and the targets that have undelivered items."""
+    def undelivered(self) -> dict[str, int]:
+        """Pending and failed items, from the index (cheap however many delivered ones the outbox keeps)."""
         with self._lock:
-            rows = self._db.execute("SELECT target, min(created) FROM outbox WHERE state = 'pending' GROUP BY target").fetchall()
-        if not rows:
-            return None, []
-        return min(r[1] for r in rows), sorted(r[0] for r in rows)
+            return {state: self._db.execute("SELECT count(*) FROM outbox WHERE state = ?", (state,)).fetchone()[0]
+                    for state in ("pending", "failed")}
+
+    def oldest_pending(self, targets: Iterable[str]) -> tuple[float | None, list[str]]:
+        """When the oldest undelivered item was queued, and which of `targets` have undelivered items (index look-ups only:
+        a DISTINCT over the pending items was a tenth of the service's time while a storm was being delivered)."""
+        with self._lock:
+            oldest = self._db.execute("SELECT min(created) FROM outbox WHERE state = 'pending'").fetchone()[0]
+            if oldest is None:
+                return None, []
+            stuck = [t for t in targets
+                     if self._db.execute("SELECT 1 FROM outbox WHERE target = ? AND state = 'pending' LIMIT 1", (t,)).fetchone()]
+        return oldest, sorted(stuck)
 
     def prune(self, older_than_s: float = 7 * 86400) -> None:
         with self._lock:

@@ -21,7 +21,7 @@ from api.live import LiveCache
 from api.ratelimit import SharedRateLimiter
 from api.registry import Registry
 from api.rotation import Rotator
-from api.routers import alerts, apikeys, aqi, devices, health, opendata, public, quality, readings
+from api.routers import alerts, apikeys, aqi, devices, firmware, health, opendata, public, quality, readings
 from api.throttle import Throttle
 from contract import rollups
 from contract.influx import Influx, InfluxError, InfluxRefused, InfluxRejected
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.error("influxdb refused a query", extra=kv(path=request.url.path, error=exc.message[:300]))
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
-    for r in (health, readings, aqi, alerts, quality, opendata, public, devices, apikeys):
+    for r in (health, readings, aqi, alerts, quality, opendata, public, devices, firmware, apikeys):
         app.include_router(r.router)
     # Outermost last: the rate limit answers before anything else runs, even the proxy-cache layer.
     app.add_middleware(HttpCache, recent_s=settings.api_cache_recent_s, history_s=settings.api_cache_history_s,

@@ -10,9 +10,11 @@ workers and make them kick each other off. The broker stores the passwords
 as salted PBKDF2-SHA512.
 
 Each device gets a role of its own with exact topics (no `+`):
-publish its `telemetry` and `status`, subscribe to and receive its `config`
-and `stored`. The default ACL access denies everything else. Platform
-accounts (provisioning, ingest, observer) have names outside the device-id
+publish its `telemetry` and `status`, subscribe to and receive its `config`,
+`stored` and `ota` (the firmware offer), and read the firmware files under
+`nakhon/fw/#` (the same for every device: they hold no secret, and a device
+checks each against its offer's SHA-256; only the platform may write there).
+The default ACL access denies everything else. Platform accounts (provisioning, ingest, observer) have names outside the device-id
 alphabet (contract/topics.py), so no device can ever be given one.
 """
 
@@ -60,8 +62,10 @@ def device_role(device: str) -> str:
 
 
 def device_acls(city: str, device: str) -> list[dict[str, Any]]:
-    """Exact per-device entries: its own telemetry/status out, its own config and stored in."""
-    t, s, c, d = (topics.topic(city, device, ch) for ch in ("telemetry", "status", "config", "stored"))
+    """Exact per-device entries: its own telemetry/status out, its own config, stored and ota in;
+    the firmware files (read-only, shared)."""
+    t, s, c, d, o = (topics.topic(city, device, ch) for ch in ("telemetry", "status", "config", "stored", "ota"))
+    fw = f"{topics.FIRMWARE_PREFIX}/#"
     return [
         {"acltype": "publishClientSend", "topic": t, "allow": True},
         {"acltype": "publishClientSend", "topic": s, "allow": True},
@@ -69,6 +73,10 @@ def device_acls(city: str, device: str) -> list[dict[str, Any]]:
         {"acltype": "publishClientReceive", "topic": c, "allow": True},
         {"acltype": "subscribeLiteral", "topic": d, "allow": True},
         {"acltype": "publishClientReceive", "topic": d, "allow": True},
+        {"acltype": "subscribeLiteral", "topic": o, "allow": True},
+        {"acltype": "publishClientReceive", "topic": o, "allow": True},
+        {"acltype": "subscribePattern", "topic": fw, "allow": True},
+        {"acltype": "publishClientReceive", "topic": fw, "allow": True},
     ]
 
 
@@ -81,7 +89,8 @@ def platform_roles() -> list[dict[str, Any]]:
     and observer (read the whole stream, write nothing) roles."""
     control = CONTROL_TOPIC + "/#"
     admin = [_acl("publishClientSend", control), _acl("publishClientReceive", control), _acl("subscribePattern", control),
-             _acl("publishClientSend", f"{topics.PREFIX}/+/+/config")]
+             _acl("publishClientSend", f"{topics.PREFIX}/+/+/config"), _acl("publishClientSend", f"{topics.PREFIX}/+/+/ota"),
+             _acl("publishClientSend", f"{topics.FIRMWARE_PREFIX}/#")]
     ingest = []
     for pattern in (topics.TELEMETRY_FILTER, topics.STATUS_FILTER, "$SYS/#"):
         ingest += [_acl("subscribePattern", pattern), _acl("publishClientReceive", pattern)]
@@ -284,6 +293,34 @@ class DynSec:
                 raise BrokerError("the broker did not acknowledge the config in time")
             if reason[0].is_failure:
                 raise BrokerError(f"the broker refused the config: {reason[0]}")
+
+    def publish_retained(self, messages: list[tuple[str, bytes]]) -> None:
+        """Retained QoS 1 publishes (firmware chunks, then offers) on one connection, each
+        confirmed by the broker's PUBACK, in order."""
+        client = self._client()
+        lock = threading.Lock()
+        done = threading.Event()
+        acked: list[int] = []
+        refused: list[str] = []
+
+        def on_publish(_c: mqtt.Client, _u: object, _mid: int, rc: mqtt.ReasonCode, _p: object) -> None:
+            with lock:
+                acked.append(_mid)
+                if rc.is_failure:
+                    refused.append(str(rc))
+                if len(acked) >= len(messages):
+                    done.set()
+
+        client.on_publish = on_publish
+        if not messages:
+            return
+        with self._connected(client):
+            for t, payload in messages:
+                client.publish(t, payload, qos=1, retain=True)
+            if not done.wait(self.timeout + len(messages) / 50):
+                raise BrokerError(f"the broker acknowledged {len(acked)} of {len(messages)} messages in time")
+        if refused:
+            raise BrokerError(f"the broker refused {len(refused)} message(s): {refused[0]}")
 
     def set_password(self, device: str, password: str) -> None:
         # Kick the live session too: whoever held the old secret is out at once.

@@ -23,20 +23,17 @@ from typing import Any, Literal
 import orjson
 from fastapi import Request, Response
 
-from api import history
+from api import history, queries
 from api.guard import GuardedAsyncInflux
 from api.live import Current, LiveCache
 from api.registry import Device, Registry
-from contract import aqi, storage
+from contract import aqi
 from contract.rollups import AQI_AVG_FIELDS
 from contract.settings import Settings
 
-AVG_FIELDS = list(AQI_AVG_FIELDS.values())  # pm25_24h, pm10_24h, o3_8h, co_8h, no2_1h, so2_1h
+AVG_FIELDS = queries.AQI_FIELDS  # pm25_24h, pm10_24h, o3_8h, co_8h, no2_1h, so2_1h
 Answer = Literal["latest", "aqi", "geojson"]
 
-
-def aqi_fields() -> str:
-    return ", ".join(f'"{f}"' for f in AVG_FIELDS)
 
 
 def aqi_value(t_ms: int, row: dict[str, Any]) -> dict[str, Any] | None:
@@ -129,11 +126,9 @@ class CitySnapshot:
 async def load_city(influx: GuardedAsyncInflux, registry: Registry, city: str, timeout: float) -> CitySnapshot:
     """One snapshot of `city` (InfluxError when InfluxDB does not answer within `timeout`)."""
     as_of = datetime.now(UTC)
-    since = history.iso(as_of - timedelta(days=2))
-    latest_q = influx.series(history.latest_query(), {"city": city}, probe=True, timeout=timeout)
-    aqi_q = influx.series(f'SELECT {aqi_fields()} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
-                          'WHERE "city" = $id AND time >= $since GROUP BY "device" ORDER BY time DESC LIMIT 1',
-                          {"id": city, "since": since}, probe=True, timeout=timeout)
+    latest, aqi = queries.latest_city(city), queries.aqi_latest_by_device(city, as_of - timedelta(days=2))
+    latest_q = influx.series(latest.statement, latest.params, probe=True, timeout=timeout)
+    aqi_q = influx.series(aqi.statement, aqi.params, probe=True, timeout=timeout)
     latest_series, aqi_series = await asyncio.gather(latest_q, aqi_q)
     registered = await asyncio.to_thread(registry.devices, city=city)
     values = history.latest_values(latest_series)

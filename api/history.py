@@ -16,12 +16,11 @@ from datetime import UTC, datetime, timedelta
 from itertools import chain
 from typing import Any, Final, Literal
 
-from contract import storage
+from api import queries
+from api.queries import Agg, Query
 from contract.catalogue import METRICS, metrics_of
 from contract.influx import Influx
-from contract.rollups import RP_LATEST
 
-Agg = Literal["mean", "min", "max", "count"]
 Source = Literal["auto", "raw", "hourly"]
 EVERY_PATTERN: Final = r"^[1-9][0-9]{0,5}[smhd]$"
 METRICS_PATTERN: Final = r"^[a-z0-9_]{1,32}(,[a-z0-9_]{1,32}){0,31}$"
@@ -33,12 +32,6 @@ _LATEST: Final = datetime(2100, 1, 1, tzinfo=UTC)
 
 class QueryError(ValueError):
     """A request that cannot be answered as asked; the message says why (HTTP 400)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Query:
-    statement: str
-    params: dict[str, Any]
 
 
 def every_seconds(every: str) -> int:
@@ -86,49 +79,6 @@ def metric_list(measurement: str, metrics: str | None) -> list[str]:
         if METRICS[n].kind != "float":
             raise QueryError(f"{n!r} is text and cannot be aggregated")
     return names
-
-
-def iso(t: datetime) -> str:
-    """UTC, as InfluxQL and the API's answers write it."""
-    return t.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
-def _where(tag: Literal["device", "city"]) -> str:
-    return f'"{tag}" = $id AND time >= $start AND time < $end'
-
-
-def raw_points(tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str], start: datetime,
-               end: datetime, limit: int) -> Query:
-    cols = ", ".join(f'"{m}"' for m in metrics)
-    return Query(
-        f'SELECT {cols}, "seq" FROM "{storage.RP_RAW}"."{measurement}" WHERE {_where(tag)} ORDER BY time LIMIT {int(limit)}',
-        {"id": ident, "start": iso(start), "end": iso(end)},
-    )
-
-
-def raw_aggregate(tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str], start: datetime,
-                  end: datetime, every_s: int, agg: Agg) -> Query:
-    cols = ", ".join(f'{agg}("{m}") AS "{m}"' for m in metrics)
-    return Query(
-        f'SELECT {cols} FROM "{storage.RP_RAW}"."{measurement}" WHERE {_where(tag)} GROUP BY time({int(every_s)}s) fill(none)',
-        {"id": ident, "start": iso(start), "end": iso(end)},
-    )
-
-
-def hourly_rows(tag: Literal["device", "city"], ident: str, measurement: str, metrics: list[str], start: datetime,
-                end: datetime, agg: Agg) -> Query:
-    """The hourly points an aggregate is combined from (mean needs the counts as weights)."""
-    need = ["mean", "count"] if agg == "mean" else [agg]
-    cols = ", ".join(f'"{a}_{m}"' for m in metrics for a in need)
-    return Query(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE {_where(tag)}',
-                 {"id": ident, "start": iso(start), "end": iso(end)})
-
-
-def hourly_direct(ident: str, measurement: str, metrics: list[str], start: datetime, end: datetime, agg: Agg) -> Query:
-    """One device, hourly buckets: the roll-up points are the answer, named like raw aggregates."""
-    cols = ", ".join(f'"{agg}_{m}" AS "{m}"' for m in metrics)
-    return Query(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE {_where("device")}',
-                 {"id": ident, "start": iso(start), "end": iso(end)})
 
 
 def combine_hourly(series: list[dict[str, Any]], metrics: list[str], every_s: int, agg: Agg) -> list[tuple[int, dict[str, float]]]:
@@ -188,9 +138,9 @@ def aggregate_query(tag: Literal["device", "city"], ident: str, measurement: str
         if every_s % 3600:
             raise QueryError("hourly roll-ups serve only widths of whole hours")
         if tag == "device" and every_s == 3600:
-            return Plan("hourly", hourly_direct(ident, measurement, metrics, start, end, agg), fold=False)
-        return Plan("hourly", hourly_rows(tag, ident, measurement, metrics, start, end, agg), fold=True)
-    return Plan("raw", raw_aggregate(tag, ident, measurement, metrics, start, end, every_s, agg), fold=False)
+            return Plan("hourly", queries.hourly_direct(ident, measurement, metrics, start, end, agg), fold=False)
+        return Plan("hourly", queries.hourly_rows(tag, ident, measurement, metrics, start, end, agg), fold=True)
+    return Plan("raw", queries.raw_aggregate(tag, ident, measurement, metrics, start, end, every_s, agg), fold=False)
 
 
 def buckets(plan: Plan, series: list[dict[str, Any]], metrics: list[str], every_s: int, agg: Agg) -> list[tuple[Any, dict[str, Any]]]:
@@ -231,23 +181,10 @@ def aggregate(influx: Influx, tag: Literal["device", "city"], ident: str, measur
     return plan.source, buckets(plan, influx.series(plan.query.statement, plan.query.params), metrics, every_s, agg)
 
 
-def latest_query() -> str:
-    """One point per device and measurement, kept by the ingest: cheap whatever the history.
-
-    Not grouped by device: the tags come back as columns of one series per measurement,
-    which InfluxDB answers several times faster than a thousand one-point series."""
-    sources = ",".join(f'"{RP_LATEST}"."{m}"' for m in storage.DATA_MEASUREMENTS)
-    return f'SELECT * FROM {sources} WHERE "city" = $city'
-
-
-def latest_device_query() -> str:
-    sources = ",".join(f'"{RP_LATEST}"."{m}"' for m in storage.DATA_MEASUREMENTS)
-    return f'SELECT * FROM {sources} WHERE "device" = $id'
-
-
 def latest(influx: Influx, city: str) -> dict[str, tuple[int, dict[str, float | str]]]:
     """device -> (newest reading time ms, latest value of each metric)."""
-    return latest_values(influx.series(latest_query(), {"city": city}))
+    q = queries.latest_city(city)
+    return latest_values(influx.series(q.statement, q.params))
 
 
 def latest_values(series: list[dict[str, Any]]) -> dict[str, tuple[int, dict[str, float | str]]]:

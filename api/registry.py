@@ -61,6 +61,15 @@ CREATE TABLE IF NOT EXISTS rotations (
     deadline TEXT NOT NULL,
     created TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    fw TEXT NOT NULL,
+    manifest TEXT NOT NULL,  -- [[path, sha256, size], ...]
+    targets TEXT NOT NULL,   -- the device ids offered the release
+    cohort TEXT NOT NULL,    -- how they were chosen (ids, city, share, all)
+    created TEXT NOT NULL,
+    by_key TEXT
+);
 CREATE TABLE IF NOT EXISTS api_keys (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -274,6 +283,30 @@ class Registry:
         got = self.configs(device_id)
         return got[0]["doc"] if got else None
 
+    # --- firmware releases (over-the-air updates) ---------------------------------
+    def add_release(self, fw: str, manifest: list[Any], targets: list[str], cohort: dict[str, Any], by_key: str | None) -> int:
+        """Record a release before it is published (its id is the offer's); returns the id."""
+        with self._db() as db:
+            cur = db.execute("INSERT INTO releases (fw, manifest, targets, cohort, created, by_key) VALUES (?,?,?,?,?,?)",
+                             (fw, json.dumps(manifest), json.dumps(targets), json.dumps(cohort, sort_keys=True),
+                              datetime.now(UTC).isoformat(), by_key))
+            return int(cur.lastrowid or 0)
+
+    def remove_release(self, release_id: int) -> None:
+        with self._db() as db:
+            db.execute("DELETE FROM releases WHERE id = ?", (release_id,))
+
+    def releases(self) -> list[dict[str, Any]]:
+        """Every release, newest first."""
+        with self._db() as db:
+            rows = db.execute("SELECT * FROM releases ORDER BY id DESC").fetchall()
+        return [_release(r) for r in rows]
+
+    def release(self, release_id: int) -> dict[str, Any] | None:
+        with self._db() as db:
+            row = db.execute("SELECT * FROM releases WHERE id = ?", (release_id,)).fetchone()
+        return _release(row) if row else None
+
     # --- API keys --------------------------------------------------------------
     def create_key(self, name: str, scope: str, city: str | None = None) -> tuple[ApiKey, str]:
         """A new key; the token (`nk_<id>_<secret>`) is returned here and never again."""
@@ -316,6 +349,11 @@ def _device(row: sqlite3.Row) -> Device:
         created=datetime.fromisoformat(row["created"]), updated=datetime.fromisoformat(row["updated"]),
         hardware=json.loads(row["hardware"]),
     )
+
+
+def _release(row: sqlite3.Row) -> dict[str, Any]:
+    return {"id": row["id"], "fw": row["fw"], "manifest": json.loads(row["manifest"]), "targets": json.loads(row["targets"]),
+            "cohort": json.loads(row["cohort"]), "created": row["created"], "by_key": row["by_key"]}
 
 
 def _key(row: Any) -> ApiKey:

@@ -23,21 +23,20 @@ from typing import Any
 
 import orjson
 
+from api import queries
 from api.broker import BrokerError, DynSec
 from api.registry import Registry
-from contract import storage, topics
+from contract import topics
 from contract.device_config import encode_device_config
 from contract.influx import Influx, InfluxError
 from contract.logs import kv
 
 log = logging.getLogger("nakhon.api.rotation")
 
-_ACK_QUERY = f'SELECT last("config_seq") AS seq FROM "{storage.RP_RAW}"."{storage.STATUS_MEASUREMENT}" WHERE "device" = $d'
-
-
 def acknowledged_seq(influx: Influx, device: str) -> int | None:
     """The newest config `seq` the device confirmed in a status document."""
-    rows = influx.rows(_ACK_QUERY, {"d": device})
+    q = queries.config_acknowledged(device)
+    rows = influx.rows(q.statement, q.params)
     return int(rows[0]["seq"]) if rows and rows[0].get("seq") is not None else None
 
 

@@ -152,6 +152,8 @@ class Settings(BaseSettings):
     alerts_retry_cap_s: Annotated[float, Field(gt=0, le=86400)] = 300.0  # longest wait between delivery attempts
     alerts_give_up_s: Annotated[float, Field(gt=0)] = 86400.0  # an undeliverable event is marked failed (and logged) after this
     alerts_late_after_s: Annotated[float, Field(gt=0)] = 900.0  # a reading measured longer ago than this is late (replay)
+    # telemetry messages the evaluator holds un-judged at most (its memory while draining a backlog)
+    alerts_inbox_max: Annotated[int, Field(ge=100, le=1_000_000)] = 4000
 
     @field_validator("alerts_client_id")
     @classmethod

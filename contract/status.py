@@ -4,15 +4,17 @@
       {"v": 1, "state": "online", "fw": "1.2.0", "reset": "power_on",
        "battery_v": 3.9, "rssi_dbm": -70, "free_mem": 61000, "uptime_s": 12,
        "buffered": 0, "dropped": 0, "faults": ["pm:timeout"],
-       "interval_s": 60, "config_seq": 3, "kind": "air", "lat": 18.79, "lon": 98.98}
+       "interval_s": 60, "config_seq": 3, "kind": "air", "lat": 18.79, "lon": 98.98,
+       "ota": {"id": 7, "fw": "1.2.0", "state": "updated"}}
     offline (the Last Will, retained):
       {"v": 1, "state": "offline"}
 
-Every field but `v` and `state` is optional. `laser_s` is the laser on-time of
-the node's PM sensor(s) in seconds, counted from wake to sleep and kept in the
-device's flash (a laser lasts about 8,000 hours run continuously; the sensors
-sleep between readings). `config_seq` acknowledges the
-`seq` of the last retained config the device applied. The ingest stores
+Every field but `v` and `state` is optional. `config_seq` acknowledges the
+`seq` of the last retained config the device applied. `ota` is the device's last
+over-the-air update (contract/ota.py), stored as ota_id, ota_fw, ota_state, ota_reason.
+`laser_s` is the laser on-time of the node's PM sensor(s) in seconds, counted from
+wake to sleep and kept in the device's flash (a laser lasts about 8,000 hours run
+continuously; the sensors sleep between readings). The ingest stores
 status as points of the `device_status` measurement at receive time.
 """
 
@@ -25,6 +27,7 @@ from typing import Any, Final, Literal, get_args
 import orjson
 
 from contract.catalogue import FW_PATTERN
+from contract.ota import OtaError, check_report
 
 STATES: Final = ("online", "offline")
 RESET_CAUSES: Final = ("power_on", "hard", "watchdog", "deepsleep", "soft", "brownout", "unknown")
@@ -90,6 +93,11 @@ def parse_status(raw: bytes) -> dict[str, Any]:
                 raise StatusError("faults must be a list of up to 16 'sensor:problem' strings")
             out[key] = ",".join(value)
             out["fault_count"] = float(len(value))
+        elif key == "ota":
+            try:
+                out.update(check_report(value))
+            except OtaError as exc:
+                raise StatusError(str(exc)) from None
         else:
             raise StatusError(f"unknown status field {key[:32]!r}")
     return out

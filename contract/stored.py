@@ -75,7 +75,7 @@ def parse_stored(payload: bytes) -> Stored:
         obj = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
         raise StoredError(f"not JSON: {exc}") from None
-    if not isinstance(obj, dict) or obj.get("v") != VERSION or not isinstance(obj.get("seq"), list):
+    if not isinstance(obj, dict) or type(obj.get("v")) is not int or obj["v"] != VERSION or not isinstance(obj.get("seq"), list):
         raise StoredError('stored must be an object {"v": 1, "seq": [[lo, hi], ...]}')
     seq = obj["seq"]
     if len(seq) > MAX_RANGES:

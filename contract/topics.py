@@ -4,6 +4,10 @@ nakhon/v1/{city}/{device_id}/telemetry   device -> platform readings
 nakhon/v1/{city}/{device_id}/status      retained; online doc, offline LWT
 nakhon/v1/{city}/{device_id}/config      retained; platform -> device
 nakhon/v1/{city}/{device_id}/stored      platform -> device: readings now durable
+nakhon/v1/{city}/{device_id}/ota         retained; platform -> device: firmware offer (contract/ota.py)
+nakhon/fw/{sha256}/{n}                   retained; chunk n of the firmware file with that SHA-256
+                                         (read by every device: firmware holds no secret, and the
+                                         device checks each file against its offer's hash)
 
 Platform services (ingest workers, API, observers) log in to the broker with
 usernames and client ids outside the device-id alphabet (`nakhon_ingest_0`),
@@ -20,7 +24,8 @@ from contract.cities import CITY_SLUG_PATTERN
 
 PREFIX: Final = "nakhon/v1"
 QOS: Final = 1
-CHANNELS: Final = ("telemetry", "status", "config", "stored")
+CHANNELS: Final = ("telemetry", "status", "config", "stored", "ota")
+FIRMWARE_PREFIX: Final = "nakhon/fw"
 DEVICE_ID_PATTERN: Final = r"^[a-z0-9][a-z0-9-]{2,31}$"
 
 _DEVICE_RE: Final = re.compile(DEVICE_ID_PATTERN)
@@ -82,6 +87,13 @@ def topic(city: str, device: str, channel: str) -> str:
     if channel not in CHANNELS:
         raise TopicError(f"bad channel {channel!r}")
     return f"{PREFIX}/{city}/{device}/{channel}"
+
+
+def firmware_chunk_topic(sha256: str, n: int) -> str:
+    """Where chunk n of the firmware file with this SHA-256 (hex) is retained."""
+    if re.fullmatch(r"[0-9a-f]{64}", sha256) is None or n < 0:
+        raise TopicError(f"bad firmware chunk {sha256[:70]!r}/{n}")
+    return f"{FIRMWARE_PREFIX}/{sha256}/{n}"
 
 
 def parse_topic(name: str, known_cities: object = None) -> Topic:

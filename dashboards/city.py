@@ -283,6 +283,25 @@ def alerts_list() -> Json:
     )
 
 
+def _alert_query(rules: str) -> str:
+    """Alert events of the city whose rule matches, as annotation markers: openings, closings and past alerts (found in a
+    replay), not every update."""
+    return (f'SELECT "message_en", "message_th", "rule", "event", "device" FROM "{RAW}"."{ALERTS}" WHERE {CITY} '
+            f'AND "rule" =~ /^({rules})/ AND "event" != \'updated\' AND $timeFilter')
+
+
+def alert_annotations(panel_list: list[Json]) -> list[Json]:
+    """Alert markers on the PM2.5 and AQI panels (air rules) and on the water panel (water rules)."""
+    air = panels.ids_of(panel_list, aqi_history()["title"], pm25()["title"])
+    wet = panels.ids_of(panel_list, "ระดับน้ำ / Water level (cm)")
+    return [
+        panels.influx_annotation("แจ้งเตือนคุณภาพอากาศ / Air alerts", _alert_query("aqi_|pm25_"), "orange", air,
+                                 "message_en", "message_th", "rule,event,device"),
+        panels.influx_annotation("แจ้งเตือนระดับน้ำ / Water alerts", _alert_query("water_"), "blue", wet,
+                                 "message_en", "message_th", "rule,event,device"),
+    ]
+
+
 def build(city: City) -> Json:
     panel_list = panels.layout([
         (panels.row("คุณภาพอากาศ / Air quality"), 24, 1),
@@ -314,4 +333,5 @@ def build(city: City) -> Json:
         panel_list,
         [_city_variable(city)],
         links=panels.dashboard_links(),
+        annotations=alert_annotations(panel_list),
     )

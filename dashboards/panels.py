@@ -236,8 +236,36 @@ def datasource_variable() -> Json:
     }
 
 
+def influx_annotation(name: str, query: str, color: str, panel_ids: list[int], title_column: str, text_column: str,
+                      tags_column: str) -> Json:
+    """An annotation from an InfluxQL query, shown on the given panels only.
+
+    The InfluxDB datasource reads its query from `target` (an InfluxQuery with `fromAnnotations`; a legacy top-level
+    `query` is migrated into it by Grafana). The query must carry `$timeFilter`; the columns map to the marker's title,
+    text and tags."""
+    return {
+        "name": name,
+        "datasource": datasource.REF,
+        "enable": True,
+        "hide": False,
+        "iconColor": color,
+        "filter": {"exclude": False, "ids": panel_ids},
+        "target": {"refId": "Anno", "query": query, "rawQuery": True, "fromAnnotations": True, "resultFormat": "table",
+                   "titleColumn": title_column, "textColumn": text_column, "tagsColumn": tags_column},
+    }
+
+
+def ids_of(panel_list: list[Json], *titles: str) -> list[int]:
+    """The ids `layout` gave the panels with these titles."""
+    ids = [p["id"] for p in panel_list if p.get("title") in titles]
+    if len(ids) != len(titles):
+        raise ValueError(f"panels not found: {sorted(set(titles) - {p.get('title') for p in panel_list})}")
+    return ids
+
+
 def dashboard(uid: str, title: str, description: str, tags: list[str], panels: list[Json], variables: list[Json],
-              time_from: str = "now-24h", refresh: str = "1m", links: list[Json] | None = None) -> Json:
+              time_from: str = "now-24h", refresh: str = "1m", links: list[Json] | None = None,
+              annotations: list[Json] | None = None) -> Json:
     return {
         "uid": uid,
         "title": title,
@@ -262,7 +290,7 @@ def dashboard(uid: str, title: str, description: str, tags: list[str], panels: l
             "iconColor": "rgba(0, 211, 255, 1)",
             "name": "Annotations & Alerts",
             "type": "dashboard",
-        }]},
+        }, *(annotations or [])]},
         "links": links or [],
         "templating": {"list": [datasource_variable(), *variables]},
         "panels": panels,

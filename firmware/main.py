@@ -2,7 +2,8 @@
 # piece (importing the firmware fragments it). An unexpected error resets the board after
 # a delay that grows with each crash in a row (5 s .. 40 s, counted in RTC memory; from
 # the third the node boots in safe mode): the ring and seq survive in flash; the hardware
-# watchdog covers anything that hangs.
+# watchdog covers anything that hangs. otaboot picks the firmware version first (lib/ or
+# one received over the air) and leaves a new one that cannot even be imported.
 import gc
 import sys
 
@@ -12,7 +13,19 @@ buf = bytearray(512)  # app.BUF_BYTES
 if "lib" not in sys.path:
     sys.path.append("lib")
 
-import app  # noqa: E402
+import otaboot  # noqa: E402
+
+trial = otaboot.select()
+try:
+    import app  # noqa: E402
+except Exception as e:  # noqa: BLE001
+    trial = otaboot.fallback(e)
+    if trial < 0:
+        raise
+    import app  # noqa: E402
+otaboot.setup(app.Node, trial)
+del otaboot
+sys.modules.pop("otaboot", None)
 
 try:
     app.main(buf)

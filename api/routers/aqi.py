@@ -14,16 +14,14 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request, Response
 from pydantic import BaseModel
 
-from api import history
-from api.current import AVG_FIELDS, answer, aqi_fields, aqi_value, city_now
+from api import history, queries
+from api.current import answer, aqi_value, city_now
 from api.deps import READ_ERRORS, InfluxDep, SettingsDep, json_response
 from api.params import CityPath, DevicePath, End, Start
 from api.routers.readings import known_city
 from api.security import Reader
-from contract import storage
 
 router = APIRouter(prefix="/v1", tags=["aqi"], responses=READ_ERRORS)
-_AVG = AVG_FIELDS
 
 
 class AqiValue(BaseModel):
@@ -63,9 +61,6 @@ def _value(t_ms: int, row: dict[str, Any]) -> AqiValue | None:
     return None if v is None else AqiValue(**v)
 
 
-def _fields() -> str:
-    return aqi_fields()
-
 
 def _range(start: Any, end: Any, days: int) -> tuple[datetime, datetime]:
     try:
@@ -94,8 +89,8 @@ async def device_aqi(device: DevicePath, _key: Reader, request: Request, setting
 def device_aqi_history(device: DevicePath, _key: Reader, influx: InfluxDep, start: Start = None, end: End = None) -> AqiHistory:
     """The device's AQI hour by hour (default the last 7 days)."""
     t0, t1 = _range(start, end, 7)
-    rows = influx.rows(f'SELECT {_fields()} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
-                       'WHERE "device" = $id AND time >= $start AND time < $end', {"id": device, "start": history.iso(t0), "end": history.iso(t1)})
+    q = queries.aqi_device_hours(device, t0, t1)
+    rows = influx.rows(q.statement, q.params)
     hours = [v for r in rows if (v := _value(r["time"], r)) is not None]
     return AqiHistory(subject=device, start=t0, end=t1, hours=hours)
 
@@ -116,9 +111,7 @@ def city_aqi_history(city: CityPath, _key: Reader, influx: InfluxDep, settings: 
     t0, t1 = _range(start, end, 7)
     if t1 - t0 > timedelta(days=400):
         raise HTTPException(400, "at most 400 days of hourly AQI at a time")
-    cols = ", ".join(f'mean("{f}") AS "{f}"' for f in _AVG)
-    rows = influx.rows(f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{storage.AQI_MEASUREMENT}" '
-                       'WHERE "city" = $id AND time >= $start AND time < $end GROUP BY time(1h) fill(none)',
-                       {"id": city, "start": history.iso(t0), "end": history.iso(t1)})
+    q = queries.aqi_city_hours(city, t0, t1)
+    rows = influx.rows(q.statement, q.params)
     hours = [v for r in rows if (v := _value(r["time"], r)) is not None]
     return AqiHistory(subject=city, start=t0, end=t1, hours=hours)

@@ -8,10 +8,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from api import rotation
+from api import queries, rotation
 from api.broker import BrokerError, new_password
 from api.deps import READ_ERRORS, WRITE_ERRORS, DynSecDep, InfluxDep, RegistryDep, SettingsDep
-from api.history import latest_device_query
 from api.params import DevicePath
 from api.registry import Conflict, Device
 from api.security import Admin, Reader, check_city
@@ -125,7 +124,8 @@ def _get(registry: RegistryDep, device: str) -> Device:
 
 def last_seen(influx: InfluxDep, device: str) -> datetime | None:
     newest = 0
-    for s in influx.series(latest_device_query(), {"id": device}):
+    q = queries.latest_device(device)
+    for s in influx.series(q.statement, q.params):
         cols = s["columns"]
         if "ts" in cols:
             newest = max([newest] + [int(v[cols.index("ts")]) for v in s["values"] if v[cols.index("ts")] is not None])

@@ -17,8 +17,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from api import queries
 from api.deps import InfluxDep, SettingsDep
-from contract import storage
 from contract.influx import InfluxRefused, InfluxUnavailable
 
 router = APIRouter(tags=["health"])
@@ -93,11 +93,8 @@ def readyz(settings: SettingsDep, influx: InfluxDep) -> JSONResponse:
     rows: list[dict[str, Any]] = []
     if db:
         try:
-            rows = influx.rows(
-                'SELECT last("connected") AS connected, last("spool_depth") AS spool, first("spool_depth") AS spool0, '
-                'min("spool_depth") AS spool_min, count("received") AS reports, last("received") AS received '
-                f'FROM "{storage.INGEST_MEASUREMENT}" WHERE time > now() - {window}s GROUP BY "worker"'
-            )
+            q = queries.ingest_reports(window)
+            rows = influx.rows(q.statement, q.params)
         except InfluxRefused as exc:
             if not exc.schema_missing:  # our credentials refused: the database is of no use to us
                 db = False

@@ -19,15 +19,13 @@ from fastapi import APIRouter, HTTPException, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from api import history
+from api import history, queries
 from api.current import answer, city_now
 from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep
 from api.params import CityPath, End, Measurement, Start
 from api.routers.readings import known_city
 from api.security import Reader
-from contract import storage
 from contract.catalogue import METRICS
-from contract.rollups import RP_LATEST
 
 router = APIRouter(prefix="/v1/open", tags=["open data"], responses=READ_ERRORS)
 BANGKOK = ZoneInfo("Asia/Bangkok")
@@ -73,10 +71,8 @@ def csv_column(metric: str) -> str:
 
 def _rows(influx: InfluxDep, city: str, measurement: str, t0: datetime, t1: datetime) -> tuple[list[str], list[dict[str, Any]]]:
     metrics = history.metric_list(measurement, None)
-    cols = ", ".join(f'"mean_{m}"' for m in metrics)
-    q = (f'SELECT {cols} FROM "{storage.RP_HOURLY}"."{measurement}" WHERE "city" = $id AND time >= $start AND time < $end '
-         'GROUP BY "device"')
-    rows = influx.rows(q, {"id": city, "start": history.iso(t0), "end": history.iso(t1)})
+    q = queries.hourly_means_by_device(city, measurement, metrics, t0, t1)
+    rows = influx.rows(q.statement, q.params)
     return metrics, rows
 
 
@@ -112,10 +108,7 @@ def _iso(ms: int) -> str:
 
 def _coverage(influx: InfluxDep, city: str, measurement: str) -> tuple[datetime | None, datetime | None, set[str]]:
     """The first and the end of the last hour of the city's hourly data in `measurement`, and the devices that reported in it."""
-    src = f'"{storage.RP_HOURLY}"."{measurement}"'  # every field: a device need not report the first metric
-    first = influx.rows(f'SELECT * FROM {src} WHERE "city" = $id ORDER BY time ASC LIMIT 1', {"id": city})
-    last = influx.rows(f'SELECT * FROM {src} WHERE "city" = $id ORDER BY time DESC LIMIT 1', {"id": city})
-    latest = influx.rows(f'SELECT "ts", "device" FROM "{RP_LATEST}"."{measurement}" WHERE "city" = $id', {"id": city})
+    first, last, latest = (influx.rows(q.statement, q.params) for q in queries.hourly_coverage(city, measurement))
     start = datetime.fromtimestamp(first[0]["time"] / 1000, UTC) if first else None
     end = datetime.fromtimestamp(last[0]["time"] / 1000, UTC) + timedelta(hours=1) if last else None
     return start, end, {r["device"] for r in latest if r.get("device")}

@@ -15,14 +15,12 @@ from typing import Any
 from fastapi import APIRouter, HTTPException
 from pydantic import BaseModel
 
-from api import history
+from api import history, queries
 from api.deps import READ_ERRORS, InfluxDep, RegistryDep, SettingsDep
 from api.params import CityPath, DevicePath, End, Start
 from api.registry import Device
 from api.routers.readings import known_city
 from api.security import Reader
-from contract import storage
-from contract.rollups import RP_LATEST
 
 router = APIRouter(prefix="/v1", tags=["data quality"], responses=READ_ERRORS)
 
@@ -48,14 +46,11 @@ class CityQuality(BaseModel):
     devices: list[DeviceQuality]
 
 
-def _sources(rp: str) -> str:
-    return ",".join(f'"{rp}"."{m}"' for m in storage.DATA_MEASUREMENTS)
-
 
 def _counts(influx: InfluxDep, tag: str, ident: str, t0: datetime, t1: datetime) -> dict[str, int]:
     out: dict[str, int] = {}
-    q = f'SELECT count("seq") FROM {_sources(storage.RP_RAW)} WHERE "{tag}" = $id AND time >= $start AND time < $end GROUP BY "device"'
-    for s in influx.series(q, {"id": ident, "start": history.iso(t0), "end": history.iso(t1)}):
+    q = queries.counts_by_device(tag, ident, t0, t1)  # type: ignore[arg-type]
+    for s in influx.series(q.statement, q.params):
         d = s["tags"]["device"]
         out[d] = max(out.get(d, 0), int(s["values"][0][1] or 0))
     return out
@@ -63,7 +58,8 @@ def _counts(influx: InfluxDep, tag: str, ident: str, t0: datetime, t1: datetime)
 
 def _newest(influx: InfluxDep, tag: str, ident: str) -> dict[str, int]:
     out: dict[str, int] = {}
-    for s in influx.series(f'SELECT "ts" FROM {_sources(RP_LATEST)} WHERE "{tag}" = $id GROUP BY "device"', {"id": ident}):
+    q = queries.newest_by_device(tag, ident)  # type: ignore[arg-type]
+    for s in influx.series(q.statement, q.params):
         d = s["tags"]["device"]
         ts = [int(v[1]) for v in s["values"] if v[1] is not None]
         if ts:

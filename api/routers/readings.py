@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel
 
-from api import history
+from api import history, queries
 from api.current import answer, city_now
 from api.deps import READ_ERRORS, AsyncInfluxDep, SettingsDep, json_response
 from api.params import Agg, CityPath, DevicePath, End, Every, Measurement, Metrics, Source, Start
@@ -70,7 +70,7 @@ async def _history(influx: AsyncInfluxDep, settings: SettingsDep, tag: str, iden
             t0, t1 = history.time_range(start, end, timedelta(days=1))
             if t1 - t0 > timedelta(days=settings.api_raw_max_days):
                 raise history.QueryError(f"raw points are served for up to {settings.api_raw_max_days} days; set every")
-            q = history.raw_points("device", ident, measurement, names, t0, t1, limit)
+            q = queries.raw_points("device", ident, measurement, names, t0, t1, limit)
             points = history.points(await influx.series(q.statement, q.params, epoch=None))  # RFC 3339 times, passed through
             used = "raw"
         else:

@@ -1,12 +1,19 @@
 # The node: read sensors on a schedule, publish or buffer, keep the link and the clock.
 #
-# One loop, no threads. Every reading gets the next sequence number and enters a small
-# RAM staging list; while online it is published at once (QoS 1) and forgotten on
-# PUBACK. Offline, staged readings go to the flash ring in chunks; on reconnect the
-# ring is replayed oldest first as batches before anything newer, so the platform sees
-# readings in order with their original ts and seq. Readings taken before the time is
-# known go to flash (state/pretime) with the RTC's own count and its power-up epoch, and
-# are dated and moved to the ring once NTP answers (online.backdate).
+# One loop, no threads. Every reading gets the next sequence number and goes to the flash
+# ring at once (`ring.chunk` readings at a time; a small RAM staging list holds them
+# while flash refuses writes) and is published from there (QoS 1), oldest first, as
+# batches. The broker's PUBACK is not the end: a reading stays in flash until the
+# platform says, on the device's `stored` topic, that it is durable (contract/stored.py);
+# after a reconnect, or when no confirmation comes within confirm_ms, whatever is not
+# confirmed is sent again, and the platform's idempotent writes absorb the repeats. When
+# confirmations stop for longer than the ring lasts, its oldest readings are dropped and
+# counted (status `dropped`). A broker that refuses the `stored` subscription (a platform
+# without confirmations) is reported (`stored:refused`) and the PUBACK frees readings, as
+# before. Readings taken before the time is known go to flash (state/pretime) with the
+# RTC's own count and its power-up epoch, and are dated and moved to the ring once the
+# time is known: from NTP, or, while NTP is blocked, from the `t` the platform puts in
+# its `stored` messages (online.backdate).
 #
 # Nothing here resets the board in a loop: a Wi-Fi driver error, a flash that refuses
 # writes, a status field that cannot be read degrade that one function, are reported
@@ -24,6 +31,7 @@ from micropython import const
 
 import hal
 import log
+import ring
 from catalogue import in_range
 from drivers import SensorError
 from store import STATE, save
@@ -74,7 +82,9 @@ class Node:
     skip: dict
     rejected: dict
     ring: Any
-    staging: list
+    staging: list  # readings not in flash yet (chunk, or a flash that refuses writes): freed by the PUBACK
+    confirm_t: Any  # ticks of the last progress: a confirmation, or a send when none waited
+    confirm_ms: int  # how long to wait for one before sending again: 60 s or a keep-alive, doubling up to 32x
     pretime: int  # readings in flash waiting for the time
     epoch: int  # power-ups so far: the RTC's own count restarts at each
     uptime_ms: int
@@ -103,6 +113,9 @@ class Node:
     part: dict
     published: int
     wdt: Any
+    trial_ms = 0  # a new version on probation: ms it has to publish once (main.py, otaboot.select)
+    ota_id = -1  # the last update offer handled (otaboot.setup, ota.py): its retained copy at each connect costs nothing
+    link: Any = None  # link settings received over the air, for start.node (otaboot.setup)
 
     # --- state that survives resets --------------------------------------------------
     def _reserve(self, seq: int) -> None:
@@ -179,6 +192,7 @@ class Node:
             self._pretime(taken, seq, body)
         else:
             self._stage(now, seq, body)
+            self._flush()
         self._check_thresholds(m)
         for name, drv in self.sensors:
             bad = getattr(drv, "bad", 0)
@@ -218,11 +232,11 @@ class Node:
         self.interval_ms = max(1000, base // 4) if hot else base
 
     def _flush(self, force: bool = False) -> None:
-        """Move staged readings to flash when they cannot be published now."""
+        """Move staged readings to flash (ring.chunk at a time)."""
         n = len(self.staging)
         if self.inflight is not None and self.inflight[1] == "s":
             return
-        if n and (force or (not self.online and n >= self.chunk) or n > 16):
+        if n and (force or n >= self.chunk or n > 16):
             if "flash" in self.faults and not force and n < self.chunk + 8:
                 return  # flash refused the last write: try again every few readings, not every loop
             try:
@@ -237,6 +251,22 @@ class Node:
     # --- config from the platform -------------------------------------------------------
     def _on_message(self, topic: str, payload: bytes) -> None:
         if topic != self.t_config or not payload:
+            if topic.endswith("/stored"):
+                ring.apply(self, payload)
+            elif payload and (topic.endswith("/ota") or topic.startswith("nakhon/fw/")):
+                if topic.endswith("/ota") and ('"id":%d,' % self.ota_id).encode() in payload:
+                    return  # handled already: the retained offer comes again at every connect
+                try:
+                    import ota  # an update offered, or a piece of one: kept loaded while it downloads
+
+                    try:
+                        ota.message(self, topic, payload)
+                    finally:
+                        if not ota.busy():
+                            sys.modules.pop("ota", None)
+                except MemoryError:  # a heap too cut up for it now: reported, tried again at the next connect
+                    sys.modules.pop("ota", None)
+                    self.fault("ota", "memory")
             return
         import retained
 
@@ -295,14 +325,23 @@ class Node:
         if self.link_resets:  # the link carries again
             self.link_resets = 0
             self.fault("link", None)
+        r = self.ring
+        if r.pending == r.unsent:
+            self.confirm_t = self.last_ack  # nothing waited for a confirmation: the wait starts now
+        legacy = self.client.refused < 0  # no confirmations: the PUBACK is the end of the chain
         if f[1] == "r":
             try:
-                self.ring.commit(f[2], f[3], f[4], f[5])
-            except OSError as e:  # the read position moved in RAM; flash gets it at the next commit
+                r.commit(f[2], f[3], f[4], f[5], legacy)
+            except OSError as e:  # the head moved in RAM; flash gets it at the next PUBACK
                 self.flash_error(e)
-        else:
+        else:  # from RAM (flash refused them): the PUBACK is as far as they can be kept
             del self.staging[: f[2]]
         self.published += f[2]
+        if self.trial_ms:  # a new version's first reading reached the broker: it stays
+            import probation
+
+            probation.confirm(self)
+            sys.modules.pop("probation", None)
 
     def _pump(self) -> None:
         """Publish the oldest unsent readings: the ring first, then what is staged."""
@@ -311,7 +350,7 @@ class Node:
             if hal.ticks_diff(hal.ticks_ms(), f[6]) > self.client.keepalive_ms:
                 raise OSError("no PUBACK")
             return
-        if self.ring.pending > 0:
+        if self.ring.unsent > 0:
             n, nb, seg, off = self.ring.peek(self.buf, self.batch, BATCH_BYTES)
             if n:
                 # Straight from flash: the lines, less the last newline, with each newline
@@ -362,6 +401,22 @@ class Node:
             if not hal.wifi_connected():
                 raise OSError("wifi lost")
             self.client.poll(0)
+            refused = self.client.refused < 0
+            if refused != (self.faults.get("stored") == "refused"):
+                self.fault("stored", "refused" if refused else None)
+            r = self.ring
+            waiting = r.pending - r.unsent
+            if not refused and waiting and self.inflight is None:
+                # Sent, and no confirmation for confirm_ms: the broker or the platform lost
+                # it. Everything not confirmed goes again, oldest first; the wait doubles
+                # while none comes at all (a platform away for long), back to its base on one.
+                now = hal.ticks_ms()
+                quiet = hal.ticks_diff(now, self.confirm_t)
+                if quiet > self.confirm_ms:
+                    log.warn("stored: no confirmation for %d s: sending %d again" % (quiet // 1000, waiting))
+                    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending
+                    self.confirm_t = now
+                    self.confirm_ms = min(self.confirm_ms * 2, max(60000, self.client.keepalive_ms) << 5)
             if self.status_due or hal.ticks_diff(hal.ticks_ms(), self.status_at) > self.status_ms:
                 self._status()
             self._pump()
@@ -393,8 +448,12 @@ class Node:
                 self.safe = False
                 self.fault("boot", None)
                 self.clock._next = now
-        if not (self.ring.pending or self.staging) or not hal.wifi_connected():
-            self.last_ack = now  # nothing to carry, or no Wi-Fi (its own reconnects handle that)
+        if self.trial_ms and self.uptime_ms > self.trial_ms:  # a new version that never published: roll back
+            import probation
+
+            probation.give_up(self)
+        if not (self.ring.unsent or self.staging) or not hal.wifi_connected():
+            self.last_ack = now  # nothing to send, or no Wi-Fi (its own reconnects handle that)
             return
         quiet = hal.ticks_diff(now, self.last_ack)
         if quiet > LINK_REBOOT_MS << (2 if self.faults.get("reset") == "nolink" else 0):  # after one such reset, 4x as long
@@ -462,7 +521,7 @@ class Node:
         for _, drv in self.sensors:
             if hasattr(drv, "warm_ms") and not drv.awake:  # ... until a sleeping PM sensor is to wake
                 wait = min(wait, wait - drv.warm_ms)
-        if self.online and (self.inflight is None and (self.ring.pending or self.staging)):
+        if self.online and (self.inflight is None and (self.ring.unsent or self.staging)):
             wait = 0
         if hal.wifi_connected() and self.clock.due():
             wait = 0
@@ -499,7 +558,7 @@ class Node:
             self.service_clock()
             self.service_link()
             if self.online and not self.status_due and self.inflight is None and not self.ring.pending and not self.staging:
-                break
+                break  # everything confirmed
             self.wdt.feed()
             self.idle()
         self._flush(True)

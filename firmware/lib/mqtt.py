@@ -1,7 +1,8 @@
 # A small MQTT 3.1.1 client, the same code on the ESP32 and the unix port.
 #
 # QoS 1 publish with PUBACK tracking, keep-alive pings, Last Will, subscribe (retained
-# messages arrive like any other), username/password. The socket comes from the HAL
+# messages arrive like any other; one subscription may be marked optional: its refusal is
+# noted, not an error), username/password. The socket comes from the HAL
 # (plain TCP or TLS). Payloads may be given as several pieces, so a replay batch is
 # written straight from its buffer without being joined into one big string.
 # Any socket error or protocol surprise raises OSError: the caller reconnects.
@@ -40,6 +41,9 @@ class Client:
         self._last_tx: Any = 0
         self._last_rx: Any = 0
         self._ping_out = False
+        # The SUBSCRIBE the broker may refuse (`stored`, with `ota`): its packet id while awaited, -1 if `stored` was refused,
+        # else 0 (one attribute: MicroPython keeps every name for good)
+        self.refused = 0
 
     # --- framing -----------------------------------------------------------
     def write(self, data, off: int = 0, end: int = -1) -> None:
@@ -169,7 +173,10 @@ class Client:
         if t == _PUBACK or t == _SUBACK:
             body = self._read(n)
             if t == _SUBACK:
-                if body[2] == 0x80:
+                pid = body[0] << 8 | body[1]
+                if pid == self.refused:
+                    self.refused = -1 if body[2] == 0x80 else 0
+                elif body[2] == 0x80:
                     raise OSError("mqtt: subscription refused")
             elif self.on_ack:
                 self.on_ack(body[0] << 8 | body[1])

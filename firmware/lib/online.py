@@ -1,6 +1,6 @@
 # Coming online, loaded on demand and dropped again (app._done): opening the MQTT session
-# (CONNECT with the Last Will, SUBSCRIBE to the device's config) and setting the clock
-# from NTP. Each runs once per (re)connect or sync, not every cycle, so this code need not
+# (CONNECT with the Last Will, SUBSCRIBE to the device's config and `stored` topics) and
+# setting the clock (from NTP, or from the platform's time while NTP is blocked). Each runs once per (re)connect or sync, not every cycle, so this code need not
 # sit in RAM in between: the running node keeps only what every cycle uses.
 import gc
 import select
@@ -36,6 +36,9 @@ def connect(node: Any) -> None:
         sock = hal.connect(host, port, tls, verify, node.cadata, 10000)
         session(c, sock, node.t_status, OFFLINE)
         subscribe(c, node.t_config)
+        # one SUBSCRIBE for both: the broker may refuse either without ending the link (a platform that
+        # does not confirm; a device provisioned before over-the-air updates, whose role lacks `ota`)
+        c.refused = subscribe(c, node.t_config[:-6] + "stored", node.t_config[:-6] + "ota")
     except Exception as e:
         c.close()
         node._backoff("mqtt %r" % (e,))
@@ -43,6 +46,10 @@ def connect(node: Any) -> None:
     node.online = True
     node.attempt = 0
     node.status_due = True
+    # A new session: whatever was sent and not confirmed may be lost with the old one.
+    r = node.ring
+    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending
+    node.confirm_t = hal.ticks_ms()
     log.info("net: online, pending=%d" % (node.ring.pending + len(node.staging)))
 
 
@@ -86,25 +93,44 @@ def session(c: Any, sock, will_topic: str, will_msg: bytes, clean: bool = True, 
     c._ping_out = False
 
 
-def subscribe(c: Any, topic: str) -> int:
-    """SUBSCRIBE at QoS 1 (the SUBACK is checked by Client.poll)."""
+def subscribe(c: Any, topic: str, topic2: str = "") -> int:
+    """SUBSCRIBE to one topic, or two, at QoS 1 (the SUBACK is checked by Client.poll)."""
     pid = c._next_pid()
-    c._send_header(_SUBSCRIBE, 2 + 2 + len(topic) + 1)
+    c._send_header(_SUBSCRIBE, 2 + 2 + len(topic) + 1 + (2 + len(topic2) + 1 if topic2 else 0))
     c._hdr[0] = pid >> 8
     c._hdr[1] = pid & 0xFF
     c.write(c._hdr, 0, 2)
     c._str(topic)
     c.write(b"\x01")
+    if topic2:
+        c._str(topic2)
+        c.write(b"\x01")
     return pid
 
 
 # --- time ----------------------------------------------------------------------------------------
-def sync(node: Any) -> bool:
+def sync(node: Any, ms: int = -1) -> bool:
     """One NTP attempt (node.clock: clock.Clock); on failure the next waits twice as long
     (2 s .. 5 min), on success the next is in _RESYNC_MS. The first success after a
     power-up also fixes where the RTC's own count stands against true time (the offset
-    that dates what was read before), kept in flash with the power-up it belongs to."""
+    that dates what was read before), kept in flash with the power-up it belongs to.
+    ms given: the platform's time (`t` of a `stored` message) while the clock is unknown
+    and NTP does not answer: the RTC is set and what was read without the time dated; NTP
+    goes on being asked (the finer source; the floor stays its own)."""
     clock = node.clock
+    if ms >= 0:
+        if ms < clock.floor:
+            log.warn("platform: implausible time %d" % ms)
+            return False
+        before = hal.rtc_time_ms()
+        if not clock.synced:
+            _offsets(node, ms - before)
+        hal.set_rtc_ms(ms)
+        clock.synced = True
+        log.info("platform: time set %d (RTC was off by %d ms)" % (ms, ms - before))
+        if node.pretime and not node.safe:
+            backdate(node)
+        return True
     clock.tries += 1
     try:
         before = hal.rtc_time_ms()
@@ -119,9 +145,9 @@ def sync(node: Any) -> bool:
         return False
     if not clock.synced:
         _offsets(node, t - before)
-    step = t - before
     hal.set_rtc_ms(t)
     clock.synced = True
+    log.info("ntp: time set %d (RTC was off by %d ms)" % (t, t - before))
     clock.tries = 0
     clock.floor = t
     clock._next = hal.ticks_add(hal.ticks_ms(), _RESYNC_MS)
@@ -130,7 +156,6 @@ def sync(node: Any) -> bool:
         save(STATE + "/floor", str(t))  # a later clock can not be earlier than this
     except OSError as e:
         node.flash_error(e)
-    log.info("ntp: time set %d (RTC was off by %d ms)" % (t, step))
     return True
 
 

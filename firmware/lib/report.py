@@ -50,6 +50,11 @@ def doc(node: Any) -> bytes:
         d["config_seq"] = node.config_seq
     if battery is not None:
         d["battery_v"] = battery
+    try:  # the last over-the-air update: staging, trial, updated, refused or rolled_back, and why (ota.py)
+        with open("ota/result") as f:
+            d["ota"] = json.loads(f.read())
+    except (OSError, ValueError):
+        pass
     return json.dumps(d).encode()
 
 

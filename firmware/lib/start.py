@@ -32,6 +32,15 @@ def node(buf: Any = None, cfg: Any = None):
         cfg = checked()
     if cfg is None:
         return None
+    lk = Node.link  # link settings received over the air, over config.json's (otaboot.setup)
+    if lk:
+        if "wifi" in lk:
+            cfg["wifi"] = lk["wifi"]
+        for k, v in (lk.get("mqtt") or {}).items():
+            cfg["mqtt"][k] = v
+            if k == "ca":
+                cfg["mqtt"]["ca_file"] = None
+        Node.link = None
     n = Node()
     n.buf = buf
     base = "nakhon/v1/%s/%s/" % (cfg["city"], cfg["device_id"])
@@ -75,6 +84,8 @@ def node(buf: Any = None, cfg: Any = None):
     n.ring = open_ring(STATE + "/ring", rc["segments"], rc["segment_bytes"])
     n.chunk = rc["chunk"]
     n.staging = []
+    n.confirm_ms = max(60000, mq["keepalive_s"] * 1000)  # sent, no confirmation this long: send again
+    n.confirm_t = n.boot
     hung = _restore(n)
     gc.collect()
     floor = load(STATE + "/floor")
@@ -258,6 +269,7 @@ def open_ring(folder: str, segments: int, seg_bytes: int) -> Ring:
     r.pending = 0
     for n in range(r.hseg, r.last + 1):
         r.pending += r._lines(n, r.hoff if n == r.hseg else 0)
+    r.cseg, r.coff, r.unsent = r.hseg, r.hoff, r.pending  # after a boot all that is not confirmed goes again
     return r
 
 

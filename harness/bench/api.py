@@ -32,7 +32,7 @@ from urllib.parse import urlencode
 
 import httpx
 
-from api import history
+from api import history, queries
 from api.ainflux import HEADERS as ainflux_headers
 from api.ainflux import AsyncInflux
 from api.registry import Device, Registry
@@ -250,9 +250,8 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         hist_path = f"/v1/devices/{dev}/readings?{urlencode(hist_params)}"
         latest_path = f"/v1/cities/{CITY}/latest"
         aqi_path = f"/v1/cities/{CITY}/aqi"
-        aqi_q = ('SELECT "pm25_24h", "pm10_24h", "o3_8h", "co_8h", "no2_1h", "so2_1h" FROM "hourly"."aqi" WHERE "city" = $id '
-                 'AND time >= $since GROUP BY "device" ORDER BY time DESC LIMIT 1')
-        aqi_params = {"id": CITY, "since": history.iso(datetime.now(UTC) - timedelta(days=2))}
+        aqi = queries.aqi_latest_by_device(CITY, datetime.now(UTC) - timedelta(days=2))  # what the API's snapshot sends
+        aqi_q, aqi_params = aqi.statement, aqi.params
         raw_last = f'SELECT last("pm25"), last("pm10") FROM "{storage.RP_RAW}"."air" WHERE "city" = $city GROUP BY "device"'
         # the same answer computed straight from the raw points: what a client without the roll-ups sends
         rq = history.aggregate_query("device", dev, "air", ["pm25", "pm10"], start, end, 3600, "mean", "raw").query
@@ -269,7 +268,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
         sys.stderr.write(f"timing: {n} rounds, API and direct in turns\n")
         results = _interleaved({
             "latest per city: API": (lambda: web.get(latest_path), 1),
-            "latest per city: same InfluxQL direct": (lambda: influxql(history.latest_query(), {"city": CITY}), 1),
+            "latest per city: same InfluxQL direct": (lambda: influxql(queries.latest_city(CITY).statement, {"city": CITY}), 1),
             "latest per city: InfluxDB newest point per device (raw)": (lambda: influxql(raw_last, {"city": CITY}), 5),  # slow: every 5th round
         }, n)
         results |= _interleaved({
@@ -283,7 +282,7 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str,
             "7-day hourly history: API": base + hist_path,
             "7-day hourly history: same InfluxQL direct": db.url + ainflux.target(hq.statement, hq.params, hist_epoch),
             "latest per city: API": base + latest_path,
-            "latest per city: same InfluxQL direct": db.url + ainflux.target(history.latest_query(), {"city": CITY}),
+            "latest per city: same InfluxQL direct": db.url + ainflux.target(queries.latest_city(CITY).statement, {"city": CITY}),
             "city AQI: API": base + aqi_path,
             "city AQI: same InfluxQL direct": db.url + ainflux.target(aqi_q, aqi_params),
         }, conc, secs))

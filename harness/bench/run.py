@@ -7,8 +7,8 @@ machine moves both sides together:
   limits    Mosquitto -> one C subscriber at QoS 1; InfluxDB's direct write rate
   peer      Node-RED doing the ingest's job (installed with npm on first use)
   ingest    durable rate with 2 workers (with and without the catch session) and 1,
-            against the broker's ceiling measured in the same run (by limits, or
-            here when limits is not run), CPU per 100k, peak memory,
+            against the broker's ceiling measured right before and after them,
+            CPU per 100k, peak memory,
             publish-to-queryable latency at half the sustained rate
   api       latest-per-city, city AQI and 7-day history against the same InfluxQL
             sent straight to InfluxDB; requests/s at 64 clients; how soon a new
@@ -96,11 +96,10 @@ def ingest(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Fi
     n = args.messages
     figs: list[Figure] = []
     load = os.getloadavg()
-    if "broker" not in v:  # the ceiling the ingest is judged against, measured in this run (limits measures it when it runs)
-        _say(f"ingest: the broker's ceiling, {n} queued QoS 1 messages to mosquitto_sub")
-        broker = bench_broker(root, n)
-        v["broker"] = broker.value
-        figs.append(broker)
+    # The ceiling the ingest is judged against, measured right before and right after its runs: on a machine others
+    # share, the load drifts within minutes, and a ceiling measured earlier in the run would judge another machine.
+    _say(f"ingest: the broker's ceiling before, {n} queued QoS 1 messages to mosquitto_sub")
+    before = bench_broker(root / "ceiling-before", n)
     _say(f"ingest: {args.workers} workers on a shared subscription, {n} queued readings")
     multi = bench_ingest(root, n, args.workers)
     _say(f"ingest: 1 worker, {n} queued readings")
@@ -113,11 +112,16 @@ def ingest(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Fi
     workers = args.workers if multi[3] >= one[3] else 1
     _say(f"ingest: latency at half the sustained rate ({best / 2:,.0f} readings/s, {workers} worker(s))")
     lat, p99_ms = bench_latency(root, best / 2, 20.0, workers)
-    v["ingest"], v["latency_p99_ms"] = best, p99_ms
+    _say(f"ingest: the broker's ceiling after, {n} queued QoS 1 messages to mosquitto_sub")
+    after_b = bench_broker(root / "ceiling-after", n)
+    ceiling = (before.value + after_b.value) / 2
+    v["ingest"], v["latency_p99_ms"], v["broker_ingest"] = best, p99_ms, ceiling
+    figs.append(Figure("broker ceiling around the ingest runs (mean of before and after)", ceiling, "msg/s",
+                       f"before {before.value:,.0f}, after {after_b.value:,.0f}: {before.note}; {after_b.note}"))
     after = os.getloadavg()
     figs.append(Figure("load average during the ingest section (1/5/15 min)", after[0], "", f"before {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f}, "
                        f"after {after[0]:.1f}/{after[1]:.1f}/{after[2]:.1f} on {os.cpu_count()} CPUs: other work on the machine takes its share"))
-    return [*figs[:-1], multi[0], one[0], multi[1], one[1], multi[2], one[2], lat, figs[-1]]
+    return [multi[0], one[0], *figs[:-2], multi[1], one[1], multi[2], one[2], lat, *figs[-2:]]
 
 
 def confirm(root: Path, args: argparse.Namespace, v: dict[str, float]) -> list[Figure]:
@@ -175,9 +179,11 @@ def targets(v: dict[str, float]) -> list[Target]:
     out: list[Target] = []
     if "ingest" in v:
         out.append(Target("ingest durable rate", f"{v['ingest']:,.0f} readings/s", None, ">= 40,000 readings/s", v["ingest"] >= 40_000))
-        if "broker" in v:
-            r = v["ingest"] / v["broker"]
-            out.append(Target("ingest / broker ceiling (same run)", f"{v['ingest']:,.0f} / {v['broker']:,.0f}", r, ">= 0.65", r >= 0.65))
+        if "broker_ingest" in v or "broker" in v:
+            ceiling = v.get("broker_ingest", v.get("broker", 0.0))
+            r = v["ingest"] / ceiling
+            out.append(Target("ingest / broker ceiling (same run, around the ingest runs)", f"{v['ingest']:,.0f} / {ceiling:,.0f}", r, ">= 0.65",
+                              r >= 0.65))
         if "peer" in v:
             r = v["ingest"] / v["peer"]
             out.append(Target("ingest / Node-RED batched", f"{v['ingest']:,.0f} / {v['peer']:,.0f}", r, ">= 2.5", r >= 2.5))
@@ -213,6 +219,15 @@ def targets(v: dict[str, float]) -> list[Target]:
     if "alerts_service_rate" in v:
         r = v["alerts_service_rate"] / 1000
         out.append(Target("alerts service through the broker / fleet rate", f"{v['alerts_service_rate']:,.0f} / 1,000 readings/s", r, ">= 1", r >= 1))
+    if "alerts_service_mb" in v:
+        # what the unbounded run holds depends on how far the network outruns the judge (the whole backlog at worst);
+        # the bound is the guarantee, the megabytes are reported beside it
+        r = v["alerts_service_mb"] / v["alerts_service_mb_unbounded"]
+        out.append(Target("alerts service peak memory draining a storm, bounded / unbounded inbox",
+                          f"{v['alerts_service_mb']:,.0f} / {v['alerts_service_mb_unbounded']:,.0f} MB", r, "reported", True))
+        held, bound = v["alerts_service_held"], v["alerts_service_inbox_max"]
+        out.append(Target("alerts service messages held un-judged draining a storm / its bound",
+                          f"{held:,.0f} / {bound:,.0f} (unbounded: {v['alerts_service_held_unbounded']:,.0f})", held / bound, "<= 1", held <= bound))
     if "alerts_latency_p99_ms" in v:
         p99 = v["alerts_latency_p99_ms"]
         ok = p99 < 10_000 and v.get("alerts_latency_missing", 1) == 0

@@ -57,7 +57,7 @@ def _restarts(root: Path, size: Size, catch: bool, faults: tuple[str, ...], pref
     rate, seg = (1000, 20.0) if size == "full" else (300, 3.0)
     row = Row(19, T19)
     recoveries: list[float] = []
-    with platform(root, ingest_workers=2, ingest_share_catch=catch) as p, Influx(p.influxdb.url) as db:
+    with platform(root, ingest_workers=2, ingest_share_catch=catch) as p, Influx(p.influxdb.url, timeout=120.0) as db:
         for who in ("nakhon_ingest_0", "nakhon_ingest_1") + (("nakhon_ingest_catch",) if catch else ()):
             if not p.ingest.wait_log(f'"msg":"subscribed","client_id":"{who}"', 60):
                 raise RuntimeError(f"{who} did not subscribe; see {p.ingest.log_path}")
@@ -161,7 +161,7 @@ def credentials_rotated(root: Path, size: Size) -> Row:
         ingest.start()
         if not ingest.wait_log('"msg":"connected"', 60):
             raise RuntimeError(f"ingest did not connect; see {ingest.log_path}")
-        with Influx(influxdb.url, settings.influx_db, accounts.INFLUX_ADMIN, admin_pw) as db:
+        with Influx(influxdb.url, settings.influx_db, accounts.INFLUX_ADMIN, admin_pw, timeout=120.0) as db:
             stream = Stream(broker.port, rate, prefix="s20").start()
             sleep_until(time.monotonic() + before, "streaming")
 
@@ -237,7 +237,7 @@ def outage_drained(root: Path, size: Size) -> Row:
     fill_rate = 1000 if size == "full" else 500  # published as fast as a stream goes: the outage's readings, not its hours
     live_rate = FLEET_RATE * (10 if size == "full" else 20)  # live traffic meanwhile: ten times the fleet (twenty at the quick size)
     row = Row(21, T21)
-    with platform(root) as p, Influx(p.influxdb.url) as db:
+    with platform(root) as p, Influx(p.influxdb.url, timeout=120.0) as db:
         p.influxdb.stop()
         say(f"  InfluxDB stopped; publishing {hours:g} h of the local fleet ({backlog:,} readings at {FLEET_RATE:g}/s) at {fill_rate:,}/s")
         outage = Stream(p.broker.port, fill_rate, prefix="s21o", devices=60).start(seconds=backlog / fill_rate)

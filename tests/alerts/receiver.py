@@ -57,5 +57,11 @@ class Receiver:
         self.server.server_close()
 
     def events(self) -> list[dict[str, Any]]:
+        """The single events received (a storm notification carries `storm` instead)."""
         with self._lock:
-            return [d["event"] for d in self.accepted]
+            return [d["event"] for d in self.accepted if "event" in d]
+
+    def storms(self) -> list[dict[str, Any]]:
+        """The storm notifications received (alerts.storm), whole bodies."""
+        with self._lock:
+            return [d for d in self.accepted if "storm" in d]

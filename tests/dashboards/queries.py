@@ -31,9 +31,14 @@ def panels(model: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def queries(name: str, model: dict[str, Any]) -> Iterator[Query]:
+    """Every panel's queries, and every annotation's that runs one (an InfluxDB annotation's `target`)."""
     for p in panels(model):
         for t in p.get("targets", []):
             yield Query(name, f"{p['id']} {p['title']}", t["refId"], t["query"], t.get("resultFormat", "time_series"), p.get("interval"))
+    for a in model.get("annotations", {}).get("list", []):
+        t = a.get("target") or {}
+        if "query" in t:
+            yield Query(name, f"annotation {a['name']}", t["refId"], t["query"], t.get("resultFormat", "table"), None)
 
 
 def range_s(model: dict[str, Any]) -> int:

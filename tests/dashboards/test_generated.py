@@ -86,6 +86,33 @@ def test_schema_check_rejects_what_grafana_would_not_accept() -> None:
     assert "Property 'colorMode' is missing" in errors
 
 
+@pytest.mark.integration  # node and Grafana's schema
+def test_schema_check_rejects_a_bad_influxdb_annotation() -> None:
+    model = copy.deepcopy(_committed()["city-phuket.json"])
+    air, water = model["annotations"]["list"][1:3]
+    air["target"]["querry"] = air["target"].pop("query")  # misspelt: Grafana would run no query
+    del water["iconColor"]  # required of every annotation
+    errors = "\n".join(schema_check.check({"broken.json": model}))
+    assert "'\"querry\"' does not exist" in errors
+    assert "Property 'iconColor' is missing" in errors
+
+
+@pytest.mark.parametrize("slug", [c.slug for c in BUILTIN_CITIES])
+def test_alert_annotations_on_the_pm25_aqi_and_water_panels(slug: str) -> None:
+    model = _committed()[f"city-{slug}.json"]
+    by_id = {p["id"]: p["title"] for p in queries.panels(model)}
+    anns = {a["name"]: a for a in model["annotations"]["list"] if not a.get("builtIn")}
+    air, water = anns["แจ้งเตือนคุณภาพอากาศ / Air alerts"], anns["แจ้งเตือนระดับน้ำ / Water alerts"]
+    assert sorted(by_id[i] for i in air["filter"]["ids"]) == sorted(
+        ["AQI รายชั่วโมง / Hourly Thai AQI (worst station)", "ฝุ่น PM2.5 / PM2.5 (µg/m³)"])
+    assert [by_id[i] for i in water["filter"]["ids"]] == ["ระดับน้ำ / Water level (cm)"]
+    for a in (air, water):
+        assert a["enable"] is True and a["filter"]["exclude"] is False and a["datasource"] == datasource.REF
+        t = a["target"]
+        assert f'FROM "{storage.RP_RAW}"."{ALERTS_MEASUREMENT}"' in t["query"] and "$timeFilter" in t["query"] and "'$city'" in t["query"]
+        assert t["rawQuery"] and t["fromAnnotations"] and (t["titleColumn"], t["textColumn"]) == ("message_en", "message_th")
+
+
 def _provisioned_datasource() -> dict[str, Any]:
     doc = yaml.safe_load((build.ROOT / "provisioning/datasources/nakhon.yaml").read_text(encoding="utf-8"))
     (ds,) = doc["datasources"]

@@ -12,10 +12,13 @@ import json
 import time
 from pathlib import Path
 
-from contract import storage
+import paho.mqtt.client as mqtt
+
+from contract import storage, topics
 from contract.alerts import ALERTS_MEASUREMENT
 from contract.cities import BUILTIN_CITIES
 from contract.influx import Influx
+from contract.payload import encode_reading
 from contract.settings import Settings
 from dashboards import build
 from nakhon.procs import Service
@@ -54,6 +57,22 @@ def _check(influx: Influx, text: str) -> str | None:
     return None
 
 
+def _cross_the_lines(port: int) -> tuple[str, ...]:
+    """In each city, a live reading over the flood line and one deep in the haze (the rules they open)."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dashboards-test-crossings", protocol=mqtt.MQTTv311)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = []
+    for c in BUILTIN_CITIES:
+        infos.append(client.publish(topics.topic(c.slug, "anno-water-1", "telemetry"), encode_reading(time.time(), 1, {"water_level_cm": 400.0}), qos=1))
+        infos.append(client.publish(topics.topic(c.slug, "anno-air-1", "telemetry"), encode_reading(time.time(), 1, {"pm25": 150.0}), qos=1))
+    for info in infos:
+        info.wait_for_publish(30)
+    client.loop_stop()
+    client.disconnect()
+    return ("water_flood", "aqi_red")
+
+
 def test_every_panel_query_returns_data(settings: Settings, broker: Mosquitto, influx: Influx, workdir: Path) -> None:
     fast = settings.model_copy(update={"ingest_rollup_interval_s": 1.0, "ingest_stats_interval_s": 1.0})
     ingest = start_ingest(fast, workdir)
@@ -65,6 +84,7 @@ def test_every_panel_query_returns_data(settings: Settings, broker: Mosquitto, i
     assert alerts.wait_log('"msg":"connected"', 30), alerts.log_path.read_text()[-2000:]
     try:
         sent = field.publish("127.0.0.1", broker.port, list(BUILTIN_CITIES))
+        crossings = _cross_the_lines(broker.port)  # alert events for the annotations on the air and water panels
         wait_until(lambda: count(influx, "device", "battery_v") >= sent.readings, 90, what=f"{sent.readings} readings stored")
         wait_until(lambda: count(influx, storage.STATUS_MEASUREMENT, "state") >= sent.status_docs, 30, what="status documents stored")
         for c in BUILTIN_CITIES:  # the ingest's roll-up job has reached the newest hour of every city
@@ -77,6 +97,9 @@ def test_every_panel_query_returns_data(settings: Settings, broker: Mosquitto, i
                    what="15 s of ingest stats after the data")
         for c in BUILTIN_CITIES:
             wait_until(lambda c=c: count(influx, ALERTS_MEASUREMENT, "value", f"\"city\" = '{c.slug}'") > 0, 60, what=f"alerts of {c.slug}")
+            for rule in crossings:
+                wait_until(lambda c=c, rule=rule: count(influx, ALERTS_MEASUREMENT, "value", f"\"city\" = '{c.slug}' AND \"rule\" = '{rule}'"),
+                           60, what=f"{rule} alert of {c.slug}")
     finally:
         alerts.stop()
         ingest.stop()

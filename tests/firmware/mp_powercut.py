@@ -12,6 +12,7 @@ fakehw.configure({"scale": 1000})
 import app  # noqa: E402  (loaded first, as main.py does)
 import hal  # noqa: E402
 import retained  # noqa: E402
+import ring as rings  # noqa: E402
 from start import open_ring  # noqa: E402
 
 LINES = [b'{"ts":%d.000,"seq":%d,"m":{"pm25":%d}}\n' % (1764000000 + i, i, i) for i in range(12)]
@@ -42,7 +43,7 @@ def drain(ring):
         ring.stream(seg, off, nb, BUF, lambda b, o, e: data.extend(b[o:e]))
         for line in bytes(data).decode().split("\n")[:-1]:
             got.append(json.loads(line)["seq"])
-        ring.commit(n, nb, seg, off)
+        ring.commit(n, nb, seg, off, True)
     return got
 
 
@@ -70,9 +71,14 @@ def scenario(log):
     for i in range(5):  # one reading at a time (ring.chunk 1)
         ring.append([LINES[i]])
         log["written"].append(i)
-    n, nb, seg, off = ring.peek(BUF, 3, 8192)  # a batch published; its PUBACK comes:
-    log["acked"] += [0, 1, 2]  # the broker has them (until issue 18's `stored`, that is the end of the chain)
-    ring.commit(n, nb, seg, off)
+    n, nb, seg, off = ring.peek(BUF, 50, 8192)  # a batch published; its PUBACK comes:
+    ring.commit(n, nb, seg, off)  # the broker has them: still kept until the platform confirms
+    log["acked"] += [1, 2]  # the platform confirms 1 and 2 first (0 not yet: nothing freed) ...
+    rings._merge(ring.done, 1, 2)
+    ring.confirm(BUF)
+    log["acked"] += [0]  # ... then 0: the head moves over 0, 1, 2 at once
+    rings._merge(ring.done, 0, 0)
+    ring.confirm(BUF)
     nd._reserve(1000)  # the seq ceiling rises by a block
     log["seq"] = "2000"
     ring.append(LINES[5:9])  # a chunk of four

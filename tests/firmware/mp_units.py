@@ -86,7 +86,7 @@ for i in range(0, 40, 2):
     ring.append(lines[i : i + 2])
 n, nb, seg, off, data = batch(ring, 5)
 first = data.decode().split("\n")[0]
-ring.commit(n, nb, seg, off)
+ring.commit(n, nb, seg, off, True)
 again = open_ring("r", 3, 200)  # a reboot: state comes back from flash
 out("ring", pending=ring.pending, dropped=ring.dropped, first=first, n=n, nbytes=nb, lines=data.count(b"\n"),
     after_reboot=[again.pending, again.dropped], files=sorted(os.listdir("r")))
@@ -103,7 +103,7 @@ while repaired.pending:
     for line in data.decode().split("\n")[:-1]:
         json.loads(line)
         total += 1
-    repaired.commit(n, nb, seg, off)
+    repaired.commit(n, nb, seg, off, True)
 out("ring_repair", readable=total, pending=repaired.pending, before=before, dropped=repaired.dropped)
 
 gc.collect()  # the heap is an ESP32's: the script itself takes much of it
@@ -114,7 +114,7 @@ got = []
 while damaged.pending:
     n, nb, seg, off, data = batch(damaged, 50)
     got += [json.loads(x)["seq"] for x in data.decode().split("\n")[:-1]]
-    damaged.commit(n, nb, seg, off)
+    damaged.commit(n, nb, seg, off, True)
 out("ring_damaged", seqs=got, dropped=damaged.dropped)
 
 gc.collect()  # the heap is an ESP32's: the script itself takes much of it
@@ -128,7 +128,7 @@ while sized.pending:
     n, nb, seg, off, data = batch(sized, 50, 100)
     sizes.append(n)
     got += [json.loads(x)["seq"] for x in data.decode().split("\n")[:-1]]
-    sized.commit(n, nb, seg, off)
+    sized.commit(n, nb, seg, off, True)
 out("ring_sized", seqs=got, sizes=sizes, dropped=sized.dropped, line=len(lines[3]))
 
 # A replay batch as published: the lines, newlines turned into commas, are a JSON array.

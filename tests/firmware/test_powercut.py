@@ -1,4 +1,6 @@
-"""A power cut at every write step of the flash ring, of the seq ceiling and of a config
+"""A power cut at every write step of the flash ring (appends, and the head moved by the
+platform's confirmations: a cut between a confirmation and the head's update), of the seq
+ceiling and of a config
 save (the fakes count the firmware's writes and cut the power at each in turn, leaving
 flash as a FAT-like file system would, harsher than LittleFS): the next boot opens what
 flash holds every time, no reading that had reached flash is lost or read twice, and
@@ -28,7 +30,7 @@ def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 
 def test_a_power_cut_at_every_write_step_loses_nothing_that_reached_flash(result: dict[str, Any]) -> None:
-    assert result["steps"] >= 25  # appends one by one and in a chunk, an acknowledged batch, two state files
+    assert result["steps"] >= 25  # appends one by one and in a chunk, a batch confirmed out of order (the head saved), two state files
     assert result["runs"] == result["steps"]
     assert result["bad"] == []
 

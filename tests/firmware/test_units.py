@@ -282,3 +282,138 @@ def test_rotated_password_is_judged_as_the_contract_does_and_survives_a_reboot(t
             platform.append(False)
     assert got["judged"] == platform == [True, True, False, False, False, False]
     assert got["running"] == got["rebooted"] == "p" * 20 and got["interval"] == 30
+
+
+STORED_PAYLOADS: list[bytes] = [
+    b'{"v":1,"seq":[[40,52],[55,55]],"t":1764000000.25}',
+    b'{"v":1,"seq":[]}',
+    b'{"v":1,"seq":[[0,0]]}',
+    b'{"v":1,"seq":[[9007199254740990,9007199254740991]],"t":0}',
+    b' {\n "t" : 1764000000 , "seq" : [ [ 1 , 2 ] , [4,9] ] , "v" : 1 }\r\n',
+    b'{"v":1,"seq":[[1,2]],"t":1.764e9}',
+    b'{"v":1,"seq":[[1,2]],"t":17640000001E-1}',
+    b'{"v":1,"seq":[[1,2]],"t":1764000000.123456789}',
+    b'{"v":1,"seq":[[1,2]],"t":null}',
+    b'{"v":1,"seq":[[-0,3]],"t":-0.0}',
+    b'{"v":1,"seq":[[1,2]],"other":{"t":"x","seq":[1,{"a":[true,false,null]}]},"note":"a \\"quoted\\" \\u00e9 \\\\ /"}',
+    b'{"v":1,"seq":"late","seq":[[3,4]]}',
+    b'{"v":1,"seq":[[3,4]],"seq":"late"}',
+    b'{"v":1,"seq":[[1,2]],"t":1764000000.25,"t":5}',
+    b'{"v":1,"seq":[' + b",".join(b"[%d,%d]" % (2 * i, 2 * i) for i in range(32)) + b"]}",
+    b'{"v":1,"seq":[' + b",".join(b"[%d,%d]" % (2 * i, 2 * i) for i in range(33)) + b"]}",
+    b'{"v":2,"seq":[[1,2]]}',
+    b'{"v":1.0,"seq":[[1,2]]}',
+    b'{"v":true,"seq":[[1,2]]}',
+    b'{"v":"1","seq":[[1,2]]}',
+    b'{"seq":[[1,2]]}',
+    b'{"v":1}',
+    b'{"v":1,"seq":[[2,1]]}',
+    b'{"v":1,"seq":[[1,5],[5,6]]}',
+    b'{"v":1,"seq":[[5,6],[1,2]]}',
+    b'{"v":1,"seq":[[1,2,3]]}',
+    b'{"v":1,"seq":[[1]]}',
+    b'{"v":1,"seq":[1,2]}',
+    b'{"v":1,"seq":[[1.0,2]]}',
+    b'{"v":1,"seq":[[1,2e0]]}',
+    b'{"v":1,"seq":[[-1,2]]}',
+    b'{"v":1,"seq":[[1,9007199254740992]]}',
+    b'{"v":1,"seq":[[true,2]]}',
+    b'{"v":1,"seq":{"0":[1,2]}}',
+    b'{"v":1,"seq":[[1,2]],"t":-1}',
+    b'{"v":1,"seq":[[1,2]],"t":8589934592}',
+    b'{"v":1,"seq":[[1,2]],"t":"1764000000"}',
+    b'{"v":1,"seq":[[1,2]],"t":true}',
+    b'{"v":1,"seq":[[01,2]]}',
+    b'{"v":1,"seq":[[1,2],]}',
+    b'{"v":1,"seq":[[1,2]],}',
+    b'{"v":1,"seq":[[1,2]]} x',
+    b'{"v":1,"seq":[[1,2]]',
+    b'{"v":1,"seq":[[1,2]],"note":"tab\tinside"}',
+    b'{"v":1,"seq":[[1,2]],"note":"bad \\x escape"}',
+    b'{"v":1,"seq":[[1,2]],"t":1.}',
+    b'{"v":1,"seq":[[1,2]],"t":.5}',
+    b'{"v":1,"seq":[[1,2]],"t":NaN}',
+    b"[1,2]",
+    b"",
+    b"null",
+]
+
+STORED_SCRIPT = """
+import binascii, json, ring
+res = []
+for line in open('payloads.txt', 'rb').read().split(b'\\n'):
+    p = binascii.a2b_base64(line)
+    got = ring.check(p, None)  # the platform's own form, read in place
+    quick = got is not None
+    d = []
+    if quick:
+        ring.check(p, d)  # merged into the ranges kept
+    else:
+        import stored  # any other form: the full parser
+        out = [0] * 64
+        got = stored.parse(p, out)
+        for i in range(max(got[0], 0)):
+            ring._merge(d, out[2 * i], out[2 * i + 1])
+    res.append([got[0], [[d[i], d[i + 1]] for i in range(0, len(d), 2)], got[1], quick])
+print(json.dumps(res))
+"""
+
+
+def test_device_and_contract_agree_on_stored_payloads(tmp_path: Path) -> None:
+    """The firmware's `stored` parsing (ring.check for the form the platform writes,
+    stored.py for any other; bytes in, the ranges merged into those the ring keeps, time
+    in integer ms) accepts exactly what contract.stored.parse_stored does."""
+    import base64
+
+    from contract.stored import StoredError, encode_stored, parse_stored, to_ranges
+
+    canonical = [encode_stored([]), encode_stored([(0, 0)], 0), encode_stored([(5, 9), (12, 40)], 1764000000.25),
+                 encode_stored([(2 * i, 2 * i) for i in range(32)], 1764000000), encode_stored([(7, 7)], 1764000000.999)]
+    payloads = canonical + STORED_PAYLOADS
+    (tmp_path / "payloads.txt").write_bytes(b"\n".join(base64.b64encode(p) for p in payloads))
+    (tmp_path / "judge.py").write_text(STORED_SCRIPT)
+    proc = run_mp(tmp_path / "judge.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    device = json.loads(proc.stdout.splitlines()[-1])
+    assert len(device) == len(payloads)
+    assert all(d[3] for d in device[: len(canonical)])  # the platform's own form never needs the full parser
+    accepted = 0
+    for payload, (n, ranges, t_ms, _) in zip(payloads, device, strict=True):
+        try:
+            want = parse_stored(payload)
+        except StoredError:
+            assert n == -1, f"the device accepts what the contract refuses: {payload!r}"
+            continue
+        accepted += 1
+        assert n == len(want.ranges), payload
+        # as the ring keeps them: adjacent ones merged, the lowest 8
+        assert [tuple(r) for r in ranges] == to_ranges(s for lo, hi in want.ranges for s in range(lo, hi + 1))[:8], payload
+        if want.t is None:
+            assert t_ms == -1, payload
+        else:
+            assert abs(t_ms - want.t * 1000) <= 1, (payload, t_ms, want.t)  # integer ms: exact on a 32-bit float port too
+    assert accepted == 14 + len(canonical)  # both sides accept the same handful, refuse the rest
+
+
+@pytest.fixture(scope="module")
+def confirm_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    proc = run_mp(HERE / "mp_confirm.py", tmp_path_factory.mktemp("confirm"))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return {d["check"]: d for d in (json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{"))}
+
+
+def test_ring_frees_only_confirmed_readings_oldest_first(confirm_checks: dict[str, dict[str, Any]]) -> None:
+    s = confirm_checks["ring_confirm"]["steps"]
+    assert s[0] == list(range(10))
+    assert s[1] == [0, 10, [3, 5]]  # confirmed beyond the head: kept in flash, remembered
+    assert s[2] == [6, 4, []]  # the head's own confirmation: 0..5 freed at once
+    assert s[3] == [0, 4]
+    assert s[4] == [6, 7] and s[5] == [9]  # the replay passes over what was confirmed
+    assert s[6] == [4, 0, [], 0]
+    assert s[7] == [0, 0]  # and a reboot finds nothing left to send, nothing dropped
+
+
+def test_a_full_ring_counts_only_unconfirmed_readings_as_dropped(confirm_checks: dict[str, dict[str, Any]]) -> None:
+    c = confirm_checks["ring_full_confirmed"]
+    assert c["first"] >= 1  # the first segment (seqs 0..5) went
+    assert c["dropped"] == 4  # 0, 1, 4 and 5: 2 and 3 were confirmed, not lost

@@ -34,13 +34,16 @@ def test_ordinary_ids_are_not_reserved() -> None:
     assert not topics.reserved_device_id("cm-air-001") and not topics.reserved_device_id("pk-nakhon-01")
 
 
-def test_device_acl_is_exact_and_covers_its_four_topics() -> None:
+def test_device_acl_is_exact_and_covers_its_five_topics() -> None:
     acls = device_acls("chiang_mai", "cm-air-001")
-    assert all("+" not in a["topic"] and "#" not in a["topic"] for a in acls)
+    # its own topics exactly; the one pattern is the shared, read-only firmware file tree
+    assert all("+" not in a["topic"] and ("#" not in a["topic"] or a["topic"] == "nakhon/fw/#") for a in acls)
+    assert {a["acltype"] for a in acls if a["topic"] == "nakhon/fw/#"} == {"subscribePattern", "publishClientReceive"}
     out = {a["topic"] for a in acls if a["acltype"] == "publishClientSend"}
     into = {a["topic"] for a in acls if a["acltype"] == "publishClientReceive"}
     base = "nakhon/v1/chiang_mai/cm-air-001/"
-    assert out == {base + "telemetry", base + "status"} and into == {base + "config", base + "stored"}
+    assert out == {base + "telemetry", base + "status"}
+    assert into == {base + "config", base + "stored", base + "ota", "nakhon/fw/#"}
 
 
 def test_config_document_carries_a_rotated_password_only_if_well_formed() -> None:

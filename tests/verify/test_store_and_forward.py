@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ def test_nothing_is_lost_or_duplicated_through_every_fault(workdir: Path) -> Non
     assert row.number == 18 and row.ok, row
     assert row.sent >= 1000 and row.stored == row.sent and row.lost == 0 and row.duplicated == 0 and row.accepted_bad == 0
     # every fault happened and was recovered from
-    recoveries = row.figures["recoveries"]
-    assert recoveries.count("broker kill") == 2 and "ingest away" in recoveries and "ingest kill 1" in recoveries
+    recoveries = str(row.figures["recoveries"])
+    assert len(re.findall(r"broker kill \d", recoveries)) == 2 and "ingest away" in recoveries and "ingest kill 1" in recoveries
     assert "never" not in recoveries and row.recovery_s is not None
     assert row.figures["broker kills, ingest live"] == 2 and row.figures["broker kills, ingest away"] == 1 and row.figures["ingest kills"] == 1
     # with InfluxDB down the spool is durable: confirmations went on

@@ -1070,3 +1070,4 @@ def _flash_open(path, mode="r", *args):
 
 builtins.open = _flash_open
 _load()
+print("FAKE clock world-ticks=%d" % (world_ms() - ticks_ms()))  # a test's true time of a console line

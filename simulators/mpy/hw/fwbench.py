@@ -79,9 +79,13 @@ def due():
 
 
 def cycle():
-    # one read-publish cycle: read every sensor, publish, wait for the PUBACK
+    # one read-publish-confirm cycle: read every sensor, the reading to flash, publish,
+    # wait for the PUBACK and for the platform's `stored` confirmation that frees it
     node.take_reading()
     publish_wait()
+    while node.ring.pending:
+        node.client.poll(100)
+        node.service_link()
 
 
 def status():
@@ -116,6 +120,16 @@ gc.collect()
 fakes = gc.mem_alloc() - _start  # the stand-ins' own code and data: not on a board
 offset = _start + fakes
 
+# As main.py: the loader that picks the firmware version runs first and is dropped.
+try:
+    import otaboot
+
+    otaboot.select()
+    del otaboot
+    sys.modules.pop("otaboot", None)
+except ImportError:  # a firmware from before over-the-air updates
+    pass
+
 # Where the heap goes: the modules a running node keeps, in the order they load.
 prev = gc.mem_alloc()
 for row in modules:
@@ -127,9 +141,11 @@ for row in modules:
 
 import app  # noqa: E402
 import hal  # noqa: E402
+import ring  # noqa: E402
 
-app.gc = probe  # the resident module that collects (between cycles, before status) ...
-sys.modules["gc"] = probe  # ... and any loaded on demand (start.py, online.py, before a TLS handshake)
+app.gc = probe  # the resident modules that collect (between cycles, after a confirmation) ...
+ring.gc = probe
+sys.modules["gc"] = probe  # ... and any loaded on demand (start.py, online.py before a TLS handshake, stored.py)
 
 
 def boot():
@@ -190,6 +206,7 @@ print(json.dumps({
     "replay_device_ms": elapsed,
     "dropped": node.ring.dropped,
     "published": node.published - published0,
+    "replay_confirmed": REPLAY - node.ring.pending,  # (a key longer than 10 characters is no qstr)
     "heap_total": gc.mem_alloc() + gc.mem_free(),
     "batch": node.batch,
 }))
