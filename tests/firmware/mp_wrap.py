@@ -12,7 +12,6 @@ fakehw.configure({"scale": 1000000, "ticks0_ms": (1 << 30) - 60000, "wifi": {"ss
 
 import hal  # noqa: E402
 import app  # noqa: E402
-import start  # noqa: E402
 from clock import Clock  # noqa: E402
 from drivers.rain import Rain  # noqa: E402
 
@@ -61,7 +60,7 @@ for _ in range(8):
 out("clock", due=due)
 
 # A node up for 8 days, its loop run once a day: uptime in status.
-node = start.node()
+node = app.boot()  # as main.py boots it (config, drivers, then the boot code)
 for _ in range(8):
     hal.sleep_ms(DAY)
     node.step()

@@ -103,7 +103,7 @@ def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -
 
 
 def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> None:
-    proc = nakhon("firmware", "bench", "--root", str(tmp_path / "bench"), "--readings", "120")
+    proc = nakhon("firmware", "bench", "--root", str(tmp_path / "bench"), "--readings", "120", "--laser-hours", "0.1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     assert "all .mpy as on a board" in text
@@ -122,3 +122,4 @@ def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> Non
     assert rows["read-publish-confirm cycle"] < 40.0 and rows["120-reading replay (batches of 50)"] < 40.0
     assert "peak, TLS connect (CA verified; mbedtls buffers incl.)" in text
     assert "replay: 120 of 120 readings published, 120 confirmed and freed, 0 dropped" in text
+    assert "laser on-time" in text and "sds011" in text  # the laser section (its own test: test_laser.py)
