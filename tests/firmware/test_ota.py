@@ -28,12 +28,6 @@ from tests.helpers import wait_until
 
 pytestmark = pytest.mark.integration  # the firmware on the MicroPython VM against one broker
 
-# An update's download holds about 48 KB above the node's rest on this 64-bit VM (~33 KB on an
-# ESP32's 32-bit objects, within a board's ~110 KB heap; `nakhon firmware bench` reports it).
-# With the sensors' duty cycles the node rests higher, and 110,000 B of 64-bit heap no longer
-# holds both (the node reported ota:memory and stayed on its version, as it should).
-OTA_HEAP = 140_000
-
 CITY = "chiang_mai"
 OLD = "0.3.0"
 
@@ -74,7 +68,7 @@ def publish(port: int, msgs: list[tuple[str, bytes]]) -> None:
 def node(workdir: Path, broker: Mosquitto) -> Iterator[tuple[Device, Watch]]:
     dev_id = "cm-ota-01"
     watch = Watch(broker.port, CITY, dev_id)
-    dev = Device(workdir / "dev", device_config(dev_id, broker.port, status_interval_s=30), world(scale=30), heapsize=OTA_HEAP)
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port, status_interval_s=30), world(scale=30))
     dev.start()
     try:
         dev.wait_log(r"net: online", 60)
