@@ -40,11 +40,8 @@ TLS_EXTRA = 48_000
 # The over-the-air step is measured in a run of its own (fwota.py, so the main bench is
 # unchanged) with this much more heap: the bench's own code sits on the same heap, and a
 # step measured with automatic gc off keeps all its garbage; the figure reported is the
-# firmware's peak above its rest, added to the main run's rest. With the sensor drivers'
-# duty cycles in the build (26 files) 32 KB more was too little to hold all that garbage
-# and the step stopped while staging; the figure itself (~66 KB on 32 bits) fits a
-# board's ~110 KB heap, and the README says it is not a cycle's budget.
-OTA_EXTRA = 64_000
+# firmware's peak above its rest, added to the main run's rest.
+OTA_EXTRA = 32_000
 
 class FirmwareError(RuntimeError):
     """A tool step that cannot go on; str() says what to do."""
