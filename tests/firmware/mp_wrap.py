@@ -12,6 +12,7 @@ fakehw.configure({"scale": 1000000, "ticks0_ms": (1 << 30) - 60000, "wifi": {"ss
 
 import hal  # noqa: E402
 import app  # noqa: E402
+import start  # noqa: E402
 from clock import Clock  # noqa: E402
 from drivers.rain import Rain  # noqa: E402
 
@@ -32,7 +33,7 @@ def edge(rain, t):
 
 
 # Rain: one tip, seven dry days (read once a day), then three tips with two bounces each.
-rain = Rain(27, 0.2, 50)  # no counter: the pin-interrupt path, debounced in software
+rain = Rain(hal.pin_in(27), 0.2, 50)
 t0 = hal.ticks_ms()
 edge(rain, t0)
 m = {}
@@ -60,7 +61,7 @@ for _ in range(8):
 out("clock", due=due)
 
 # A node up for 8 days, its loop run once a day: uptime in status.
-node = app.boot()  # as main.py boots it (config, drivers, then the boot code)
+node = start.node()
 for _ in range(8):
     hal.sleep_ms(DAY)
     node.step()
