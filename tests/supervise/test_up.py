@@ -118,7 +118,10 @@ def harness_publisher(port: int, admin_password: str) -> tuple[str, str]:
     password = secrets_mod.token_urlsafe(16)
     DynSec("127.0.0.1", port, accounts.BROKER_ADMIN, admin_password).run([
         {"command": "createRole", "rolename": "harness_stream",
-         "acls": [{"acltype": "publishClientSend", "topic": topics.TELEMETRY_FILTER, "allow": True}]},
+         "acls": [{"acltype": "publishClientSend", "topic": topics.TELEMETRY_FILTER, "allow": True},
+                  # and hear the platform's confirmations, as each device hears its own (store-and-forward)
+                  {"acltype": "subscribePattern", "topic": f"{topics.PREFIX}/+/+/stored", "allow": True},
+                  {"acltype": "publishClientReceive", "topic": f"{topics.PREFIX}/+/+/stored", "allow": True}]},
         {"command": "createClient", "username": "harness_stream", "password": password, "roles": [{"rolename": "harness_stream"}]},
     ])
     return "harness_stream", password
@@ -138,7 +141,10 @@ def test_every_service_killed_comes_back_and_every_reading_is_stored_once(up: An
     # nakhon up's broker has no anonymous access and InfluxDB wants a user: the operator's accounts, from its secrets
     secrets = json.loads((u.root / "up" / "secrets.json").read_text())
     publisher = harness_publisher(u.mqtt_port, secrets["broker_admin"])
-    stream = Stream(u.mqtt_port, 150, prefix="upkill", devices=60, connections=2, username=publisher[0], password=publisher[1]).start()
+    # as devices do: keep each reading until the platform confirms it stored, so a broker killed between its
+    # saves (autosave_interval) loses nothing that is not sent again
+    stream = Stream(u.mqtt_port, 150, prefix="upkill", devices=60, connections=2, username=publisher[0], password=publisher[1],
+                    confirm=True).start()
     db = Influx(f"http://127.0.0.1:{u.influx_port}", username=accounts.INFLUX_ADMIN, password=secrets["influx_admin"])
     try:
         for name in ("ingest", "alerts", "api", "mosquitto", "influxdb"):
@@ -151,6 +157,7 @@ def test_every_service_killed_comes_back_and_every_reading_is_stored_once(up: An
             assert u.status()[name]["restarts"] == 1
         stream.stop()
         assert stream.settle() == 0
+        assert stream.settle_confirmed(300) == 0
         assert wait_stored(db, stream, stream.mark(), 180, what="every reading") is not None
         t = tally(db, stream)
     finally:
