@@ -550,10 +550,31 @@ def main(buf: Any = None) -> None:
     node.run()
 
 
+# Every module the node loads on demand. MicroPython keeps the names of a module it loads
+# for good, in pools that double (the next one here holds 640 names: about 4.5 KB in one
+# piece on the ESP32); loaded first while the node runs, in a heap the ring, the client
+# and the readings have cut up, a module could find no such block, and every reconnect
+# ended in "MemoryError: allocating 640 bytes" (a count of names, not bytes).
+ON_DEMAND = ("online", "report", "retained", "stored", "probation", "ota", "otacheck")
+
+
+def _intern() -> None:
+    # Load each once at boot, while the heap is in one piece, so its names are kept now.
+    # (A collection before each: the pool that the names outgrow is allocated in the
+    # largest piece the heap has.)
+    for name in ON_DEMAND:
+        gc.collect()
+        __import__(name)
+        sys.modules.pop(name, None)
+    sys.modules.pop("otaboot", None)  # (ota and probation load it; main.py dropped it)
+    gc.collect()
+
+
 def boot(buf: Any = None):
     """The node built from config.json and flash (None after logging why it cannot start).
     The code that builds it (config check, drivers' factory, state restore) is needed at
     boot only: it is loaded here and its memory given back before the node runs."""
+    _intern()
     import start
 
     node = start.node(buf)

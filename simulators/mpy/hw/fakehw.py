@@ -162,13 +162,15 @@ def _real_sleep(ms: float) -> None:
 
 
 def sleep_ms(ms: int) -> None:
+    # To the real microsecond: at 10^6x, a sleep that ended up to 1 ms early (whole real
+    # milliseconds) came back up to 1,000 s of device time before its end.
     end = _real_us() + ms * 1000 // _scale()
     while True:
         _service()
-        left = (end - _real_us()) // 1000
+        left = end - _real_us()
         if left <= 0:
             return
-        _real_sleep(min(left, 20))
+        time.sleep_us(min(left, 20000))
 
 
 def wait(poller, ms: int) -> None:
