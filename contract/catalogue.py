@@ -50,6 +50,10 @@ _METRICS: tuple[Metric, ...] = (
     Metric("wind_ms", "m/s", WEATHER, 0, 80, "wind speed"),
     # water: ultrasonic ranger mounted above a canal or drain.
     Metric("water_level_cm", "cm", WATER, 0, 1000, "water level above the gauge datum"),
+    # 1: the water is at or above water_level_cm, the highest level the ranger can measure
+    # (the water is inside its blind zone, as at a flood peak): a level, not a fault.
+    # 0 (or absent, from older firmware): water_level_cm was measured.
+    Metric("water_capped", "", WATER, 0, 1, "1: the water is at or above water_level_cm (the sensor's blind zone)"),
     # noise: A-weighted equivalent level over the reading interval.
     Metric("laeq_db", "dB(A)", NOISE, 20, 140, "equivalent continuous sound level"),
     # traffic

@@ -11,7 +11,10 @@
 
 Every field but `v` and `state` is optional. `config_seq` acknowledges the
 `seq` of the last retained config the device applied. `ota` is the device's last
-over-the-air update (contract/ota.py), stored as ota_id, ota_fw, ota_state, ota_reason. The ingest stores
+over-the-air update (contract/ota.py), stored as ota_id, ota_fw, ota_state, ota_reason.
+`laser_s` is the laser on-time of the node's PM sensor(s) in seconds, counted from
+wake to sleep and kept in the device's flash (a laser lasts about 8,000 hours run
+continuously; the sensors sleep between readings). The ingest stores
 status as points of the `device_status` measurement at receive time.
 """
 
@@ -46,6 +49,7 @@ _NUMBERS: Final = {
     "config_seq": (0, 1 << 31),
     "lat": (-90, 90),
     "lon": (-180, 180),
+    "laser_s": (0, 1 << 32),
 }
 
 

@@ -437,9 +437,12 @@ def build_parser() -> argparse.ArgumentParser:
     fwc.add_argument("--deep-sleep", action="store_true", help="battery node: read, publish or buffer, deep-sleep")
     fwc.add_argument("--out", default="config.json", help="file to write, - for stdout (default config.json)")
     fw_sub.add_parser("typecheck", help="mypy over firmware/ against the MicroPython ESP32 stubs")
-    fwn = fw_sub.add_parser("bench", help="peak heap of a read-publish cycle and of a replay on the unix port, and the built size")
+    fwn = fw_sub.add_parser("bench", help="peak heap of a read-publish cycle and of a replay on the unix port, the built size, "
+                                            "and the PM sensors' laser hours per day")
     fwn.add_argument("--readings", type=int, default=500, help="readings to replay (default 500)")
     fwn.add_argument("--root", default="var/fwbench", help="folder for the benchmark's broker and device (default var/fwbench)")
+    fwn.add_argument("--laser-hours", type=float, default=2.0,
+                     help="device-hours each laser on-time run covers (PM sensor sleep at 60 s and 300 s vs running on; default 2)")
     fwr = fw_sub.add_parser("release", help="publish a firmware version over the air to a cohort (API, admin key)")
     fwr.add_argument("--version", required=True, help="the version string (FW in firmware/lib/app.py; the devices report it as fw)")
     fwr.add_argument("--build", default=None, help="a folder made by `nakhon firmware build` (default: build firmware/ now)")

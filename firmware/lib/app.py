@@ -165,6 +165,8 @@ class Node:
             self._mark(name)
             part.clear()
             try:
+                if hasattr(drv, "air"):  # the air it measures through (ultrasonic: the speed of sound)
+                    drv.air(m)
                 drv.read(part)
                 problem = None
             except SensorError as e:
@@ -476,10 +478,37 @@ class Node:
         return late < self.watchdog_ms // 2 and gc.mem_free() > _MIN_FREE
 
     # --- main loops -----------------------------------------------------------------------
+    def _prep(self) -> int:
+        # Sensors that act between readings: sound samples across the interval (laeq_db,
+        # an energy mean); laser PM sensors sleep between readings (drivers/pm.py) and are
+        # woken their warm-up time before one. Returns ms until the last of them is warm:
+        # a reading due before then (the first after boot) waits, and the schedule with it.
+        left = 0
+        ahead = hal.ticks_diff(self.next_read, hal.ticks_ms())
+        for name, drv in self.sensors:
+            if name in self.disabled:
+                continue
+            if hasattr(drv, "sample"):
+                drv.sample()
+            if hasattr(drv, "warm_ms") and ahead <= drv.warm_ms:
+                left = max(left, drv.warming())
+        if left and ahead < left:
+            self.next_read = hal.ticks_add(hal.ticks_ms(), left)
+        return left
+
+    def _rest(self, interval_ms: int) -> None:
+        # After a reading: PM sensors sleep when the interval leaves them long enough asleep
+        # (interval 0, before a deep sleep: always; one the platform switched off: too).
+        for name, drv in self.sensors:
+            if hasattr(drv, "rest"):
+                drv.rest(0 if name in self.disabled else interval_ms)
+
     def step(self) -> None:
         self.tick()
+        self._prep()
         if hal.ticks_diff(hal.ticks_ms(), self.next_read) >= 0:
             self.take_reading()
+            self._rest(self.interval_ms)
             self.next_read = hal.ticks_add(self.next_read, self.interval_ms)
             if hal.ticks_diff(hal.ticks_ms(), self.next_read) >= 0:  # fell behind: do not burst
                 self.next_read = hal.ticks_add(hal.ticks_ms(), self.interval_ms)
@@ -491,6 +520,9 @@ class Node:
 
     def idle(self) -> None:
         wait = hal.ticks_diff(self.next_read, hal.ticks_ms())
+        for _, drv in self.sensors:
+            if hasattr(drv, "warm_ms") and not drv.awake:  # ... until a sleeping PM sensor is to wake
+                wait = min(wait, wait - drv.warm_ms)
         if self.online and (self.inflight is None and (self.ring.unsent or self.staging)):
             wait = 0
         if hal.wifi_connected() and self.clock.due():
@@ -512,9 +544,18 @@ class Node:
     def run_once(self) -> None:
         """Deep-sleep mode: read, publish or buffer, sleep. Ring and seq survive the sleep."""
         start = hal.ticks_ms()
+        self.next_read = start
+        while self._prep():  # the PM sensors slept with the chip: they warm up while the link comes up
+            self.tick()
+            self.service_clock()
+            self.service_link()
+            self.wdt.feed()
+            self.idle()
         self.take_reading()
+        self._rest(0)
+        read = hal.ticks_ms()
         budget = min(30000, self.interval_ms // 2)
-        while hal.ticks_diff(hal.ticks_ms(), start) < budget:
+        while hal.ticks_diff(hal.ticks_ms(), read) < budget:
             self.tick()
             self.service_clock()
             self.service_link()
@@ -527,6 +568,12 @@ class Node:
             self.client.disconnect()
         self._mark("")
         rest = max(1000, self.interval_ms - hal.ticks_diff(hal.ticks_ms(), start))
+        for _, drv in self.sensors:
+            if hasattr(drv, "arm"):  # the rain gauge: its tips to flash, its pin a wake source
+                try:
+                    drv.arm(rest)
+                except Exception as e:
+                    log.error("sensor arm: %r" % (e,))
         log.info("sleep %d ms, pending=%d" % (rest, self.ring.pending))
         hal.deepsleep(rest)
 
@@ -542,6 +589,10 @@ def _done() -> None:
 
 
 def main(buf: Any = None) -> None:
+    if hal.woke_by_pin():  # a rain tip woke the chip from deep sleep: count it, sleep on
+        from drivers import rainwake
+
+        rainwake.tipped()
     node = boot(buf)
     if node is None:
         return
@@ -575,9 +626,32 @@ def boot(buf: Any = None):
     The code that builds it (config check, drivers' factory, state restore) is needed at
     boot only: it is loaded here and its memory given back before the node runs."""
     _intern()
+    # The config is checked first (its code dropped), then the drivers it names are
+    # loaded, and only then the rest of the boot code: the boot code's memory, given
+    # back, is one piece (the modules loaded on demand need it whole).
+    import config
+
+    cfg = config.load()
+    del config
+    sys.modules.pop("config", None)
+    gc.collect()
+    if cfg is None:
+        log.error("not starting: fix config.json")
+        return None
+    drivers = {"pms5003": "pm", "sds011": "pm", "sht3x": "sht3x", "bme280": "bme280", "ultrasonic": "ultrasonic",
+               "rain": "rain", "sound": "sound"}
+    for spec in cfg["sensors"]:
+        mod = drivers.get(spec.get("type"))
+        if mod:
+            try:
+                __import__("drivers." + mod)
+            except ImportError:
+                pass  # start.make says so, for that sensor
+    del drivers
     import start
 
-    node = start.node(buf)
+    node = start.node(buf, cfg)
+    del cfg
     del start
     sys.modules.pop("start", None)
     sys.modules.pop("config", None)

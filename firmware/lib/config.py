@@ -28,6 +28,12 @@ _NEEDS = {
     "sound": ("adc",),
 }
 
+# Optional numbers of a sensor entry: (key, lo, hi). warm_s: a PM sensor's warm-up after
+# waking (PMS5003 30, SDS011 15); blind_cm: an ultrasonic ranger's blind zone (JSN-SR04T
+# 20-25 cm); air_c: the air temperature it assumes until the node has measured one;
+# dba_per_v: a sound level module's dB(A) per volt; sample_s: how often sound is sampled.
+_OPTIONAL = (("warm_s", 0, 120), ("blind_cm", 2, 100), ("air_c", -10, 60), ("dba_per_v", 1, 1000), ("sample_s", 1, 60))
+
 DEFAULTS = {
     "mqtt": {"port": 1883, "tls": False, "tls_verify": True, "ca_file": None, "ca": None, "username": None, "password": None, "keepalive_s": 60},
     "ntp_host": "pool.ntp.org",
@@ -127,6 +133,10 @@ def check(cfg) -> list:
         for k in _NEEDS[typ]:
             if type(s.get(k)) not in (int, float):
                 errors.append("sensors[%d] (%s) needs a number %r" % (i, typ, k))
+        for k, lo, hi in _OPTIONAL:
+            v = s.get(k)
+            if v is not None and (type(v) not in (int, float) or not lo <= v <= hi):
+                errors.append("sensors[%d].%s must be a number %d..%d" % (i, k, lo, hi))
     bat = cfg["battery"]
     if bat is not None and (type(bat) is not dict or type(bat.get("adc")) is not int):
         errors.append("battery must be null or {\"adc\": pin, \"divider\": ratio}")

@@ -109,6 +109,28 @@ if ESP32:
     def irq_falling(pin, handler) -> None:
         pin.irq(trigger=machine.Pin.IRQ_FALLING, handler=handler)
 
+    def counter(num: int):
+        # A hardware pulse counter (PCNT unit 0) on the pin, counting falling edges with
+        # its glitch filter at the longest it takes (~12.8 µs); None on a port without
+        # machine.Counter (the rain driver then falls back to the pin interrupt).
+        try:
+            from machine import Counter
+        except ImportError:
+            return None
+        pin = machine.Pin(num, machine.Pin.IN, machine.Pin.PULL_UP)
+        return Counter(0, pin, edge=Counter.FALLING, filter_ns=12000)
+
+    def wake_on_pin(num: int) -> None:
+        # ext0 wake from deep sleep while the pin is low (the reed closed); the RTC domain
+        # keeps the pull-up on during deep sleep
+        import esp32
+
+        pin = machine.Pin(num, machine.Pin.IN, machine.Pin.PULL_UP)
+        esp32.wake_on_ext0(pin, esp32.WAKEUP_ALL_LOW)
+
+    def woke_by_pin() -> bool:
+        return machine.reset_cause() == machine.DEEPSLEEP_RESET and machine.wake_reason() == machine.EXT0_WAKE
+
     def pulse_us(trig, echo, timeout_us: int) -> int:
         # HC-SR04 / JSN-SR04T: a 10 µs trigger, then the echo pulse width.
         trig.value(0)

@@ -40,6 +40,12 @@ def doc(node: Any) -> bytes:
         "faults": sorted(["%s:%s" % kv for kv in node.faults.items()])[:16],
         "interval_s": node.interval_s, "kind": node.place[0], "lat": node.place[1], "lon": node.place[2],
     }
+    laser = -1
+    for _, drv in node.sensors:
+        if hasattr(drv, "laser_ms"):  # a laser PM sensor: its on-time, kept in flash across resets
+            laser = max(0, laser) + drv.laser_ms()
+    if laser >= 0:
+        d["laser_s"] = laser // 1000
     if node.config_seq >= 0:
         d["config_seq"] = node.config_seq
     if battery is not None:

@@ -23,20 +23,14 @@ _HANG_SKIP = 30  # readings a sensor that hung (watchdog reset) sits out
 _SAFE_AFTER = 3  # crashes in a row before the node boots in safe mode
 
 
-def node(buf: Any = None):
-    """The node for this board's config.json, or None (after logging every mistake)."""
+def node(buf: Any = None, cfg: Any = None):
+    """The node for this board's config.json (checked already when given as cfg), or
+    None (after logging every mistake)."""
     if buf is None or len(buf) < BUF_BYTES:
         buf = bytearray(BUF_BYTES)
-    import sys
-
-    import config
-
-    cfg = config.load()
-    del config
-    sys.modules.pop("config", None)  # the check's code is needed no more
-    gc.collect()  # boot's peak: give back what the check and the JSON parser left
     if cfg is None:
-        log.error("not starting: fix config.json")
+        cfg = checked()
+    if cfg is None:
         return None
     lk = Node.link  # link settings received over the air, over config.json's (otaboot.setup)
     if lk:
@@ -113,6 +107,7 @@ def node(buf: Any = None):
         except Exception as e:
             log.error("sensor %s: %s" % (spec["name"], e))
             n.faults[spec["name"]] = "absent"
+    n.sensors.sort(key=lambda s: hasattr(s[1], "air"))  # those that need the air's temperature read after it
     if hung and n.reset == "watchdog":
         # The watchdog fired while this sensor was being read: it hangs the bus.
         n.faults[hung] = "hang"
@@ -335,6 +330,21 @@ def _ca(data: bytes) -> list:
     return certs
 
 
+def checked():
+    """config.json, checked (None after logging every mistake)."""
+    import sys
+
+    import config
+
+    cfg = config.load()
+    del config
+    sys.modules.pop("config", None)  # the check's code is needed no more
+    gc.collect()  # boot's peak: give back what the check and the JSON parser left
+    if cfg is None:
+        log.error("not starting: fix config.json")
+    return cfg
+
+
 def make(spec: dict):
     """A driver for one `sensors` entry of config.json (modules loaded only when used)."""
     t = spec["type"]
@@ -342,7 +352,7 @@ def make(spec: dict):
         from drivers import pm
 
         uart = hal.uart(spec["uart"], 9600, spec["rx"], spec["tx"])
-        return pm.PMS5003(uart) if t == "pms5003" else pm.SDS011(uart)
+        return pm.PM(uart, t == "pms5003", spec.get("name", "pm"), spec.get("warm_s"))
     if t == "sht3x" or t == "bme280":
         bus = hal.i2c(spec["i2c"], spec["scl"], spec["sda"])
         if t == "sht3x":
@@ -355,13 +365,14 @@ def make(spec: dict):
     if t == "ultrasonic":
         from drivers.ultrasonic import Ultrasonic
 
-        return Ultrasonic(hal.pin_out(spec["trig"]), hal.pin_in(spec["echo"], False), spec["mount_cm"])
+        return Ultrasonic(hal.pin_out(spec["trig"]), hal.pin_in(spec["echo"], False), spec["mount_cm"],
+                          spec.get("blind_cm", 20), spec.get("air_c", 30.0))
     if t == "rain":
         from drivers.rain import Rain
 
-        return Rain(hal.pin_in(spec["pin"]), spec.get("mm_per_tip", 0.2794), spec.get("debounce_ms", 50))
+        return Rain(spec["pin"], spec.get("mm_per_tip", 0.2794), spec.get("debounce_ms", 50), hal.counter(spec["pin"]))
     if t == "sound":
         from drivers.sound import Sound
 
-        return Sound(hal.adc(spec["adc"]), spec.get("cal_db", 28.0))
+        return Sound(hal.adc(spec["adc"]), spec.get("cal_db", 28.0), spec.get("dba_per_v"), spec.get("sample_s", 2))
     raise SensorError("unknown_type")

@@ -42,10 +42,16 @@ def _apply(feed):
     r = w.get("rain")
     every = feed.get("tip_every_s")
     if r is not None and every is not None and every != r.get("tip_every_s"):
+        for c in realhw._counters:
+            c.value()  # the tips at the old rate first
         r["tip_every_s"] = every
         now = realhw.ticks_ms()
         for _, _, last in realhw._irqs:
             last[0] = now  # a new rain rate starts now: no burst of tips for the dry hours
+        for c in realhw._counters:
+            c.last = realhw.world_ms()
+        if "rain_last" in realhw._state:
+            realhw._state["rain_last"] = realhw.world_ms()
 
 
 def _service():

@@ -12,7 +12,6 @@ fakehw.configure({"scale": 1000000, "ticks0_ms": (1 << 30) - 60000, "wifi": {"ss
 
 import hal  # noqa: E402
 import app  # noqa: E402
-import start  # noqa: E402
 from clock import Clock  # noqa: E402
 from drivers.rain import Rain  # noqa: E402
 
@@ -33,7 +32,7 @@ def edge(rain, t):
 
 
 # Rain: one tip, seven dry days (read once a day), then three tips with two bounces each.
-rain = Rain(hal.pin_in(27), 0.2, 50)
+rain = Rain(27, 0.2, 50)  # no counter: the pin-interrupt path, debounced in software
 t0 = hal.ticks_ms()
 edge(rain, t0)
 m = {}
@@ -62,7 +61,7 @@ out("clock", due=due)
 
 # A node up for 8 days, its loop run once a day: uptime in status.
 # The true time passed comes from the fake's own clock, which does not wrap.
-node = start.node()
+node = app.boot()  # as main.py boots it (config, drivers, then the boot code)
 born = fakehw._device_ms() - hal.ticks_diff(hal.ticks_ms(), node.boot)
 for _ in range(8):
     hal.sleep_ms(DAY)

@@ -7,6 +7,7 @@ import pytest
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_build_compiles_the_firmware_and_the_board_can_load_it(tmp_path: Path) -
     assert "lib/app.mpy" in mpys and "lib/drivers/pm.mpy" in mpys
     assert not list((out / "lib").rglob("*.py"))
     total = proc.stdout.strip().splitlines()[-1]
-    built = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    built = sum(p.stat().st_size for p in out.rglob("*") if p.is_file() and p.name != "clean_board.py")  # (run by flash, not copied)
     assert total.startswith("total") and f"{built} B built" in total
     # The .mpy files load in the MicroPython VM (same .mpy version as the boards).
     env = dict(os.environ, MICROPYPATH=f"{out / 'lib'}:{fakes_mpy()}:.frozen")
@@ -47,10 +48,37 @@ def test_flash_dry_run_prints_the_exact_commands(tmp_path: Path) -> None:
     assert [shlex.split(line) for line in proc.stdout.strip().splitlines()] == [
         ["esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "erase-flash"],
         ["esptool", "--chip", "esp32", "--port", "/dev/ttyUSB0", "--baud", "460800", "write-flash", "-z", "0x1000", "ESP32_GENERIC-v1.24.1.bin"],
-        ["mpremote", "connect", "/dev/ttyUSB0", "fs", "cp", "-r", "build/firmware/lib", ":", "+", "fs", "cp", "build/firmware/boot.py", ":boot.py",
+        ["mpremote", "connect", "/dev/ttyUSB0", "run", "build/firmware/clean_board.py",
+         "+", "fs", "cp", "-r", "build/firmware/lib", ":", "+", "fs", "cp", "build/firmware/boot.py", ":boot.py",
          "+", "fs", "cp", "build/firmware/main.py", ":main.py", "+", "fs", "cp", "cm-air-001.json", ":config.json",
          "+", "fs", "cp", "certs/ca.pem", ":ca.pem", "+", "reset"],
     ]
+
+
+def test_flash_removes_what_the_new_build_no_longer_has(tmp_path: Path) -> None:
+    """A board flashed with an older build: its lib/ holds a module the new build dropped,
+    a source file the board would import before the new .mpy, and a dropped driver. The
+    build's clean_board.py (what `flash` runs first, via mpremote) runs here in the
+    MicroPython VM on a folder standing for the board's file system."""
+    out = tmp_path / "build"
+    assert nakhon("firmware", "build", "--out", str(out)).returncode == 0
+    board = tmp_path / "board"
+    shutil.copytree(out / "lib", board / "lib")  # what the board has of the new build
+    stale = ["lib/app.py", "lib/oldmod.mpy", "lib/drivers/gone.mpy", "lib/old/x.mpy"]
+    for rel in stale:
+        (board / rel).parent.mkdir(parents=True, exist_ok=True)
+        (board / rel).write_text("stale")
+    (board / "config.json").write_text("{}")
+    (board / "state").mkdir()
+    (board / "state" / "seq").write_text("1000")
+    (board / "main.py").write_text("# main")
+    run = subprocess.run([MICROPYTHON, str(out / "clean_board.py")], cwd=board, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    left = sorted(p.relative_to(board).as_posix() for p in board.rglob("*") if p.is_file())
+    built = sorted(p.relative_to(out).as_posix() for p in (out / "lib").rglob("*") if p.is_file())
+    assert left == sorted([*built, "config.json", "main.py", "state/seq"])  # the stale files gone, nothing else
+    assert not (board / "lib" / "old").exists()  # and the folder they left empty
+    assert sorted(ln.split()[1] for ln in run.stdout.splitlines()) == sorted([*stale, "lib/old/"])
 
 
 def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -> None:
@@ -75,7 +103,7 @@ def test_config_writes_a_bootable_config_and_refuses_a_bad_one(tmp_path: Path) -
 
 
 def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> None:
-    proc = nakhon("firmware", "bench", "--root", str(tmp_path / "bench"), "--readings", "120")
+    proc = nakhon("firmware", "bench", "--root", str(tmp_path / "bench"), "--readings", "120", "--laser-hours", "0.1")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = proc.stdout
     assert "all .mpy as on a board" in text
@@ -94,3 +122,4 @@ def test_bench_measures_the_build_against_the_heap_target(tmp_path: Path) -> Non
     assert rows["read-publish-confirm cycle"] < 40.0 and rows["120-reading replay (batches of 50)"] < 40.0
     assert "peak, TLS connect (CA verified; mbedtls buffers incl.)" in text
     assert "replay: 120 of 120 readings published, 120 confirmed and freed, 0 dropped" in text
+    assert "laser on-time" in text and "sds011" in text  # the laser section (its own test: test_laser.py)

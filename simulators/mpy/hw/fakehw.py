@@ -205,8 +205,11 @@ def _power_faults() -> None:
     if not what or _state.get("power_rev") == rev:
         return
     if what == "cut":
+        pm = _state.get("pm", {})
         _state.clear()
         _state["power_rev"] = rev
+        now = world_ms()  # the PM sensors lose power too: they come back awake, in active mode
+        _state["pm"] = {k: [1, 0, now, st[3] + (now - st[2] if st[0] else 0)] for k, st in pm.items()}
         global _mem
         _mem = None
         with _real_open("fakestate.json", "w") as f:
@@ -272,6 +275,11 @@ def machine_reset_cause() -> int:
 
 def _reset(cause: str) -> None:
     _state["reset"] = cause
+    if cause != "deepsleep":
+        _state.pop("wake", None)
+    for c in _counters:  # tips while the fake restarts (real time, device seconds) go to the next boot's counter
+        c.value()
+        _state["rain_last"] = c.last
     _save_state()
     print("FAKE reset", cause)
     sys.exit(RESET_EXIT)
@@ -282,8 +290,52 @@ def reset() -> None:
 
 
 def deepsleep(ms: int) -> None:
-    _real_sleep(ms // _scale())  # the world moves on while the chip sleeps
-    _reset("deepsleep")
+    """The world moves on while the chip sleeps. The pulse counter stops: a rain tip in
+    that time is lost, unless the gauge pin is a wake source (wake_on_pin), when the first
+    tip wakes the chip (woke_by_pin() then says so)."""
+    r = _world.get("rain")
+    now = world_ms()
+    end = now + ms
+    _state["wake"] = "timer"
+    last = _state.get("rain_last")  # (a boot that made no counter: the one woken by a tip)
+    if _counters:
+        _counters[0].value()
+        last = _counters[0].last
+    if r and last is not None:
+        period = int(r["tip_every_s"] * 1000)
+        t = last + period
+        if _wake_pin[0] == r["pin"] and t < end:
+            end = t  # woken by the tip
+            _state["wake"] = "pin"
+            last = t
+            _state["tips"] = _state.get("tips", 0) + 1
+        else:
+            while t <= end:  # tips nobody counts
+                last = t
+                _state["rain_lost"] = _state.get("rain_lost", 0) + 1
+                t += period
+        _state["rain_last"] = last
+    _wake_pin[0] = None
+    _real_sleep(max(0, end - now) // _scale())
+    _state["reset"] = "deepsleep"
+    _save_state()
+    print("FAKE reset deepsleep", _state["wake"])
+    sys.exit(RESET_EXIT)
+
+
+_wake_pin = [None]
+
+
+def wake_on_pin(num: int) -> None:
+    # A world's rain gauge with "wake": false is wired to a pin that cannot wake the chip
+    # (ext0 takes RTC GPIOs only): tips in deep sleep are then lost, as without the wake path.
+    r = _world.get("rain") or {}
+    if r.get("pin") != num or r.get("wake", True):
+        _wake_pin[0] = num
+
+
+def woke_by_pin() -> bool:
+    return _state.get("reset") == "deepsleep" and _state.get("wake") == "pin"
 
 
 def rtc_memory(data=None) -> bytes:
@@ -375,22 +427,38 @@ class _UART:
         self.frames = 0
         self.corrupt = 0
         self.overflow = 0
+        # The sensor's own state, kept across the chip's resets (the sensor has its own
+        # supply): [awake, passive, woken at (world ms), laser on-time before that (ms)].
+        # Power-up: awake, in active mode (both parts' defaults).
+        pm = _state.setdefault("pm", {})
+        st = pm.get(str(uid))
+        if st is None:
+            st = pm[str(uid)] = [1, 0, world_ms(), 0]
+        self.st = st
+        self.cmd = bytearray(19)  # the command being received
+        self.cn = 0
+        self.sent = 0  # frames sent on request (passive mode)
+        self.warm_ms = int(spec.get("warm_ms", 30000 if spec["type"] == "pms5003" else 15000))
 
-    def _frame(self, k: int) -> int:
-        """Frame k into self.f; returns its length. A frame is made once per value and
-        kept (memo slot: good frames by k % 5, the corrupt one apart), so the fake
-        allocates nothing per frame."""
+    def _frame(self, k: int, sent: int = -1) -> int:
+        """Frame k (the sensor's k-th measurement, one a second) into self.f; returns its
+        length. `sent`: frames sent so far, where line corruption is counted (k in active
+        mode). A frame is made once per value and kept (memo slot: good frames by k % 5,
+        the corrupt one apart), so the fake allocates nothing per frame."""
         s = self.spec
         every = s.get("corrupt_every", 0)
-        bad = every and k % every == every - 1
+        n = k if sent < 0 else sent
+        bad = every and n % every == every - 1
         pm25 = s.get("corrupt_value", 999) if bad else s.get("pm25", 30) + k % 5  # a corrupt one carries a value that must never get out
+        if not bad and world_ms() - self.st[2] < self.warm_ms:
+            pm25 = pm25 // 2  # still warming up: the fan is not at speed, too little air passes the laser
         slot = self.memo[5 if bad else k % 5]
         f = self.f = slot[2]
         if slot[0] != pm25 or slot[1] != s["type"]:
             slot[0], slot[1], slot[3] = pm25, s["type"], self._make(f, pm25, bad)
         if bad:
             self.corrupt += 1
-            print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, k + 1))
+            print("FAKE uart%d corrupt=%d frames=%d" % (self.uid, self.corrupt, n + 1))
         return slot[3]
 
     def _make(self, f, pm25, bad) -> int:
@@ -425,7 +493,7 @@ class _UART:
 
     def _gen(self) -> None:
         due = ticks_diff(ticks_ms(), self.t0) // 1000  # one frame a second
-        if ctl("uart_silent"):
+        if ctl("uart_silent") or not self.st[0] or self.st[1]:  # silent, asleep, or passive (frames on request only)
             self.frames = due
             return
         while self.frames < due:
@@ -453,7 +521,71 @@ class _UART:
         return n
 
     def write(self, data) -> int:
+        # Commands, byte by byte as the sensor's MCU receives them; a bad checksum is ignored.
+        pms = self.spec["type"] == "pms5003"
+        size = 7 if pms else 19
+        c = self.cmd
+        for b in data:
+            if self.cn == 0 and b != (0x42 if pms else 0xAA):
+                continue
+            if self.cn == 1 and b != (0x4D if pms else 0xB4):
+                self.cn = 0
+                continue
+            c[self.cn] = b
+            self.cn += 1
+            if self.cn == size:
+                self.cn = 0
+                self._command(pms)
         return len(data)
+
+    def _command(self, pms: bool) -> None:
+        c = self.cmd
+        if pms:
+            if (c[0] + c[1] + c[2] + c[3] + c[4]) & 0xFFFF != c[5] << 8 | c[6]:
+                return
+            if c[2] == 0xE4:
+                self._power(c[4] == 1)
+            elif c[2] == 0xE1 and self.st[0]:
+                self.st[1] = 1 if c[4] == 0 else 0
+            elif c[2] == 0xE2 and self.st[0] and self.st[1] and not ctl("uart_silent"):
+                self.sent += 1  # the latest measurement (updated once a second)
+                n = self._frame(ticks_diff(ticks_ms(), self.t0) // 1000, self.sent)
+                for i in range(n):
+                    self._push(self.f[i])
+            return
+        s = 0
+        for i in range(2, 17):
+            s += c[i]
+        if c[18] != 0xAB or s & 0xFF != c[17]:
+            return
+        if c[2] == 0x06 and c[3] == 1:  # set sleep / work
+            self._power(c[4] == 1)
+            r = (0xAA, 0xC5, 0x06, 0x01, c[4], 0x00, 0x12, 0x34)
+            for b in r:
+                self._push(b)
+            self._push((0x06 + 0x01 + c[4] + 0x12 + 0x34) & 0xFF)
+            self._push(0xAB)
+
+    def _power(self, on: bool) -> None:
+        st = self.st
+        if on and not st[0]:
+            st[0], st[2] = 1, world_ms()
+            self.frames = ticks_diff(ticks_ms(), self.t0) // 1000  # nothing streamed while it slept
+        elif not on and st[0]:
+            st[0], st[3] = 0, st[3] + world_ms() - st[2]
+
+    def laser_ms(self) -> int:
+        st = self.st
+        return st[3] + (world_ms() - st[2] if st[0] else 0)
+
+
+def laser_ms() -> int:
+    """Laser on-time of every PM sensor of the world so far (device ms), as a meter on the part would count it."""
+    t = 0
+    now = world_ms()
+    for st in _state.get("pm", {}).values():
+        t += st[3] + (now - st[2] if st[0] else 0)
+    return t
 
 
 def _fifo():
@@ -649,16 +781,83 @@ def irq_falling(pin, handler) -> None:
 _pings = [0]
 
 
+def _air() -> tuple:
+    """The air between the ranger and the water: the world's ultrasonic air_c/rh, else what
+    its temperature/humidity sensor reads (the air the node measures), else 30 °C, dry."""
+    u = _world.get("ultrasonic", {})
+    t, rh, p = u.get("air_c"), u.get("rh"), u.get("pressure_hpa", 1013.25)
+    for bus in _world.get("i2c", {}).values():
+        for d in bus.values():
+            t = d.get("temp_c") if t is None else t
+            rh = d.get("rh") if rh is None else rh
+    return (30.0 if t is None else t), (rh or 0.0), p
+
+
+def sound_speed(t_c: float, rh: float, p_hpa: float) -> float:
+    """The speed of sound (m/s) from first principles: an ideal mix of dry air (γ 1.400,
+    28.965 g/mol) and water vapour (γ 1.330, 18.015 g/mol) at the vapour's mole fraction
+    (saturation pressure by Buck's equation), c = sqrt(γ R T / M)."""
+    p_sat = 6.1121 * math.exp((18.678 - t_c / 234.5) * (t_c / (257.14 + t_c)))
+    x = rh / 100 * p_sat / p_hpa
+    cv = (1 - x) / 0.400 + x / 0.330  # Cv / R of the mix
+    gamma = (cv + 1) / cv
+    m = ((1 - x) * 28.965 + x * 18.015) / 1000
+    return math.sqrt(gamma * 8.314462 * (t_c + 273.15) / m)
+
+
 def pulse_us(trig, echo, timeout_us: int) -> int:
+    """The echo's round trip through the world's air. Water closer than the ranger's blind
+    zone (`blind_cm`) is heard as the transducer's own ringing: a short echo (`ring_cm`)."""
     u = _world.get("ultrasonic", {})
     if u.get("absent") or ctl("ultrasonic_absent"):
         return -1  # machine.time_pulse_us: timeout waiting for the echo
+    us_cm = 20000 / sound_speed(*_air())
     echoes = u.get("echoes_cm")  # a cycle of pings, None for a missed echo
     if echoes:
         cm = echoes[_pings[0] % len(echoes)]
         _pings[0] += 1
-        return -1 if cm is None else int(cm * 58.3)
-    return int(u.get("distance_cm", 150) * 58.3)
+        return -1 if cm is None else int(cm * us_cm + 0.5)
+    cm = u.get("distance_cm", 150)
+    if cm < u.get("blind_cm", 20):
+        _pings[0] += 1
+        return int((u.get("ring_cm", 12) + _pings[0] % 3) * us_cm)
+    return int(cm * us_cm + 0.5)
+
+
+class _Counter:
+    """machine.Counter on the rain gauge's pin: counts the world's tips (one every
+    `tip_every_s`) while the chip runs, whatever the firmware is doing. The board's RC
+    filter keeps the reed's bounces off it (README), so it sees one edge per tip.
+    At a boot it resumes from the last tip accounted before the reset, as if the reboot
+    took no time (the fake's restart takes real time, which is device seconds at scale;
+    a board boots in about a second); after a power cut it starts from now."""
+
+    def __init__(self, spec: dict) -> None:
+        self.spec = spec
+        self.n = 0
+        last = _state.get("rain_last")
+        self.last = world_ms() if last is None else last
+
+    def value(self) -> int:
+        period = int(self.spec["tip_every_s"] * 1000)
+        now = world_ms()
+        while now - self.last >= period:
+            self.last += period
+            self.n += 1
+            _state["tips"] = _state.get("tips", 0) + 1
+        return self.n
+
+
+_counters = []
+
+
+def counter(num: int):
+    r = _world.get("rain")
+    if not r or r.get("pin") != num or r.get("counter") is False:  # "counter": false: a port without machine.Counter
+        return None
+    c = _Counter(r)
+    _counters.append(c)
+    return c
 
 
 def _rain_edges() -> None:
@@ -698,7 +897,13 @@ class _ADC:
     def read_uv(self) -> int:
         if self.spec.get("adc2") and wlan.requested:
             raise OSError(263)  # ESP_ERR_TIMEOUT: ADC2 is taken by the Wi-Fi driver
-        return int(self.spec.get("volts", 3.9) / self.spec.get("divider", 2.0) * 1000000)
+        s = self.spec
+        if "dba" in s:  # an A-weighted sound level module: volts in proportion to dB(A);
+            lv = s["dba"]  # a list: the level steps through it, `step_s` device-seconds each
+            if type(lv) is list:
+                lv = lv[world_ms() // int(s.get("step_s", 10) * 1000) % len(lv)]
+            return int(lv / s.get("dba_per_v", 50) * 1000000)
+        return int(s.get("volts", 3.9) / s.get("divider", 2.0) * 1000000)
 
 
 def adc(num: int):
@@ -716,7 +921,8 @@ class _WLAN:
     driver retries by itself (reconnects forever) until disconnect(); connect() again
     while it is at it raises "Wifi Internal Error". {"wifi_down": true} takes the access
     point away; {"wifi_zombie": true} leaves the station associated ("connected") while
-    nothing passes (sockets die, new ones time out) until it re-associates."""
+    nothing passes (sockets die, new ones time out) until it re-associates;
+    {"wifi_zombie": "uplink"}: the same, and no re-association helps."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -740,8 +946,9 @@ class _WLAN:
     def disconnect(self) -> None:
         self.requested = False
         self.at = None
-        if ctl("wifi_zombie"):
+        if ctl("wifi_zombie") and ctl("wifi_zombie") != "uplink":
             self.zombie_rev = _ctl.get("rev")  # a fresh association gets a working link
+            # ("uplink": the access point's own uplink is dead: no association helps)
 
     def isconnected(self) -> bool:
         if ctl("wifi_crash"):  # a driver bug the firmware does not expect: an exception it does not catch
