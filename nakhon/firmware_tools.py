@@ -20,6 +20,7 @@ from typing import Any
 
 import simulators
 from contract.boards import SENSORS as BOARD_SENSORS
+from contract.boards import VM_HEAP_BYTES
 
 ROOT = Path(__file__).resolve().parent.parent
 # firmware/ is MicroPython, not a Python package: a checkout has it beside the packages,
@@ -28,7 +29,7 @@ FIRMWARE = Path(os.environ.get("NAKHON_FIRMWARE_DIR") or ROOT / "firmware")
 # the unix port's stand-ins for the ESP32's hardware ship with the simulators (firmware in the loop)
 FAKES = Path(simulators.__file__).resolve().parent / "mpy" / "hw"
 MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
-HEAPSIZE = 110_000
+HEAPSIZE = VM_HEAP_BYTES  # (contract/boards.py says why)
 PEAK_TARGET = 40 * 1024  # peak heap of a read-publish cycle and of a replay, on a plain ESP32 (no PSRAM)
 # The unix port is 64-bit: every object header and pointer takes twice the ESP32's 32-bit
 # word, bytecode and string data the same. A firmware heap of this kind comes to about
@@ -200,7 +201,7 @@ def _cache() -> Path:
 def firmware_mpy() -> Path:
     """firmware/lib compiled to .mpy as `build` makes it for a board (var/firmware-mpy/lib,
     recompiled when a source changes): tests and firmware in the loop run what a board
-    runs, and the 110 KB heap is the firmware's, not the compiler's working space."""
+    runs, and the test heap is the firmware's, not the compiler's working space."""
     out = _cache() / "firmware-mpy" / "lib"
     lib = FIRMWARE / "lib"
     wanted = set()

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.boards import MM_PER_TIP, SENSORS
+from contract.boards import MM_PER_TIP, SENSORS, VM_HEAP_BYTES
 from contract.logs import kv
 from simulators.devices import SimDevice
 from simulators.faults import Fault
@@ -51,11 +51,7 @@ from simulators.signals import Signals
 log = logging.getLogger("nakhon.simulate.fil")
 
 RESET_EXIT = 75
-# A plain ESP32 without PSRAM leaves about 110 KB to MicroPython, in 32-bit objects; this 64-bit
-# VM needs about 1.47x for the same objects, and here the fake hardware, the signal feed and the
-# fault shim live in the same heap. 130,000 B is still less than a board's 110 KB in 32-bit terms
-# (~88 KB); `nakhon firmware bench` judges the firmware's own peaks against the 40 KB budget.
-HEAPSIZE = 130_000
+HEAPSIZE = VM_HEAP_BYTES  # (contract/boards.py says why)
 KINDS = ("air", "weather", "water", "noise")
 FAULTS = ("offline", "hang", "stuck", "spike")
 READING_RE = re.compile(r"reading seq=(\d+) ts=(\d+\.\d+)")

@@ -8,9 +8,11 @@ except ImportError:
 _KEYS = ("v", "id", "fw", "chunk", "boots", "minutes", "files", "link")
 
 
-def _chars(s: str, extra: str) -> bool:
-    for c in s:
-        if not ("a" <= c <= "z" or "0" <= c <= "9" or c in extra):
+def _chars(s: str, extra: bytes) -> bool:
+    # Byte by byte: MicroPython makes each character of a str it iterates a name it keeps
+    # for good (app.ON_DEMAND says why no name may be made once the node runs).
+    for c in s.encode():
+        if not (97 <= c <= 122 or 48 <= c <= 57 or c in extra):
             return False
     return True
 
@@ -39,7 +41,7 @@ def _link_ok(lk: Any) -> bool:
             if k not in ("host", "port", "ca"):
                 return False
         h = m.get("host", "x")
-        if type(h) is not str or not 1 <= len(h) <= 64 or not _chars(h, "ABCDEFGHIJKLMNOPQRSTUVWXYZ.-"):
+        if type(h) is not str or not 1 <= len(h) <= 64 or not _chars(h, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ.-"):
             return False
         p = m.get("port", 1)
         if type(p) is not int or not 1 <= p <= 65535:
@@ -64,7 +66,7 @@ def offer_ok(doc: Any) -> bool:
         m = doc.get("minutes", 10)
         return type(m) is int and 1 <= m <= 1440 and _link_ok(doc["link"])
     fw = doc.get("fw")
-    if type(fw) is not str or not 1 <= len(fw) <= 32 or not _chars(fw, "ABCDEFGHIJKLMNOPQRSTUVWXYZ._+-") or fw[0] in "._+-":
+    if type(fw) is not str or not 1 <= len(fw) <= 32 or not _chars(fw, b"ABCDEFGHIJKLMNOPQRSTUVWXYZ._+-") or fw.encode()[0] in b"._+-":
         return False
     c = doc.get("chunk", 1024)
     if type(c) is not int or not 256 <= c <= 3072:
@@ -81,13 +83,13 @@ def offer_ok(doc: Any) -> bool:
         if type(f) is not list or len(f) != 3 or type(f[0]) is not str or type(f[1]) is not str or type(f[2]) is not int:
             return False
         p = f[0]
-        if not p.endswith(".mpy") or not _chars(p[:-4], "_/") or len(f[1]) != 64 or not _chars(f[1], "") or f[2] < 0:
+        if not p.endswith(".mpy") or not _chars(p[:-4], b"_/") or len(f[1]) != 64 or not _chars(f[1], b"") or f[2] < 0:
             return False
         for part in p[:-4].split("/"):
             if not part:
                 return False
-        for ch in f[1]:
-            if ch > "f":
+        for ch in f[1].encode():
+            if ch > 102:  # above "f": not lowercase hex
                 return False
         app = app or p == "app.mpy"
     return app

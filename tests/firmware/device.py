@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from contract.boards import VM_HEAP_BYTES
 from nakhon.firmware_tools import fakes_mpy, firmware_mpy
 
 ROOT = Path(__file__).resolve().parents[2]
 FIRMWARE = ROOT / "firmware"
 MICROPYTHON = str(ROOT / ".venv" / "bin" / "micropython")
-HEAPSIZE = 110_000  # a plain ESP32 without PSRAM leaves about this much to MicroPython
+HEAPSIZE = VM_HEAP_BYTES  # (contract/boards.py says why)
 RESET_EXIT = 75
 
 READING_RE = re.compile(r"reading seq=(\d+) ts=(\d+\.\d+)")

@@ -62,11 +62,19 @@ out("clock", due=due)
 # A node up for 8 days, its loop run once a day: uptime in status.
 # The true time passed comes from the fake's own clock, which does not wrap.
 node = app.boot()  # as main.py boots it (config, drivers, then the boot code)
-born = fakehw._device_ms() - hal.ticks_diff(hal.ticks_ms(), node.boot)
+
+
+def unwrapped(t):
+    # The fake's device time (no wrap) at tick count t, from one reading of its clock.
+    d = fakehw._device_ms()
+    return d - hal.ticks_diff((fakehw._ticks0 + d) & fakehw._MASK, t)
+
+
+born = unwrapped(node.boot)
 for _ in range(8):
     hal.sleep_ms(DAY)
     node.step()
-true_ms = fakehw._device_ms() - hal.ticks_diff(hal.ticks_ms(), node.ticks) - born
+true_ms = unwrapped(node.ticks) - born
 import report  # noqa: E402
 
 doc = json.loads(report.doc(node))

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nakhon.firmware_tools import MICROPYTHON, fakes_mpy
+from nakhon.firmware_tools import HEAPSIZE, MICROPYTHON, fakes_mpy
 
 pytestmark = pytest.mark.integration  # mpy-cross and the MicroPython VM
 
@@ -36,7 +36,7 @@ def test_build_compiles_the_firmware_and_the_board_can_load_it(tmp_path: Path) -
     assert total.startswith("total") and f"{built} B built" in total
     # The .mpy files load in the MicroPython VM (same .mpy version as the boards).
     env = dict(os.environ, MICROPYPATH=f"{out / 'lib'}:{fakes_mpy()}:.frozen")
-    run = subprocess.run([MICROPYTHON, "-X", "heapsize=110000", "-c", "import app, config, drivers.pm, drivers.bme280; print(app.FW)"],
+    run = subprocess.run([MICROPYTHON, "-X", f"heapsize={HEAPSIZE}", "-c", "import app, config, drivers.pm, drivers.bme280; print(app.FW)"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stdout.strip(), run.stderr
 

@@ -25,7 +25,8 @@ from contract.payload import parse_telemetry
 from contract.status import parse_status
 from nakhon.procs import Service
 from nakhon.servers import Mosquitto, free_port, make_certs
-from tests.firmware.device import Device, device_config, world
+from nakhon.firmware_tools import TLS_EXTRA
+from tests.firmware.device import HEAPSIZE, Device, device_config, world
 from tests.firmware.watch import Watch
 from tests.helpers import wait_until
 
@@ -333,7 +334,7 @@ def test_bad_config_json_is_reported_line_by_line(tmp_path: Path) -> None:
 # On the unix port mbedtls takes its buffers (~2 x 16 KB records plus handshake state) from
 # the MicroPython heap; on an ESP32 they come from the ESP-IDF heap, outside it. The TLS
 # devices get that much more heap so the comparison with a board stays fair.
-TLS_HEAP = 110_000 + 48_000
+TLS_HEAP = HEAPSIZE + TLS_EXTRA
 
 
 def test_tls_with_verification_and_device_credentials(workdir: Path) -> None:

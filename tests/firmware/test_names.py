@@ -16,6 +16,7 @@ import pytest
 
 from nakhon.servers import free_port
 from tests.firmware.device import device_config
+from tests.firmware.test_ota_contract import OFFERS
 from tests.firmware.test_units import run_mp
 
 pytestmark = pytest.mark.integration
@@ -30,6 +31,7 @@ def test_no_module_loaded_after_boot_adds_a_name(tmp_path: Path) -> None:
     modules = sorted(p.stem for p in LIB.glob("*.py") if p.stem not in ("start", "config"))
     assert {"online", "report", "ota", "probation"} <= set(modules)
     (tmp_path / "config.json").write_text(json.dumps(device_config("cm-names-01", free_port())))
+    (tmp_path / "offers.json").write_text(json.dumps(OFFERS))
     proc = run_mp(HERE / "mp_names.py", tmp_path, *modules)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     booted = proc.stdout.split("BOOTED", 1)[1].split("RAN", 1)

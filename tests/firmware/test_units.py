@@ -106,9 +106,12 @@ def test_ultrasonic_and_rain(checks: dict[str, dict[str, Any]]) -> None:
 
 @pytest.fixture(scope="module")
 def water_checks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
-    proc = run_mp(HERE / "mp_water.py", tmp_path_factory.mktemp("water"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return {d["check"]: d for d in (json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{"))}
+    out = ""
+    for part in ("driver", "node"):
+        proc = run_mp(HERE / "mp_water.py", tmp_path_factory.mktemp("water"), part)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        out += proc.stdout
+    return {d["check"]: d for d in (json.loads(ln) for ln in out.splitlines() if ln.startswith("{"))}
 
 
 def test_water_level_within_1cm_at_3m_across_20_to_45_degc(water_checks: dict[str, dict[str, Any]]) -> None:
