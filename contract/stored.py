@@ -11,6 +11,12 @@ reading from flash only once a confirmation covers its seq; a repeat of a
 reading already stored overwrites itself (idempotent writes), so confirmations
 may be lost or repeated without harm.
 
+`seq` may be empty (`{"v": 1, "seq": [], "t": ...}`): the ingest also answers
+each `online` status of a device, with whatever ranges wait for it, or none,
+so that a device whose NTP is blocked (it has only undated readings and so
+sends no telemetry) still learns `t`. A device takes such a message as a
+sign that the platform is there and frees nothing.
+
 `t` (optional) is the platform's Unix time in seconds when it sent the
 message: a second time source for a device whose NTP is blocked.
 

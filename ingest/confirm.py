@@ -8,6 +8,12 @@ most MAX_RANGES per message. Batches may commit in any order: seqs are merged
 into sorted, disjoint inclusive ranges, so what a round says is exactly what
 is durable, never more.
 
+A device's `online` status is answered too: the worker adds it with no seqs,
+and the round sends it a `stored` message with the ranges it has, or none,
+and the platform's time `t` (a device whose NTP is blocked has only undated
+readings, so sends no telemetry, and learns the time there). It costs one
+small message per status, in the same rounds and bounds.
+
 Forgetting a confirmation is always safe (the device replays the reading
 after its timeout; the write is idempotent), so the memory is bounded by
 forgetting, and counting it:
@@ -92,12 +98,15 @@ class Tracker:
         return sum(len(r) for r in self._waiting.values())
 
     def add(self, key: Key, seqs: list[int]) -> None:
-        """`seqs` of device `key` are durable."""
+        """`seqs` of device `key` are durable (none: the device is answered anyway, with the time)."""
+        if not seqs:
+            self.add_ranges(key, [])
+            return
         first, last = seqs[0], seqs[-1]
         # the hot path: a device's next readings in a batch, in order and without a gap (one range)
         if last - first == len(seqs) - 1 and (len(seqs) < 3 or all(b - a == 1 for a, b in itertools.pairwise(seqs))) and last >= first:
             cur = self._waiting.get(key)
-            if cur is not None:
+            if cur:  # (an empty list: a device waiting for an answer to its status, see add_ranges)
                 lo, hi = cur[-1]
                 if first == hi + 1:
                     cur[-1] = (lo, last)
@@ -110,14 +119,16 @@ class Tracker:
         self.add_ranges(key, to_ranges(seqs))
 
     def add_ranges(self, key: Key, ranges: Ranges) -> None:
-        if not ranges:
-            return
+        """`ranges` of device `key` are durable; with none, the device waits for a message all the same
+        (its `online` status is answered with the platform's time, contract/stored.py)."""
         cur = self._waiting.get(key)
         if cur is None:
             while len(self._waiting) >= self.max_devices:
                 self._waiting.popitem(last=False)
                 self.devices_forgotten += 1
             cur = self._waiting[key] = []
+        if not ranges:
+            return
         if cur and ranges[0][0] > cur[-1][1] + 1:
             cur += ranges  # in place: the device's next readings, after a gap
         else:

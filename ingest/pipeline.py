@@ -28,6 +28,9 @@ class Outcome:
     # the device's reading seqs this message makes done once durable (stored or dead-lettered as bad data)
     device: tuple[str, str] | None = None
     seqs: list[int] = field(default_factory=list)
+    # a device's `online` status: it is answered with a `stored` message carrying the platform's
+    # time (a device without NTP and so without dated readings learns it there, contract/stored.py)
+    answer: bool = False
 
 
 class Pipeline:
@@ -85,6 +88,9 @@ class Pipeline:
                 stamp = self._status_stamp(topic_name, int(now * 1000))
                 out.lines.append(encode_point(storage.STATUS_MEASUREMENT, {"city": t.city, "device": t.device}, fields, stamp))
                 out.accepted = 1
+                if fields.get("state") == "online":
+                    out.device = (t.city, t.device)
+                    out.answer = True
         if out.rejections:
             out.dead = deadletter.record(topic_name, payload, out.rejections, now)
         return out

@@ -294,6 +294,8 @@ class Worker:
                     done[out.device] = out.seqs  # type: ignore[index]
                 else:
                     d += out.seqs
+            elif out.answer and out.device not in done:  # a status: answered with the time (and any ranges)
+                done[out.device] = []  # type: ignore[index]
             lines += out.lines
             messages += 1
             wire_bytes += len(payload) + len(topic_name) + 9

@@ -15,6 +15,7 @@ import pytest
 
 from contract.payload import encode_batch, encode_reading
 from contract.settings import Settings, load_settings
+from contract.status import encode_status
 from contract.stored import MAX_RANGES, parse_stored
 from ingest import mqttwire as wire
 from ingest.confirm import Tracker, merge, to_ranges
@@ -263,3 +264,45 @@ def test_the_fast_path_takes_only_a_run_without_gaps() -> None:
         t = Tracker()
         t.add(A, seqs)
         assert t.take(1) == [(A, want)], seqs
+
+
+# --- a device's status is answered with the time ----------------------------------------------------
+
+STATUS = "nakhon/v1/{}/{}/status"
+
+
+def test_an_online_status_is_answered_with_the_time_and_no_ranges(tmp_path: Path) -> None:
+    """A device whose NTP is blocked has only undated readings and sends no telemetry: its status brings it `t`."""
+    with InfluxStub() as stub:
+        w = Worker(_settings(tmp_path, stub.url))
+        _connected(w)
+        w._on_publishes([(STATUS.format(*A), encode_status("online", uptime_s=5), 1), (STATUS.format(*B), encode_status("offline"), 2)], 1)
+        assert w.confirm_round() == 0  # not durable yet: nothing said
+        w.flush()
+        assert w.confirm_round() == 1
+        assert _sent(w) == {"nakhon/v1/phuket/pk-air-001/stored": []}  # the offline will is not answered; `t` checked in _sent
+        assert w.stats.confirmed_readings == 0 and w.confirm_round() == 0
+
+
+def test_a_status_beside_readings_gets_one_message_with_the_ranges(tmp_path: Path) -> None:
+    with InfluxStub() as stub:
+        w = Worker(_settings(tmp_path, stub.url))
+        _connected(w)
+        w._on_publishes([(STATUS.format(*A), encode_status("online"), 9), *_pubs(A, [1, 2, 3])], 1)
+        w._on_publishes(_pubs(A, [4], first_pid=20), 1)
+        w.flush()
+        assert w.confirm_round() == 1
+        assert _sent(w) == {"nakhon/v1/phuket/pk-air-001/stored": [(1, 4)]}
+
+
+def test_tracker_answers_a_device_with_no_seqs_once_per_round() -> None:
+    t = Tracker(max_devices=2)
+    t.add(A, [])
+    t.add(A, [])
+    assert t.take(10) == [(A, [])]
+    t.add(A, [])
+    t.add(A, [3])
+    assert t.take(10) == [(A, [(3, 3)])]
+    for i in range(3):  # bounded like any waiting device
+        t.add(("phuket", f"pk-air-{i:03d}"), [])
+    assert len(t) == 2 and t.devices_forgotten == 1
