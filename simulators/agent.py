@@ -10,8 +10,10 @@ duplicate, which the platform stores once).
 
 With `confirm` on (store-and-forward, as the firmware): a reading stays until
 the platform's `stored` message covers its seq, not only until the broker's
-PUBACK; it is sent again when no confirmation came within
-`confirm_timeout_s`, and everything unconfirmed is replayed after a
+PUBACK; when the oldest waited `confirm_timeout_s` without a confirmation,
+everything unconfirmed is sent again, and the wait doubles (up to 32 times
+the base) while none comes, back to the base at the next `stored` message,
+as the firmware's confirm_ms; everything unconfirmed is replayed after a
 reconnect. The device holds at most `buffer_max` readings (unsent and
 unconfirmed together); past it the oldest is dropped and counted.
 """
@@ -76,6 +78,7 @@ class Agent:
         # confirm on: every reading sent and not yet confirmed, by seq, with when it was (last) sent; oldest send first
         self.unconfirmed: OrderedDict[int, tuple[Reading, float]] = OrderedDict()
         self.all_confirmed = asyncio.Event()
+        self.confirm_wait = cfg.confirm_timeout_s  # the wait before a resend: doubles while no confirmation comes
         self.offline_until: float | None = None  # simulated time an offline fault ends
         self.closing = False
         self.last: dict[str, Any] = {}
@@ -234,6 +237,7 @@ class Agent:
             st.stored_bad += 1
             return
         st.stored_messages += 1
+        self.confirm_wait = self.cfg.confirm_timeout_s  # the platform answers: back to the base wait
         u = self.unconfirmed
         freed = 0
         for lo, hi in ranges:
@@ -278,20 +282,18 @@ class Agent:
             st.dropped += 1
 
     async def resend_due(self) -> int:
-        """Send again what waited confirm_timeout_s without a confirmation (the ingest or the broker lost it)."""
+        """When the oldest unconfirmed reading waited `confirm_wait` (the ingest or the broker lost it, or the
+        ingest is away), send every unconfirmed reading again, oldest first, and double the wait (the firmware's
+        confirm_ms: up to 32 times confirm_timeout_s; a `stored` message sets it back)."""
         u = self.unconfirmed
         if not u or not self.ready.is_set():
             return 0
         now = asyncio.get_running_loop().time()
-        limit = now - self.cfg.confirm_timeout_s
-        if next(iter(u.values()))[1] > limit:
+        if next(iter(u.values()))[1] > now - self.confirm_wait:
             return 0
-        due: list[Reading] = []
-        for r, t in u.values():
-            if t > limit:
-                break
-            due.append(r)
-        due.sort(key=lambda r: r[1])
+        due = sorted((r for r, _ in u.values()), key=lambda r: r[1])
+        self.confirm_wait = min(self.confirm_wait * 2, self.cfg.confirm_timeout_s * 32)
+        self.stats.resends += 1
         for k in range(0, len(due), self.cfg.batch):
             chunk = [r for r in due[k : k + self.cfg.batch] if r[1] in u]  # a confirmation may have come meanwhile
             if not chunk:

@@ -37,7 +37,8 @@ class RunConfig:
     ts_max_future_s: float = 300.0
     keep_ledger: bool = False  # remember (ts, seq) of every reading (tests)
     # Store-and-forward (issue 18), as the firmware does it: a reading is kept until the platform's `stored`
-    # message covers it (not freed at the broker's PUBACK), sent again after confirm_timeout_s without one,
+    # message covers it (not freed at the broker's PUBACK), sent again after confirm_timeout_s without one (the wait
+    # doubling, up to 32x, while none comes),
     # and replayed after a reconnect; off = the old behaviour, freed at PUBACK (for the bench's comparison).
     confirm: bool = False
     confirm_timeout_s: float = 30.0

@@ -17,7 +17,7 @@
     connect_rate: 1000             # new connections per second at start
     credentials: creds.json        # {"device_id": "password", ...} from provisioning
     confirm: true                  # keep readings until the platform confirms them stored (false: free at PUBACK)
-    confirm_timeout_s: 30          # send an unconfirmed reading again after this long
+    confirm_timeout_s: 30          # send unconfirmed readings again after this long (doubling while none is confirmed)
     faults:
       - {kind: offline, devices: 2, at_s: 60, for_s: 90}
 
@@ -76,7 +76,7 @@ class Scenario:
     prefix: str = "sim"
     firmware: int = 0  # devices that are the real firmware on the MicroPython unix port
     confirm: bool = True  # keep each reading until the platform's `stored` confirmation covers it (store-and-forward)
-    confirm_timeout_s: float = 30.0  # send an unconfirmed reading again after this long
+    confirm_timeout_s: float = 30.0  # send unconfirmed readings again after this long (doubling while none is confirmed)
     faults: list[Fault] = field(default_factory=list)
 
     @classmethod

@@ -11,7 +11,7 @@ _SUMS = (
     "devices", "connected", "connects", "connect_attempts", "connect_failures", "refused", "messages_sent",
     "messages_acked", "readings_sent", "readings_acked", "duplicates_sent", "status_sent", "config_applied",
     "buffered", "buffered_total", "replayed", "dropped", "unsent", "storm_pending",
-    "stored_messages", "stored_bad", "confirmed", "unconfirmed", "resent",
+    "stored_messages", "stored_bad", "confirmed", "unconfirmed", "resent", "resends",
 )
 _COUNTERS = ("faults", "malformed", "expected_rejected")
 
@@ -42,6 +42,7 @@ class Stats:
     confirmed: int = 0  # readings the platform confirmed durable (freed)
     unconfirmed: int = 0  # readings sent and not confirmed yet, right now (at the end: what no confirmation covered)
     resent: int = 0  # readings sent again because no confirmation came within confirm_timeout_s
+    resends: int = 0  # times a device sent its unconfirmed readings again (the wait doubles each time, as the firmware's)
     storm_seconds: float = 0.0  # from the storm to the last device back
     faults: Counter[str] = field(default_factory=Counter)  # readings or events touched, by fault kind
     malformed: Counter[str] = field(default_factory=Counter)  # messages sent, by the reason the ingest should give

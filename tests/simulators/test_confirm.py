@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -36,7 +38,8 @@ def test_the_fleet_frees_each_reading_once_the_platform_confirms_it(settings: Se
     made = sum(len(v) for v in st.ledger.values())
     assert made >= len(devices) * 5
     assert st.unconfirmed == 0 and st.confirmed == made  # every reading freed by a confirmation, each once
-    assert 0 < st.stored_messages <= made and st.stored_bad == 0 and st.dropped == 0
+    # at most one per reading, and one answering each online status (it carries the platform's time)
+    assert 0 < st.stored_messages <= made + st.status_sent and st.stored_bad == 0 and st.dropped == 0
     assert wait_count(influx, "device", "battery_v", made, 60) == made
 
 
@@ -60,3 +63,23 @@ def test_a_device_whose_confirmations_stop_drops_its_oldest_and_nothing_else(set
             wait_until(lambda d=d: _seqs(influx, d.device_id) == list(range(8, 13)), 60, what=f"{d.device_id}: seqs 8..12 stored once")
     finally:
         svc.stop()
+
+
+def test_resends_back_off_while_the_ingest_is_away(settings: Settings) -> None:
+    """No ingest: nothing is confirmed. A device sends its unconfirmed readings again after the wait, and the wait
+    doubles each time, as the firmware's confirm_ms: in T seconds with base b, at most log2(T / b + 1) + 1 resends
+    (without the backoff, one every b: T / b of them)."""
+    devices = make_fleet(list(BUILTIN_CITIES)[:1], 2, seed=20)
+    base = 0.2
+    cfg = RunConfig(port=settings.mqtt_port, interval_s=0.05, count=120, seed=20, confirm=True, confirm_timeout_s=base)
+    fleet = Fleet(devices, cfg)
+    began = time.monotonic()
+    asyncio.run(fleet.run(settle_s=0.1))
+    took = time.monotonic() - began
+    st = fleet.stats
+    assert st.readings_sent >= 120 * len(devices) and st.confirmed == 0
+    per_device = st.resends / len(devices)
+    assert per_device >= 3, "resent at all, the wait doubling from the base"
+    assert per_device <= math.log2(took / base + 1) + 1, f"{per_device} resends per device in {took:.1f} s"
+    assert took / base > 3 * per_device  # the bound means something: without backoff there would be far more
+    assert all(a.confirm_wait > 4 * base for a in fleet.agents)
