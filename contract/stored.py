@@ -65,14 +65,24 @@ def to_ranges(seqs: Iterable[int]) -> Ranges:
     return out
 
 
-def encode_stored(ranges: Ranges, t: float | None = None) -> bytes:
-    """The payload for `ranges` (already sorted and disjoint, at most MAX_RANGES), stamped with `t` if given."""
+def stamp(t: float | None) -> bytes:
+    """The end of a payload stamped with `t` (or not): made once per confirmation round, shared by its messages."""
+    return b"}" if t is None else b',"t":' + orjson.dumps(round(t, 3)) + b"}"
+
+
+def encode_stamped(ranges: Ranges, end: bytes) -> bytes:
+    """The payload for `ranges` (already sorted and disjoint, at most MAX_RANGES) with `end` from `stamp`:
+    compact JSON, keys in this order (the firmware reads this form without a parser, firmware/lib/ring.py)."""
+    if len(ranges) == 1:  # the common case: a device's readings since the last round, without a gap
+        return b'{"v":1,"seq":[[%d,%d]]%b' % (ranges[0][0], ranges[0][1], end)
     if len(ranges) > MAX_RANGES:
         raise StoredError(f"at most {MAX_RANGES} ranges per message, got {len(ranges)}")
-    doc: dict[str, object] = {"v": VERSION, "seq": [[lo, hi] for lo, hi in ranges]}
-    if t is not None:
-        doc["t"] = round(t, 3)
-    return orjson.dumps(doc)
+    return b'{"v":1,"seq":[%b]%b' % (b",".join([b"[%d,%d]" % (lo, hi) for lo, hi in ranges]), end)
+
+
+def encode_stored(ranges: Ranges, t: float | None = None) -> bytes:
+    """The payload for `ranges` (already sorted and disjoint, at most MAX_RANGES), stamped with `t` if given."""
+    return encode_stamped(ranges, stamp(t))
 
 
 def parse_stored(payload: bytes) -> Stored:

@@ -99,24 +99,7 @@ class Tracker:
 
     def add(self, key: Key, seqs: list[int]) -> None:
         """`seqs` of device `key` are durable (none: the device is answered anyway, with the time)."""
-        if not seqs:
-            self.add_ranges(key, [])
-            return
-        first, last = seqs[0], seqs[-1]
-        # the hot path: a device's next readings in a batch, in order and without a gap (one range)
-        if last - first == len(seqs) - 1 and (len(seqs) < 3 or all(b - a == 1 for a, b in itertools.pairwise(seqs))) and last >= first:
-            cur = self._waiting.get(key)
-            if cur:  # (an empty list: a device waiting for an answer to its status, see add_ranges)
-                lo, hi = cur[-1]
-                if first == hi + 1:
-                    cur[-1] = (lo, last)
-                    return
-                if first > hi + 1 and len(cur) < self.max_ranges:
-                    cur.append((first, last))
-                    return
-            self.add_ranges(key, [(first, last)])
-            return
-        self.add_ranges(key, to_ranges(seqs))
+        self.add_all(((key, seqs),))
 
     def add_ranges(self, key: Key, ranges: Ranges) -> None:
         """`ranges` of device `key` are durable; with none, the device waits for a message all the same
@@ -138,11 +121,31 @@ class Tracker:
             del cur[self.max_ranges :]
 
     def add_all(self, done: Iterable[tuple[Key, list[int]]]) -> int:
-        """Many devices at once; returns the seqs added."""
+        """Many devices at once (a batch made durable); returns the seqs added."""
         n = 0
+        waiting = self._waiting
+        bound = self.max_ranges
         for key, seqs in done:
-            self.add(key, seqs)
-            n += len(seqs)
+            k = len(seqs)
+            if not k:
+                self.add_ranges(key, [])
+                continue
+            n += k
+            first, last = seqs[0], seqs[-1]
+            # the hot path: a device's next readings, in order and without a gap (one range)
+            if last - first == k - 1 and (k < 3 or seqs == list(range(first, last + 1))):
+                cur = waiting.get(key)
+                if cur:  # (an empty list: a device waiting for an answer to its status, see add_ranges)
+                    lo, hi = cur[-1]
+                    if first == hi + 1:
+                        cur[-1] = (lo, last)
+                        continue
+                    if first > hi + 1 and len(cur) < bound:
+                        cur.append((first, last))
+                        continue
+                self.add_ranges(key, [(first, last)])
+            else:
+                self.add_ranges(key, to_ranges(seqs))
         return n
 
     def take(self, limit: int) -> list[tuple[Key, Ranges]]:

@@ -139,6 +139,18 @@ def publish(topic: str, payload: bytes, packet_id: int, dup: bool = False) -> by
     return _packet(PUBLISH << 4 | (0x08 if dup else 0) | 0x02, body)
 
 
+def topic_name(topic: str) -> bytes:
+    """A topic as a PUBLISH carries it (length, UTF-8): made once for a topic published again and again."""
+    return _utf8(topic)
+
+
+def publish_named(name: bytes, payload: bytes, packet_id: int) -> bytes:
+    """`publish(topic, payload, packet_id)` with the topic already made by `topic_name` (the confirmations' path)."""
+    n = len(name) + 3 + len(payload)
+    head = bytes((0x32, n)) if n < 0x80 else bytes((0x32, n & 0x7F | 0x80, n >> 7)) if n < 0x4000 else b"\x32" + varint(n)
+    return head + name + packet_id.to_bytes(2, "big") + b"\x00" + payload
+
+
 def as_dup(packet: bytes) -> bytes:
     """The same PUBLISH with its DUP flag set (MQTT 5, 3.3.1.1)."""
     return bytes((packet[0] | 0x08,)) + packet[1:]

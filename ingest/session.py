@@ -184,14 +184,15 @@ class Session:
         limit = min(PUBLISH_WINDOW, self.connack.receive_maximum if self.connack else PUBLISH_WINDOW)
         return max(0, limit - len(self._inflight))
 
-    def publish(self, messages: list[tuple[str, bytes]]) -> int:
-        """Queue QoS 1 PUBLISHes (not retained), as many as the window takes; returns how many, in order."""
+    def publish(self, messages: list[tuple[bytes, bytes]]) -> int:
+        """Queue QoS 1 PUBLISHes (not retained), as many as the window takes; returns how many, in order.
+        Each topic as `mqttwire.topic_name` makes it (the caller keeps it for the next time)."""
         with self._lock:
             room = self._room_locked()
             taken = messages[:room]
-            for topic, payload in taken:
+            for name, payload in taken:
                 pid = self._pid_locked()
-                packet = wire.publish(topic, payload, pid)
+                packet = wire.publish_named(name, payload, pid)
                 self._inflight[pid] = packet
                 self._out.append(packet)
         if taken:

@@ -38,7 +38,7 @@ from contract.influx import Influx, InfluxError, InfluxRefused
 from contract.logs import kv
 from contract.payload import Window
 from contract.settings import Settings, read_secret
-from contract.stored import encode_stored
+from contract.stored import encode_stamped, stamp
 from ingest import mqttwire
 from ingest.catch import Catch, Marker, retire
 from ingest.confirm import Key, Tracker
@@ -152,8 +152,8 @@ class Worker:
         self.confirm = Tracker(settings.ingest_confirm_devices) if settings.ingest_confirm else None
         self._confirm_lock = threading.Lock()
         self._confirm_wake = threading.Event()
-        self._stored_topics: dict[Key, str] = {}  # each device's `stored` topic, built once
-        self.session.on_puback = self._confirm_wake.set
+        self._stored_topics: dict[Key, bytes] = {}  # each device's `stored` topic, as a PUBLISH carries it, made once
+        self.session.on_puback = self._room_again
         self.connected = self.session.connected
         # Several workers: each marks its shared subscription, worker 0 keeps the catch session (ingest/catch.py)
         catching = settings.ingest_workers > 1 and settings.ingest_share_catch
@@ -384,8 +384,8 @@ class Worker:
     def _durable(self, done: list[Done]) -> None:
         assert self.confirm is not None
         if len(done) > 1:  # a device in several segments of the batch: one merge into the tracker, not one per segment
-            joined: Done = {}
-            for d in done:
+            joined: Done = done[0]  # the batch's own: joined in place
+            for d in done[1:]:
                 for key, seqs in d.items():
                     have = joined.get(key)
                     if have is None:
@@ -403,6 +403,11 @@ class Worker:
             self.stats.confirm_waiting = waiting
         self._confirm_wake.set()
 
+    def _room_again(self) -> None:
+        """A PUBACK: room in the publish window. The confirmer is woken once, not at each of a round's acks."""
+        if not self._confirm_wake.is_set():
+            self._confirm_wake.set()
+
     def confirm_round(self) -> int:
         """Send each device waiting one `stored` message (as many as the publish window takes); returns messages sent."""
         if self.confirm is None:
@@ -414,7 +419,7 @@ class Worker:
             items = self.confirm.take(room)
         if not items:
             return 0
-        now = time.time()
+        end = stamp(time.time())  # one time for the round: the payloads' common end, made once
         names = self._stored_topics
         if len(names) > 2 * self.settings.ingest_confirm_devices:
             names.clear()  # bounded like the tracker
@@ -422,8 +427,8 @@ class Worker:
         for key, ranges in items:
             name = names.get(key)
             if name is None:
-                name = names[key] = topics.topic(key[0], key[1], "stored")
-            out.append((name, encode_stored(ranges, now)))
+                name = names[key] = mqttwire.topic_name(topics.topic(key[0], key[1], "stored"))
+            out.append((name, encode_stamped(ranges, end)))
         sent = self.session.publish(out)
         with self._confirm_lock:
             for key, ranges in items[sent:]:  # the connection went meanwhile: kept for the next round

@@ -92,3 +92,11 @@ def test_subscribe_unsubscribe_and_pubacks() -> None:
     assert wire.unsubscribe(2, ["a"]) == b"\xa2\x06\x00\x02\x00\x00\x01a"
     assert wire.pubacks([1, 258]) == b"\x40\x02\x00\x01\x40\x02\x01\x02"
     assert wire.parse_suback(b"\x00\x01\x00\x01\x87") == (1, [1, 0x87])
+
+
+def test_a_publish_with_its_topic_made_once_is_the_same_packet() -> None:
+    name = "nakhon/v1/chiang_mai/cm-air-001/stored"
+    for size in (0, 1, 84, 85, 200, 16_340, 16_341, 20_000, 3_000_000):  # the length in 1, 2 and 3+ bytes, at the edges
+        payload = bytes(size)
+        for pid in (1, 255, 256, 65535):
+            assert wire.publish_named(wire.topic_name(name), payload, pid) == wire.publish(name, payload, pid)
