@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 
 import itertools
+import time
 import re
 import shutil
 import subprocess
@@ -403,3 +404,26 @@ def test_the_ingest_confirms_and_the_device_frees_its_flash(workdir: Path, broke
     no_crash(dev)
     assert_stored_exactly(influx, dev, taken)
     assert online and online[-1]["dropped"] == 0 and "stored:refused" not in online[-1]["faults"]
+
+
+def test_a_device_without_ntp_learns_the_time_from_the_ingests_answer_to_its_status(workdir: Path, broker: Mosquitto, influx: Influx,
+                                                                                   ingest: Service) -> None:
+    """NTP blocked from the start: every reading is undated, so the device sends no telemetry and the ingest has
+    nothing to confirm; it answers the device's `online` status with a `stored` message carrying its time, the
+    device sets its clock from it, dates what it read and sends it, and the platform stores it."""
+    dev_id = "cm-fw-notime-02"
+    dev = Device(workdir / "dev", device_config(dev_id, broker.port), world(scale=2))
+    dev.control({"ntp_down": True, "wifi_down": True})
+    try:
+        dev.start()
+        dev.wait_log(r"reading seq=\d+ ts=unknown", 60, count=2)  # no network at first: undated readings wait in flash
+        dev.control({"ntp_down": True})  # the broker and the ingest reachable, NTP blocked
+        dev.wait_log(r"platform: time set", 60)
+        dev.wait_log(r"pretime: \d+ readings dated", 30)
+        wait_until(lambda: {0, 1} <= stored_seqs(influx, dev_id), 90, what="the undated readings dated and stored")
+        when = [t for _, t, _ in stored(influx, dev_id)]
+    finally:
+        dev.stop()
+    no_crash(dev)
+    assert "ntp: time set" not in dev.log()
+    assert all(abs(t / 1000 - time.time()) < 600 for t in when), when  # the platform's clock, not the RTC's year 2000
