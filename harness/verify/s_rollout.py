@@ -28,20 +28,25 @@ import httpx
 import numpy as np
 
 from contract.cities import BUILTIN_CITIES
+from contract.influx import Influx
 from harness.progress import say as say_line
 from harness.verify.report import Row, Size
+from harness.verify.s_devices import _stored_points
 from harness.verify.scenarios import register
 from harness.verify.stream import free_settings
+from nakhon import accounts
 from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, build, fakes_mpy, firmware_mpy
 from nakhon.local import LocalPlatform
 from nakhon.servers import free_port
 from simulators.devices import SimDevice, make_fleet
-from simulators.fil import KINDS, FirmwareFleet, FirmwarePaths
+from simulators.fil import KINDS, READING_RE, FirmwareDevice, FirmwareFleet, FirmwarePaths
 from simulators.provision import provision_fleet
 
 FW_RE = re.compile(r'^FW = "([^"]+)"$', re.M)
 ANCHOR = "    lk = Node.link"  # firmware/lib/start.py: the config is checked, the node not yet built
 FINAL = ("updated", "rolled_back", "refused")
+BOOT_RE = re.compile(r"boot fw=(\S+)")
+RELEASE_RE = re.compile(r"release (\d+): \S+ \((\d+) files, (\d+) bytes\)")
 
 
 def _say(msg: str) -> None:
@@ -97,6 +102,13 @@ def pick_devices(n: int, seed: int) -> list[SimDevice]:
     return picked
 
 
+def since_last_boot(d: FirmwareDevice) -> tuple[str | None, set[int]]:
+    """The version the device's last boot ran, and the seqs of the readings it took since, from its console."""
+    text = d.log_text()
+    boots = BOOT_RE.findall(text)
+    return (boots[-1] if boots else None), {int(s) for s, _ in READING_RE.findall(text[text.rfind("boot fw="):])}
+
+
 def nakhon(*args: str, key: str) -> subprocess.CompletedProcess[str]:
     """`nakhon ARGS` as an operator types it, with the admin key."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("NAKHON_")} | {"NAKHON_API_KEY": key}
@@ -134,8 +146,8 @@ def firmware_rollout(root: Path, size: Size) -> Row:
         # 100 TLS handshakes in VMs would be the machine's whole CPU. The TLS path: tests/security/test_ota_rollout.py
         fleet = FirmwareFleet(devices, root / "firmware", paths, "127.0.0.1", p.broker.port, seed=22, interval_s=interval_s,
                               scale=scale, behind_s=behind_s, passwords=passwords, feed_s=2.0)
-        fleet.start()
         t = time.monotonic()
+        fleet.start()
         online: set[str] = set()
         while len(online) < n and time.monotonic() - t < timeout_s:
             online |= {d.dev.device_id for d in fleet.devices if "net: online" in d.log_text()}
@@ -151,7 +163,7 @@ def firmware_rollout(root: Path, size: Size) -> Row:
                    "--api", api, *[a for d in devices for a in ("--device", d.device_id)], key=key)
         if r.returncode != 0:
             raise RuntimeError(f"nakhon firmware release: {r.stderr[-500:]}")
-        rid = int(re.findall(r"release (\d+):", r.stdout)[0])
+        rid, n_files, n_bytes = (int(x) for x in RELEASE_RE.findall(r.stdout)[0])
         release_s = time.monotonic() - t_release
         _say(f"release {rid}: {new} offered to {n} devices in {release_s:.1f} s ({bad} cannot run it)")
 
@@ -173,6 +185,21 @@ def firmware_rollout(root: Path, size: Size) -> Row:
                     if len(done_at) == n:
                         break
                 time.sleep(1.0)
+        # back at work: every device has a reading stored that it took since its last boot, on the version it now runs
+        working: dict[str, str] = {}
+        db = Influx(p.influxdb.url, p.settings.influx_db, accounts.INFLUX_ADMIN, p.secrets["influx_admin"])
+        t = time.monotonic()
+        try:
+            while len(working) < n and time.monotonic() - t < 60:
+                for d in fleet.devices:
+                    if d.dev.device_id not in working:
+                        fw, seqs = since_last_boot(d)
+                        if fw is not None and seqs & set(_stored_points(db, d.dev.device_id)):
+                            working[d.dev.device_id] = fw
+                time.sleep(1.0)
+        finally:
+            db.close()
+        working_s = time.monotonic() - t
         # the operator's view, as typed
         shown = nakhon("firmware", "rollout", str(rid), "--json", "--api", api, key=key)
         if shown.returncode != 0:
@@ -198,6 +225,8 @@ def firmware_rollout(root: Path, size: Size) -> Row:
     up_t = sorted(done_at[d] for d in updated_ok if d in done_at)
     back_t = sorted(done_at[d] for d in rolled_ok if d in done_at)
     summary = fleet.summary() if fleet is not None else {}
+    at_work_new = sum(1 for d in updated_ok if working.get(d) == new)
+    at_work_old = sum(1 for d in rolled_ok if working.get(d) == old)
     row.sent = n
     row.stored = len(updated_ok)
     row.rejected = len(rolled_ok)
@@ -212,19 +241,26 @@ def firmware_rollout(root: Path, size: Size) -> Row:
         "other states": ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if k not in ("updated", "rolled_back")) or "none",
         "reasons": ", ".join(f"{k} {v}" for k, v in sorted(reasons.items())) or "none",
         "version": f"{old} -> {new}",
-        "boot to all online s": round(boot_s, 1),
+        "start to all online s": round(boot_s, 1),
+        "release files/bytes": f"{n_files}/{n_bytes:,}",
         "release call s": round(release_s, 1),
         "updated p50/max s": f"{np.percentile(up_t, 50):.0f}/{up_t[-1]:.0f}" if up_t else "-",
         "rolled back p50/max s": f"{np.percentile(back_t, 50):.0f}/{back_t[-1]:.0f}" if back_t else "-",
         "boots": summary.get("boots", 0),
+        "storing on new/old version": f"{at_work_new}/{at_work_old}",
+        "storing within s": round(working_s, 1),
         "VM crashes": summary.get("crashes", 0),
+        "load 1 min at the end": round(os.getloadavg()[0], 1),
+        "rolled back devices": " ".join(rolled_ok) or "none",
     }
     row.ok = (wrong == 0 and counts == {"updated": n - n_bad, "rolled_back": n_bad} and summary.get("crashes", 1) == 0
-              and reasons == {f"no publish in {boots} boots": n_bad})
+              and at_work_new == n - n_bad and at_work_old == n_bad and reasons == {f"no publish in {boots} boots": n_bad})
     row.note = (f"{n} devices provisioned through the API, each the unchanged firmware on the MicroPython unix port (its folder the "
                 f"board's flash; fake clock at {scale}x, a reading every {interval_s} s of device time), of the kinds with firmware "
                 f"drivers ({', '.join(KINDS)}), on the platform `nakhon up` starts, dialling the broker's loopback listener with their "
                 f"own accounts. `nakhon firmware release --boots {boots}` offers version {new}; on {n_bad} boards it raises at every "
                 f"boot while building the node. Outcome from `nakhon firmware rollout` (the API, from the devices' status in InfluxDB); "
-                f"times from the release until each device's final state shows there (polled every second); recovery = the last one.")
+                f"times from the release until each device's final state shows there (polled every second); recovery = the last one. "
+                f"Then every device must have a reading in InfluxDB taken since its last boot, on the version it reports (storing "
+                f"on new/old version). The firmware's own waits (crash back-off, chunk requests) run {scale}x faster than on a board.")
     return row

@@ -32,6 +32,8 @@ def test_rollout_shows_updated_and_rolled_back_with_reasons(workdir: Path) -> No
     assert row.figures["updated"] == row.stored == 8 and row.figures["rolled back"] == row.rejected == 2
     assert row.figures["reasons"] == "no publish in 2 boots 2" and row.lost == 0 and row.accepted_bad == 0
     assert row.figures["VM crashes"] == 0
+    # every device back at work on the version it reports: a reading taken since its last boot is stored
+    assert row.figures["storing on new/old version"] == "8/2"
     text = (workdir / "rollout.txt").read_text()
     assert "8 updated" in text and "2 rolled_back" in text and text.count("no publish in 2 boots") == 2
     assert row.recovery_s is not None and row.recovery_s < 120
