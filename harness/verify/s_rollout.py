@@ -262,5 +262,7 @@ def firmware_rollout(root: Path, size: Size) -> Row:
                 f"boot while building the node. Outcome from `nakhon firmware rollout` (the API, from the devices' status in InfluxDB); "
                 f"times from the release until each device's final state shows there (polled every second); recovery = the last one. "
                 f"Then every device must have a reading in InfluxDB taken since its last boot, on the version it reports (storing "
-                f"on new/old version). The firmware's own waits (crash back-off, chunk requests) run {scale}x faster than on a board.")
+                f"on new/old version). The firmware's own waits (crash back-off, chunk requests) run {scale}x faster than on a board. "
+                f"Each device's row (state, fw, reason), as `nakhon firmware rollout {rid}` prints it, is kept in rollout.txt in the "
+                f"scenario's folder.")
     return row
