@@ -41,7 +41,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="free a reading at the broker's PUBACK instead of keeping it until the platform's `stored` confirmation "
                         "(the firmware's way, and the default)")
     p.add_argument("--confirm-timeout", type=float, default=None, metavar="S",
-                   help="send a reading again when no `stored` confirmation came within S seconds (default 30)")
+                   help="send unconfirmed readings again when no `stored` confirmation came within S seconds, "
+                        "the wait doubling while none comes (default 30)")
     p.add_argument("--quiet", action="store_true", help="no progress display")
     p.add_argument("--list-presets", action="store_true", help="print the preset scenarios and exit")
     # bench only
