@@ -188,3 +188,43 @@ def test_link_change_that_works_is_kept(node: tuple[Device, Watch], broker: Mosq
     wait_until(lambda: dev.log().count("net: online") >= 3, 60, what="online after the power cut")
     assert "link: trying" not in dev.log().split("link offer 12 confirmed")[-1]
     no_traceback_but(dev)
+
+
+def _on_trial(dev: Device, files: dict[str, bytes], fw: str, minutes: int) -> None:
+    """Flash as a reset into a new version leaves it: the release in slot a, ota/boot on probation."""
+    for name, data in files.items():
+        p = dev.folder / "ota" / "a" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (dev.folder / "ota" / "boot").write_text(json.dumps(
+        {"slot": "a", "fw": fw, "id": 9, "trial": 1, "boots": 0, "max_boots": 3, "minutes": minutes, "prev": None}))
+    (dev.folder / "ota" / "result").write_text(json.dumps({"id": 9, "fw": fw, "state": "trial"}))
+
+
+def test_deep_sleep_wakes_are_not_boots_of_the_probation(workdir: Path) -> None:
+    """A deep-sleep node wakes (a reset) for every reading. A new version on probation
+    that cannot publish (no Wi-Fi here) has its minutes, counted across the sleeps, and
+    at least its boots in wakes, before it is rolled back; each wake counted as a boot
+    rolled it back after three readings (a minute at a 20 s interval, not the two the
+    offer gave)."""
+    cfg = device_config("cm-ota-sleep", 1883, deep_sleep=True, interval_s=20,
+                        sensors=[{"name": "th", "type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44}])
+    dev = Device(workdir / "dev", cfg, world(scale=30, wifi={"ssid": "elsewhere", "password": "x", "assoc_ms": 2000}))
+    _on_trial(dev, built(workdir, "0.9.5"), "0.9.5", minutes=2)
+    result = dev.folder / "ota" / "result"
+    dev.start()
+    try:
+        wait_until(lambda: json.loads(result.read_text()).get("state") == "rolled_back", 120, what="rolled back")
+        dev.wait_log(r"boot fw=0\.3\.0", 30)
+    finally:
+        dev.stop()
+    r = json.loads(result.read_text())
+    assert r == {"id": 9, "fw": "0.9.5", "state": "rolled_back", "reason": "no publish in 2 min"}
+    log = dev.log()
+    on_trial = log.split("rolled back from 0.9.5")[0]
+    assert on_trial.count("boot fw=0.9.5 reset=deepsleep") >= 5  # two minutes of 20 s wakes
+    assert on_trial.count("boot fw=0.9.5") == on_trial.count("boot fw=0.9.5 reset=deepsleep") + 1  # one boot, the power-on
+    assert not (dev.folder / "ota" / "boot").exists()  # back on the factory version
+    assert set(dev.exit_codes) == {75}
+    no_traceback_but(dev)
+
