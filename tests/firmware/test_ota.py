@@ -228,3 +228,32 @@ def test_deep_sleep_wakes_are_not_boots_of_the_probation(workdir: Path) -> None:
     assert set(dev.exit_codes) == {75}
     no_traceback_but(dev)
 
+
+def test_a_reset_in_the_middle_of_a_download_comes_back_on_the_old_version_and_starts_again(
+        node: tuple[Device, Watch], workdir: Path, broker: Mosquitto) -> None:
+    """The power cut while a file is half in the slot (one of its chunks not yet on the
+    broker, so the cut lands there): the node comes back on the version it ran, never
+    on the half-staged slot, takes the retained offer again, stages from the start, and
+    switches once the release is whole."""
+    dev, watch = node
+    files = built(workdir, "0.9.6")
+    msgs = releases.messages(files, 5, "0.9.6", [(CITY, dev.config["device_id"])])
+    man = releases.manifest(files)
+    name, sha, _ = max(man[1:], key=lambda f: f[2])  # a file of several chunks, not the first
+    held = topics.firmware_chunk_topic(sha, 1)
+    publish(broker.port, [m for m in msgs if m[0] != held])
+    part = dev.folder / "ota" / "a" / name
+    wait_until(part.exists, 120, what=f"{name} being staged")
+    dev.control({"power": "cut"})
+    dev.wait_log(r"FAKE power cut", 30)
+    dev.wait_log(r"ota: staging 0\.9\.6", 120, count=2)  # the offer again after the reset: staged from the start
+    assert not (dev.folder / "ota" / "boot").exists()  # the half-staged slot was never chosen
+    after = dev.log().split("FAKE power cut")[-1]
+    assert "boot fw=0.3.0" in after and "boot fw=0.9.6" not in after
+    publish(broker.port, [m for m in msgs if m[0] == held])
+    wait_until(lambda: ota_status(watch).get("fw") == "0.9.6" and ota_status(watch).get("ota", {}).get("state") == "updated",
+               120, what="status fw 0.9.6, ota updated")
+    for n, data in files.items():  # the slot holds the release, byte for byte
+        assert (dev.folder / "ota" / "a" / n).read_bytes() == data
+    assert dev.exit_codes == [75, 75]  # the cut, and the reset into the new version
+    no_traceback_but(dev)
