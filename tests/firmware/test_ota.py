@@ -257,3 +257,29 @@ def test_a_reset_in_the_middle_of_a_download_comes_back_on_the_old_version_and_s
         assert (dev.folder / "ota" / "a" / n).read_bytes() == data
     assert dev.exit_codes == [75, 75]  # the cut, and the reset into the new version
     no_traceback_but(dev)
+
+
+def test_link_settings_on_probation_in_deep_sleep_run_out(workdir: Path, broker: Mosquitto) -> None:
+    """New Wi-Fi settings that do not work, tried by a deep-sleep node: their minutes are
+    counted across the sleeps (a wake never lasts them: counted in uptime, they never ran
+    out and the node stayed off the air for good), then the old settings come back."""
+    cfg = device_config("cm-ota-sleep2", broker.port, deep_sleep=True, interval_s=20,
+                        sensors=[{"name": "th", "type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44}])
+    dev = Device(workdir / "dev", cfg, world(scale=30))
+    (dev.folder / "ota").mkdir()
+    (dev.folder / "ota" / "link.try").write_text(json.dumps(
+        {"id": 13, "minutes": 2, "link": {"wifi": {"ssid": "field", "password": "not-the-one"}}}))
+    result = dev.folder / "ota" / "result"
+    result.write_text(json.dumps({"id": 13, "fw": OLD, "state": "trial"}))
+    dev.start()
+    try:
+        wait_until(lambda: json.loads(result.read_text()).get("state") == "rolled_back", 120, what="link rolled back")
+        dev.wait_log(r"net: online", 60)  # through the settings that work
+    finally:
+        dev.stop()
+    assert json.loads(result.read_text()) == {"id": 13, "fw": OLD, "state": "rolled_back", "reason": "link: no publish in 2 min"}
+    assert not (dev.folder / "ota" / "link.try").exists()
+    on_trial = dev.log().split("back to the old settings")[0]
+    assert on_trial.count("link: trying offer 13") >= 6  # two minutes of 20 s wakes
+    assert set(dev.exit_codes) == {75}
+    no_traceback_but(dev)
