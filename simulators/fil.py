@@ -19,6 +19,10 @@ the device's `stored` topic (issue 18), and sends again what is not confirmed af
 reconnect or a timeout; a run is over when every reading a board took is in InfluxDB
 (its console says what it took), which repeats do not change (idempotent writes).
 
+Over-the-air updates work as on a board: the firmware writes its ota/ slot files into
+the device's folder and resets into them (`nakhon verify` scenario 22 rolls a release
+out to a fleet of these).
+
 Only the kinds the firmware has drivers for run here: air, weather, water, noise.
 Paths (firmware folder, compiled fakes, the micropython binary) are given by the
 caller, so this package imports nothing outside `contract`.

@@ -11,14 +11,10 @@ fakehw.configure({"scale": 50})
 import app  # noqa: E402, F401  (loaded first, as main.py does)
 import ring as rings  # noqa: E402
 from start import open_ring  # noqa: E402
+from mpcheck import out  # noqa: E402
 
 SCRATCH = bytearray(48)
 lines = [b'{"ts":%d,"seq":%d,"m":{"pm25":1}}\n' % (1764000000 + i, i) for i in range(40)]
-
-
-def out(name, **kw):
-    kw["check"] = name
-    print(json.dumps(kw))
 
 
 def batch(ring, max_n, max_bytes=8192, buf=SCRATCH):

@@ -1,6 +1,5 @@
 # Runs INSIDE the MicroPython unix port: the sound driver against the fake sound level
 # module and microphone. One JSON line, which test_units.py asserts on.
-import json
 
 import fakehw
 
@@ -9,22 +8,8 @@ fakehw.configure(W)
 
 import app  # noqa: E402, F401  (loaded first, as main.py does)
 import hal  # noqa: E402
-from drivers import SensorError  # noqa: E402
+from mpcheck import out, read  # noqa: E402
 from start import make  # noqa: E402
-
-
-def out(name, **kw):
-    kw["check"] = name
-    print(json.dumps(kw))
-
-
-def read(drv):
-    m = {}
-    try:
-        drv.read(m)
-        return m, None
-    except SensorError as e:
-        return m, e.problem
 
 
 # Noise: an A-weighted sound level module whose level steps 60 / 80 dB(A) every 10 s, sampled

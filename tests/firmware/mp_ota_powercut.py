@@ -80,18 +80,7 @@ V2 = version("1.2.0", 2)
 WHOLE = {"1.1.0": V1[0], "1.2.0": V2[0]}
 
 
-def rmtree(path):
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for n in names:
-        p = path + "/" + n
-        try:
-            os.remove(p)
-        except OSError:
-            rmtree(p)
-    os.rmdir(path)
+rmtree = ota._rmtree
 
 
 def update(node, v):

@@ -3,7 +3,6 @@
 # against the fake sensors (frames, corrupt ones, sleep/wake commands, warm-up, a laser
 # on-time meter); prints one JSON line per sensor, which test_units.py asserts on.
 import gc
-import json
 import os
 
 import fakehw
@@ -18,22 +17,8 @@ fakehw.configure({
 
 import hal  # noqa: E402
 import app  # noqa: E402, F401  (loaded first, as main.py does)
-from drivers import SensorError  # noqa: E402
+from mpcheck import out, read  # noqa: E402
 from start import make  # noqa: E402
-
-
-def out(name, **kw):
-    kw["check"] = name
-    print(json.dumps(kw))
-
-
-def read(drv):
-    m = {}
-    try:
-        drv.read(m)
-        return m, None
-    except SensorError as e:
-        return m, e.problem
 
 
 # PM over UART, with sleep between readings. The driver wakes its sensor when made

@@ -11,6 +11,7 @@ fakehw.configure({"scale": 1000})
 
 import app  # noqa: E402  (loaded first, as main.py does)
 import hal  # noqa: E402
+import ota  # noqa: E402  (its tree removal, for the scratch flash)
 import retained  # noqa: E402
 import ring as rings  # noqa: E402
 from start import open_ring  # noqa: E402
@@ -19,18 +20,7 @@ LINES = [b'{"ts":%d.000,"seq":%d,"m":{"pm25":%d}}\n' % (1764000000 + i, i, i) fo
 BUF = bytearray(48)
 
 
-def rmtree(path):
-    try:
-        names = os.listdir(path)
-    except OSError:
-        return
-    for n in names:
-        p = path + "/" + n
-        try:
-            os.remove(p)
-        except OSError:
-            rmtree(p)
-    os.rmdir(path)
+rmtree = ota._rmtree
 
 
 def drain(ring):

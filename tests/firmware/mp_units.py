@@ -20,22 +20,8 @@ fakehw.configure({
 
 import hal  # noqa: E402
 import app  # noqa: E402, F401  (loaded first, as main.py does: the boot code compiles beside it)
-from drivers import SensorError  # noqa: E402
+from mpcheck import out, read  # noqa: E402
 from start import make, open_ring  # noqa: E402  (the boot code: drivers' factory, ring recovery)
-
-
-def out(name, **kw):
-    kw["check"] = name
-    print(json.dumps(kw))
-
-
-def read(drv):
-    m = {}
-    try:
-        drv.read(m)
-        return m, None
-    except SensorError as e:
-        return m, e.problem
 
 
 # SHT3x: every third measurement has a corrupted humidity CRC.

@@ -13,23 +13,9 @@ W = {"scale": 50, "ultrasonic": {"distance_cm": 300}, "i2c": {"0": {"68": {"type
 fakehw.configure(W)
 
 import app  # noqa: E402  (loaded first, as main.py does)
-from drivers import SensorError  # noqa: E402
+from mpcheck import out, read  # noqa: E402
 
 NODE = sys.argv[-1] == "node"
-
-
-def out(name, **kw):
-    kw["check"] = name
-    print(json.dumps(kw))
-
-
-def read(drv):
-    m = {}
-    try:
-        drv.read(m)
-        return m, None
-    except SensorError as e:
-        return m, e.problem
 
 
 if not NODE:

@@ -12,15 +12,11 @@ fakehw.configure({"scale": 1000000, "ticks0_ms": (1 << 30) - 60000, "wifi": {"ss
 
 import hal  # noqa: E402
 import app  # noqa: E402
+from mpcheck import out  # noqa: E402
 from clock import Clock  # noqa: E402
 from drivers.rain import Rain  # noqa: E402
 
 DAY = 86400000
-
-
-def out(name, **kw):
-    kw["check"] = name
-    print(json.dumps(kw))
 
 
 def edge(rain, t):

@@ -1,11 +1,8 @@
 # Runs INSIDE the MicroPython unix port for `nakhon firmware bench`, from the mpy-cross
 # build (what a board imports): boots the real firmware as main.py does, against a real
-# broker through the fakes, then measures heap use with gc.mem_alloc(). Each measured
-# step starts after a full collection (so its base is everything resident: every module
-# the node keeps, its objects and buffers) and runs with automatic collection off; the
-# firmware's own gc.collect() calls go through a probe that notes the heap in use just
-# before each collection, so the peak is the true high-water mark of the step (garbage
-# included), not its end state. Prints one JSON line of figures.
+# broker through the fakes, then measures the heap of each step with fwmeter.py (its
+# peak, garbage included, above everything resident: every module the node keeps, its
+# objects and buffers). Prints one JSON line of figures.
 #
 # The bench's own code and bookkeeping are made before the fakes are measured, so
 # neither counts as the firmware's.
@@ -13,55 +10,15 @@ import gc
 import json
 import sys
 
+import fwmeter
+
 CORE = ("hal", "log", "catalogue", "drivers", "clock", "store", "ring", "mqtt", "app")
 REPLAY = int(sys.argv[1]) if len(sys.argv) > 1 else 500
 TLS = len(sys.argv) > 2 and sys.argv[2] == "tls"  # only boot and a TLS connect (config.json says tls)
 CONFIG_DOC = b'{"v":1,"seq":7,"interval_s":60,"sensors":{"pm":true},"thresholds":{"pm25":75.0}}'
 modules = [[name, 0] for name in CORE]  # in load order
-peaks = {"boot": 0, "cycle": 0, "replay": 0, "status": 0, "config": 0, "reconnect": 0}
-bases = {"boot": 0, "cycle": 0, "replay": 0, "status": 0, "config": 0, "reconnect": 0}
+peaks, bases, measure = fwmeter.meter(("boot", "cycle", "replay", "status", "config", "reconnect"))
 node = None
-
-
-class _Probe:
-    # Stands in for the gc module inside the firmware's modules while measuring.
-    hi = 0
-
-    def collect(self) -> None:
-        a = gc.mem_alloc()
-        if a > _Probe.hi:
-            _Probe.hi = a
-        gc.collect()
-
-    def mem_free(self) -> int:
-        return gc.mem_free()
-
-    def mem_alloc(self) -> int:
-        return gc.mem_alloc()
-
-
-probe = _Probe()
-
-
-def measure(name, fn):
-    """Peak heap in use during fn (after a full collection, automatic collection off)."""
-    gc.collect()
-    base = gc.mem_alloc()
-    _Probe.hi = base
-    gc.disable()
-    try:
-        fn()
-        peak = max(_Probe.hi, gc.mem_alloc())
-    finally:
-        gc.enable()
-    bases[name] = max(bases[name], base - offset)
-    peaks[name] = max(peaks[name], peak - offset)
-
-
-def settle():
-    while not (node.online and node.inflight is None and not node.staging and not node.status_due):
-        node.step()
-        node.idle()
 
 
 def publish_wait():
@@ -104,7 +61,7 @@ def reconnect():
     node.client.close()
     node.online = False
     node.retry_at = hal.ticks_ms()
-    settle()
+    fwmeter.settle(node)
 
 
 def replay_step():
@@ -118,7 +75,7 @@ import fakehw  # noqa: E402, F401
 
 gc.collect()
 fakes = gc.mem_alloc() - _start  # the stand-ins' own code and data: not on a board
-offset = _start + fakes
+offset = fwmeter.offset = _start + fakes
 
 # As main.py: the loader that picks the firmware version runs first and is dropped.
 try:
@@ -143,9 +100,9 @@ import app  # noqa: E402
 import hal  # noqa: E402
 import ring  # noqa: E402
 
-app.gc = probe  # the resident modules that collect (between cycles, after a confirmation) ...
-ring.gc = probe
-sys.modules["gc"] = probe  # ... and any loaded on demand (start.py, online.py before a TLS handshake, stored.py)
+app.gc = fwmeter.probe  # the resident modules that collect (between cycles, after a confirmation) ...
+ring.gc = fwmeter.probe
+sys.modules["gc"] = fwmeter.probe  # ... and any loaded on demand (start.py, online.py before a TLS handshake, stored.py)
 
 
 def boot():
@@ -157,7 +114,7 @@ def boot():
 measure("boot", boot)
 if node is None:
     raise SystemExit("bench: the device did not boot")
-settle()
+fwmeter.settle(node)
 gc.collect()
 rest = gc.mem_alloc() - offset
 
@@ -171,7 +128,7 @@ due()
 measure("cycle", cycle)
 measure("status", status)
 measure("config", config_doc)
-settle()  # the config change made a status due: send it outside the other figures
+fwmeter.settle(node)  # the config change made a status due: send it outside the other figures
 measure("reconnect", reconnect)
 
 # Fill the ring with REPLAY readings, as an outage would, then replay them.

@@ -10,49 +10,10 @@ import gc
 import json
 import sys
 
-peaks = {"boot": 0, "ota": 0}
-bases = {"boot": 0, "ota": 0}
+import fwmeter
+
+peaks, bases, measure = fwmeter.meter(("boot", "ota"))
 node = None
-
-
-class _Probe:
-    # Stands in for the gc module inside the firmware's modules while measuring.
-    hi = 0
-
-    def collect(self) -> None:
-        a = gc.mem_alloc()
-        if a > _Probe.hi:
-            _Probe.hi = a
-        gc.collect()
-
-    def mem_free(self) -> int:
-        return gc.mem_free()
-
-    def mem_alloc(self) -> int:
-        return gc.mem_alloc()
-
-
-probe = _Probe()
-
-
-def measure(name, fn):
-    gc.collect()
-    base = gc.mem_alloc()
-    _Probe.hi = base
-    gc.disable()
-    try:
-        fn()
-        peak = max(_Probe.hi, gc.mem_alloc())
-    finally:
-        gc.enable()
-    bases[name] = max(bases[name], base - offset)
-    peaks[name] = max(peaks[name], peak - offset)
-
-
-def settle():
-    while not (node.online and node.inflight is None and not node.staging and not node.status_due):
-        node.step()
-        node.idle()
 
 
 # An over-the-air update of this very build: the offer, then each 1 KB chunk as the
@@ -132,7 +93,7 @@ import fakehw  # noqa: E402, F401
 
 gc.collect()
 fakes = gc.mem_alloc() - _start
-offset = _start + fakes
+offset = fwmeter.offset = _start + fakes
 
 # As main.py: the loader that picks the firmware version runs first and is dropped.
 import otaboot  # noqa: E402
@@ -144,8 +105,8 @@ sys.modules.pop("otaboot", None)
 import app  # noqa: E402
 import hal  # noqa: E402
 
-app.gc = probe
-sys.modules["gc"] = probe
+app.gc = fwmeter.probe
+sys.modules["gc"] = fwmeter.probe
 
 
 def boot():
@@ -156,7 +117,7 @@ def boot():
 measure("boot", boot)
 if node is None:
     raise SystemExit("bench: the device did not boot")
-settle()
+fwmeter.settle(node)
 gc.collect()
 rest = gc.mem_alloc() - offset
 ota_bench()
