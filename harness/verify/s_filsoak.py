@@ -1,4 +1,4 @@
-"""Scenario 22: a firmware-in-the-loop soak of 30 device days (accelerated).
+"""Scenario 23: a firmware-in-the-loop soak of 30 device days (accelerated).
 
 Real firmware devices (firmware/ on the MicroPython unix port, the fakes' clock at
 360x: a device day in four real minutes, one reading every 300 s) against a fresh platform,
@@ -46,7 +46,7 @@ from simulators.fil import FirmwareDevice, FirmwareFleet, FirmwarePaths
 from simulators.run import firmware_fleet, run_config
 from simulators.scenario import Scenario
 
-T22 = "firmware-in-the-loop soak of 30 device days with Wi-Fi, broker, power and sensor faults"
+T23 = "firmware-in-the-loop soak of 30 device days with Wi-Fi, broker, power and sensor faults"
 SCALE = 360  # device seconds per real second
 KEEPALIVE_S = 300
 INTERVAL_S = 300
@@ -116,17 +116,17 @@ def _seen(kind: str, f: _Fault, statuses: list[tuple[float, dict[str, Any]]], se
     return any(any(x.startswith(sensor + ":") for x in doc.get("faults", [])) for doc in during)
 
 
-@register(22, T22)
+@register(23, T23)
 def fil_soak(root: Path, size: Size) -> Row:
     full = size == "full"
     n_devices, days = (4, 30.0) if full else (2, 0.25)
     run_s = int(days * 86400)
     squeeze = 1 if full else 12  # quick: the three-day cycle in six hours
-    row = Row(22, f"firmware soak, {days:g} device days, Wi-Fi/broker/power/sensor faults")
+    row = Row(23, f"firmware soak, {days:g} device days, Wi-Fi/broker/power/sensor faults")
     with _platform(root) as platform:
         settings = platform.settings
         db = Influx(settings.influx_url)
-        sc = Scenario(seed=22, mode="accelerated", speed=SCALE, since=run_s + 150 * SCALE + 6 * 3600, interval_s=INTERVAL_S, firmware=n_devices)
+        sc = Scenario(seed=23, mode="accelerated", speed=SCALE, since=run_s + 150 * SCALE + 6 * 3600, interval_s=INTERVAL_S, firmware=n_devices)
         paths = FirmwarePaths(FIRMWARE, fakes_mpy(), MICROPYTHON, firmware_mpy())
         fw: FirmwareFleet = firmware_fleet(sc, list(BUILTIN_CITIES), run_config(sc, settings), paths, root / "firmware")
         for d in fw.devices:
