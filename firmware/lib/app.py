@@ -574,6 +574,11 @@ class Node:
                     drv.arm(rest)
                 except Exception as e:
                     log.error("sensor arm: %r" % (e,))
+        if self.trial_ms:  # on probation: its time runs on while the chip sleeps
+            import probation
+
+            probation.slept(self, rest)
+            sys.modules.pop("probation", None)
         log.info("sleep %d ms, pending=%d" % (rest, self.ring.pending))
         hal.deepsleep(rest)
 

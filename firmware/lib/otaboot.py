@@ -10,7 +10,11 @@
 #
 # A new version boots on probation ("trial"): each of its boots is counted in ota/boot
 # before it runs, and after `boots` boots without one reading acknowledged by the broker
-# (ota.confirm) the version it replaced is chosen again. A version that cannot even be
+# (ota.confirm) the version it replaced is chosen again. A wake from deep sleep (the
+# timer's or a rain tip's) is no boot: a deep-sleep node wakes for every reading, and
+# the time its probation has had, asleep and awake, is kept in ota/boot (and in
+# ota/link.try for link settings) at each sleep (probation.slept); at a wake the trial
+# ends once it has had its `minutes` and at least `boots` wakes without a publish. A version that cannot even be
 # imported is left at once (fallback). Either way ota/result says why, for the status.
 # Self-contained on purpose: a module imported here would come from the old version.
 import json
@@ -66,6 +70,27 @@ def back(p: dict, reason: str) -> None:
     print("W 0 ota: rolled back from %s: %s" % (p["fw"], reason))
 
 
+def _slept() -> bool:
+    # This boot is a wake from deep sleep, not a restart. (hal is dropped again if it was
+    # not loaded: the version chosen next imports its own.)
+    had = "hal" in sys.modules
+    try:
+        import hal
+
+        return hal.machine_reset_cause() == hal.DEEPSLEEP_RESET
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        if not had:
+            sys.modules.pop("hal", None)
+
+
+def _over(p: dict) -> bool:
+    # At a wake from deep sleep: has the probation of `p` (ota/boot or ota/link.try) had
+    # its minutes, asleep and awake, and its wakes, without a publish?
+    return p.get("ms", 0) >= p.get("minutes", 10) * 60000 and p.get("wakes", 0) >= p.get("max_boots", 3)
+
+
 def _calm() -> None:
     # The crashes in a row counted in RTC memory were the version just left: the one that
     # boots now starts its own count (no safe mode for another version's crashes).
@@ -92,12 +117,18 @@ def select() -> int:
     if not p or type(p) is not dict:
         return 0
     if p.get("trial"):
-        p["boots"] = p.get("boots", 0) + 1
-        if p["boots"] > p.get("max_boots", 3):
-            back(p, "no publish in %d boots" % (p["boots"] - 1))
-            _calm()
-            return select()
-        save(BOOT, p)  # counted before it runs: a crash or a hang counts too
+        if _slept():  # a wake, not a boot: judged by the time and the wakes it has had
+            if _over(p):
+                back(p, "no publish in %d min" % p.get("minutes", 10))
+                _calm()
+                return select()
+        else:
+            p["boots"] = p.get("boots", 0) + 1
+            if p["boots"] > p.get("max_boots", 3):
+                back(p, "no publish in %d boots" % (p["boots"] - 1))
+                _calm()
+                return select()
+            save(BOOT, p)  # counted before it runs: a crash or a hang counts too
     slot = "ota/" + p["slot"]
     try:
         os.stat(slot + "/app.mpy")
@@ -136,6 +167,16 @@ def setup(node_cls, trial: int) -> None:
     those on probation, laid over config.json by start.node), how long the probation has
     (the version's or the link settings'), and the last offer handled."""
     lk: dict = {}
+    t = load(LINK_TRY)
+    if t and _slept() and _over(t):  # link settings on probation in deep sleep: their time is over
+        save(RESULT, {"id": t.get("id", 0), "fw": sys.modules["app"].FW, "state": "rolled_back",
+                      "reason": "link: no publish in %d min" % t.get("minutes", 10)})
+        for p in (LINK_TRY, LINK_TRY + ".new"):
+            try:
+                os.remove(p)
+            except OSError:
+                pass
+        print("W 0 link: offer %d: no publish through it, back to the old settings" % t.get("id", 0))
     for path in (LINK_OK, LINK_TRY):
         d = load(path)
         if not d or type(d.get("link")) is not dict:

@@ -45,6 +45,18 @@ def confirm(node: Any) -> None:
     log.info("ota: %s confirmed" % p["fw"])
 
 
+def slept(node: Any, rest_ms: int) -> None:
+    """Deep sleep next, on probation: the time of this wake and of the sleep to come, and
+    the wake, added to ota/boot and ota/link.try (a wake from deep sleep is no boot:
+    otaboot.select and otaboot.setup end the probation by these at a wake)."""
+    for path in (otaboot.BOOT, otaboot.LINK_TRY):
+        p = otaboot.load(path)
+        if p and (p.get("trial") or path == otaboot.LINK_TRY):
+            p["ms"] = p.get("ms", 0) + node.uptime_ms + rest_ms
+            p["wakes"] = p.get("wakes", 0) + 1
+            otaboot.save(path, p)
+
+
 def _remove(path: str) -> None:
     for p in (path, path + ".new"):
         try:

@@ -188,3 +188,98 @@ def test_link_change_that_works_is_kept(node: tuple[Device, Watch], broker: Mosq
     wait_until(lambda: dev.log().count("net: online") >= 3, 60, what="online after the power cut")
     assert "link: trying" not in dev.log().split("link offer 12 confirmed")[-1]
     no_traceback_but(dev)
+
+
+def _on_trial(dev: Device, files: dict[str, bytes], fw: str, minutes: int) -> None:
+    """Flash as a reset into a new version leaves it: the release in slot a, ota/boot on probation."""
+    for name, data in files.items():
+        p = dev.folder / "ota" / "a" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(data)
+    (dev.folder / "ota" / "boot").write_text(json.dumps(
+        {"slot": "a", "fw": fw, "id": 9, "trial": 1, "boots": 0, "max_boots": 3, "minutes": minutes, "prev": None}))
+    (dev.folder / "ota" / "result").write_text(json.dumps({"id": 9, "fw": fw, "state": "trial"}))
+
+
+def test_deep_sleep_wakes_are_not_boots_of_the_probation(workdir: Path) -> None:
+    """A deep-sleep node wakes (a reset) for every reading. A new version on probation
+    that cannot publish (no Wi-Fi here) has its minutes, counted across the sleeps, and
+    at least its boots in wakes, before it is rolled back; each wake counted as a boot
+    rolled it back after three readings (a minute at a 20 s interval, not the two the
+    offer gave)."""
+    cfg = device_config("cm-ota-sleep", 1883, deep_sleep=True, interval_s=20,
+                        sensors=[{"name": "th", "type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44}])
+    dev = Device(workdir / "dev", cfg, world(scale=30, wifi={"ssid": "elsewhere", "password": "x", "assoc_ms": 2000}))
+    _on_trial(dev, built(workdir, "0.9.5"), "0.9.5", minutes=2)
+    result = dev.folder / "ota" / "result"
+    dev.start()
+    try:
+        wait_until(lambda: json.loads(result.read_text()).get("state") == "rolled_back", 120, what="rolled back")
+        dev.wait_log(r"boot fw=0\.3\.0", 30)
+    finally:
+        dev.stop()
+    r = json.loads(result.read_text())
+    assert r == {"id": 9, "fw": "0.9.5", "state": "rolled_back", "reason": "no publish in 2 min"}
+    log = dev.log()
+    on_trial = log.split("rolled back from 0.9.5")[0]
+    assert on_trial.count("boot fw=0.9.5 reset=deepsleep") >= 5  # two minutes of 20 s wakes
+    assert on_trial.count("boot fw=0.9.5") == on_trial.count("boot fw=0.9.5 reset=deepsleep") + 1  # one boot, the power-on
+    assert not (dev.folder / "ota" / "boot").exists()  # back on the factory version
+    assert set(dev.exit_codes) == {75}
+    no_traceback_but(dev)
+
+
+def test_a_reset_in_the_middle_of_a_download_comes_back_on_the_old_version_and_starts_again(
+        node: tuple[Device, Watch], workdir: Path, broker: Mosquitto) -> None:
+    """The power cut while a file is half in the slot (one of its chunks not yet on the
+    broker, so the cut lands there): the node comes back on the version it ran, never
+    on the half-staged slot, takes the retained offer again, stages from the start, and
+    switches once the release is whole."""
+    dev, watch = node
+    files = built(workdir, "0.9.6")
+    msgs = releases.messages(files, 5, "0.9.6", [(CITY, dev.config["device_id"])])
+    man = releases.manifest(files)
+    name, sha, _ = max(man[1:], key=lambda f: f[2])  # a file of several chunks, not the first
+    held = topics.firmware_chunk_topic(sha, 1)
+    publish(broker.port, [m for m in msgs if m[0] != held])
+    part = dev.folder / "ota" / "a" / name
+    wait_until(part.exists, 120, what=f"{name} being staged")
+    dev.control({"power": "cut"})
+    dev.wait_log(r"FAKE power cut", 30)
+    dev.wait_log(r"ota: staging 0\.9\.6", 120, count=2)  # the offer again after the reset: staged from the start
+    assert not (dev.folder / "ota" / "boot").exists()  # the half-staged slot was never chosen
+    after = dev.log().split("FAKE power cut")[-1]
+    assert "boot fw=0.3.0" in after and "boot fw=0.9.6" not in after
+    publish(broker.port, [m for m in msgs if m[0] == held])
+    wait_until(lambda: ota_status(watch).get("fw") == "0.9.6" and ota_status(watch).get("ota", {}).get("state") == "updated",
+               120, what="status fw 0.9.6, ota updated")
+    for n, data in files.items():  # the slot holds the release, byte for byte
+        assert (dev.folder / "ota" / "a" / n).read_bytes() == data
+    assert dev.exit_codes == [75, 75]  # the cut, and the reset into the new version
+    no_traceback_but(dev)
+
+
+def test_link_settings_on_probation_in_deep_sleep_run_out(workdir: Path, broker: Mosquitto) -> None:
+    """New Wi-Fi settings that do not work, tried by a deep-sleep node: their minutes are
+    counted across the sleeps (a wake never lasts them: counted in uptime, they never ran
+    out and the node stayed off the air for good), then the old settings come back."""
+    cfg = device_config("cm-ota-sleep2", broker.port, deep_sleep=True, interval_s=20,
+                        sensors=[{"name": "th", "type": "sht3x", "i2c": 0, "scl": 22, "sda": 21, "addr": 0x44}])
+    dev = Device(workdir / "dev", cfg, world(scale=30))
+    (dev.folder / "ota").mkdir()
+    (dev.folder / "ota" / "link.try").write_text(json.dumps(
+        {"id": 13, "minutes": 2, "link": {"wifi": {"ssid": "field", "password": "not-the-one"}}}))
+    result = dev.folder / "ota" / "result"
+    result.write_text(json.dumps({"id": 13, "fw": OLD, "state": "trial"}))
+    dev.start()
+    try:
+        wait_until(lambda: json.loads(result.read_text()).get("state") == "rolled_back", 120, what="link rolled back")
+        dev.wait_log(r"net: online", 60)  # through the settings that work
+    finally:
+        dev.stop()
+    assert json.loads(result.read_text()) == {"id": 13, "fw": OLD, "state": "rolled_back", "reason": "link: no publish in 2 min"}
+    assert not (dev.folder / "ota" / "link.try").exists()
+    on_trial = dev.log().split("back to the old settings")[0]
+    assert on_trial.count("link: trying offer 13") >= 6  # two minutes of 20 s wakes
+    assert set(dev.exit_codes) == {75}
+    no_traceback_but(dev)
