@@ -72,7 +72,7 @@ class _Statuses:
         self.lock = threading.Lock()
         self.got: dict[str, list[tuple[float, dict[str, Any]]]] = {}
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="verify-soak-watch", protocol=mqtt.MQTTv311)
-        self.client.reconnect_delay_set(0.2, 1)
+        self.client.reconnect_delay_set(1, 2)
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, *_: c.subscribe("nakhon/v1/+/+/status", 1)
         self.client.connect("127.0.0.1", port, keepalive=30)
