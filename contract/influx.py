@@ -111,10 +111,12 @@ class Influx:
         self.database = database
         auth = (username, password or "") if username else None
         self._http = httpx.Client(base_url=self.url, timeout=timeout, auth=auth)
+        self.logins = 0  # how many times the credentials were changed (a request refused before one may go again)
 
     def set_credentials(self, username: str, password: str) -> None:
         """Log in with these from the next request on (a rotated password)."""
         self._http.auth = httpx.BasicAuth(username, password)
+        self.logins += 1
 
     def close(self) -> None:
         self._http.close()

@@ -114,6 +114,9 @@ class Worker:
         self.writer = DurableWriter(self.influx, self.spool, self.dead, self.stats, schema=self._ensure_schema,
                                     credentials=lambda: self.reload_credentials("refused"))
         self._influx_password = settings.influx_password
+        # The password before a SIGHUP brought a new one: the file may come before InfluxDB,
+        # so until InfluxDB takes the new one, a refusal goes back to this one.
+        self._influx_previous: str | None = None
         self._creds_lock = threading.Lock()
         self._creds_read_at = -1.0
         self.credentials_reloaded = 0
@@ -517,7 +520,9 @@ class Worker:
         """Read NAKHON_INFLUX_PASSWORD_FILE again (InfluxDB refused us, or SIGHUP); True when the password changed.
 
         Every InfluxDB client of the worker logs in with it from the next request: the spooled
-        batches go out at the replayer's next try."""
+        batches go out at the replayer's next try. A rotation holds two passwords: after a
+        SIGHUP, a refusal of the new one (InfluxDB not told yet) goes back to the one before,
+        and the next refusal of that one (InfluxDB told) finds the new one in the file."""
         path, user = self.settings.influx_password_file, self.settings.influx_username
         if path is None or user is None:
             if why == "SIGHUP":
@@ -526,23 +531,36 @@ class Worker:
         with self._creds_lock:
             now = time.monotonic()
             if why == "refused" and now - self._creds_read_at < 1.0:
-                return False  # every refused write asks: read the file at most once a second
-            self._creds_read_at = now
+                return False  # every refused write asks: read the file at most once a second while nothing changes
             try:
                 password = read_secret(path, "NAKHON_INFLUX_PASSWORD_FILE")
             except ValueError as exc:
+                self._creds_read_at = now
                 log.error("cannot read the InfluxDB password again", extra=kv(worker=self.name, error=str(exc)))
                 return False
             if password == self._influx_password:
+                if why == "refused" and self._influx_previous is not None:
+                    password, self._influx_previous = self._influx_previous, None
+                    self._use_password(user, password)
+                    log.warning("influxdb refused the new password: the one before it is in use until InfluxDB takes the new one",
+                                extra=kv(worker=self.name))
+                    return True
+                self._creds_read_at = now
                 if why == "SIGHUP":
                     log.info("SIGHUP: the InfluxDB password is unchanged", extra=kv(worker=self.name))
                 return False
-            self._influx_password = password
-            for client in (self.influx, self._stats_influx, self.rollups.influx):
-                client.set_credentials(user, password)
-            self.credentials_reloaded += 1
+            self._influx_previous = self._influx_password if why == "SIGHUP" else None
+            if why == "SIGHUP":
+                self._creds_read_at = -1.0  # a new rotation: its first refusal is answered at once
+            self._use_password(user, password)
         log.warning("influxdb password read again from its file: a new one is in use", extra=kv(worker=self.name, why=why, file=str(path)))
         return True
+
+    def _use_password(self, user: str, password: str) -> None:
+        self._influx_password = password
+        for client in (self.influx, self._stats_influx, self.rollups.influx):
+            client.set_credentials(user, password)
+        self.credentials_reloaded += 1
 
     def liveness(self) -> Liveness:
         """Live: held work is being made durable; ready: also connected and subscribed."""

@@ -40,10 +40,10 @@ class DurableWriter:
         dead: DeadLetterStore,
         stats: Stats,
         schema: Callable[[], None] | None = None,
-        credentials: Callable[[], object] | None = None,
+        credentials: Callable[[], bool] | None = None,
     ) -> None:
         self.influx = influx
-        self.credentials = credentials or (lambda: None)  # reads a rotated secret when InfluxDB refuses ours
+        self.credentials = credentials or (lambda: False)  # reads a rotated secret when InfluxDB refuses ours
         self.schema = schema or (lambda: None)  # creates the database and retention policies (idempotent)
         self.spool = spool
         self.dead = dead
@@ -61,9 +61,18 @@ class DurableWriter:
             if len(self.spool):
                 self._to_spool(lines)  # keep order behind what waits already
                 return
+        logins = self.influx.logins
         try:
             self._write(lines)
         except InfluxUnavailable as exc:
+            # A rotated password read again (or the one before it), here or by a write beside
+            # this one since it began: the same batch goes again at once.
+            if isinstance(exc, InfluxRefused) and exc.status in (401, 403) and (self.credentials() or self.influx.logins != logins):
+                try:
+                    self._write(lines)
+                    return
+                except InfluxUnavailable as again:
+                    exc = again
             self._unavailable(exc, len(lines))
             with self._lock:
                 self._to_spool(lines)

@@ -104,3 +104,40 @@ def test_sighup_reads_the_file_again_before_anything_is_refused(tmp_path: Path) 
         w._on_publishes(_pubs(0, 5), 1)
         w.flush()
         assert _air(stub) == 5 and not len(w.spool) and w.stats.influx_refused == 0
+
+
+def test_between_sighup_and_influxdb_the_password_before_is_used_and_nothing_is_refused(tmp_path: Path) -> None:
+    """The file first, SIGHUP, then InfluxDB: until InfluxDB has the new password, writes
+    go on with the one before it (one rotation holds both), and none is refused."""
+    secret = tmp_path / "influx-password"
+    secret.write_text("old-password")
+    with InfluxStub() as stub:
+        stub.state.users, stub.state.writers = {USER: "old-password"}, {USER}
+        w = Worker(_settings(tmp_path / "data", stub.url, secret))
+        secret.write_text("new-password")
+        assert w.reload_credentials("SIGHUP") is True
+        w._on_publishes(_pubs(0, 5), 1)  # InfluxDB does not have the new one yet
+        w.flush()
+        assert _air(stub) == 5 and not len(w.spool) and w.stats.influx_refused == 0
+        stub.state.users = {USER: "new-password"}  # now it does, at once after the write before
+        w._on_publishes(_pubs(5, 5), 1)
+        w.flush()
+        assert _air(stub) == 10 and not len(w.spool) and w.stats.influx_refused == 0
+        w.dead.close()
+        assert list(read_all(tmp_path / "data" / "deadletter")) == []
+
+
+def test_a_sighup_just_after_a_refusal_still_goes_back_at_the_first_refusal(tmp_path: Path) -> None:
+    """Refusals read the file at most once a second; a SIGHUP starts a new rotation, whose
+    first refusal is answered at once (else that write was refused and spooled)."""
+    secret = tmp_path / "influx-password"
+    secret.write_text("old-password")
+    with InfluxStub() as stub:
+        stub.state.users, stub.state.writers = {USER: "old-password"}, {USER}
+        w = Worker(_settings(tmp_path / "data", stub.url, secret))
+        assert w.reload_credentials("refused") is False  # a refusal a moment ago read the file
+        secret.write_text("new-password")
+        assert w.reload_credentials("SIGHUP") is True
+        w._on_publishes(_pubs(0, 5), 1)
+        w.flush()
+        assert _air(stub) == 5 and not len(w.spool) and w.stats.influx_refused == 0
