@@ -110,10 +110,13 @@ def test_without_ntp_every_reading_is_kept_in_flash_and_published_once_time_is_k
     offsets = [readings[s] * 1000 - t for t, s in dated if s in readings]
     assert offsets
     offset = sorted(offsets)[len(offsets) // 2]
+    # The loop's latency between taking a reading and logging it, at 600x: 20 s of device
+    # time (33 ms), and more on a loaded machine, as the readings dated by NTP show it.
+    latency = max(20_000, max(offsets) - min(offsets))
     last = max(unknown.values())
     for seq, ticks in unknown.items():
         true_ms = ticks + offset
-        bound = (last - ticks) * ppm / 1e6 + 20_000  # the RTC's drift since then, and the loop's latency at 600x
+        bound = (last - ticks) * ppm / 1e6 + latency  # the RTC's drift since then, and the loop's latency
         assert abs(readings[seq] * 1000 - true_ms) <= bound, (seq, readings[seq], true_ms / 1000, bound)
     ts = [readings[s] for s in sorted(readings)]
     assert all(b > a for a, b in itertools.pairwise(ts))  # in order of seq, as taken
