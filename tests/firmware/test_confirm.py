@@ -8,6 +8,7 @@ device whose NTP is blocked takes the time from the platform's confirmations."""
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -15,10 +16,13 @@ from typing import Any
 
 import pytest
 
-from nakhon.servers import Mosquitto
+from nakhon.servers import Mosquitto, free_port
 from tests.firmware.device import Device, device_config, world
+from tests.firmware.test_units import run_mp
 from tests.firmware.watch import Watch
 from tests.helpers import wait_until
+
+HERE = Path(__file__).resolve().parent
 
 pytestmark = pytest.mark.integration  # the firmware on the MicroPython VM against one broker
 
@@ -196,3 +200,14 @@ def test_without_ntp_the_platform_tells_the_time_and_every_reading_is_dated(work
         bound = abs(when[seq] - set_at) * ppm / 1e6 + 60_000  # the RTC's drift since the time was set, and a minute of latency at 1200x
         assert abs(readings[seq] * 1000 - true_ms) <= bound, (seq, readings[seq], true_ms / 1000, bound)
     assert max(when.values()) - min(when.values()) >= 86_000_000  # a whole day
+
+
+def test_the_platforms_time_is_taken_only_once_ntp_does_not_answer(tmp_path: Path) -> None:
+    """The platform's `t` is the second source: after one failed NTP attempt (common at
+    boot) the node waits for NTP, the finer source; after four (ntp:no_answer) it takes it."""
+    (tmp_path / "config.json").write_text(json.dumps(device_config("cm-platime-01", free_port())))
+    proc = run_mp(HERE / "mp_platime.py", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    c = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
+    assert c["before"] is False and c["after_one"] is False and c["after_four"] is True
+    assert abs(c["rtc_ms"] - c["t"]) < 60_000  # (the fake's RTC runs on at 1000x meanwhile)
