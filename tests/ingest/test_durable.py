@@ -373,3 +373,25 @@ def test_a_rejected_message_redelivered_after_a_lost_ack_is_dead_lettered_once(t
         assert w.flush() == 2 and _acks(w) == [7, 8]
         w.dead.close()
         assert [r["payload"] for r in read_all(tmp_path / "deadletter")] == ["{not json", "{other junk"]  # was: the first twice
+
+
+def test_batches_follow_the_batch_size_in_lines(tmp_path: Path) -> None:
+    """A batch is due once the lines waiting reach ingest_batch_size (not before, whatever its age); taking one
+    takes whole segments up to that size and counts them off, so the next is due only when enough waits again."""
+    with InfluxStub() as stub:
+        w = Worker(_settings(tmp_path, stub.url, ingest_batch_size=10, ingest_batch_ms=60_000))
+        hour = 3600.0
+        for k in range(3):  # 3 segments of 4 lines: 12 lines
+            w._wake.clear()
+            w._on_publishes(_pubs(4, first_pid=1 + 4 * k, device=k + 1), 1)
+            assert w._wake.is_set() == (k == 2)  # the flusher is woken when the size is reached, not at each message
+            assert w._due(hour) == (k == 2)
+        first = w._take_batch()
+        assert len(first.lines) == 8  # whole segments, at most the batch size
+        assert not w._due(hour)  # 4 lines wait: below the size, and young
+        w._on_publishes(_pubs(4, first_pid=13, device=4), 1)
+        assert not w._due(hour)  # 8 wait
+        w._on_publishes(_pubs(2, first_pid=17, device=5), 1)
+        assert w._due(hour)  # 10 wait
+        assert len(w._take_batch().lines) == 10
+        assert not w._due(hour) and not w._pending
