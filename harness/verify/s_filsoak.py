@@ -101,8 +101,14 @@ def _sensor_fault(d: FirmwareDevice) -> tuple[dict[str, Any], str]:
     """The control that silences a sensor of this device, and the sensor's name in `faults`."""
     if d.dev.kind == "air":
         return {"uart_silent": True}, "pm"
-    s = next(s for s in SENSORS[d.dev.kind] if "addr" in s)
-    return {"absent_i2c": [s["addr"]]}, s["name"]
+    for s in SENSORS[d.dev.kind]:
+        if "addr" in s:  # an I2C sensor gone from the bus
+            return {"absent_i2c": [s["addr"]]}, s["name"]
+        if s["type"] == "ultrasonic":  # no echo comes back
+            return {"ultrasonic_absent": True}, s["name"]
+        if "adc" in s:  # a microphone unplugged
+            return {"adc_absent": [s["adc"]]}, s["name"]
+    raise ValueError(f"no sensor fault for a {d.dev.kind} node")
 
 
 def _seen(kind: str, f: _Fault, statuses: list[tuple[float, dict[str, Any]]], sensor: str) -> bool:

@@ -884,11 +884,14 @@ def _rain_edges() -> None:
 
 # --- ADC: microphone, battery divider ---------------------------------------------------------
 class _ADC:
-    def __init__(self, spec: dict) -> None:
+    def __init__(self, spec: dict, num: int = -1) -> None:
         self.spec = spec
+        self.num = num
         self.k = 0
 
     def read_u16(self) -> int:
+        if self.num in (ctl("adc_absent") or ()):
+            return 0  # a microphone unplugged: the input sits at ground
         s = self.spec
         self.k += 1
         rms = 10 ** ((s.get("db", 60) - s.get("cal_db", 28.0)) / 20)
@@ -907,7 +910,7 @@ class _ADC:
 
 
 def adc(num: int):
-    return _ADC(_world.get("adc", {}).get(str(num), {}))
+    return _ADC(_world.get("adc", {}).get(str(num), {}), num)
 
 
 # --- Wi-Fi and sockets ---------------------------------------------------------------------------
