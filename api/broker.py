@@ -29,6 +29,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -152,6 +153,113 @@ def ensure_alerts_account(dynsec: DynSec, username: str, password: str) -> None:
                 {"command": "createClient", "username": username, "password": password, "clientid": username,
                  "roles": [{"rolename": ALERTS_ROLE}]}], allow=("already exists",))
     dynsec.run([{"command": "setClientPassword", "username": username, "password": password}])
+
+
+# --- bringing roles up to date on a broker set up by an older version ------------------
+DEVICE_ROLE_PREFIX = "device-"
+ROLE_PAGE = 1000  # roles or clients per list answer
+COMMAND_BATCH = 200  # commands per control message (each change is saved by the broker at once)
+
+
+@dataclass
+class RoleUpgrade:
+    """What `ensure_roles` changed: roles created, ACL entries added, device roles checked, clients
+    disconnected to take up their changed role, and the device roles it left alone because no topic
+    of theirs names the device's city."""
+
+    roles_created: int = 0
+    acls_added: int = 0
+    device_roles: int = 0
+    clients_reconnected: int = 0
+    roles_changed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def missing_acls(have: list[dict[str, Any]], want: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The entries of `want` whose (acltype, topic) `have` lacks. An entry the role has, allowed or
+    denied, is left as it is (the broker keeps one per type and topic; an operator may have set it)."""
+    present = {(a["acltype"], a["topic"]) for a in have}
+    return [a for a in want if (a["acltype"], a["topic"]) not in present]
+
+
+def device_city(rolename: str, acls: list[dict[str, Any]]) -> str | None:
+    """The city of a device role, read from its own topics (`nakhon/v1/{city}/{device}/...`);
+    None when it is not a device role or its topics name no single city."""
+    device = rolename.removeprefix(DEVICE_ROLE_PREFIX)
+    if not rolename.startswith(DEVICE_ROLE_PREFIX) or not topics.is_device_id(device):
+        return None
+    cities = set()
+    for a in acls:
+        try:
+            t = topics.parse_topic(a["topic"])
+        except topics.TopicError:
+            continue
+        if t.device == device:
+            cities.add(t.city)
+    return cities.pop() if len(cities) == 1 else None
+
+
+def role_upgrade(roles: dict[str, list[dict[str, Any]]]) -> tuple[list[dict[str, Any]], RoleUpgrade]:
+    """The dynamic-security commands that bring `roles` (name -> ACL entries, as the broker lists
+    them) up to this version: missing platform roles created, missing entries added to platform and
+    device roles. Nothing is removed."""
+    commands: list[dict[str, Any]] = []
+    result = RoleUpgrade()
+    wanted = [(r["rolename"], r["acls"]) for r in platform_roles()]
+    for name in sorted(n for n in roles if n.startswith(DEVICE_ROLE_PREFIX)):
+        city = device_city(name, roles[name])
+        if city is None:
+            result.skipped.append(name)
+            continue
+        result.device_roles += 1
+        wanted.append((name, device_acls(city, name.removeprefix(DEVICE_ROLE_PREFIX))))
+    for name, acls in wanted:
+        if name not in roles:
+            commands.append({"command": "createRole", "rolename": name, "acls": acls})
+            result.roles_created += 1
+            result.roles_changed.append(name)
+            continue
+        lacking = missing_acls(roles[name], acls)
+        commands += [{"command": "addRoleACL", "rolename": name, **a} for a in lacking]
+        result.acls_added += len(lacking)
+        if lacking:
+            result.roles_changed.append(name)
+    return commands, result
+
+
+def _list_all(dynsec: DynSec, command: str, key: str) -> list[dict[str, Any]]:
+    """Every role or client the broker has (`listRoles`/`listClients`, verbose), a page per round trip."""
+    found: list[dict[str, Any]] = []
+    while True:
+        data = dynsec.run([{"command": command, "verbose": True, "count": ROLE_PAGE, "offset": len(found)}])[0].get("data", {})
+        page = data.get(key, [])
+        found += page
+        if not page or len(found) >= int(data.get("totalCount", 0)):
+            return found
+
+
+def _run_batched(dynsec: DynSec, commands: list[dict[str, Any]], allow: tuple[str, ...] = ()) -> None:
+    for i in range(0, len(commands), COMMAND_BATCH):
+        dynsec.run(commands[i : i + COMMAND_BATCH], allow=allow)
+
+
+def ensure_roles(dynsec: DynSec) -> RoleUpgrade:
+    """On a broker set up by an older version: every platform role and every device role brought up
+    to what this version gives a new one (`platform_roles`, `device_acls`), through the admin API.
+    Only what is missing is added, so a second run changes nothing. The clients of a changed role
+    (but the admin account running this) are disconnected once, as a password change does: a
+    subscription the broker refused at their last connect is allowed when they come back."""
+    roles = {r["rolename"]: r.get("acls", []) for r in _list_all(dynsec, "listRoles", "roles")}
+    commands, result = role_upgrade(roles)
+    _run_batched(dynsec, commands, allow=("already exists",))  # a provisioning meanwhile is no error
+    changed = set(result.roles_changed)
+    if changed:
+        kick = [c["username"] for c in _list_all(dynsec, "listClients", "clients")
+                if c["username"] != dynsec.username and changed & {r["rolename"] for r in c.get("roles", [])}]
+        _run_batched(dynsec, [{"command": cmd, "username": u} for u in kick for cmd in ("disableClient", "enableClient")],
+                     allow=("not found",))
+        result.clients_reconnected = len(kick)
+    return result
 
 
 def write_bootstrap(path: Path, admin: tuple[str, str], ingest: tuple[str, str], observer: tuple[str, str] | None = None,

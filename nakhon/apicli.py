@@ -1,4 +1,4 @@
-"""`nakhon device`, `nakhon apikey`, and `nakhon broker-init`.
+"""`nakhon device`, `nakhon apikey`, `nakhon broker-init` and `nakhon broker-upgrade`.
 
 - `device` is for a technician with a laptop: it talks to the platform's API
   with an admin key (NAKHON_API_KEY or --key) and writes the device's
@@ -7,6 +7,9 @@
   file directly, so the first admin key can be made before any exists.
 - `broker-init` writes the broker's dynamic-security file with the
   provisioning and ingest accounts, and prints the mosquitto.conf lines.
+- `broker-upgrade` brings the roles of a running broker set up by an older
+  version up to date (platform roles, every device's role), as the API's
+  broker account (NAKHON_BROKER_ADMIN_USERNAME and _PASSWORD).
 """
 
 from __future__ import annotations
@@ -197,6 +200,28 @@ def cmd_broker_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_broker_upgrade(args: argparse.Namespace) -> int:
+    from api.broker import BrokerError, DynSec, ensure_roles
+
+    s = _settings()
+    if not (s.broker_admin_username and s.broker_admin_password):
+        sys.stderr.write("nakhon broker-upgrade: set NAKHON_BROKER_ADMIN_USERNAME and NAKHON_BROKER_ADMIN_PASSWORD (the API's broker account)\n")
+        return 2
+    dynsec = DynSec(s.mqtt_host, s.mqtt_port, s.broker_admin_username, s.broker_admin_password, s.mqtt_tls,
+                    str(s.mqtt_ca_file) if s.mqtt_ca_file else None, timeout=args.timeout)
+    try:
+        up = ensure_roles(dynsec)
+    except BrokerError as exc:
+        sys.stderr.write(f"nakhon broker-upgrade: {exc}\n")
+        return 1
+    changed = ", ".join(up.roles_changed[:10]) + (f" and {len(up.roles_changed) - 10} more" if len(up.roles_changed) > 10 else "")
+    sys.stdout.write(f"roles created: {up.roles_created}, ACL entries added: {up.acls_added}, device roles checked: {up.device_roles}, "
+                     f"clients reconnected: {up.clients_reconnected}\n" + (f"changed: {changed}\n" if changed else "nothing to change\n"))
+    if up.skipped:
+        sys.stdout.write(f"left as they are (no topic names their city): {', '.join(up.skipped)}\n")
+    return 0
+
+
 def add_parsers(sub: Any) -> None:
     dev = sub.add_parser("device", help="provision, configure, rotate, revoke or list devices through the API (admin key)")
     dev.add_argument("--api", default=None, help="API base URL (default http://NAKHON_API_HOST:NAKHON_API_PORT)")
@@ -254,4 +279,10 @@ def add_parsers(sub: Any) -> None:
     bi.add_argument("--from-env", action="store_true",
                     help="passwords from " + ", ".join(BROKER_SECRET_ENV.values()) + " instead of new random ones (nothing printed)")
     bi.set_defaults(func=cmd_broker_init)
+
+    bu = sub.add_parser("broker-upgrade",
+                        help="bring a running broker's roles up to this version: missing platform roles and the ACL entries older "
+                             "versions did not give (ingest marks, device ota/stored/firmware); adds only, never removes")
+    bu.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each batch of broker commands (default 60)")
+    bu.set_defaults(func=cmd_broker_upgrade)
 

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 
 from alerts import health as alerts_health
-from api.broker import DynSec, ensure_alerts_account, write_bootstrap
+from api.broker import DynSec, ensure_alerts_account, ensure_roles, write_bootstrap
 from api.registry import Device, Registry
 from contract.logs import kv
 from contract.settings import Settings
@@ -172,9 +172,16 @@ class LocalPlatform:
             leftovers.stop(left)
         self.broker.start()
         log.info("broker started", extra=kv(port=self.broker.port, tls_port=self.broker.tls_port, config=str(self.broker.config_path)))
-        if self.secure:  # a folder set up before the alert evaluator existed has no account for it yet
-            ensure_alerts_account(DynSec("127.0.0.1", self.broker.port, accounts.BROKER_ADMIN, self.secrets["broker_admin"]),
-                                  accounts.BROKER_ALERTS, self.secrets["broker_alerts"])
+        if self.secure:  # a folder set up by an older version: roles brought up to date, the alert evaluator's account made
+            dynsec = DynSec("127.0.0.1", self.broker.port, accounts.BROKER_ADMIN, self.secrets["broker_admin"])
+            up = ensure_roles(dynsec)
+            if up.roles_created or up.acls_added:
+                log.info("broker roles brought up to date", extra=kv(roles_created=up.roles_created, acls_added=up.acls_added,
+                                                                     roles_changed=len(up.roles_changed), device_roles=up.device_roles,
+                                                                     clients_reconnected=up.clients_reconnected))
+            if up.skipped:
+                log.warning("device roles left as they are (no topic names their city)", extra=kv(roles=up.skipped[:20], count=len(up.skipped)))
+            ensure_alerts_account(dynsec, accounts.BROKER_ALERTS, self.secrets["broker_alerts"])
         self.influxdb.start()
         s = self.settings
         if self.secure:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from api.broker import INGEST_ROLE, bootstrap_config, device_acls, platform_roles
+from api.broker import ALERTS_ROLE, INGEST_ROLE, bootstrap_config, device_acls, device_city, platform_roles, role_upgrade
 from contract import topics
 from contract.device_config import DeviceConfigError, check_device_config, encode_device_config
 from contract.settings import ConfigError, load_settings
@@ -72,3 +72,32 @@ def test_the_ingest_role_carries_the_workers_marks_and_no_device_can() -> None:
     }
     assert not mark.startswith(topics.PREFIX + "/")  # outside what devices and the observer's stream cover
     assert all(a["topic"] != mark for a in device_acls("chiang_mai", "cm-air-001"))
+
+
+def test_role_upgrade_adds_only_what_a_role_lacks() -> None:
+    """The pure part of `ensure_roles`: per role, the entries missing by (type, topic); a device's city
+    read from its own topics; nothing for a role already up to date; an unreadable device role left alone."""
+    current = {r["rolename"]: r["acls"] for r in platform_roles()}
+    mark = topics.INGEST_MARK_TOPIC
+    old_ingest = [a for a in current[INGEST_ROLE] if a["topic"] != mark]
+    full = device_acls("phuket", "pk-water-001")
+    old_device = [a for a in full if not a["topic"].endswith(("/ota", "/stored")) and a["topic"] != "nakhon/fw/#"]
+    operator = {"acltype": "publishClientSend", "topic": "nakhon/v1/phuket/pk-water-001/debug", "allow": False}
+    roles = {**{n: a for n, a in current.items() if n != ALERTS_ROLE}, INGEST_ROLE: old_ingest,
+             "device-pk-water-001": [*old_device, operator], "device-cm-air-002": device_acls("chiang_mai", "cm-air-002"),
+             "device-lost-01": [], "custom_ops": []}
+    commands, up = role_upgrade(roles)
+    assert (up.roles_created, up.acls_added, up.device_roles, up.skipped) == (1, 3 + 6, 2, ["device-lost-01"])
+    assert sorted(up.roles_changed) == sorted([ALERTS_ROLE, INGEST_ROLE, "device-pk-water-001"])
+    added = {(c["rolename"], c["acltype"], c["topic"]) for c in commands if c["command"] == "addRoleACL"}
+    assert {(k, t) for r, k, t in added if r == INGEST_ROLE} == {(k, mark) for k in ("publishClientSend", "subscribeLiteral", "publishClientReceive")}
+    assert {(k, t) for r, k, t in added if r == "device-pk-water-001"} == {
+        (a["acltype"], a["topic"]) for a in full if a not in old_device}
+    assert all(c["command"] != "removeRoleACL" for c in commands)
+    assert [c["rolename"] for c in commands if c["command"] == "createRole"] == [ALERTS_ROLE]
+    # up to date: nothing
+    roles_now = {**{r["rolename"]: r["acls"] for r in platform_roles()}, "device-pk-water-001": [*full, operator]}
+    assert role_upgrade(roles_now)[0] == []
+    assert device_city("device-pk-water-001", old_device) == "phuket"
+    assert device_city("nakhon_ingest", current[INGEST_ROLE]) is None
+    assert device_city("device-cm-air-002", [*device_acls("chiang_mai", "cm-air-002"), *device_acls("phuket", "cm-air-002")]) is None
