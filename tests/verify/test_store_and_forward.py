@@ -29,3 +29,9 @@ def test_nothing_is_lost_or_duplicated_through_every_fault(workdir: Path) -> Non
     # with InfluxDB down the spool is durable: confirmations went on
     assert row.figures["confirmed while InfluxDB down"] > 0
     assert row.figures["device drops"] == 0 and 0 < row.figures["stored msgs per reading"] <= 1
+    # the firmware-in-the-loop devices went through the same faults: every reading their consoles show, stored exactly once
+    f = row.figures
+    assert f["FIL devices"] == 2 and int(f["FIL fewest taken by a device"]) > 0 and int(f["FIL readings taken"]) > 0
+    assert f["FIL readings stored"] == f["FIL readings taken"] and f["FIL readings lost"] == 0 and f["FIL readings duplicated"] == 0
+    assert f["FIL ring dropped"] == 0 and f["FIL crashes"] == 0 and f["FIL rings drained s"] != "never"
+    assert int(f["FIL reconnects"]) >= 3  # each device came back after each broker kill at least (2 with the ingest live, 1 away)
