@@ -267,7 +267,8 @@ def bench_confirm(root: Path, n: int, rounds: int = 3) -> tuple[list[Figure], di
         Figure("ingest CPU per 100,000 readings drained, confirmations on (median)", cpu_on, "cpu-s", ", ".join(f"{c:.2f}" for c in cpu[True])),
         Figure("ingest CPU per 100,000 readings drained, confirmations off (median)", cpu_off, "cpu-s", ", ".join(f"{c:.2f}" for c in cpu[False])),
         Figure("stored messages per reading (backlog drain)", per_reading, "msg/reading",
-               f"{msgs:,.0f} confirmations for {n:,} readings of 3,000 device series (1,000 devices in each of 3 cities); broker messages per reading {2 + 2 * per_reading:.2f} "
+               f"{msgs:,.0f} confirmations for {n:,} readings of 3,000 device series (1,000 devices in each of 3 cities); "
+               f"broker messages per reading {2 + 2 * per_reading:.2f} "
                "(telemetry in and out, stored in and out) against 2 without"),
     ]
     return figs, {"confirm_on": best_on, "confirm_off": best_off, "confirm_cpu_on": cpu_on, "confirm_cpu_off": cpu_off,
