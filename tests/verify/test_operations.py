@@ -31,7 +31,10 @@ def test_a_rotated_influxdb_password_loses_nothing(workdir: Path) -> None:
     assert row.ok, row
     assert row.lost == 0 and row.stored == row.sent > 1000 and row.rejected == 0
     assert isinstance(row.figures["A refused requests"], int) and row.figures["A refused requests"] > 0  # the rotation really bit
-    assert row.figures["B refused requests"] == 0  # the file first and SIGHUP: never a stale password
+    # the file first and SIGHUP: at most two refusals per writer (2 flushers and the spool's replayer): one with the
+    # new password before InfluxDB has it (then the one before it goes on), one with that after InfluxDB changed
+    refused_b = row.figures["B refused requests"]
+    assert isinstance(refused_b, int) and refused_b <= 6, row.figures
 
 
 def test_an_outage_spool_drains_under_live_traffic(workdir: Path) -> None:
