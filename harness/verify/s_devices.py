@@ -282,7 +282,6 @@ def reconnect_storm(root: Path, size: Size) -> Row:
         watch.wait_sys_tick(fleet_end)
         # Mosquitto publishes a $SYS counter only when it changes: a drop counter never published has stayed 0
         dropped = watch.sys_at(DROPPED, time.monotonic()) or 0
-        clients_end = watch.sys_at(CLIENTS, fleet_end - 0.5) or 0  # just before the fleet said goodbye
         stats = _ingest_stats(db)
         watch.close()
         db.close()
@@ -295,6 +294,13 @@ def reconnect_storm(root: Path, size: Size) -> Row:
         if t > storm_t and b'"online"' in p and dev not in back:
             back[dev] = t - storm_t
     times = sorted(back.values())
+    # clients once every device was back, before the fleet's goodbye: the most the broker counted between the last
+    # device's return and the end of the run (taken at the run's end instead, a $SYS round during the fleet's
+    # shutdown, which a loaded machine makes seconds long, counted devices already gone)
+    all_back = storm_t + times[-1] if times else fleet_end
+    ticks = watch.sys.get(CLIENTS, [])  # published when it changes: a value stands until the next
+    standing = [int(v) for t, v in ticks if t <= all_back][-1:]
+    clients_end = max(standing + [int(v) for t, v in ticks if all_back < t <= fleet_end], default=0)
 
     row.unit = "readings"
     row.sent, row.stored = snap["readings_acked"] + snap["unsent"], stored  # accepted by the broker, or still on a device at the end
@@ -313,6 +319,8 @@ def reconnect_storm(root: Path, size: Size) -> Row:
         "ingest broker_dropped": stats.get("broker_dropped", "-"),
         "connect failures": snap["connect_failures"],
         "buffered in storm": snap["buffered_total"],
+        "readings sent / acked": f"{snap['readings_sent']}/{snap['readings_acked']}",
+        "storm faults / pending": f"{snap['faults'].get('storm', 0)}/{snap['storm_pending']}",
     }
     row.ok = (len(back) == n and dropped == 0 and stats.get("broker_dropped", -1) == 0 and clients_end >= n
               and row.lost == 0 and row.duplicated == 0 and row.rejected == 0 and snap["readings_sent"] == snap["readings_acked"]

@@ -29,7 +29,7 @@ def test_firmware_offline_then_back_stores_every_reading_at_its_timestamp(workdi
 
 def test_reconnect_storm_drops_nothing(workdir: Path) -> None:
     row = reconnect_storm(workdir, "quick")
-    assert row.number == 6 and row.ok, row
+    assert row.number == 6 and row.ok, (row.figures, row.sent, row.stored, row.lost, row.duplicated, row.rejected)
     assert row.figures["reconnected"] == row.figures["devices"] == 200
     assert row.figures["broker dropped"] == 0 and row.figures["ingest broker_dropped"] == 0
     assert int(row.figures["broker clients after"]) >= 200
