@@ -59,6 +59,12 @@ HEAPSIZE = VM_HEAP_BYTES  # (contract/boards.py says why)
 KINDS = ("air", "weather", "water", "noise")
 FAULTS = ("offline", "hang", "stuck", "spike")
 READING_RE = re.compile(r"reading seq=(\d+) ts=(\d+\.\d+)")
+DROPPED_RE = re.compile(r"dropped=(\d+)")  # the ring's drop count in a console line
+
+
+def console_dropped(console: str) -> int:
+    """The most a device's ring said it had dropped, from its console."""
+    return max((int(x) for x in DROPPED_RE.findall(console)), default=0)
 SHIM = Path(__file__).resolve().parent / "mpy" / "fakehw.py"
 BATTERY = {"adc": 35, "divider": 2.0}
 SPIKE_DEFAULT = {"air": "pm25", "water": "distance_cm", "noise": "laeq_db"}  # feed keys

@@ -33,7 +33,7 @@ from harness.verify.scenarios import register
 from harness.verify.stream import platform, rejected, restart_ingest, say
 from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
 from simulators.devices import SimDevice, make_fleet
-from simulators.fil import KINDS, READING_RE, FirmwareDevice, FirmwareFleet, FirmwarePaths
+from simulators.fil import KINDS, READING_RE, FirmwareDevice, FirmwareFleet, FirmwarePaths, console_dropped
 from simulators.fleet import Fleet
 from simulators.runconfig import RunConfig
 
@@ -46,7 +46,6 @@ FIL_BEHIND_S = 2 * 86400  # their clock starts this far back, so it never passes
 # the ring drained: a confirmation that left nothing pending, or a status with nothing buffered
 DRAINED_RE = re.compile(r'stored: \d+ confirmed, pending=0\b|"buffered": ?0[,}]')
 ONLINE_RE = re.compile(r"net: online")
-DROPPED_RE = re.compile(r"dropped=(\d+)")
 
 
 def _stored_before(db: Influx, t: float) -> int:
@@ -257,7 +256,7 @@ def store_and_forward(root: Path, size: Size) -> Row:
     fil_lost = fil_n - fil_got
     fil_dup = sum(len(times) - 1 for v in fil_stored.values() for times in v.values())
     fil_extra = sum(len(set(v) - fil_all[dev]) for dev, v in fil_stored.items())  # stored, and no console says it was taken
-    fil_ring_dropped = sum(max((int(x) for x in DROPPED_RE.findall(text)), default=0) for text in fil_texts)
+    fil_ring_dropped = sum(console_dropped(text) for text in fil_texts)
     fil_reconnects = sum(len(ONLINE_RE.findall(text)) for text in fil_texts) - n_fil  # sessions after each device's first
     fil_summary = fw.summary()
     row.sent = total + fil_n

@@ -35,7 +35,7 @@ from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
 from nakhon.local import LocalPlatform
 from simulators.devices import make_fleet
 from simulators.faults import Fault
-from simulators.fil import FirmwareFleet, FirmwarePaths
+from simulators.fil import FirmwareFleet, FirmwarePaths, console_dropped
 from simulators.fleet import run_fleet
 from simulators.run import firmware_fleet, run_config
 from simulators.scenario import Scenario
@@ -44,7 +44,6 @@ DROPPED = "$SYS/broker/publish/messages/dropped"
 CLIENTS = "$SYS/broker/clients/connected"
 UPTIME = "$SYS/broker/uptime"
 UNDATED_RE = re.compile(r"reading seq=(\d+) ts=unknown")
-DROPPED_RE = re.compile(r"dropped=(\d+)")
 
 
 def _say(msg: str) -> None:
@@ -149,7 +148,7 @@ def devices_offline(root: Path, size: Size) -> Row:
             gaps += (seqs[-1] - seqs[0] + 1 - len(seqs)) if seqs else 0
             undated = {int(s) for s in UNDATED_RE.findall(logs[dev])} - set(readings)
             lost += len({s for s in undated if s <= (seqs[-1] if seqs else -1)})
-            ring_dropped += max((int(x) for x in DROPPED_RE.findall(logs[dev])), default=0)
+            ring_dropped += console_dropped(logs[dev])
             for seq, ts in readings.items():
                 generated += 1
                 offline_taken += down_world <= ts < back_world

@@ -42,7 +42,7 @@ from harness.verify.report import Row, Size
 from harness.verify.s_devices import _platform, _say, _stored_points
 from harness.verify.scenarios import register
 from nakhon.firmware_tools import FIRMWARE, MICROPYTHON, fakes_mpy, firmware_mpy
-from simulators.fil import FirmwareDevice, FirmwareFleet, FirmwarePaths
+from simulators.fil import FirmwareDevice, FirmwareFleet, FirmwarePaths, console_dropped
 from simulators.run import firmware_fleet, run_config
 from simulators.scenario import Scenario
 
@@ -54,7 +54,6 @@ CYCLE_S = 3 * 86400  # the faults' cycle, device seconds
 # (kind, start, length) in device seconds within a cycle; none overlap
 CYCLE = (("wifi", 8 * 3600, 3 * 3600), ("broker", 26 * 3600, 2 * 3600), ("power", 44 * 3600, 0), ("sensor", 56 * 3600, 2 * 3600))
 SAFE_MODE_RE = re.compile(r"safe mode")
-DROPPED_RE = re.compile(r"dropped=(\d+)")
 
 
 @dataclass
@@ -198,7 +197,7 @@ def fil_soak(root: Path, size: Size) -> Row:
         for d in fw.devices:
             text = d.log_text()
             safe_modes += len(SAFE_MODE_RE.findall(text))
-            ring_dropped += max((int(x) for x in DROPPED_RE.findall(text)), default=0)
+            ring_dropped += console_dropped(text)
             st = watch.of(d.dev.device_id)
             max_buffered = max([max_buffered, *(doc.get("buffered", 0) for _, doc in st)])
             ring_dropped = max([ring_dropped, *(doc.get("dropped", 0) for _, doc in st)])
