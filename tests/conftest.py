@@ -93,9 +93,12 @@ _PLATFORM = {"ingest", "settings", "api_settings"}
 
 def _tier(item: pytest.Item) -> str:
     """An explicit marker wins; else the servers the test's fixtures start decide."""
-    marked = [m.name for m in item.iter_markers() if m.name in TIERS]
+    marked = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if len(marked) > 1:  # `-m` matches any of them, so the test would run in each of those tiers
+        raise pytest.UsageError(f"{item.nodeid} is marked {' and '.join(sorted(marked))}: give it one tier "
+                                "(a module's pytestmark and a test's own marker both count)")
     if marked:
-        return marked[0]  # the closest: a test's own marker over its module's
+        return marked.pop()
     names = set(getattr(item, "fixturenames", ()))
     if names & _PLATFORM or len(names & _SERVERS) > 1:
         return "e2e"

@@ -55,6 +55,22 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "./dev up" in (ROOT / "README.md").read_text()
 
 
+def test_each_test_is_in_one_tier() -> None:
+    """`-m unit`, `-m integration` and `-m e2e` split the suite: no test is picked by two (a module's
+    marker and a test's own would both match) and none by none."""
+    def collect(*args: str) -> list[str]:
+        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "--collect-only", "-p", "no:cacheprovider", *args],
+                              capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert proc.returncode in (0, 5), proc.stdout[-3000:] + proc.stderr[-3000:]
+        return [line for line in proc.stdout.splitlines() if "::" in line]
+
+    tiers = {tier: collect("-m", tier) for tier in ("unit", "integration", "e2e")}
+    picked = [nodeid for ids in tiers.values() for nodeid in ids]
+    twice = sorted({nodeid for nodeid in picked if picked.count(nodeid) > 1})
+    assert not twice, f"picked by two tiers: {twice}"
+    assert sorted(picked) == sorted(collect()), "a test no tier picks"
+
+
 def test_compose_matches_the_code() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]

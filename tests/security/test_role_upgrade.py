@@ -19,8 +19,6 @@ from nakhon.servers import Mosquitto, free_port
 from tests.helpers import wait_until
 from tests.security.platform import device_from, provision, run_nakhon
 
-pytestmark = pytest.mark.integration
-
 ADMIN = (topics.API_USER, "admin-" + "a" * 24)
 INGEST = (topics.INGEST_USER, "ingest-" + "b" * 24)
 CITY, DEVICE, DEVICE_PW = "chiang_mai", "cm-old-role-02", "device-" + "c" * 24
@@ -39,6 +37,7 @@ def old_bootstrap(path: Path) -> None:
     path.write_text(json.dumps(cfg))
 
 
+@pytest.mark.integration
 def test_old_roles_are_brought_up_to_date_once(tmp_path: Path) -> None:
     path = tmp_path / "mosquitto" / "dynamic-security.json"
     old_bootstrap(path)
