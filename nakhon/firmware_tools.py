@@ -606,6 +606,18 @@ def release_files(version: str, build_dir: Path | None = None) -> dict[str, byte
     return files
 
 
+def _targets(args: Any) -> dict[str, Any]:
+    """Which devices an offer goes to (--device ..., --city, --all), as the API's body names them."""
+    out: dict[str, Any] = {}
+    if args.device:
+        out["devices"] = args.device
+    if args.city:
+        out["city"] = args.city
+    if args.all:
+        out["all"] = True
+    return out
+
+
 def _release(args: Any) -> int:
     import base64
 
@@ -615,12 +627,7 @@ def _release(args: Any) -> int:
     url, headers = _api(args)
     body: dict[str, Any] = {"fw": args.version, "files": {p: base64.b64encode(b).decode() for p, b in files.items()},
                             "boots": args.boots, "minutes": args.minutes, "chunk": args.chunk, "share": args.share}
-    if args.device:
-        body["devices"] = args.device
-    if args.city:
-        body["city"] = args.city
-    if args.all:
-        body["all"] = True
+    body.update(_targets(args))
     out = _call("POST", f"{url}/v1/firmware/releases", headers, json=body)
     sys.stdout.write(f"release {out['id']}: {out['fw']} ({out['files']} files, {sum(len(b) for b in files.values())} bytes) offered to "
                      f"{len(out['targets'])} device(s): {', '.join(out['targets'][:10])}{' ...' if len(out['targets']) > 10 else ''}\n"
@@ -644,12 +651,7 @@ def _link(args: Any) -> int:
         body["mqtt"] = mqtt
     if not body.get("wifi") and not mqtt:
         raise FirmwareError("nothing to change: give --wifi-ssid, --mqtt-host, --mqtt-port and/or --ca-file")
-    if args.device:
-        body["devices"] = args.device
-    if args.city:
-        body["city"] = args.city
-    if args.all:
-        body["all"] = True
+    body.update(_targets(args))
     url, headers = _api(args)
     out = _call("POST", f"{url}/v1/firmware/links", headers, json=body)
     sys.stdout.write(f"link offer {out['id']} ({', '.join(out['cohort']['link'])}) to {len(out['targets'])} device(s); "
