@@ -36,6 +36,7 @@ from contract.influx import Influx, InfluxError
 from contract.logs import kv
 from contract.payload import Window, parse_telemetry
 from contract.settings import Settings
+from contract.sigrelay import route
 from contract.topics import QOS, TELEMETRY_FILTER, TopicError, parse_topic
 
 log = logging.getLogger("nakhon.alerts")
@@ -283,6 +284,5 @@ def run(settings: Settings, book: RuleBook) -> None:
     import signal
 
     service = AlertService(settings, book)
-    signal.signal(signal.SIGTERM, lambda *_: service.stop())
-    signal.signal(signal.SIGINT, lambda *_: service.stop())
+    route({signal.SIGTERM: service.stop, signal.SIGINT: service.stop})
     service.run()

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from contract.logs import kv, setup_logging
 from contract.settings import Settings
+from contract.sigrelay import route
 from ingest.worker import Worker
 
 log = logging.getLogger("nakhon.ingest")
@@ -31,13 +32,11 @@ def run_worker(settings: Settings, index: int = 0) -> None:
     setup_logging(settings.log_level)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>` dumps every thread's stack to the log
     stop, hup = threading.Event(), threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: hup.set())  # read NAKHON_INFLUX_PASSWORD_FILE again
+    # SIGHUP: read NAKHON_INFLUX_PASSWORD_FILE again
+    route({signal.SIGTERM: stop.set, signal.SIGINT: stop.set, signal.SIGHUP: hup.set})
     worker = Worker(settings, index)
     worker.start()
-    # Wake up now and then: a signal delivered to another thread does not
-    # interrupt a wait without timeout, and the handler would never run.
+    # Wake up now and then to see whether SIGHUP came.
     while not stop.wait(0.5):
         if hup.is_set():
             hup.clear()
@@ -65,9 +64,7 @@ def run(settings: Settings) -> None:
         p.start()
     log.info("ingest started", extra=kv(workers=len(procs), pids=[p.pid for p in procs]))
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGHUP, lambda *_: _forward(procs, signal.SIGHUP))
+    route({signal.SIGTERM: stop.set, signal.SIGINT: stop.set, signal.SIGHUP: lambda: _forward(procs, signal.SIGHUP)})
     started = [time.monotonic()] * len(procs)
     deaths = [0] * len(procs)
     due: list[float | None] = [None] * len(procs)  # when a dead worker starts again

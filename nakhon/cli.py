@@ -14,6 +14,7 @@ from pathlib import Path
 
 from contract.logs import setup_logging
 from contract.settings import ConfigError, Settings, load_settings
+from contract.sigrelay import route
 from contract.status import DEVICE_KINDS
 
 log = logging.getLogger("nakhon")
@@ -54,10 +55,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     policy = Policy(backoff_base_s=args.backoff_min, backoff_cap_s=args.backoff_max, give_up_after=args.restart_limit, stable_s=args.stable)
     platform = LocalPlatform(Path(args.root), settings, fleet_per_city=args.per_city, interval_s=args.interval, with_fleet=not args.no_fleet)
     stop, show, retry = threading.Event(), threading.Event(), threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGUSR1, lambda *_: show.set())
-    signal.signal(signal.SIGHUP, lambda *_: retry.set())
+    route({signal.SIGINT: stop.set, signal.SIGTERM: stop.set, signal.SIGUSR1: show.set, signal.SIGHUP: retry.set})
     try:
         try:
             platform.start()

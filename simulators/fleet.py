@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from contract.sigrelay import forget_in_child
 from simulators.agent import Agent
 from simulators.blocks import BlockMaker
 from simulators.clock import Clock
@@ -168,6 +169,7 @@ def _uvloop() -> None:
 
 def _shard_main(devices: list[SimDevice], cfg: RunConfig, plan: Plan, out: Any, index: int, stop_flag: Any, tick_s: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    forget_in_child()  # a forked child: its signals are not the parent's to act on
     _uvloop()
 
     async def main() -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Any
 from contract.cities import City
 from contract.logs import kv
 from contract.settings import Settings
+from contract.sigrelay import route
 from simulators.devices import SimDevice, make_fleet
 from simulators.faults import Fault, FaultError
 from simulators.fil import KINDS as FIL_KINDS
@@ -132,8 +133,7 @@ def main(args: argparse.Namespace, settings: Settings, firmware: FirmwarePaths |
     devices = make_fleet(cities, sc.per_city, seed=sc.seed, prefix=sc.prefix)
     _raise_open_files(len(devices) // sc.procs + 1024)
     stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    route({signal.SIGINT: stop.set, signal.SIGTERM: stop.set})
     log.info("fleet starting", extra=kv(scenario=sc.name, devices=len(devices), cities=[c.slug for c in cities], mode=sc.mode,
                                         interval_s=sc.interval_s, procs=sc.procs, faults=len(sc.faults),
                                         broker=f"{cfg.host}:{cfg.port}"))

@@ -127,6 +127,22 @@ def test_shipped_code_never_reaches_into_tests(package: str) -> None:
     assert not bad and not by_path, (bad, by_path)
 
 
+def test_signal_handlers_go_through_the_relay() -> None:
+    """A Python signal handler that sets an event can deadlock the main loop waiting on it
+    (contract/sigrelay.py): shipped code routes its signals through `route`, or ignores them."""
+    bad = []
+    for package in SHIPPED:
+        for path in (ROOT / package).rglob("*.py"):
+            if path == ROOT / "contract" / "sigrelay.py":
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "signal"
+                        and isinstance(node.func.value, ast.Name) and node.func.value.id == "signal" and len(node.args) == 2
+                        and not (isinstance(node.args[1], ast.Attribute) and node.args[1].attr in ("SIG_IGN", "SIG_DFL"))):
+                    bad.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not bad, bad
+
+
 def test_only_the_cli_dispatches_to_the_harness() -> None:
     """The product's commands stand apart from the measuring harness (benchmarks, peers, scenarios)."""
     bad = [(str(p.relative_to(ROOT)), m) for pkg in ("contract", *COMPONENTS, "nakhon") for p, m in _imports(ROOT / pkg)
